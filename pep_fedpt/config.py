@@ -90,6 +90,12 @@ class ModelConfig:
     depth: int = 4  # 0 = the model's own
     num_heads: int = 3  # 0 = the model's own
     pretrain_epochs: int = 40  # for pretrained = "local:<classes>"
+    # Wall-clock cap on that pre-training (0 = none): the schedule is fitted to the steps
+    # that fit, measured on the first ones, so the cosine decay still ends at zero.
+    pretrain_minutes: float = 0.0
+    # Init and shuffling of the pre-training; apart from the run seed, so that every seed
+    # of a comparison tunes prompts on one backbone, as with hub weights.
+    pretrain_seed: int = 0
 
     def __post_init__(self) -> None:
         source = self.pretrained
@@ -103,6 +109,7 @@ class ModelConfig:
             )
         if self.pretrain_epochs < 1:
             raise ConfigError(f"model.pretrain-epochs = {self.pretrain_epochs} must be >= 1")
+        _positive("model.pretrain-minutes", self.pretrain_minutes, allow_zero=True)
         for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key.replace('_', '-')} must be >= 0 (0 = default)")
@@ -128,6 +135,12 @@ class DataConfig:
     test_fraction: float = 0.2
     central_test_fraction: float = 0.2
     held_out_fraction: float = 0.0  # clients that never train, evaluated at the end
+    # Fraction of the client pool and of the central test split kept (stratified by class):
+    # CPU-sized benchmarks on a full data set. A "local:" backbone still sees the full pool.
+    subsample: float = 1.0
+    # Seed of the central test carve (data sets without a test split) and of the subsample:
+    # fixed apart from the run seed, so every seed is scored on the same test examples.
+    split_seed: int = 0
     domains: str = ""  # DomainNet: comma-separated domains; "" = all six
     inaturalist_version: str = "2021_train_mini"
 
@@ -142,6 +155,8 @@ class DataConfig:
             value = getattr(self, key)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"data.{key.replace('_', '-')} = {value!r} must be in (0, 1)")
+        if not 0.0 < self.subsample <= 1.0:
+            raise ConfigError(f"data.subsample = {self.subsample!r} must be in (0, 1]")
         if not 0.0 <= self.held_out_fraction < 1.0:
             raise ConfigError(
                 f"data.held-out-fraction = {self.held_out_fraction!r} must be in [0, 1)"

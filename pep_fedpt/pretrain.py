@@ -13,6 +13,7 @@ the same file and only the first one trains.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -58,8 +59,11 @@ def parse_local_classes(source: str) -> tuple[int, ...]:
     return tuple(sorted(classes))
 
 
-def local_backbone_path(model: ModelConfig, data: DataConfig, seed: int) -> Path:
-    """Where the pre-trained weights for this (architecture, data, classes, seed) live."""
+def local_backbone_path(model: ModelConfig, data: DataConfig) -> Path:
+    """Where the pre-trained weights for this (architecture, data, classes, recipe) live.
+
+    The run seed is not part of the key: every seed of a comparison shares one backbone.
+    """
     key = json.dumps(
         {
             "recipe": RECIPE_VERSION,
@@ -67,10 +71,12 @@ def local_backbone_path(model: ModelConfig, data: DataConfig, seed: int) -> Path
             "arch": model.timm_overrides(),
             "classes": parse_local_classes(model.pretrained),
             "epochs": model.pretrain_epochs,
+            "minutes": model.pretrain_minutes,
             "dataset": data.dataset,
             "data-dir": data.data_dir,
             "central-test-fraction": data.central_test_fraction,
-            "seed": seed,
+            "split-seed": data.split_seed,
+            "seed": model.pretrain_seed,
         },
         sort_keys=True,
     )
@@ -90,21 +96,25 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_local_backbone(model: ModelConfig, data: DataConfig, seed: int) -> Path:
+def ensure_local_backbone(model: ModelConfig, data: DataConfig) -> Path:
     """The cached weights' path, training them first if no process has yet."""
-    path = local_backbone_path(model, data, seed)
+    path = local_backbone_path(model, data)
     if path.is_file():
         return path
     with _file_lock(path):
         if not path.is_file():
-            pretrain_to(path, model, data, seed)
+            pretrain_to(path, model, data)
     return path
 
 
-def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> None:
+def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
     from pep_fedpt.data.client_data import client_pool
     from pep_fedpt.methods.pep_fedpt import image_spec
 
+    seed = model_cfg.pretrain_seed
+    # The full pool: data.subsample shrinks the federated part, not the stand-in for hub
+    # weights (and is left out of the cache key above).
+    data_cfg = dataclasses.replace(data_cfg, subsample=1.0)
     classes = parse_local_classes(model_cfg.pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -112,7 +122,7 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: 
             model_cfg.name, num_classes=len(classes), **model_cfg.timm_overrides()
         )
     assert isinstance(model, VisionTransformer)
-    dataset, pool = client_pool(data_cfg, image_spec(model), seed)
+    dataset, pool = client_pool(data_cfg, image_spec(model))
     num_classes = int(np.max(dataset.targets)) + 1
     if max(classes) >= num_classes:
         raise ConfigError(
@@ -127,11 +137,20 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: 
     print(
         f"pep-fedpt: pre-training {model_cfg.name} {model_cfg.timm_overrides()} on classes "
         f"{list(classes)} of {data_cfg.dataset} ({len(chosen)} images, "
-        f"{model_cfg.pretrain_epochs} epochs) -> {path}",
+        f"{model_cfg.pretrain_epochs} epochs"
+        + (f", at most {model_cfg.pretrain_minutes} min" if model_cfg.pretrain_minutes else "")
+        + f") -> {path}",
         flush=True,
     )
     start = time.monotonic()
-    accuracy = train_classifier(model, images, labels, epochs=model_cfg.pretrain_epochs, seed=seed)
+    accuracy, epochs_done = train_classifier(
+        model,
+        images,
+        labels,
+        epochs=model_cfg.pretrain_epochs,
+        seed=seed,
+        max_seconds=model_cfg.pretrain_minutes * 60 or None,
+    )
     model.reset_classifier(0)
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)
@@ -141,6 +160,7 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: 
         "dataset": data_cfg.dataset,
         "classes": list(classes),
         "images": len(chosen),
+        "epochs": round(epochs_done, 2),
         "train-accuracy": accuracy,
         "minutes": round((time.monotonic() - start) / 60, 2),
     }
@@ -157,29 +177,31 @@ def train_classifier(
     seed: int,
     batch_size: int = 64,
     lr: float = 1e-3,
-) -> float:
+    max_seconds: float | None = None,
+    probe_steps: int = 10,
+) -> tuple[float, float]:
     """AdamW with warm-up and cosine decay, random shifts and label smoothing.
 
-    Returns the last epoch's training accuracy. images: (N, 3, H, W), already normalised.
+    With ``max_seconds`` the first ``probe_steps`` steps are timed and the schedule is
+    shortened to the steps that fit, so a time-capped run still decays to zero instead of
+    stopping mid-schedule. Returns the last (possibly partial) epoch's training accuracy
+    and the number of epochs done. images: (N, 3, H, W), already normalised.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = max(1, math.ceil(len(images) / batch_size)) * epochs
-    warmup = max(1, steps // 10)
+    steps_per_epoch = max(1, math.ceil(len(images) / batch_size))
+    plan = {"steps": steps_per_epoch * epochs}
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-        ),
+        optimizer, lambda s: warmup_cosine(s, plan["steps"])
     )
-    accuracy = 0.0
+    accuracy, step, start = 0.0, 0, time.monotonic()
     model.train()
-    for _ in range(epochs):
+    while step < plan["steps"]:
         order = torch.randperm(len(images), generator=generator)
-        correct = 0
+        correct = seen = 0
         for i in range(0, len(order), batch_size):
+            if step >= plan["steps"]:
+                break
             idx = order[i : i + batch_size]
             logits = model(random_shift(images[idx], generator))
             loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.1)
@@ -187,10 +209,23 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+            step += 1
             correct += int((logits.argmax(-1) == labels[idx]).sum())
-        accuracy = correct / len(images)
+            seen += len(idx)
+            if max_seconds is not None and step == probe_steps:
+                per_step = (time.monotonic() - start) / step
+                plan["steps"] = max(step, min(plan["steps"], int(max_seconds / per_step)))
+        accuracy = correct / max(1, seen)
     model.eval()
-    return accuracy
+    return accuracy, step / steps_per_epoch
+
+
+def warmup_cosine(step: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over the first 10% of steps, then cosine to 0."""
+    warmup = max(1, total // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def random_shift(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:

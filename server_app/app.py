@@ -98,7 +98,7 @@ def main(grid: Grid, context: Context) -> None:
         out = resolve_output_dir(cfg, context.run_id)
     device = pick_device()
     backbone = cached_backbone(cfg.model, cfg.seed, str(device), cfg.data)
-    central = load_central_data(cfg.data, image_spec(backbone), cfg.seed)
+    central = load_central_data(cfg.data, image_spec(backbone))
     model = build_model(backbone, cfg, central.num_classes).to(device)
     features = FeatureCache()
     strategy = build_strategy(cfg)

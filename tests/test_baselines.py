@@ -92,7 +92,7 @@ def test_one_round_of_each_baseline(
     if method in ("fedavg-vpt-deep", "fedavg-vpt-prior"):
         # Round 0 evaluates the initial state, whose zero head gives equal logits: plain
         # VPT predicts class 0, the prior-corrected one the globally most frequent class.
-        labels = subset_targets(load_central_data(cfg.data, image_spec(backbone), cfg.seed).test)
+        labels = subset_targets(load_central_data(cfg.data, image_spec(backbone)).test)
         guess = int(np.argmax(counts)) if method == "fedavg-vpt-prior" else 0
         assert rows[0]["server/accuracy"] == pytest.approx(np.mean(labels == guess))
 

@@ -14,6 +14,9 @@ from pep_fedpt.data.domainnet import selected_domains
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_FILES = sorted((ROOT / "conf").glob("*.toml"))
+# The papers' settings (GPU scale); *-bench.toml are this project's CPU benchmarks.
+PAPER_FILES = [p for p in CONF_FILES if not p.stem.endswith("-bench")]
+BENCH_FILES = [p for p in CONF_FILES if p.stem.endswith("-bench")]
 COMMAND = re.compile(
     r"flwr run \. --run-config conf/(?P<name>[\w.-]+\.toml) --federation-config "
     r'"num-supernodes=(?P<nodes>\d+) client-resources-num-cpus=\d+ '
@@ -33,11 +36,13 @@ def test_the_paper_settings_are_there() -> None:
     assert expected <= names
 
 
-@pytest.mark.parametrize("path", CONF_FILES, ids=lambda p: p.name)
+def fused_config(path: Path) -> RunConfig:
+    return RunConfig.from_flat(get_fused_config_from_dir(ROOT, parse_config_args([str(path)])))
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=lambda p: p.name)
 def test_conf_file_parses_through_flower_and_run_config(path: Path) -> None:
-    overrides = parse_config_args([str(path)])
-    fused = get_fused_config_from_dir(ROOT, overrides)
-    cfg = RunConfig.from_flat(fused)
+    cfg = fused_config(path)
     assert cfg.data.dataset in dataset_names()
     # The paper's scale: ViT-B/16 from the hub at its own 224 px.
     assert cfg.model.name.startswith("vit_base_patch16_224") and cfg.model.pretrained == "hub"
@@ -52,6 +57,15 @@ def test_conf_file_parses_through_flower_and_run_config(path: Path) -> None:
     assert cfg.fed.min_train_nodes <= nodes * (1 - cfg.data.held_out_fraction)
     if cfg.data.partitioner == "domain":
         assert nodes % len(selected_domains(cfg.data.domains)) == 0
+
+
+@pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
+def test_bench_conf_is_cpu_sized_and_offline(path: Path) -> None:
+    cfg = fused_config(path)
+    assert cfg.data.dataset in dataset_names() and not cfg.data.download
+    assert cfg.model.pretrained.startswith("local:") and cfg.model.img_size == 32
+    assert cfg.model.pretrain_minutes > 0  # the issue: pre-training under an hour on 2 cores
+    assert cfg.fed.min_available_nodes == 12 and cfg.data.held_out_fraction > 0
 
 
 def test_flat_dotted_keys_and_nested_tables_agree(tmp_path: Path) -> None:

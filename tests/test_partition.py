@@ -134,3 +134,41 @@ def test_client_knows_it_is_held_out() -> None:
     flags = [load_client_data(cfg, SPEC, 3, k, 4).held_out for k in range(4)]
     assert {k for k, f in enumerate(flags) if f} == held_out_partitions(4, 0.5, 3)
     assert sum(flags) == 2
+
+
+def test_stratified_subsample_by_hand() -> None:
+    from pep_fedpt.data.partition import stratified_subsample
+
+    kept = stratified_subsample(np.arange(100), TARGETS, 0.3, seed=0)
+    labels = TARGETS[kept]
+    assert np.bincount(labels).tolist() == [3] * 10  # round(10 * 0.3) of every class
+    assert np.array_equal(kept, stratified_subsample(np.arange(100), TARGETS, 0.3, seed=0))
+    # A class never vanishes: at least one example stays.
+    assert np.bincount(TARGETS[stratified_subsample(np.arange(100), TARGETS, 0.01, 0)]).min() == 1
+
+
+def test_central_split_and_subsample_do_not_depend_on_the_run_seed() -> None:
+    from pep_fedpt.data import load_central_data
+    from pep_fedpt.data.client_data import client_pool
+
+    cfg = DataConfig(subsample=0.5)
+    central = subset_targets(load_central_data(cfg, SPEC).test)
+    full_central = subset_targets(load_central_data(DataConfig(), SPEC).test)
+    assert abs(len(central) - len(full_central) / 2) <= 10  # per-class rounding
+    _, pool = client_pool(cfg, SPEC)
+    # Client partitions (which do use the run seed) cover the same subsampled pool.
+    for seed in (0, 1):
+        covered = np.concatenate(
+            [
+                np.concatenate(
+                    [
+                        np.asarray(load_client_data(cfg, SPEC, seed, p, 3).train.indices),
+                        np.asarray(load_client_data(cfg, SPEC, seed, p, 3).test.indices),
+                    ]
+                )
+                for p in range(3)
+            ]
+        )
+        assert np.array_equal(np.sort(covered), pool)
+    with pytest.raises(ConfigError, match=r"data.subsample = 0.0 must be in \(0, 1\]"):
+        DataConfig(subsample=0.0)

@@ -49,11 +49,11 @@ def test_local_backbone_is_trained_once_on_the_pool_and_then_loaded(
 
     monkeypatch.setattr(pretrain, "train_classifier", spy)
     trained = create_backbone(TINY, seed=0, data=data)
-    path = pretrain.local_backbone_path(TINY, data, seed=0)
+    path = pretrain.local_backbone_path(TINY, data)
     assert path.is_file() and path.with_suffix(".json").is_file()
 
     # Trained on classes 0 and 1 of the client pool only, never on the central test split.
-    dataset, pool = client_pool(data, image_spec(trained), seed=0)
+    dataset, pool = client_pool(data, image_spec(trained))
     expected = int(np.isin(np.asarray(dataset.targets)[pool], [0, 1]).sum())
     assert seen == {"images": expected, "labels": [0, 1]}
 
@@ -71,10 +71,65 @@ def test_local_backbone_is_trained_once_on_the_pool_and_then_loaded(
 
     # Other classes are other weights, in another file.
     other = dataclasses.replace(TINY, pretrained="local:2-3")
-    assert pretrain.local_backbone_path(other, data, seed=0) != path
+    assert pretrain.local_backbone_path(other, data) != path
 
 
 def test_classes_beyond_the_data_set_fail_clearly(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PEP_FEDPT_CACHE", str(tmp_path))
     with pytest.raises(ConfigError, match=r"has classes 0\.\.9"):
         create_backbone(dataclasses.replace(TINY, pretrained="local:8-12"), 0, DataConfig())
+
+
+def test_one_backbone_for_every_run_seed_and_subsample(tmp_path: Path) -> None:
+    data = DataConfig()
+    path = pretrain.local_backbone_path(TINY, data)
+    # The run seed is not an argument at all; the subsample of the federated part is not
+    # part of the key either, while the pre-training seed and time budget are.
+    assert pretrain.local_backbone_path(TINY, dataclasses.replace(data, subsample=0.5)) == path
+    assert pretrain.local_backbone_path(dataclasses.replace(TINY, pretrain_seed=1), data) != path
+    assert (
+        pretrain.local_backbone_path(dataclasses.replace(TINY, pretrain_minutes=5.0), data)
+        != path
+    )
+
+
+def test_pretraining_sees_the_full_pool_under_subsample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PEP_FEDPT_CACHE", str(tmp_path))
+    full = DataConfig()
+    half = dataclasses.replace(full, subsample=0.5)
+    seen: dict[str, int] = {}
+
+    def count(model, images, labels, **kwargs):
+        seen["images"] = len(images)
+        return 0.0, 1.0
+
+    monkeypatch.setattr(pretrain, "train_classifier", count)
+    trained = create_backbone(TINY, seed=3, data=half)
+    dataset, pool = client_pool(full, image_spec(trained))
+    _, half_pool = client_pool(half, image_spec(trained))
+    assert len(half_pool) < len(pool)
+    assert seen["images"] == int(np.isin(np.asarray(dataset.targets)[pool], [0, 1]).sum())
+
+
+def test_warmup_cosine_schedule_by_hand() -> None:
+    # total 20 steps: warm-up 2 steps (1/2, 2/2), then cosine over the remaining 18.
+    assert pretrain.warmup_cosine(0, 20) == pytest.approx(0.5)
+    assert pretrain.warmup_cosine(1, 20) == pytest.approx(1.0)
+    assert pretrain.warmup_cosine(2, 20) == pytest.approx(1.0)
+    assert pretrain.warmup_cosine(11, 20) == pytest.approx(0.5)  # halfway: (1 + cos(pi/2))/2
+    assert pretrain.warmup_cosine(20, 20) == pytest.approx(0.0)
+
+
+def test_time_budget_shortens_the_schedule() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 2, (64,))
+    # 4 steps per epoch x 50 epochs = 200 steps planned; a budget of ~0 keeps the 3 probed.
+    _, epochs = pretrain.train_classifier(
+        model, images, labels, epochs=50, seed=0, batch_size=16, max_seconds=1e-9, probe_steps=3
+    )
+    assert epochs == pytest.approx(3 / 4)
+    _, epochs = pretrain.train_classifier(model, images, labels, epochs=2, seed=0, batch_size=16)
+    assert epochs == pytest.approx(2.0)

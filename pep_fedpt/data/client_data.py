@@ -18,6 +18,7 @@ from pep_fedpt.data.partition import (
     held_out_partitions,
     partition_indices,
     stratified_split,
+    stratified_subsample,
 )
 from pep_fedpt.data.registry import DatasetSplits, ImageSpec, LabeledDataset, load_dataset
 
@@ -45,17 +46,26 @@ class CentralData:
 
 
 @functools.lru_cache(maxsize=2)
-def _splits(
-    cfg: DataConfig, spec: ImageSpec, seed: int
-) -> tuple[DatasetSplits, np.ndarray, np.ndarray]:
-    """The loaded data set, the client pool's indices and the central test indices."""
+def _splits(cfg: DataConfig, spec: ImageSpec) -> tuple[DatasetSplits, np.ndarray, np.ndarray]:
+    """The loaded data set, the client pool's indices and the central test indices.
+
+    Both come from ``data.split-seed``, not the run seed: every seed of a comparison is
+    scored on the same central examples, and a ``local:`` backbone's pool never overlaps
+    any run's central test split.
+    """
     splits = load_dataset(cfg, spec)
     everything = np.arange(len(splits.train))
     if splits.test is not None:
-        return splits, everything, np.arange(len(splits.test))
-    pool, central = stratified_split(
-        everything, splits.train.targets, cfg.central_test_fraction, seed
-    )
+        pool, central = everything, np.arange(len(splits.test))
+        central_targets = np.asarray(splits.test.targets)
+    else:
+        pool, central = stratified_split(
+            everything, splits.train.targets, cfg.central_test_fraction, cfg.split_seed
+        )
+        central_targets = np.asarray(splits.train.targets)
+    if cfg.subsample < 1.0:
+        pool = stratified_subsample(pool, splits.train.targets, cfg.subsample, cfg.split_seed)
+        central = stratified_subsample(central, central_targets, cfg.subsample, cfg.split_seed)
     return splits, pool, central
 
 
@@ -63,7 +73,7 @@ def _splits(
 def _partitions(
     cfg: DataConfig, spec: ImageSpec, seed: int, num_partitions: int
 ) -> list[np.ndarray]:
-    splits, pool, _ = _splits(cfg, spec, seed)
+    splits, pool, _ = _splits(cfg, spec)
     domains = getattr(splits.train, "domains", None)
     local = partition_indices(
         splits.train.targets[pool],
@@ -75,9 +85,9 @@ def _partitions(
     return [pool[p] for p in local]
 
 
-def client_pool(cfg: DataConfig, spec: ImageSpec, seed: int) -> tuple[LabeledDataset, np.ndarray]:
+def client_pool(cfg: DataConfig, spec: ImageSpec) -> tuple[LabeledDataset, np.ndarray]:
     """The data set clients draw from and the indices of its client pool (no central test)."""
-    splits, pool, _ = _splits(cfg, spec, seed)
+    splits, pool, _ = _splits(cfg, spec)
     return splits.train, pool
 
 
@@ -86,7 +96,7 @@ def load_client_data(
 ) -> ClientData:
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
-    splits, _, _ = _splits(cfg, spec, seed)
+    splits, _, _ = _splits(cfg, spec)
     indices = _partitions(cfg, spec, seed, num_partitions)[partition_id]
     targets = splits.train.targets
     train_idx, test_idx = stratified_split(indices, targets, cfg.test_fraction, seed + partition_id)
@@ -103,8 +113,8 @@ def load_client_data(
     )
 
 
-def load_central_data(cfg: DataConfig, spec: ImageSpec, seed: int) -> CentralData:
-    splits, _, central = _splits(cfg, spec, seed)
+def load_central_data(cfg: DataConfig, spec: ImageSpec) -> CentralData:
+    splits, _, central = _splits(cfg, spec)
     source = splits.test if splits.test is not None else splits.train
     return CentralData(
         test=Subset(source, central.tolist()),

@@ -153,5 +153,18 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def stratified_subsample(
+    indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """Keep ``fraction`` of ``indices`` per class (at least one example of each class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(targets)[indices]
+    kept = []
+    for c in np.unique(labels):
+        members = rng.permutation(indices[labels == c])
+        kept.append(members[: max(1, round(len(members) * fraction))])
+    return np.sort(np.concatenate(kept))
+
+
 def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)

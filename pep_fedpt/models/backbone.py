@@ -34,7 +34,7 @@ def create_backbone(
         if data is None:
             raise ValueError("a 'local:' backbone needs the run's data config")
         kwargs["pretrained"] = True
-        kwargs["pretrained_cfg_overlay"] = {"file": str(ensure_local_backbone(cfg, data, seed))}
+        kwargs["pretrained_cfg_overlay"] = {"file": str(ensure_local_backbone(cfg, data))}
     elif cfg.pretrained != "random":
         if not os.path.isfile(cfg.pretrained):
             raise ConfigError(
@@ -78,7 +78,7 @@ def backbone_fingerprint(cfg: ModelConfig, seed: int, data: DataConfig | None = 
     """A key that changes whenever the frozen features z(x) could change."""
     source = cfg.pretrained
     if source.startswith(LOCAL_PREFIX) and data is not None:
-        source = str(local_backbone_path(cfg, data, seed))
+        source = str(local_backbone_path(cfg, data))
     if os.path.isabs(source) and os.path.isfile(source):
         stat = os.stat(source)
         source = f"{source}:{stat.st_size}:{int(stat.st_mtime)}"
