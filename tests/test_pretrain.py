@@ -88,8 +88,7 @@ def test_one_backbone_for_every_run_seed_and_subsample(tmp_path: Path) -> None:
     assert pretrain.local_backbone_path(TINY, dataclasses.replace(data, subsample=0.5)) == path
     assert pretrain.local_backbone_path(dataclasses.replace(TINY, pretrain_seed=1), data) != path
     assert (
-        pretrain.local_backbone_path(dataclasses.replace(TINY, pretrain_minutes=5.0), data)
-        != path
+        pretrain.local_backbone_path(dataclasses.replace(TINY, pretrain_minutes=5.0), data) != path
     )
 
 
