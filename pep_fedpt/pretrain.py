@@ -183,9 +183,10 @@ def train_classifier(
     """AdamW with warm-up and cosine decay, random shifts and label smoothing.
 
     With ``max_seconds`` the first ``probe_steps`` steps are timed and the schedule is
-    shortened to the steps that fit, so a time-capped run still decays to zero instead of
-    stopping mid-schedule. Returns the last (possibly partial) epoch's training accuracy
-    and the number of epochs done. images: (N, 3, H, W), already normalised.
+    shortened to the steps that fit (re-fitted after every epoch, never lengthened), so a
+    time-capped run still decays to zero instead of stopping mid-schedule. Returns the
+    last (possibly partial) epoch's training accuracy and the number of epochs done.
+    images: (N, 3, H, W), already normalised.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -212,7 +213,8 @@ def train_classifier(
             step += 1
             correct += int((logits.argmax(-1) == labels[idx]).sum())
             seen += len(idx)
-            if max_seconds is not None and step == probe_steps:
+            if max_seconds is not None and (step == probe_steps or step % steps_per_epoch == 0):
+                # Re-fitted every epoch too: a machine that gets busier must not overrun.
                 per_step = (time.monotonic() - start) / step
                 plan["steps"] = max(step, min(plan["steps"], int(max_seconds / per_step)))
         accuracy = correct / max(1, seen)
