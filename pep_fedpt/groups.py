@@ -2,9 +2,12 @@
 
 Every group g has a key k_g (D,). A sample's query is the frozen prompt-free [CLS]
 feature z(x) (the same z(x) PEP-FedPT caches); as in SGPT's code it is passed through a
-ReLU before the cosine. The sample takes the prompts of the group whose key is nearest
-(top-1), at training and at test time alike, and the key loss pulls that key toward the
-queries that chose it. The selection itself has no gradient: only the key loss moves keys.
+ReLU before the cosine. At test time a sample takes the prompts of the group whose key is
+nearest (top-1). While training, SGPT's code balances the groups: given how often each
+group has been selected so far (N_g, over all clients and rounds), the distance 1 − cos
+is scaled by N_g / Σ N + ε, so that rarely chosen groups win; with no history yet it is
+the nearest key. The key loss pulls the chosen key toward the queries that chose it. The
+selection itself has no gradient: only the key loss moves keys.
 """
 
 from __future__ import annotations
@@ -34,31 +37,53 @@ def match_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.relu(query.float()), dim=-1) @ F.normalize(keys.float(), dim=-1).T
 
 
-@torch.no_grad()
-def select_groups(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """g(x) = argmax_g cos(ReLU(z(x)), k_g): (B,) group indices (ties: the lowest)."""
-    return match_scores(query, keys).argmax(dim=-1)
+# SGPT's code: the floor under a group's selection frequency in the balanced distance.
+BALANCE_EPS = 5e-4
 
 
 @torch.no_grad()
-def group_weights(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """One-hot (B, G) weights e_{g(x)}: the prompt bank's mix picks one group per sample."""
-    return F.one_hot(select_groups(query, keys), keys.shape[0]).float()
+def select_groups(
+    query: torch.Tensor, keys: torch.Tensor, selected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) group indices (ties: the lowest).
 
-
-def key_loss(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """mean_x (1 − cos(ReLU(z(x)), k_{g(x)})): pulls each chosen key toward its queries.
-
-    SGPT's code adds −mean cos (weight 1); the constant 1 changes no gradient and keeps the
-    loss in [0, 2]. Differentiable in ``keys`` only (z(x) is a frozen feature).
+    ``selected`` None: g(x) = argmax_g cos(ReLU(z(x)), k_g), the nearest key (test time).
+    ``selected`` (G,) counts N_g so far: argmin_g (1 − cos) · (N_g / Σ N + ε), SGPT's
+    balanced training-time selection; the nearest key while Σ N = 0.
     """
     scores = match_scores(query, keys)
-    chosen = scores.gather(1, scores.detach().argmax(dim=-1, keepdim=True))
-    return (1.0 - chosen).mean()
+    if selected is None or float(selected.sum()) <= 0:
+        return scores.argmax(dim=-1)
+    frequency = selected.to(scores.device, torch.float64) / selected.double().sum()
+    return ((1.0 - scores.double()) * (frequency + BALANCE_EPS)).argmin(dim=-1)
 
 
 @torch.no_grad()
-def group_counts(query: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
+def group_weights(
+    query: torch.Tensor, keys: torch.Tensor, selected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One-hot (B, G) weights e_{g(x)}: the prompt bank's mix picks one group per sample."""
+    return F.one_hot(select_groups(query, keys, selected), keys.shape[0]).float()
+
+
+def key_loss(
+    query: torch.Tensor, keys: torch.Tensor, selected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """mean_x (1 − cos(ReLU(z(x)), k_{g(x)})): pulls each chosen key toward its queries.
+
+    g(x) as in ``select_groups``. SGPT's code adds −mean cos (weight 1); the constant 1
+    changes no gradient and keeps the loss in [0, 2]. Differentiable in ``keys`` only
+    (z(x) is a frozen feature).
+    """
+    chosen = select_groups(query, keys.detach(), selected)
+    scores = match_scores(query, keys)
+    return (1.0 - scores.gather(1, chosen.unsqueeze(1))).mean()
+
+
+@torch.no_grad()
+def group_counts(
+    query: torch.Tensor, keys: torch.Tensor, selected: torch.Tensor | None = None
+) -> np.ndarray:
     """n_{k,g}: how many of the queries select each group, (G,) int64 summing to B."""
-    chosen = select_groups(query, keys).cpu()
+    chosen = select_groups(query, keys, selected).cpu()
     return torch.bincount(chosen, minlength=keys.shape[0]).numpy().astype(np.int64)

@@ -7,15 +7,19 @@ train reply), then mixed with the previous global row by the momentum m:
 new = m · previous + (1 − m) · mean. A group no sampled client selected keeps its previous
 rows. A train reply without valid group counts (shape, integers, non-negative, adding up
 to num-examples) is dropped whole, with a log line naming the node and the reason.
+
+The state also keeps ``group.count``: every group's selections so far (the sum of all
+accepted group counts, zeros after the census), sent with each message so that clients
+can balance the groups while training (``pep_fedpt.groups.select_groups``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from logging import INFO
 
 import numpy as np
-from flwr.app import MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
@@ -63,6 +67,34 @@ class SGPT(PromptFedAvg):
         log(
             INFO, "\t└──> Group prompts and keys: by group counts, momentum %s", self.group_momentum
         )
+
+    def census_state(
+        self,
+        arrays: ArrayRecord,
+        sums: Sequence[np.ndarray | None],
+        counts: Sequence[np.ndarray],
+    ) -> ArrayRecord:
+        """The census state plus ``group.count``: no group selected yet."""
+        state = super().census_state(arrays, sums, counts)
+        num_groups = arrays[wire.GROUP_KEYS].shape[0]
+        state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
+        return state
+
+    def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
+        """The selections so far (G ints), for the balanced training-time selection."""
+        content[wire.GROUP] = ArrayRecord({wire.GROUP_COUNT: arrays[wire.GROUP_COUNT]})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg's aggregate with group rows by group counts; ``group.count`` grows by the
+        accepted replies' counts (it stays when the round keeps the previous state)."""
+        self._group_counts = []
+        state, metrics = super().aggregate_train(server_round, replies)
+        if state is not None and state is not self._global and self._group_counts:
+            before = np.asarray(state[wire.GROUP_COUNT].numpy(), dtype=np.int64)
+            state[wire.GROUP_COUNT] = Array(before + np.sum(self._group_counts, axis=0))
+        return state, metrics
 
     def check_train_metrics(self, metrics: MetricRecord) -> str | None:
         """Group counts: one non-negative integer per group, adding up to num-examples."""

@@ -17,6 +17,10 @@ Global state (one ``ArrayRecord``; float32 unless noted):
 - ``proto.mean``            (C, D)     global class prototypes μ_c (PEP-FedPT only; never
                                         trained)
 - ``proto.count``           (C,) int64 global class counts Σ_k n_{k,c} (every method)
+- ``group.count``           (G,) int64 SGPT: how often each group was selected so far, Σ over
+                                        rounds and clients of the replies' group counts;
+                                        sent in every train/evaluate message as record
+                                        ``group`` (SGPT's balanced training-time selection)
 
 Train reply: ``arrays`` (the trainable keys above) and ``metrics`` with ``num-examples``,
 ``class-counts`` (C ints summing to num-examples) and ``train-loss``; SGPT adds
@@ -44,6 +48,7 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
 PROTO = "proto"
+GROUP = "group"
 
 NUM_EXAMPLES = "num-examples"
 CLASS_COUNTS = "class-counts"
@@ -64,8 +69,9 @@ TASK_PROTOTYPES = "prototypes"
 DEEP_PROMPT_PREFIX = "prompt.deep."
 GROUP_PROMPT_PREFIX = "prompt.group."
 GROUP_KEYS = "prompt.keys"
+GROUP_COUNT = "group.count"
 
-GLOBAL_ONLY_KEYS = (PROTO_MEAN, PROTO_COUNT)
+GLOBAL_ONLY_KEYS = (PROTO_MEAN, PROTO_COUNT, GROUP_COUNT)
 
 
 def class_prompt_key(block: int) -> str:

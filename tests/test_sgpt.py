@@ -23,7 +23,7 @@ from pep_fedpt.groups import (
     orthonormal_keys,
     select_groups,
 )
-from pep_fedpt.methods import build_model, initial_arrays
+from pep_fedpt.methods import build_model, client_for, initial_arrays
 from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
 from strategies import wire
@@ -51,6 +51,20 @@ def test_key_matching_against_hand_computed_values() -> None:
     assert group_counts(QUERIES, KEYS).tolist() == [1, 2, 0]
     # A query with no positive entry scores 0 everywhere: the lowest group wins the tie.
     assert select_groups(torch.tensor([[-1.0, -2.0]]), KEYS).tolist() == [0]
+
+
+def test_balanced_training_selection_against_hand_computed_values() -> None:
+    # selections so far (3, 1, 0): frequencies (3/4, 1/4, 0) + ε scale the distance 1 − cos
+    selected = torch.tensor([3, 1, 0])
+    # q1: (0, 1 − 1/√2, 2) · (.7505, .2505, .0005) -> group 1 (distance 0);
+    # q2, q3: (1, 1 − 1/√2, 1) · (...) = (.7505, .0734, .0005) -> the unused group 3
+    assert select_groups(QUERIES, KEYS, selected).tolist() == [0, 2, 2]
+    assert group_counts(QUERIES, KEYS, selected).tolist() == [1, 0, 2]
+    assert group_weights(QUERIES, KEYS, selected).tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 1]]
+    # the key loss follows that choice: (1 − 1, 1 − 0, 1 − 0) / 3
+    assert key_loss(QUERIES, KEYS, selected).item() == pytest.approx(2 / 3)
+    # no history yet: the nearest key
+    assert select_groups(QUERIES, KEYS, torch.zeros(3)).tolist() == [0, 1, 1]
 
 
 def test_key_loss_against_hand_computed_values() -> None:
@@ -195,7 +209,11 @@ def test_one_round_of_sgpt_aggregates_group_rows_by_group_counts(
 
     out = Path(flat["output-dir"])
     state = load_state(out)
-    assert set(state) == GROUP_ROWS | FEDAVG_KEYS | {wire.PROTO_COUNT}  # no prototypes
+    # no prototypes; group.count: every group's selections so far
+    assert set(state) == GROUP_ROWS | FEDAVG_KEYS | {wire.PROTO_COUNT, wire.GROUP_COUNT}
+    total = sum(np.asarray(r.content[wire.METRICS][wire.GROUP_COUNTS]) for r in trains)
+    assert state[wire.GROUP_COUNT].tolist() == total.tolist()
+    assert state[wire.GROUP_COUNT].dtype == np.int64
     for reply in trains:
         metrics = reply.content[wire.METRICS]
         counts = list(metrics[wire.GROUP_COUNTS])
@@ -272,3 +290,20 @@ def test_with_every_group_count_malformed_the_global_state_stays_as_it_was(
     state = load_state(Path(flat["output-dir"]))
     for key, value in _initial(RunConfig.from_flat(flat)).items():
         np.testing.assert_array_equal(state[key], value, err_msg=key)
+    assert state[wire.GROUP_COUNT].tolist() == [0, 0, 0, 0]
+
+
+def test_client_balances_groups_by_the_servers_selections_so_far(flat: dict) -> None:
+    """Groups 1-3 chosen before, group 4 never: SGPT's balanced selection sends every
+    training example to group 4 (its scaled distance is ε-small), and the reply says so."""
+    cfg = RunConfig.from_flat(flat)
+    client = client_for(cfg, 0, 8)
+    start = _initial(cfg)
+    arrays, metrics = client.train(start, np.array([5, 5, 5, 0]), 1)
+    assert metrics[wire.GROUP_COUNTS] == [0, 0, 0, metrics[wire.NUM_EXAMPLES]]
+    # only group 4's prompts were trained (with momentum SGD and weight decay, every other
+    # group's prompt moves too, but by weight decay alone: far less)
+    moved = np.abs(arrays[wire.group_prompt_key(1)] - start[wire.group_prompt_key(1)])
+    assert moved[3].max() > 10 * moved[:3].max()
+    with pytest.raises(ValueError, match=r"group\.count must be 4 non-negative counts"):
+        client.train(start, np.array([1, -1, 0, 0]), 1)

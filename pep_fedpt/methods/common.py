@@ -89,10 +89,13 @@ class PromptClient:
 
     Subclasses add ``train(arrays, prototypes, server_round)`` and ``evaluate(arrays,
     prototypes)``; ``uses_prototypes`` says whether the ClientApp must pass the global
-    prototypes, ``personal`` whether the node keeps its own trained state (local-only).
+    prototypes (as ``prototypes``), ``uses_group_counts`` whether it must pass SGPT's group
+    selections so far in their place, ``personal`` whether the node keeps its own trained
+    state (local-only).
     """
 
     uses_prototypes = False
+    uses_group_counts = False
     personal = False
 
     def __init__(
