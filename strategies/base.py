@@ -360,12 +360,13 @@ class PromptFedAvg(FedAvg):
         replies = list(replies)
 
         def check(content: RecordDict, node: int) -> str | None:
+            reason = check_train_reply(content, expected, num_classes)
+            if reason:  # only a reply that passes has the records read below
+                return reason
             metrics = content[wire.METRICS]
-            return (
-                check_train_reply(content, expected, num_classes)
-                or check_known_counts(metrics[wire.CLASS_COUNTS], self._node_counts.get(node))
-                or self.check_train_metrics(metrics)
-            )
+            return check_known_counts(
+                metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
+            ) or self.check_train_metrics(metrics)
 
         valid = self._accepted(replies, server_round, check)
         metrics = MetricRecord(
