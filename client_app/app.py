@@ -14,7 +14,8 @@ replies and refuses to train.
 The node learns its partition from ``node_config`` (``partition-id``, ``num-partitions``,
 and optionally ``data-dir``, which overrides the run config's ``data.data-dir``, and
 ``cache-dir``, the node-local z(x) cache folder, which overrides the run config's);
-the global prototypes arrive once per version and are kept in ``context.state``.
+the global prototypes arrive once per version and are kept in ``context.state``; SGPT's
+group selections so far (``group.count``) come with every message.
 A ``local`` (local-only) node keeps its own trained prompts and head in ``context.state``
 too: it trains and evaluates them, never the global state, once it has trained.
 """
@@ -116,8 +117,18 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def _global_extra(msg: Message, context: Context, client: PromptClient) -> np.ndarray | None:
-    """What beyond the arrays the method needs from the server: PEP-FedPT's prototypes."""
-    return _prototypes(msg, context) if client.uses_prototypes else None
+    """What beyond the arrays the method needs from the server: PEP-FedPT's prototypes,
+    SGPT's group selections so far (``group.count``, in every message)."""
+    if client.uses_prototypes:
+        return _prototypes(msg, context)
+    if client.uses_group_counts:
+        if wire.GROUP not in msg.content:
+            raise ValueError(
+                f"method {client.cfg.method!r} needs the record {wire.GROUP!r} "
+                f"({wire.GROUP_COUNT}) in every message; is the server running SGPT?"
+            )
+        return msg.content[wire.GROUP][wire.GROUP_COUNT].numpy()
+    return None
 
 
 @app.query()

@@ -25,6 +25,7 @@ METHODS = (
     "head-only",
     "fedavg-vpt-prior",
     "local",
+    "sgpt",
 )
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
@@ -51,7 +52,7 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} = {value!r} must be a finite number {bound}")
 
 
-def parse_block_spec(spec: str, depth: int) -> tuple[int, ...]:
+def parse_block_spec(spec: str, depth: int, key: str = "prompt.ccmp-blocks") -> tuple[int, ...]:
     """Parse 1-based block numbers: ``"2-L"``, ``"2-6"``, ``"2,4,6"``, ``""`` (none).
 
     ``L`` stands for the backbone depth. Returns sorted 0-based indices, as timm numbers
@@ -67,13 +68,11 @@ def parse_block_spec(spec: str, depth: int) -> tuple[int, ...]:
             hi = lo if not hi_s else (depth if hi_s.strip() == "L" else int(hi_s))
         except ValueError:
             raise ConfigError(
-                f"prompt.ccmp-blocks = {spec!r}: {part!r} is not a block number or range "
+                f"{key} = {spec!r}: {part!r} is not a block number or range "
                 "(write e.g. '2-L', '2-6' or '2,4,6'; blocks count from 1, L = depth)"
             ) from None
         if not 1 <= lo <= hi <= depth:
-            raise ConfigError(
-                f"prompt.ccmp-blocks = {spec!r}: {part!r} is outside blocks 1..{depth}"
-            )
+            raise ConfigError(f"{key} = {spec!r}: {part!r} is outside blocks 1..{depth}")
         blocks.update(range(lo - 1, hi))
     return tuple(sorted(blocks))
 
@@ -179,6 +178,10 @@ class PromptConfig:
     prior_smoothing: float = 1.0
     train_weights: str = "soft"
     head_init: str = "zeros"
+    # SGPT (method = "sgpt"); defaults from its code's CIFAR-100 runs (docs/baselines.md).
+    num_groups: int = 20
+    group_blocks: str = ""  # "" = the blocks of ccmp-blocks (the VPT-deep baselines' too)
+    key_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.shared_length < 0 or self.class_length < 0:
@@ -187,6 +190,9 @@ class PromptConfig:
         _positive("prompt.prior-smoothing", self.prior_smoothing)
         _choice("prompt.train-weights", self.train_weights, TRAIN_WEIGHTS)
         _choice("prompt.head-init", self.head_init, HEAD_INITS)
+        if self.num_groups < 1:
+            raise ConfigError(f"prompt.num-groups = {self.num_groups} must be >= 1")
+        _positive("prompt.key-loss-weight", self.key_loss_weight, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,7 @@ class FedConfig:
     min_available_nodes: int = 2
     class_prompt_aggregation: str = "per-class"
     prototype_refresh_every: int = 0
+    group_momentum: float = 0.5  # SGPT: new = m * previous + (1 - m) * group-weighted mean
     round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -237,6 +244,8 @@ class FedConfig:
         )
         if self.prototype_refresh_every < 0:
             raise ConfigError("fed.prototype-refresh-every must be >= 0 (0 = never)")
+        if not (math.isfinite(self.group_momentum) and 0.0 <= self.group_momentum < 1.0):
+            raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
 
 
 @dataclass(frozen=True)

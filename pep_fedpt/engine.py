@@ -114,10 +114,13 @@ def train_epochs(
     device: torch.device,
     seed: int,
     regularizer: Callable[[], torch.Tensor] | None = None,
+    query_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
-    """E epochs of SGD on cross-entropy over the prompts and head only.
+    """E epochs of SGD on cross-entropy over the parameters that require a gradient.
 
     ``regularizer``: a term added to every batch's loss (FedProx's proximal term).
+    ``query_loss``: a term of the batch's z(x) added to its loss (SGPT's key loss).
+    The reported loss is the cross-entropy alone.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
@@ -129,11 +132,14 @@ def train_epochs(
         for images, labels, positions in _batches(
             dataset, cfg.batch_size, True, seed + epoch, device
         ):
-            weights = weights_fn(features[positions].to(device), labels, True)
+            query = features[positions].to(device)
+            weights = weights_fn(query, labels, True)
             with autocast(device):
                 logits = model(images, weights)
                 loss = F.cross_entropy(logits.float(), labels)
             objective = loss if regularizer is None else loss + regularizer()
+            if query_loss is not None:
+                objective = objective + query_loss(query)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

@@ -16,7 +16,11 @@ def trainable_arrays(model: PromptedViT) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     if model.shared_length:
         arrays[wire.SHARED_PROMPT] = _numpy(model.shared_prompt)
-    if model.class_length and model.class_conditioned:
+    if model.group_keys is not None:
+        for i, block in enumerate(model.ccmp_blocks):
+            arrays[wire.group_prompt_key(block)] = _numpy(model.class_prompts[i])
+        arrays[wire.GROUP_KEYS] = _numpy(model.group_keys)
+    elif model.class_length and model.class_conditioned:
         for i, block in enumerate(model.ccmp_blocks):
             arrays[wire.class_prompt_key(block)] = _numpy(model.class_prompts[i])
     elif model.class_length:
@@ -53,6 +57,11 @@ def _parameter(model: PromptedViT, key: str) -> torch.Tensor:
         return model.head.weight
     if key == wire.HEAD_BIAS:
         return model.head.bias
+    if key == wire.GROUP_KEYS and model.group_keys is not None:
+        return model.group_keys
+    if key.startswith(wire.GROUP_PROMPT_PREFIX):
+        block = int(key.removeprefix(wire.GROUP_PROMPT_PREFIX)) - 1
+        return model.class_prompts[model.ccmp_blocks.index(block)]
     if key.startswith(wire.DEEP_PROMPT_PREFIX):
         block = int(key.removeprefix(wire.DEEP_PROMPT_PREFIX)) - 1
         return model.class_prompts[model.ccmp_blocks.index(block), 0]

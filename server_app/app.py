@@ -34,11 +34,12 @@ from pep_fedpt.engine import (
 from pep_fedpt.methods import build_model, image_spec, initial_arrays
 from pep_fedpt.methods.baselines import PRIOR_CORRECTED_METHODS
 from pep_fedpt.methods.pep_fedpt import ccmp_weights_fn
+from pep_fedpt.methods.sgpt import group_weights_fn
 from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
-from strategies import LocalOnly, PEPFedPT, PromptFedAvg, wire
+from strategies import SGPT, LocalOnly, PEPFedPT, PromptFedAvg, wire
 
 app = ServerApp()
 
@@ -51,6 +52,7 @@ STRATEGIES: dict[str, type[PromptFedAvg]] = {
     "head-only": PromptFedAvg,
     "fedavg-vpt-prior": PromptFedAvg,
     "local": LocalOnly,
+    "sgpt": SGPT,
 }
 
 
@@ -70,6 +72,8 @@ def build_strategy(cfg: RunConfig) -> PromptFedAvg:
             prototype_refresh_every=fed.prototype_refresh_every,
             **common,
         )
+    if cfg.method == "sgpt":
+        return SGPT(group_momentum=fed.group_momentum, **common)
     return STRATEGIES[cfg.method](**common)
 
 
@@ -109,9 +113,10 @@ def main(grid: Grid, context: Context) -> None:
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Central test split, global prior π(c) ∝ Σ_k n_{k,c}; then record the round.
 
-        PEP-FedPT mixes its class prompts with CCMP weights under the global prior; the
-        baselines have one prompt set (weights of one), and the prior-corrected one adds
-        the global log prior to the logits.
+        PEP-FedPT mixes its class prompts with CCMP weights under the global prior; SGPT
+        takes each sample's group by key matching; the other baselines have one prompt set
+        (weights of one), and the prior-corrected one adds the global log prior to the
+        logits.
         """
         state = {key: array.numpy() for key, array in arrays.items()}
         load_trainable_arrays(model, state)
@@ -126,6 +131,9 @@ def main(grid: Grid, context: Context) -> None:
                 cfg.prompt.tau,
                 onehot_in_training=False,
             )
+        elif wire.GROUP_KEYS in state:  # SGPT: the group of the nearest key, as on clients
+            z = features.get("central", lambda: compute_query_features(model, central.test, device))
+            weights_fn = group_weights_fn(torch.as_tensor(state[wire.GROUP_KEYS], device=device))
         else:
             z = features.get("central-none", lambda: no_features(central.test))
         shift = log_prior if cfg.method in PRIOR_CORRECTED_METHODS else None

@@ -39,6 +39,25 @@ def per_class_weighted_mean(
     return out.astype(np.float32)
 
 
+def group_weighted_mean(
+    arrays: Sequence[np.ndarray],
+    group_counts: Sequence[np.ndarray],
+    previous: np.ndarray,
+    momentum: float = 0.0,
+) -> np.ndarray:
+    """SGPT's group rows: m · previous + (1 − m) · the per-group mean by n_{k,g}.
+
+    Row g of the mean is Σ_k n_{k,g} P_{k,g} / Σ_k n_{k,g} (``per_class_weighted_mean``
+    with groups as classes), so a group no sampled client selected keeps ``previous``
+    whatever m is. m = 0 is the plain group-weighted mean.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum = {momentum!r} must be in [0, 1)")
+    mean = per_class_weighted_mean(arrays, group_counts, previous).astype(np.float64)
+    old = np.asarray(previous, dtype=np.float64)
+    return (momentum * old + (1.0 - momentum) * mean).astype(np.float32)
+
+
 def prototype_means(
     sums: Sequence[np.ndarray], counts: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:

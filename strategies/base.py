@@ -17,7 +17,8 @@ What it adds to Flower's FedAvg (Message API), for every method:
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
 
 Subclasses change what the census collects (``census_state``), what a message carries
-beyond the trainable arrays (``extra_content``) and how a key is merged (``merge``).
+beyond the trainable arrays (``extra_content``), what a train reply must also carry
+(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged (``merge``).
 """
 
 from __future__ import annotations
@@ -329,6 +330,14 @@ class PromptFedAvg(FedAvg):
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         return self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
 
+    def check_train_metrics(self, metrics: MetricRecord) -> str | None:
+        """Hook: a method's own check of a train reply's metrics (None: usable)."""
+        return None
+
+    def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
+        """Hook: read what ``merge`` needs beyond the counts from the valid replies' metrics
+        (in the order of the values ``merge`` gets)."""
+
     def merge(
         self,
         key: str,
@@ -351,9 +360,13 @@ class PromptFedAvg(FedAvg):
         replies = list(replies)
 
         def check(content: RecordDict, node: int) -> str | None:
-            return check_train_reply(content, expected, num_classes) or check_known_counts(
-                content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
-            )
+            reason = check_train_reply(content, expected, num_classes)
+            if reason:  # only a reply that passes has the records read below
+                return reason
+            metrics = content[wire.METRICS]
+            return check_known_counts(
+                metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
+            ) or self.check_train_metrics(metrics)
 
         valid = self._accepted(replies, server_round, check)
         metrics = MetricRecord(
@@ -378,6 +391,7 @@ class PromptFedAvg(FedAvg):
         state = ArrayRecord(
             {key: self._global[key] for key in wire.GLOBAL_ONLY_KEYS if key in previous}
         )
+        self.prepare_merge(client_metrics)
         for key in expected:
             values = [u[key] for u in updates]
             state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))

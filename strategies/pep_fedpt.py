@@ -115,7 +115,9 @@ class PEPFedPT(PromptFedAvg):
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """The prototypes (and global counts), only to nodes that lack this version."""
         if self._node_proto_version.get(node_id) != self._proto_version:
-            content[wire.PROTO] = ArrayRecord({key: arrays[key] for key in wire.GLOBAL_ONLY_KEYS})
+            content[wire.PROTO] = ArrayRecord(
+                {key: arrays[key] for key in (wire.PROTO_MEAN, wire.PROTO_COUNT)}
+            )
             self._node_proto_version[node_id] = self._proto_version
 
     # ------------------------------------------------------------------ train

@@ -41,13 +41,29 @@ def check_class_counts(counts: object, num_examples: object, num_classes: int) -
         return f"{wire.NUM_EXAMPLES} = {num_examples!r} is not an integer"
     if not 0 < num_examples <= MAX_EXAMPLES_PER_CLIENT:
         return f"{wire.NUM_EXAMPLES} = {num_examples} is outside 1..{MAX_EXAMPLES_PER_CLIENT}"
+    return _check_counts(wire.CLASS_COUNTS, counts, num_examples, num_classes)
+
+
+def check_group_counts(counts: object, num_examples: object, num_groups: int) -> str | None:
+    """SGPT: G non-negative integers that add up to num-examples (each example selects
+    exactly one group), so that no node can claim more weight for a group than it has data.
+    """
+    if counts is None:
+        return f"reply lacks {wire.GROUP_COUNTS} (SGPT's per-group example counts)"
+    if not isinstance(num_examples, int) or isinstance(num_examples, bool):
+        return f"{wire.NUM_EXAMPLES} = {num_examples!r} is not an integer"
+    return _check_counts(wire.GROUP_COUNTS, counts, num_examples, num_groups)
+
+
+def _check_counts(name: str, counts: object, total: int, size: int) -> str | None:
+    """``size`` non-negative integers (so finite) that add up to ``total``."""
     values = np.asarray(counts)
-    if values.shape != (num_classes,):
-        return f"{wire.CLASS_COUNTS} has shape {values.shape}, expected ({num_classes},)"
+    if values.shape != (size,):
+        return f"{name} has shape {values.shape}, expected ({size},)"
     if not np.issubdtype(values.dtype, np.integer) or np.any(values < 0):
-        return f"{wire.CLASS_COUNTS} must be {num_classes} non-negative integers"
-    if int(values.sum()) != num_examples:
-        return f"{wire.CLASS_COUNTS} add up to {int(values.sum())}, not {num_examples}"
+        return f"{name} must be {size} non-negative integers, got {values.tolist()}"
+    if int(values.sum()) != total:
+        return f"{name} add up to {int(values.sum())}, not {total} ({wire.NUM_EXAMPLES})"
     return None
 
 

@@ -10,13 +10,22 @@ Global state (one ``ArrayRecord``; float32 unless noted):
                                         averaged per class by n_{k,c} (PEP-FedPT)
 - ``prompt.deep.<l>``       (M_c, D)   VPT-deep prompt of block l (1-based): the
                                         baselines' one learned prompt per block, FedAvg
+- ``prompt.group.<l>``      (G, M_c, D) SGPT's group prompts of block l (1-based), averaged
+                                        per group by the clients' group counts n_{k,g}
+- ``prompt.keys``           (G, D)     SGPT's group keys, averaged per group like them
 - ``head.weight``, ``head.bias``  (C, D), (C,)  linear head, FedAvg by n_k
 - ``proto.mean``            (C, D)     global class prototypes μ_c (PEP-FedPT only; never
                                         trained)
 - ``proto.count``           (C,) int64 global class counts Σ_k n_{k,c} (every method)
+- ``group.count``           (G,) int64 SGPT: how often each group was selected so far, Σ over
+                                        rounds and clients of the replies' group counts;
+                                        sent in every train/evaluate message as record
+                                        ``group`` (SGPT's balanced training-time selection)
 
 Train reply: ``arrays`` (the trainable keys above) and ``metrics`` with ``num-examples``,
-``class-counts`` (C ints summing to num-examples) and ``train-loss``.
+``class-counts`` (C ints summing to num-examples) and ``train-loss``; SGPT adds
+``group-counts`` (G ints summing to num-examples: how many local train examples select
+each group with the trained keys).
 Prototype (QUERY) reply: ``proto`` with ``proto.sum`` (C, D) and ``proto.count`` (C,),
 or only ``proto.count`` when the query's config sets ``counts-only`` (the baselines'
 census), and ``metrics`` with ``num-examples`` and, optionally, ``partition-id`` and ``held-out``
@@ -39,10 +48,12 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
 PROTO = "proto"
+GROUP = "group"
 
 NUM_EXAMPLES = "num-examples"
 CLASS_COUNTS = "class-counts"
 TRAIN_LOSS = "train-loss"
+GROUP_COUNTS = "group-counts"
 CORRECT = "correct"
 ACCURACY = "accuracy"
 PARTITION_ID = "partition-id"
@@ -56,8 +67,11 @@ CFG_COUNTS_ONLY = "counts-only"  # in the QUERY: reply with class counts, no fea
 TASK_PROTOTYPES = "prototypes"
 
 DEEP_PROMPT_PREFIX = "prompt.deep."
+GROUP_PROMPT_PREFIX = "prompt.group."
+GROUP_KEYS = "prompt.keys"
+GROUP_COUNT = "group.count"
 
-GLOBAL_ONLY_KEYS = (PROTO_MEAN, PROTO_COUNT)
+GLOBAL_ONLY_KEYS = (PROTO_MEAN, PROTO_COUNT, GROUP_COUNT)
 
 
 def class_prompt_key(block: int) -> str:
@@ -72,3 +86,13 @@ def is_class_prompt(key: str) -> bool:
 def deep_prompt_key(block: int) -> str:
     """Wire name of the VPT-deep prompt of 0-based block ``block`` (named 1-based)."""
     return f"{DEEP_PROMPT_PREFIX}{block + 1}"
+
+
+def group_prompt_key(block: int) -> str:
+    """Wire name of SGPT's group prompts of 0-based block ``block`` (named 1-based)."""
+    return f"{GROUP_PROMPT_PREFIX}{block + 1}"
+
+
+def is_grouped(key: str) -> bool:
+    """Whether ``key`` holds one row per SGPT group (group prompts or keys)."""
+    return key == GROUP_KEYS or key.startswith(GROUP_PROMPT_PREFIX)

@@ -26,6 +26,8 @@ BASELINES = [m for m in METHODS if m != "pep-fedpt"]
 # The tiny ViT has 3 blocks; prompt.ccmp-blocks = "2-L" puts a deep prompt in blocks 2, 3.
 DEEP = {wire.deep_prompt_key(1), wire.deep_prompt_key(2)}
 HEAD = {wire.HEAD_WEIGHT, wire.HEAD_BIAS}
+# SGPT: G group prompts in the same blocks, plus the G keys (more in tests/test_sgpt.py).
+GROUPS = {wire.group_prompt_key(1), wire.group_prompt_key(2)}
 TRAINABLE = {
     "fedavg-vpt-shallow": {wire.SHARED_PROMPT} | HEAD,
     "fedavg-vpt-deep": {wire.SHARED_PROMPT} | DEEP | HEAD,
@@ -33,6 +35,7 @@ TRAINABLE = {
     "head-only": HEAD,
     "fedavg-vpt-prior": {wire.SHARED_PROMPT} | DEEP | HEAD,
     "local": {wire.SHARED_PROMPT} | DEEP | HEAD,
+    "sgpt": {wire.SHARED_PROMPT, wire.GROUP_KEYS} | GROUPS | HEAD,
 }
 
 
@@ -74,7 +77,9 @@ def test_one_round_of_each_baseline(
 
     out = tmp_path / "run"
     state = load_state(out)
-    assert set(state) == TRAINABLE[method] | {wire.PROTO_COUNT}  # no prototypes
+    # no prototypes; SGPT keeps its groups' selections so far
+    extra = {wire.GROUP_COUNT} if method == "sgpt" else set()
+    assert set(state) == TRAINABLE[method] | {wire.PROTO_COUNT} | extra
     rows = load_json(out / "metrics.json")
     assert [row["round"] for row in rows] == [0, 1]
     for key in ("server/accuracy", "server/loss", "train/train-loss", "evaluate/global-accuracy"):
@@ -97,7 +102,8 @@ def test_one_round_of_each_baseline(
         assert rows[0]["server/accuracy"] == pytest.approx(np.mean(labels == guess))
 
     if method != "local":
-        for key in TRAINABLE[method]:  # FedAvg: the n_k-weighted mean of the replies
+        # FedAvg: the n_k-weighted mean of the replies (SGPT's group rows: tests/test_sgpt.py)
+        for key in (k for k in TRAINABLE[method] if not wire.is_grouped(k)):
             mean = sum(
                 n * u[key].astype(np.float64) for n, u in zip(sizes, updates, strict=True)
             ) / sum(sizes)

@@ -37,6 +37,7 @@ def image_spec(backbone: VisionTransformer) -> ImageSpec:
 SHALLOW_METHODS = ("fedavg-vpt-shallow",)
 HEAD_ONLY_METHODS = ("head-only",)
 DEEP_METHODS = ("fedavg-vpt-deep", "fedprox-vpt", "fedavg-vpt-prior", "local")
+GROUP_METHODS = ("sgpt",)
 
 
 def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -> PromptedViT:
@@ -44,9 +45,12 @@ def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -
 
     PEP-FedPT: shared prompt + class prompts in the CCMP blocks. VPT-deep baselines: shared
     prompt + one prompt per block (the same blocks and token counts). VPT-shallow: shared
-    prompt only. Head-only: no prompt (a linear probe).
+    prompt only. Head-only: no prompt (a linear probe). SGPT: shared prompt + a bank of
+    ``prompt.num-groups`` keyed group prompts in ``prompt.group-blocks`` (default: the
+    CCMP blocks), one group picked per sample.
     """
-    blocks = parse_block_spec(cfg.prompt.ccmp_blocks, len(backbone.blocks))
+    depth = len(backbone.blocks)
+    blocks = parse_block_spec(cfg.prompt.ccmp_blocks, depth)
     shared, sets = cfg.prompt.shared_length, None
     if cfg.method in SHALLOW_METHODS + HEAD_ONLY_METHODS:
         blocks = ()
@@ -54,6 +58,11 @@ def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -
         shared = 0
     if cfg.method in DEEP_METHODS:
         sets = 1
+    keyed = cfg.method in GROUP_METHODS
+    if keyed:
+        sets = cfg.prompt.num_groups
+        if cfg.prompt.group_blocks:
+            blocks = parse_block_spec(cfg.prompt.group_blocks, depth, "prompt.group-blocks")
     return PromptedViT(
         backbone,
         num_classes,
@@ -61,6 +70,7 @@ def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -
         class_length=cfg.prompt.class_length,
         ccmp_blocks=blocks,
         num_prompt_sets=sets,
+        keyed=keyed,
         head_init=cfg.prompt.head_init,
     )
 
@@ -79,10 +89,13 @@ class PromptClient:
 
     Subclasses add ``train(arrays, prototypes, server_round)`` and ``evaluate(arrays,
     prototypes)``; ``uses_prototypes`` says whether the ClientApp must pass the global
-    prototypes, ``personal`` whether the node keeps its own trained state (local-only).
+    prototypes (as ``prototypes``), ``uses_group_counts`` whether it must pass SGPT's group
+    selections so far in their place, ``personal`` whether the node keeps its own trained
+    state (local-only).
     """
 
     uses_prototypes = False
+    uses_group_counts = False
     personal = False
 
     def __init__(

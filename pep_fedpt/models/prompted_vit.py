@@ -7,6 +7,9 @@ overwritten at the later ones, so the token count stays that of VPT-deep.
 
 With ``num_prompt_sets = 1`` and weights of one, the same module is plain VPT-deep; with
 no CCMP blocks and no shared prompt it is a linear probe. The baselines reuse it that way.
+With ``keyed = True`` the prompt sets are SGPT's groups: each has a trainable key (rows of
+``group_keys``), and the weights are one-hot on the group whose key matches z(x) best
+(``pep_fedpt.groups``), so the same mixing path inserts the chosen group's prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pep_fedpt.ccmp import mix_prompts
+from pep_fedpt.groups import orthonormal_keys
 
 
 def vpt_init_bound(patch_size: int, embed_dim: int) -> float:
@@ -38,6 +42,7 @@ class PromptedViT(nn.Module):
         class_length: int = 1,
         ccmp_blocks: Sequence[int] = (),
         num_prompt_sets: int | None = None,
+        keyed: bool = False,
         head_init: str = "zeros",
     ) -> None:
         super().__init__()
@@ -61,6 +66,12 @@ class PromptedViT(nn.Module):
         self.class_prompts = nn.Parameter(
             torch.empty(len(self.ccmp_blocks), sets, self.class_length, dim).uniform_(-bound, bound)
         )
+        # SGPT: one key per prompt set (group), matched against z(x); None for the others.
+        self.group_keys: nn.Parameter | None = None
+        if keyed:
+            if num_prompt_sets is None or not self.ccmp_blocks or not self.class_length:
+                raise ValueError("keyed prompt sets need num_prompt_sets and prompted blocks")
+            self.group_keys = nn.Parameter(orthonormal_keys(sets, dim))
         self.head = nn.Linear(dim, num_classes)
         if head_init == "zeros":
             nn.init.zeros_(self.head.weight)

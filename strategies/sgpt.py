@@ -1,0 +1,124 @@
+"""SGPT's server (Deng et al., CVPR 2024): FedAvg plus group-weighted group prompts and keys.
+
+The shared prompt and head are averaged by n_k, as in FedAvg. Each group's prompts
+(``prompt.group.<l>``) and key (``prompt.keys``) are averaged row by row over the clients
+weighted by how many of their train examples selected that group (``group-counts`` in the
+train reply), then mixed with the previous global row by the momentum m:
+new = m · previous + (1 − m) · mean. A group no sampled client selected keeps its previous
+rows. A train reply without valid group counts (shape, integers, non-negative, adding up
+to num-examples) is dropped whole, with a log line naming the node and the reason.
+
+The state also keeps ``group.count``: every group's selections so far (the sum of all
+accepted group counts, zeros after the census), sent with each message so that clients
+can balance the groups while training (``pep_fedpt.groups.select_groups``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.supercore import log
+
+from strategies import wire
+from strategies.aggregation import group_weighted_mean
+from strategies.base import PromptFedAvg
+from strategies.validation import check_group_counts
+
+
+class SGPT(PromptFedAvg):
+    """Shared and group prompt tuning: what is SGPT's own is the group rows' aggregation.
+
+    Parameters beyond FedAvg's
+    --------------------------
+    group_momentum : float in [0, 1) (default 0.5, SGPT's code)
+        Weight of the previous global group prompts and keys in the new ones.
+    seed : int (default 0)
+        Seeds client sampling, so that a run can be repeated.
+    """
+
+    def __init__(
+        self,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        group_momentum: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            seed=seed,
+        )
+        if not (np.isfinite(group_momentum) and 0.0 <= group_momentum < 1.0):
+            raise ValueError(f"group_momentum = {group_momentum!r} must be in [0, 1)")
+        self.group_momentum = group_momentum
+        self._group_counts: list[np.ndarray] = []
+
+    def summary(self) -> None:
+        super().summary()
+        log(
+            INFO, "\t└──> Group prompts and keys: by group counts, momentum %s", self.group_momentum
+        )
+
+    def census_state(
+        self,
+        arrays: ArrayRecord,
+        sums: Sequence[np.ndarray | None],
+        counts: Sequence[np.ndarray],
+    ) -> ArrayRecord:
+        """The census state plus ``group.count``: no group selected yet."""
+        state = super().census_state(arrays, sums, counts)
+        num_groups = arrays[wire.GROUP_KEYS].shape[0]
+        state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
+        return state
+
+    def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
+        """The selections so far (G ints), for the balanced training-time selection."""
+        content[wire.GROUP] = ArrayRecord({wire.GROUP_COUNT: arrays[wire.GROUP_COUNT]})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg's aggregate with group rows by group counts; ``group.count`` grows by the
+        accepted replies' counts (it stays when the round keeps the previous state)."""
+        self._group_counts = []
+        state, metrics = super().aggregate_train(server_round, replies)
+        if state is not None and state is not self._global and self._group_counts:
+            before = np.asarray(state[wire.GROUP_COUNT].numpy(), dtype=np.int64)
+            state[wire.GROUP_COUNT] = Array(before + np.sum(self._group_counts, axis=0))
+        return state, metrics
+
+    def check_train_metrics(self, metrics: MetricRecord) -> str | None:
+        """Group counts: one non-negative integer per group, adding up to num-examples."""
+        if self._global is None or wire.GROUP_KEYS not in self._global:
+            return f"the global state has no {wire.GROUP_KEYS}: not an SGPT state"
+        num_groups = self._global[wire.GROUP_KEYS].shape[0]
+        return check_group_counts(
+            metrics.get(wire.GROUP_COUNTS), metrics.get(wire.NUM_EXAMPLES), num_groups
+        )
+
+    def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
+        self._group_counts = [np.asarray(m[wire.GROUP_COUNTS], dtype=np.int64) for m in metrics]
+
+    def merge(
+        self,
+        key: str,
+        values: Sequence[np.ndarray],
+        sizes: Sequence[float],
+        class_counts: Sequence[np.ndarray],
+        previous: np.ndarray,
+    ) -> np.ndarray:
+        """Group prompts and keys per group by n_{k,g}, with momentum; the rest FedAvg."""
+        if wire.is_grouped(key):
+            if len(self._group_counts) != len(values):
+                raise RuntimeError("merge of group rows without the replies' group counts")
+            return group_weighted_mean(values, self._group_counts, previous, self.group_momentum)
+        return super().merge(key, values, sizes, class_counts, previous)
