@@ -25,6 +25,7 @@ METHODS = (
     "head-only",
     "fedavg-vpt-prior",
     "local",
+    "pfedpg",
 )
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
@@ -164,6 +165,7 @@ class PromptConfig:
     prior_smoothing: float = 1.0
     train_weights: str = "soft"
     head_init: str = "zeros"
+    descriptor_dim: int = 64  # pfedpg: d, the client descriptor's (and attention's) width
 
     def __post_init__(self) -> None:
         if self.shared_length < 0 or self.class_length < 0:
@@ -172,6 +174,8 @@ class PromptConfig:
         _positive("prompt.prior-smoothing", self.prior_smoothing)
         _choice("prompt.train-weights", self.train_weights, TRAIN_WEIGHTS)
         _choice("prompt.head-init", self.head_init, HEAD_INITS)
+        if self.descriptor_dim < 1:
+            raise ConfigError(f"prompt.descriptor-dim = {self.descriptor_dim} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ class FedConfig:
     class_prompt_aggregation: str = "per-class"
     prototype_refresh_every: int = 0
     round_timeout: float = 3600.0
+    generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -222,6 +227,7 @@ class FedConfig:
         )
         if self.prototype_refresh_every < 0:
             raise ConfigError("fed.prototype-refresh-every must be >= 0 (0 = never)")
+        _positive("fed.generator-lr", self.generator_lr)
 
 
 @dataclass(frozen=True)

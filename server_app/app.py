@@ -38,7 +38,7 @@ from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
-from strategies import LocalOnly, PEPFedPT, PromptFedAvg, wire
+from strategies import LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
 
 app = ServerApp()
 
@@ -51,6 +51,7 @@ STRATEGIES: dict[str, type[PromptFedAvg]] = {
     "head-only": PromptFedAvg,
     "fedavg-vpt-prior": PromptFedAvg,
     "local": LocalOnly,
+    "pfedpg": PFedPG,
 }
 
 
@@ -69,6 +70,10 @@ def build_strategy(cfg: RunConfig) -> PromptFedAvg:
             class_prompt_aggregation=fed.class_prompt_aggregation,
             prototype_refresh_every=fed.prototype_refresh_every,
             **common,
+        )
+    if cfg.method == "pfedpg":
+        return PFedPG(
+            generator_lr=fed.generator_lr, descriptor_dim=cfg.prompt.descriptor_dim, **common
         )
     return STRATEGIES[cfg.method](**common)
 

@@ -4,7 +4,8 @@
 share it without pulling Flower in; the strategies are loaded on first use.
 
 ``PromptFedAvg`` is the FedAvg base of every method (census round, seeded sampling,
-reply checks, resume); ``PEPFedPT`` and the baselines' ``LocalOnly`` subclass it.
+reply checks, resume); ``PEPFedPT`` and the baselines' ``LocalOnly`` and ``PFedPG``
+subclass it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ if TYPE_CHECKING:
     from strategies.base import PromptFedAvg
     from strategies.baselines import LocalOnly
     from strategies.pep_fedpt import PEPFedPT
+    from strategies.pfedpg import PFedPG
 
-__all__ = ["LocalOnly", "PEPFedPT", "PromptFedAvg"]
+__all__ = ["LocalOnly", "PEPFedPT", "PFedPG", "PromptFedAvg"]
 
 _HOMES = {
     "PEPFedPT": "strategies.pep_fedpt",
     "PromptFedAvg": "strategies.base",
     "LocalOnly": "strategies.baselines",
+    "PFedPG": "strategies.pfedpg",
 }
 
 

@@ -13,6 +13,7 @@ from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.baselines import BaselineClient
 from pep_fedpt.methods.common import PromptClient, build_model, image_spec, initial_arrays
 from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
+from pep_fedpt.methods.pfedpg import PFedPGClient
 
 CLIENTS: dict[str, type[PromptClient]] = {
     "pep-fedpt": PEPFedPTClient,
@@ -22,6 +23,7 @@ CLIENTS: dict[str, type[PromptClient]] = {
     "head-only": BaselineClient,
     "fedavg-vpt-prior": BaselineClient,
     "local": BaselineClient,
+    "pfedpg": PFedPGClient,
 }
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "CLIENTS",
     "BaselineClient",
     "PEPFedPTClient",
+    "PFedPGClient",
     "PromptClient",
     "build_model",
     "client_for",
