@@ -33,6 +33,7 @@ TRAINABLE = {
     "head-only": HEAD,
     "fedavg-vpt-prior": {wire.SHARED_PROMPT} | DEEP | HEAD,
     "local": {wire.SHARED_PROMPT} | DEEP | HEAD,
+    "pfedpg": {wire.SHARED_PROMPT} | HEAD,  # the generated VPT-shallow prompt, own head
 }
 
 
@@ -74,7 +75,9 @@ def test_one_round_of_each_baseline(
 
     out = tmp_path / "run"
     state = load_state(out)
-    assert set(state) == TRAINABLE[method] | {wire.PROTO_COUNT}  # no prototypes
+    generator = {k for k in state if k.startswith("pfedpg.")}  # pfedpg's generator state
+    assert bool(generator) == (method == "pfedpg")
+    assert set(state) - generator == TRAINABLE[method] | {wire.PROTO_COUNT}  # no prototypes
     rows = load_json(out / "metrics.json")
     assert [row["round"] for row in rows] == [0, 1]
     for key in ("server/accuracy", "server/loss", "train/train-loss", "evaluate/global-accuracy"):
@@ -97,7 +100,9 @@ def test_one_round_of_each_baseline(
         assert rows[0]["server/accuracy"] == pytest.approx(np.mean(labels == guess))
 
     if method != "local":
-        for key in TRAINABLE[method]:  # FedAvg: the n_k-weighted mean of the replies
+        # FedAvg: the n_k-weighted mean of the replies (pfedpg: only its heads; its prompts
+        # come from the generator, checked in test_pfedpg.py)
+        for key in HEAD if method == "pfedpg" else TRAINABLE[method]:
             mean = sum(
                 n * u[key].astype(np.float64) for n, u in zip(sizes, updates, strict=True)
             ) / sum(sizes)
@@ -190,6 +195,8 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
         ("fedprox-vpt", "server-only"),
         # local-only resumes only with its nodes' context.state (their own prompts) intact
         ("local", "server-only"),
+        # pfedpg: the generator is in the checkpoint, the heads on the nodes (as local's)
+        ("pfedpg", "server-only"),
     ],
 )
 def test_a_baseline_resumes_as_if_never_stopped(
