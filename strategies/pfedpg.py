@@ -253,6 +253,7 @@ class PFedPG(PromptFedAvg):
         params, descriptors = gen.round_update(
             self.generator(previous), self.descriptors(previous), deltas, self.generator_lr
         )
+        params = gen.GeneratorParams.from_arrays(params.arrays())  # as stored: float32
         if not (params.is_finite() and all(np.all(np.isfinite(d)) for d in descriptors.values())):
             log(
                 WARNING,

@@ -9,7 +9,8 @@ The generator maps a client descriptor e (d,) to that client's prompt P (T, D):
 
 Parameters: B (T, D), W_q (d, T·d), W_k (D, d), W_v (D, D). W_v starts at zero, so every
 client's first prompt is B (the model's initial prompt) and what differs between clients
-is learned. The descriptors (one per client) are learned with the generator.
+is learned; W_k is scaled so that the initial keys have unit variance. The descriptors
+(one per client) are learned with the generator.
 
 Training (pFedHN-style, as pFedPG): a client trains the prompt P it received into P̃ and
 the server descends L = ½ ‖P(φ, e) − P̃‖² with P̃ fixed, i.e. back-propagates
@@ -92,7 +93,10 @@ class GeneratorParams:
 
 
 def init_params(base: np.ndarray, descriptor_dim: int, seed: int) -> GeneratorParams:
-    """B = ``base`` (the initial prompts), W_q ~ N(0, 1/d), W_k ~ N(0, 1/D), W_v = 0."""
+    """B = ``base`` (the initial prompts), W_q ~ N(0, 1/d), W_v = 0, and
+    W_k ~ N(0, 1/(D·mean(B²))): keys of unit variance however small the initial prompts
+    are (VPT's are ~U(±0.2)), so that descriptors make a difference to the attention
+    from the start instead of it being uniform."""
     if descriptor_dim < 1:
         raise ValueError(f"descriptor_dim = {descriptor_dim} must be >= 1")
     base = np.asarray(base, dtype=np.float64)
@@ -100,10 +104,11 @@ def init_params(base: np.ndarray, descriptor_dim: int, seed: int) -> GeneratorPa
         raise ValueError(f"base prompts must be (T, D), got shape {base.shape}")
     t, width = base.shape
     rng = np.random.default_rng([seed, 0x9FED])
+    mean_square = float(np.mean(base**2)) or 1.0
     return GeneratorParams(
         base=base.copy(),
         w_q=rng.normal(0.0, 1.0 / math.sqrt(descriptor_dim), (descriptor_dim, t * descriptor_dim)),
-        w_k=rng.normal(0.0, 1.0 / math.sqrt(width), (width, descriptor_dim)),
+        w_k=rng.normal(0.0, 1.0 / math.sqrt(width * mean_square), (width, descriptor_dim)),
         w_v=np.zeros((width, width)),
     )
 
