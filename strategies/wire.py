@@ -14,6 +14,10 @@ Global state (one ``ArrayRecord``; float32 unless noted):
 - ``proto.mean``            (C, D)     global class prototypes μ_c (PEP-FedPT only; never
                                         trained)
 - ``proto.count``           (C,) int64 global class counts Σ_k n_{k,c} (every method)
+- ``pfedpg.*``              pFedPG's generator (``pfedpg.base`` (T, D), ``pfedpg.w-q``,
+                                        ``pfedpg.w-k``, ``pfedpg.w-v``) and one descriptor
+                                        ``pfedpg.descriptor.<partition-id>`` (d,) per
+                                        training client; server-side only, never sent
 
 Train reply: ``arrays`` (the trainable keys above) and ``metrics`` with ``num-examples``,
 ``class-counts`` (C ints summing to num-examples) and ``train-loss``.
