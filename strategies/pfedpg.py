@@ -119,6 +119,11 @@ class PFedPG(PromptFedAvg):
                 state[descriptor_key(pid)] = Array(
                     gen.init_descriptor(self.descriptor_dim, self._seed, pid)
                 )
+        if not self.descriptors(record_arrays(state)):
+            raise RuntimeError(
+                f"{self.census_name}: no training node reported its {wire.PARTITION_ID!r}; "
+                "pFedPG keeps one descriptor per partition and needs it to tell clients apart"
+            )
         return state
 
     def has_census(self, arrays: ArrayRecord) -> bool:

@@ -399,3 +399,13 @@ def test_a_node_that_comes_back_under_a_new_id_keeps_its_descriptor(task_identit
     assert strategy.node_partitions == {42: 0}
     assert strategy.prompt_for(state, 42)[0] == 0
     assert strategy.prompt_for(state, 10)[0] == -1
+
+
+def test_without_partition_ids_the_census_says_what_is_missing(flat: dict, task_identity) -> None:
+    def anonymous(reply: Message) -> Message:
+        del reply.content[wire.METRICS][wire.PARTITION_ID]
+        return reply
+
+    tamper = {node: on(MessageType.QUERY, anonymous) for node in NODES}
+    with pytest.raises(RuntimeError, match="no training node reported its 'partition-id'"):
+        _run(flat, tamper)
