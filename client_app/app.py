@@ -17,7 +17,9 @@ and optionally ``data-dir``, which overrides the run config's ``data.data-dir``,
 the global prototypes arrive once per version and are kept in ``context.state``; SGPT's
 group selections so far (``group.count``) come with every message.
 A ``local`` (local-only) node keeps its own trained prompts and head in ``context.state``
-too: it trains and evaluates them, never the global state, once it has trained.
+too: it trains and evaluates them, never the global state, once it has trained. A
+``pfedpg`` node keeps only its head there: the prompt is the one the server generated for
+it (``PromptClient.personal_arrays`` says which arrays a node keeps).
 """
 
 from __future__ import annotations
@@ -81,34 +83,47 @@ def _arrays(msg: Message) -> dict[str, np.ndarray]:
 
 
 def _own_arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
-    """The state to evaluate: a personal node's own once it has one, else the message's
-    (the global state)."""
+    """The state to evaluate: the message's, with a personal node's own arrays in place of
+    the message's once it has them."""
+    arrays = _arrays(msg)
     if client.personal and _STATE_PERSONAL in context.state:
-        return _numpy(context.state[_STATE_PERSONAL])
-    return _arrays(msg)
+        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+    return arrays
 
 
 def _start_of_round(
     msg: Message, context: Context, client: PromptClient, server_round: int
 ) -> dict[str, np.ndarray]:
-    """The state to train from. A personal node trains its own; asked again for a round it
-    already trained (the server restarted mid-round), it starts again from that round's
-    starting point, so that a resumed run matches an uninterrupted one."""
+    """The state to train from: the message's, with a personal node's own arrays in their
+    place. Asked again for a round it already trained (the server restarted mid-round), a
+    personal node starts again from that round's starting point, so that a resumed run
+    matches an uninterrupted one."""
+    arrays = _arrays(msg)
     if not client.personal or _STATE_PERSONAL not in context.state:
-        return _arrays(msg)
+        return arrays
     if int(context.state[_STATE_PERSONAL_ROUND]["round"]) == server_round:
-        return _numpy(context.state[_STATE_PERSONAL_BEFORE])
-    return _numpy(context.state[_STATE_PERSONAL])
+        arrays.update(_numpy(context.state[_STATE_PERSONAL_BEFORE]))
+    else:
+        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+    return arrays
 
 
 def _keep_personal(
-    context: Context, start: dict[str, np.ndarray], trained: ArrayRecord, server_round: int
+    context: Context,
+    client: PromptClient,
+    start: dict[str, np.ndarray],
+    trained: dict[str, np.ndarray],
+    server_round: int,
 ) -> None:
     previous = context.state.get(_STATE_PERSONAL_ROUND)
     if previous is None or int(previous["round"]) != server_round:
         # a new round: what it started from is needed again if the round is retried
-        context.state[_STATE_PERSONAL_BEFORE] = ArrayRecord({k: Array(v) for k, v in start.items()})
-    context.state[_STATE_PERSONAL] = trained
+        before = client.personal_arrays(start)
+        context.state[_STATE_PERSONAL_BEFORE] = ArrayRecord(
+            {k: Array(v) for k, v in before.items()}
+        )
+    own = client.personal_arrays(trained)
+    context.state[_STATE_PERSONAL] = ArrayRecord({k: Array(v) for k, v in own.items()})
     context.state[_STATE_PERSONAL_ROUND] = ConfigRecord({"round": server_round})
 
 
@@ -172,7 +187,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays, metrics = client.train(start, _global_extra(msg, context, client), server_round)
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     if client.personal:
-        _keep_personal(context, start, record, server_round)
+        _keep_personal(context, client, start, arrays, server_round)
     content = RecordDict(
         {
             wire.ARRAYS: record,

@@ -26,6 +26,7 @@ METHODS = (
     "fedavg-vpt-prior",
     "local",
     "sgpt",
+    "pfedpg",
 )
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
@@ -182,6 +183,7 @@ class PromptConfig:
     num_groups: int = 20
     group_blocks: str = ""  # "" = the blocks of ccmp-blocks (the VPT-deep baselines' too)
     key_loss_weight: float = 1.0
+    descriptor_dim: int = 64  # pfedpg: d, the client descriptor's (and attention's) width
 
     def __post_init__(self) -> None:
         if self.shared_length < 0 or self.class_length < 0:
@@ -193,6 +195,8 @@ class PromptConfig:
         if self.num_groups < 1:
             raise ConfigError(f"prompt.num-groups = {self.num_groups} must be >= 1")
         _positive("prompt.key-loss-weight", self.key_loss_weight, allow_zero=True)
+        if self.descriptor_dim < 1:
+            raise ConfigError(f"prompt.descriptor-dim = {self.descriptor_dim} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,7 @@ class FedConfig:
     prototype_refresh_every: int = 0
     group_momentum: float = 0.5  # SGPT: new = m * previous + (1 - m) * group-weighted mean
     round_timeout: float = 3600.0
+    generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -246,6 +251,7 @@ class FedConfig:
             raise ConfigError("fed.prototype-refresh-every must be >= 0 (0 = never)")
         if not (math.isfinite(self.group_momentum) and 0.0 <= self.group_momentum < 1.0):
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
+        _positive("fed.generator-lr", self.generator_lr)
 
 
 @dataclass(frozen=True)

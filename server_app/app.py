@@ -39,7 +39,7 @@ from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
-from strategies import SGPT, LocalOnly, PEPFedPT, PromptFedAvg, wire
+from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
 
 app = ServerApp()
 
@@ -53,6 +53,7 @@ STRATEGIES: dict[str, type[PromptFedAvg]] = {
     "fedavg-vpt-prior": PromptFedAvg,
     "local": LocalOnly,
     "sgpt": SGPT,
+    "pfedpg": PFedPG,
 }
 
 
@@ -74,6 +75,10 @@ def build_strategy(cfg: RunConfig) -> PromptFedAvg:
         )
     if cfg.method == "sgpt":
         return SGPT(group_momentum=fed.group_momentum, **common)
+    if cfg.method == "pfedpg":
+        return PFedPG(
+            generator_lr=fed.generator_lr, descriptor_dim=cfg.prompt.descriptor_dim, **common
+        )
     return STRATEGIES[cfg.method](**common)
 
 

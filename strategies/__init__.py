@@ -4,7 +4,8 @@
 share it without pulling Flower in; the strategies are loaded on first use.
 
 ``PromptFedAvg`` is the FedAvg base of every method (census round, seeded sampling,
-reply checks, resume); ``PEPFedPT``, the baselines' ``LocalOnly`` and ``SGPT`` subclass it.
+reply checks, resume); ``PEPFedPT`` and the baselines' ``LocalOnly``, ``SGPT`` and
+``PFedPG`` subclass it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ if TYPE_CHECKING:
     from strategies.base import PromptFedAvg
     from strategies.baselines import LocalOnly
     from strategies.pep_fedpt import PEPFedPT
+    from strategies.pfedpg import PFedPG
     from strategies.sgpt import SGPT
 
-__all__ = ["SGPT", "LocalOnly", "PEPFedPT", "PromptFedAvg"]
+__all__ = ["SGPT", "LocalOnly", "PEPFedPT", "PFedPG", "PromptFedAvg"]
 
 _HOMES = {
     "PEPFedPT": "strategies.pep_fedpt",
     "PromptFedAvg": "strategies.base",
     "LocalOnly": "strategies.baselines",
     "SGPT": "strategies.sgpt",
+    "PFedPG": "strategies.pfedpg",
 }
 
 

@@ -21,6 +21,10 @@ Global state (one ``ArrayRecord``; float32 unless noted):
                                         rounds and clients of the replies' group counts;
                                         sent in every train/evaluate message as record
                                         ``group`` (SGPT's balanced training-time selection)
+- ``pfedpg.*``              pFedPG's generator (``pfedpg.base`` (T, D), ``pfedpg.w-q``,
+                                        ``pfedpg.w-k``, ``pfedpg.w-v``) and one descriptor
+                                        ``pfedpg.descriptor.<partition-id>`` (d,) per
+                                        training client; server-side only, never sent
 
 Train reply: ``arrays`` (the trainable keys above) and ``metrics`` with ``num-examples``,
 ``class-counts`` (C ints summing to num-examples) and ``train-loss``; SGPT adds

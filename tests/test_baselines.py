@@ -36,6 +36,7 @@ TRAINABLE = {
     "fedavg-vpt-prior": {wire.SHARED_PROMPT} | DEEP | HEAD,
     "local": {wire.SHARED_PROMPT} | DEEP | HEAD,
     "sgpt": {wire.SHARED_PROMPT, wire.GROUP_KEYS} | GROUPS | HEAD,
+    "pfedpg": {wire.SHARED_PROMPT} | HEAD,  # the generated VPT-shallow prompt, own head
 }
 
 
@@ -77,9 +78,11 @@ def test_one_round_of_each_baseline(
 
     out = tmp_path / "run"
     state = load_state(out)
-    # no prototypes; SGPT keeps its groups' selections so far
+    # no prototypes; SGPT keeps its groups' selections so far, pfedpg its generator
     extra = {wire.GROUP_COUNT} if method == "sgpt" else set()
-    assert set(state) == TRAINABLE[method] | {wire.PROTO_COUNT} | extra
+    generator = {k for k in state if k.startswith("pfedpg.")}
+    assert bool(generator) == (method == "pfedpg")
+    assert set(state) - generator == TRAINABLE[method] | {wire.PROTO_COUNT} | extra
     rows = load_json(out / "metrics.json")
     assert [row["round"] for row in rows] == [0, 1]
     for key in ("server/accuracy", "server/loss", "train/train-loss", "evaluate/global-accuracy"):
@@ -102,8 +105,10 @@ def test_one_round_of_each_baseline(
         assert rows[0]["server/accuracy"] == pytest.approx(np.mean(labels == guess))
 
     if method != "local":
-        # FedAvg: the n_k-weighted mean of the replies (SGPT's group rows: tests/test_sgpt.py)
-        for key in (k for k in TRAINABLE[method] if not wire.is_grouped(k)):
+        # FedAvg: the n_k-weighted mean of the replies (SGPT's group rows: test_sgpt.py;
+        # pfedpg: only its heads, its prompts come from the generator: test_pfedpg.py)
+        averaged = HEAD if method == "pfedpg" else TRAINABLE[method]
+        for key in (k for k in averaged if not wire.is_grouped(k)):
             mean = sum(
                 n * u[key].astype(np.float64) for n, u in zip(sizes, updates, strict=True)
             ) / sum(sizes)
@@ -196,6 +201,8 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
         ("fedprox-vpt", "server-only"),
         # local-only resumes only with its nodes' context.state (their own prompts) intact
         ("local", "server-only"),
+        # pfedpg: the generator is in the checkpoint, the heads on the nodes (as local's)
+        ("pfedpg", "server-only"),
     ],
 )
 def test_a_baseline_resumes_as_if_never_stopped(

@@ -46,6 +46,8 @@ def test_command_line_overrides_reach_the_typed_config() -> None:
         ({"output-dir": "runs/x"}, "must be an absolute path"),
         ({"model.pretrained": "imagenet"}, "'random', 'hub'"),
         ({"prompt.lenght": 3}, "unknown run-config key 'prompt.lenght'"),
+        ({"fed.generator-lr": -1.0}, "fed.generator-lr = -1.0 must be a finite number > 0"),
+        ({"prompt.descriptor-dim": 0}, "prompt.descriptor-dim = 0 must be >= 1"),
     ],
 )
 def test_bad_values_name_the_value_and_the_accepted_ones(flat: dict, message: str) -> None:

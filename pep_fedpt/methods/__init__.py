@@ -13,6 +13,7 @@ from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.baselines import BaselineClient
 from pep_fedpt.methods.common import PromptClient, build_model, image_spec, initial_arrays
 from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
+from pep_fedpt.methods.pfedpg import PFedPGClient
 from pep_fedpt.methods.sgpt import SGPTClient
 
 CLIENTS: dict[str, type[PromptClient]] = {
@@ -24,6 +25,7 @@ CLIENTS: dict[str, type[PromptClient]] = {
     "fedavg-vpt-prior": BaselineClient,
     "local": BaselineClient,
     "sgpt": SGPTClient,
+    "pfedpg": PFedPGClient,
 }
 
 
@@ -39,6 +41,7 @@ __all__ = [
     "CLIENTS",
     "BaselineClient",
     "PEPFedPTClient",
+    "PFedPGClient",
     "PromptClient",
     "SGPTClient",
     "build_model",

@@ -34,7 +34,8 @@ def image_spec(backbone: VisionTransformer) -> ImageSpec:
 
 
 # Which prompts each method's model has (the backbone and head are the same for all).
-SHALLOW_METHODS = ("fedavg-vpt-shallow",)
+# pFedPG generates a VPT-shallow prompt, as in its paper.
+SHALLOW_METHODS = ("fedavg-vpt-shallow", "pfedpg")
 HEAD_ONLY_METHODS = ("head-only",)
 DEEP_METHODS = ("fedavg-vpt-deep", "fedprox-vpt", "fedavg-vpt-prior", "local")
 GROUP_METHODS = ("sgpt",)
@@ -90,8 +91,9 @@ class PromptClient:
     Subclasses add ``train(arrays, prototypes, server_round)`` and ``evaluate(arrays,
     prototypes)``; ``uses_prototypes`` says whether the ClientApp must pass the global
     prototypes (as ``prototypes``), ``uses_group_counts`` whether it must pass SGPT's group
-    selections so far in their place, ``personal`` whether the node keeps its own trained
-    state (local-only).
+    selections so far in their place, ``personal`` whether the node keeps (part of) its own
+    trained state: ``personal_arrays`` picks that part (local-only: all of it; pFedPG: the
+    head).
     """
 
     uses_prototypes = False
@@ -137,6 +139,11 @@ class PromptClient:
             return compute_query_features(model, dataset, self.device)
 
         return self.features_store.get(self.features_key(split), compute)
+
+    def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What of its trained ``arrays`` a personal node keeps and uses instead of the
+        message's: everything, by default."""
+        return dict(arrays)
 
     def train(
         self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None, server_round: int

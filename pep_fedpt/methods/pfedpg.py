@@ -1,0 +1,70 @@
+"""pFedPG's client side (Yang et al., ICCV 2023): personalised prompt adaptation.
+
+The server sends this client the VPT-shallow prompt its generator made from the client's
+descriptor; the client trains that prompt together with its own classification head and
+replies with the trained prompt P̃ (the server takes ΔP = P̃ − P itself) and head. The
+head never comes back from the server: the node keeps it (``personal_arrays``, in
+``context.state``) and evaluates the prompt the server generates for it with that head.
+A node that has not trained yet starts from the run's seeded initial head; one that never
+trains (held out) evaluates with the head in the message, the mean of the uploaded heads.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import numpy as np
+
+from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
+from pep_fedpt.methods.common import PromptClient, initial_arrays
+from pep_fedpt.state import trainable_arrays
+from strategies import wire
+
+HEAD_KEYS = (wire.HEAD_WEIGHT, wire.HEAD_BIAS)
+
+
+class PFedPGClient(PromptClient):
+    """One client's pFedPG routines: local prompt + head tuning, own head kept."""
+
+    personal = True
+
+    def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The head only: the prompt is the server's (its generator's) every round."""
+        return {key: arrays[key] for key in HEAD_KEYS if key in arrays}
+
+    @functools.cached_property
+    def initial_head(self) -> dict[str, np.ndarray]:
+        """The run's seeded initial head (the server's initial state has the same)."""
+        start = initial_arrays(self.cfg, self.backbone, self.data.num_classes)
+        return {key: start[key] for key in HEAD_KEYS}
+
+    def train(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        prototypes: np.ndarray | None = None,
+        server_round: int = 0,
+    ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
+        model = self._model({**self.initial_head, **arrays})
+        result = train_epochs(
+            model,
+            self.data.train,
+            no_features(self.data.train),
+            unit_weights,
+            self.cfg.train,
+            self.device,
+            self.train_seed(server_round),
+        )
+        metrics = self.train_metrics(result)
+        # The server checks that the reply comes from the partition the prompt was made for.
+        metrics[wire.PARTITION_ID] = self.data.partition_id
+        return trainable_arrays(model), metrics
+
+    def evaluate(
+        self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None = None
+    ) -> dict[str, float | int]:
+        model = self._model(arrays)
+        result = evaluate(
+            model, self.data.test, no_features(self.data.test), unit_weights, self.device
+        )
+        return self.evaluate_metrics(result)
