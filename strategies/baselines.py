@@ -34,10 +34,17 @@ class LocalOnly(PromptFedAvg):
         # Nodes that answered a train message: they keep their own trained state.
         self.personal_nodes: set[int] = set()
 
+    def checkpoint(self) -> dict[str, Any]:
+        """The base state plus the nodes believed to hold their own state.
+
+        Local-only resumes exactly only if the nodes kept their ``context.state``; a node
+        that lost it answers with an error and is sent the initial state again.
+        """
+        return {**super().checkpoint(), "personal-nodes": sorted(self.personal_nodes)}
+
     def restore(self, state: dict[str, Any]) -> None:
-        """A restored server does not know which nodes kept their state: it sends again."""
         super().restore(state)
-        self.personal_nodes = set()
+        self.personal_nodes = {int(node) for node in state.get("personal-nodes", [])}
 
     def _messages(
         self,
