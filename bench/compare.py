@@ -497,6 +497,9 @@ def comparison_plot(curves: Mapping[str, Curve], ylabel: str, title: str) -> byt
         ax.fill_between(curve.rounds, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    rounds = sorted({r for curve in curves.values() for r in curve.rounds})
+    if len(rounds) == 1:  # a lone point: integer ticks around it, not a zoom to ±0.05
+        ax.set_xlim(rounds[0] - 1, rounds[0] + 1)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
@@ -516,7 +519,8 @@ def write_results(out: Path, outcomes: Sequence[Outcome], methods: Sequence[str]
     if chosen is not None:
         key, label = chosen
         seeds = sorted({o.seed for o in outcomes})
-        title = f"{label}, mean ± std over seeds {', '.join(map(str, seeds))}"
+        which = f"seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+        title = f"{label}, mean ± std over {which}"
         png = comparison_plot(accuracy_curves(outcomes, methods, key), label, title)
         atomic_write(out / "accuracy.png", png)
 

@@ -206,3 +206,75 @@ def test_accuracy_curves_and_plot(outcomes: list[Outcome], tmp_path: Path) -> No
     assert (tmp_path / "results.md").read_text() == compare.markdown_table(
         outcomes, ["a", "b", "c"]
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
+    """Two methods, one seed, 2 supernodes, 1 round of a random tiny ViT on digits through
+    real `flwr run`s; invoked again, it runs nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from test_simulation import BIN, ROOT, _stop_superlink, free_port
+
+    home = tmp_path / "flwr-home"
+    out = tmp_path / "cmp"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        # A SuperLink of our own, never one that another run left behind.
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    overrides = (
+        f"num-server-rounds=1 model.pretrained='random' model.depth=2 model.embed-dim=64 "
+        f"model.num-heads=2 model.img-size=16 cache-dir='{tmp_path / 'features'}'"
+    )
+    command = [
+        sys.executable, "-m", "bench.compare", "--methods", "fedavg-vpt-deep,local",
+        "--seeds", "0", "--num-supernodes", "2", "--out", str(out), "-c", overrides,
+    ]  # fmt: skip
+    try:
+        first = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540
+        )
+        log = first.stdout + first.stderr
+        assert first.returncode == 0, log
+        rows = list(csv.DictReader((out / "results.csv").open()))
+        assert [(r["method"], r["status"]) for r in rows] == [
+            ("fedavg-vpt-deep", COMPLETED),
+            ("local", COMPLETED),
+        ]
+        md = (out / "results.md").read_text()
+        assert "| fedavg-vpt-deep | 1/1 |" in md and "| local | 1/1 |" in md
+        assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+        deep = json.loads((out / "runs" / "fedavg-vpt-deep-s0" / "metrics.json").read_text())
+        local = json.loads((out / "runs" / "local-s0" / "metrics.json").read_text())
+        assert deep[1]["evaluate/bytes-down"] == deep[1]["train/bytes-down"] > 0
+        assert local[1]["train/bytes-down"] == deep[1]["train/bytes-down"]
+        assert local[1]["evaluate/bytes-down"] == 0  # each node evaluates its own state
+        assert float(rows[0]["bytes-down-per-round"]) == deep[1]["bytes-down"]
+        assert (out / "runs" / "local-s0.toml").is_file()
+        assert not compare_superlinks(home), "the runner left its SuperLink running"
+
+        again = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count("completed earlier, skipped") == 2
+        assert (out / "results.md").read_text() == md
+    finally:
+        _stop_superlink(home)
+
+
+def compare_superlinks(home: Path) -> list[str]:
+    import subprocess
+
+    found = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
+    )
+    return found.stdout.split()
