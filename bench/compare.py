@@ -252,6 +252,7 @@ def _alive(pid: int) -> bool:
 
 def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -> Outcome:
     """One ``flwr run`` with the merged config; its status from ``flwr ls``."""
+    spec.status_path.unlink(missing_ok=True)  # no outcome until this attempt has one
     if spec.run_dir.exists():  # an interrupted or failed attempt: start clean
         shutil.rmtree(spec.run_dir)
     spec.config_path.parent.mkdir(parents=True, exist_ok=True)
