@@ -79,6 +79,12 @@ def _prototypes(msg: Message, context: Context) -> np.ndarray:
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:
+    if wire.ARRAYS not in msg.content:
+        # local-only: the server sends no state to a node it believes holds its own
+        raise RuntimeError(
+            f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
+            "(restarted?); the server sends the state again after this error"
+        )
     return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
 
 

@@ -15,6 +15,10 @@ What it adds to Flower's FedAvg (Message API), for every method:
 4. Aggregation key by key through ``merge(key, values, sizes, class_counts, previous)``,
    by default the n_k-weighted mean (FedAvg).
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
+6. Communicated bytes (``strategies.traffic``: the arrays' nbytes) per round in
+   ``round_metrics``: ``bytes-down`` / ``bytes-up`` and per phase ``query/``, ``train/``,
+   ``evaluate/``. A census counts in the round it runs before: the first one in round 0
+   (the row of the initial state), a PEP-FedPT prototype refresh in the round it opens.
 
 Subclasses change what the census collects (``census_state``), what a message carries
 beyond the trainable arrays (``extra_content``), what a train reply must also carry
@@ -45,7 +49,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
-from strategies import wire
+from strategies import traffic, wire
 from strategies.aggregation import evaluation_summary, weighted_mean
 from strategies.validation import (
     check_evaluate_reply,
@@ -154,9 +158,11 @@ class PromptFedAvg(FedAvg):
         for current_round in range(start_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            train_replies = grid.send_and_receive(
-                messages=self.configure_train(current_round, arrays, train_config, grid),
-                timeout=timeout,
+            train_replies = self._exchange(
+                grid,
+                self.configure_train(current_round, arrays, train_config, grid),
+                current_round,
+                "train",
             )
             agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
             if agg_arrays is not None:
@@ -165,9 +171,11 @@ class PromptFedAvg(FedAvg):
                 log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
                 result.train_metrics_clientapp[current_round] = agg_train_metrics
 
-            evaluate_replies = grid.send_and_receive(
-                messages=self.configure_evaluate(current_round, arrays, evaluate_config, grid),
-                timeout=timeout,
+            evaluate_replies = self._exchange(
+                grid,
+                self.configure_evaluate(current_round, arrays, evaluate_config, grid),
+                current_round,
+                "evaluate",
             )
             agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
             if agg_evaluate_metrics is not None:
@@ -252,7 +260,7 @@ class PromptFedAvg(FedAvg):
         partitions: dict[int, dict[str, int | bool | list[int]]] = {}
         expected_dim = None if self.counts_only else dim
         for msg in self._accepted(
-            grid.send_and_receive(messages, timeout=self.timeout),
+            self._exchange(grid, messages, server_round, "query"),
             server_round,
             lambda content, _: check_prototype_reply(content, num_classes, expected_dim),
         ):
@@ -447,6 +455,27 @@ class PromptFedAvg(FedAvg):
         return record
 
     # ------------------------------------------------------------------ helpers
+    def _exchange(
+        self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
+    ) -> list[Message]:
+        """``grid.send_and_receive``, counting the array bytes each way for the round."""
+        messages = list(messages)
+        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        self._count_bytes(server_round, phase, messages, replies)
+        return replies
+
+    def _count_bytes(
+        self, server_round: int, phase: str, sent: list[Message], received: list[Message]
+    ) -> None:
+        """Add to the round's ``<phase>/bytes-down|up`` and its ``bytes-down|up`` totals."""
+        entry = self.round_metrics.setdefault(server_round, {})
+        for key, nbytes in (
+            (traffic.BYTES_DOWN, traffic.messages_nbytes(sent)),
+            (traffic.BYTES_UP, traffic.messages_nbytes(received)),
+        ):
+            for name in (f"{phase}/{key}", key):
+                entry[name] = int(entry.get(name, 0)) + nbytes  # type: ignore[arg-type]
+
     def _remember(self, server_round: int, phase: str, metrics: MetricRecord) -> None:
         entry = self.round_metrics.setdefault(server_round, {})
         for key, value in metrics.items():

@@ -110,6 +110,15 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
     rows_expected = load_json(tmp_path / "whole" / "metrics.json")
     rows_got = load_json(broken_dir / "metrics.json")
     assert [r["round"] for r in rows_got] == [0, 1, 2, 3, 4]
+    # The same rows, except that the first resumed round sends the prototypes again to
+    # every node (it cannot know which kept them): more bytes down, and nothing else.
+    resent = ("bytes-down", "train/bytes-down", "evaluate/bytes-down")
+    assert rows_got[3]["bytes-down"] >= rows_expected[3]["bytes-down"]
+    if not extra:  # without a refresh due in round 3, the uninterrupted run sent none
+        assert rows_got[3]["bytes-down"] > rows_expected[3]["bytes-down"]
+    for row in (rows_got[3], rows_expected[3]):
+        for key in resent:
+            del row[key]
     assert rows_got == rows_expected
     assert load_json(broken_dir / "dropped.json") == load_json(tmp_path / "whole" / "dropped.json")
     # No second prototype round (unless a refresh is due), and rounds 3-4 asked the same

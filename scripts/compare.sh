@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Compare methods: set up on first use, then one `flwr run` per (method, seed) in Flower's
+# simulation engine, and a table (results.md, results.csv) and a plot (accuracy.png), e.g.
+#   scripts/compare.sh --run-config conf/X.toml --methods pep-fedpt,fedavg-vpt-deep \
+#     --seeds 0,1,2 --out /abs/dir [--num-supernodes 10] [-c "num-server-rounds=20"]
+# Paths are taken relative to the current folder. Exits non-zero if any run failed;
+# invoked again with the same arguments it skips the runs that completed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup.sh"
+# Flower's environment as scripts/run.sh has it (FLWR_HOME inside the project)
+pushd "$root" >/dev/null
+source scripts/flwr-env.sh
+popd >/dev/null
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$root/.venv/bin/python" -m bench.compare "$@"
