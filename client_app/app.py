@@ -78,9 +78,11 @@ def _prototypes(msg: Message, context: Context) -> np.ndarray:
     return context.state[_STATE_PROTO][wire.PROTO_MEAN].numpy()
 
 
-def _arrays(msg: Message) -> dict[str, np.ndarray]:
+def _arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
     if wire.ARRAYS not in msg.content:
         # local-only: the server sends no state to a node it believes holds its own
+        if client.personal and _STATE_PERSONAL in context.state:
+            return {}
         raise RuntimeError(
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
@@ -91,7 +93,7 @@ def _arrays(msg: Message) -> dict[str, np.ndarray]:
 def _own_arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
     """The state to evaluate: the message's, with a personal node's own arrays in place of
     the message's once it has them."""
-    arrays = _arrays(msg)
+    arrays = _arrays(msg, context, client)
     if client.personal and _STATE_PERSONAL in context.state:
         arrays.update(_numpy(context.state[_STATE_PERSONAL]))
     return arrays
@@ -104,7 +106,7 @@ def _start_of_round(
     place. Asked again for a round it already trained (the server restarted mid-round), a
     personal node starts again from that round's starting point, so that a resumed run
     matches an uninterrupted one."""
-    arrays = _arrays(msg)
+    arrays = _arrays(msg, context, client)
     if not client.personal or _STATE_PERSONAL not in context.state:
         return arrays
     if int(context.state[_STATE_PERSONAL_ROUND]["round"]) == server_round:
