@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The CPU accuracy benchmark (README "Benchmark"): every method on CIFAR-10, Dirichlet(0.1),
+# 10 training clients + 2 held out, three seeds, on a small ViT pre-trained here on classes
+# 0-4 (cached under ~/.cache/pep-fedpt/backbones, never in git), via scripts/compare.sh.
+#   bench/cifar10.sh [OUT]    # OUT defaults to ~/.cache/pep-fedpt/bench/cifar10
+# Unpacks ../shared/datasets/cifar10-jpeg.tar.gz (CIFAR10_ARCHIVE overrides) once into the
+# cache. Extra settings: METHODS (default: all), SEEDS (default: 0,1,2). Interrupted, it
+# resumes: runs that completed with the same config are skipped.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="${PEP_FEDPT_CACHE:-$HOME/.cache/pep-fedpt}"
+data="$cache/data/cifar10"
+archive="${CIFAR10_ARCHIVE:-$root/../shared/datasets/cifar10-jpeg.tar.gz}"
+if [ ! -d "$data/train" ]; then
+  [ -f "$archive" ] || { echo "bench/cifar10.sh: no $archive (set CIFAR10_ARCHIVE)" >&2; exit 2; }
+  mkdir -p "$cache/data"
+  tar -xzf "$archive" -C "$cache/data"
+fi
+out="${1:-$cache/bench/cifar10}"
+methods_arg=()
+[ -n "${METHODS:-}" ] && methods_arg=(--methods "$METHODS")
+exec "$root/scripts/compare.sh" --run-config "$root/conf/cifar10-bench.toml" \
+  "${methods_arg[@]}" --seeds "${SEEDS:-0,1,2}" --num-supernodes 12 --out "$out" \
+  -c "data.data-dir='$data'"
