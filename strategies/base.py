@@ -376,20 +376,8 @@ class PromptFedAvg(FedAvg):
                 metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
             ) or self.check_train_metrics(metrics)
 
-        valid = self._accepted(replies, server_round, check)
-        metrics = MetricRecord(
-            {"valid-replies": len(valid), "dropped-replies": len(replies) - len(valid)}
-        )
-        if len(valid) < max(self.min_train_nodes, 1):
-            log(
-                WARNING,
-                "round %d: %d valid replies, fewer than min-train-nodes = %d; "
-                "the global state stays as it was",
-                server_round,
-                len(valid),
-                self.min_train_nodes,
-            )
-            self._remember(server_round, "train", metrics)
+        valid, metrics = self._accepted_train(server_round, replies, check, "the global state")
+        if valid is None:
             return self._global, metrics
 
         updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
@@ -546,6 +534,32 @@ class PromptFedAvg(FedAvg):
                 self.dropped.append((server_round, node, reason))
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
         return accepted
+
+    def _accepted_train(
+        self,
+        server_round: int,
+        replies: list[Message],
+        check: Callable[[RecordDict, int], str | None],
+        kept: str,
+    ) -> tuple[list[Message] | None, MetricRecord]:
+        """The valid train replies and the round's reply counts; ``None`` (logged, round
+        remembered) when fewer than min-train-nodes are valid and ``kept`` stays as it was."""
+        valid = self._accepted(replies, server_round, check)
+        metrics = MetricRecord(
+            {"valid-replies": len(valid), "dropped-replies": len(replies) - len(valid)}
+        )
+        if len(valid) >= max(self.min_train_nodes, 1):
+            return valid, metrics
+        log(
+            WARNING,
+            "round %d: %d valid replies, fewer than min-train-nodes = %d; %s stays as it was",
+            server_round,
+            len(valid),
+            self.min_train_nodes,
+            kept,
+        )
+        self._remember(server_round, "train", metrics)
+        return None, metrics
 
     def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
         while len(nodes := sorted(grid.get_node_ids())) < minimum:

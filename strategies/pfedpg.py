@@ -233,20 +233,8 @@ class PFedPG(PromptFedAvg):
                 or self._attribution(content, node)
             )
 
-        valid = self._accepted(replies, server_round, check)
-        metrics = MetricRecord(
-            {"valid-replies": len(valid), "dropped-replies": len(replies) - len(valid)}
-        )
-        if len(valid) < max(self.min_train_nodes, 1):
-            log(
-                WARNING,
-                "round %d: %d valid replies, fewer than min-train-nodes = %d; "
-                "the generator stays as it was",
-                server_round,
-                len(valid),
-                self.min_train_nodes,
-            )
-            self._remember(server_round, "train", metrics)
+        valid, metrics = self._accepted_train(server_round, replies, check, "the generator")
+        if valid is None:
             return self._global, metrics
 
         keys = prompt_keys(previous)
