@@ -35,6 +35,9 @@ PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
 HEAD_INITS = ("zeros", "normal")
+FEDMVP_PROTOCOLS = ("base-new", "domain")
+FEDMVP_AGGREGATIONS = ("equal", "num-examples")
+FEDMVP_STEPS = ("batch", "round")
 
 
 class ConfigError(ValueError):
@@ -255,6 +258,62 @@ class FedConfig:
 
 
 @dataclass(frozen=True)
+class FedMVPConfig:
+    """FedMVP (method = "fedmvp"): CLIP, PromptFormer, attribute text; the design's defaults.
+
+    Every choice on which the FedMVP paper and its released code disagree is a key here.
+    """
+
+    # open_clip model name ("ViT-B-16" in the paper) or "tiny": a small seeded CLIP that
+    # needs no download (tests and the offline default).
+    clip_model: str = "tiny"
+    # "openai" (open_clip download), "random" (seeded init) or an absolute checkpoint path.
+    clip_pretrained: str = "random"
+    attributes_dir: str = ""  # folder of <dataset>.json files: class name -> phrases
+    # A class without attribute phrases uses "a photo of a {class}." instead of failing.
+    plain_template: bool = False
+    prompt_prefix: str = ""  # data set / domain words before the class ("" = none)
+    prompt_suffix: str = ""  # ... after "a photo of a {class}, " ("" = none)
+    num_prompts: int = 4  # m: prompt tokens pooled from the PromptFormer's outputs
+    num_heads: int = 4  # heads of the PromptFormer's cross-attention
+    consistency_weight: float = 10.0  # alpha of 1 - cos(f(x), g(x'))
+    adapter_rank: int = 8  # low-rank adapters on the cross-attention inputs
+    adapter_threshold: float = 0.5  # sigma: a client switches to adapters below this loss
+    logit_scale: float = 100.0
+    aggregation: str = "equal"  # "equal" (the paper) | "num-examples" (n_k weights)
+    step_every: str = "batch"  # "batch" (the design) | "round" (the released code's defect)
+    protocol: str = "base-new"  # "base-new" | "domain" (leave-one-domain-out)
+    classes_per_client: int = 20  # base classes per client, disjoint across clients
+    shots: int = 8  # training examples per class, drawn with the seed
+    target_domain: str = ""  # protocol = "domain": the held-out test domain
+
+    def __post_init__(self) -> None:
+        if not self.clip_model:
+            raise ConfigError("fedmvp.clip-model must name an open_clip model or 'tiny'")
+        source = self.clip_pretrained
+        if not (source in ("random", "openai") or os.path.isabs(source)):
+            raise ConfigError(
+                f"fedmvp.clip-pretrained = {source!r} is not accepted; use 'random', "
+                "'openai' (download through open_clip) or an absolute checkpoint path"
+            )
+        if self.attributes_dir and not os.path.isabs(self.attributes_dir):
+            raise ConfigError(
+                f"fedmvp.attributes-dir = {self.attributes_dir!r} must be an absolute path"
+            )
+        for key in ("num_prompts", "num_heads", "adapter_rank", "classes_per_client", "shots"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"fedmvp.{key.replace('_', '-')} = {getattr(self, key)} must be >= 1"
+                )
+        _positive("fedmvp.consistency-weight", self.consistency_weight, allow_zero=True)
+        _positive("fedmvp.adapter-threshold", self.adapter_threshold, allow_zero=True)
+        _positive("fedmvp.logit-scale", self.logit_scale)
+        _choice("fedmvp.aggregation", self.aggregation, FEDMVP_AGGREGATIONS)
+        _choice("fedmvp.step-every", self.step_every, FEDMVP_STEPS)
+        _choice("fedmvp.protocol", self.protocol, FEDMVP_PROTOCOLS)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; built once per process from the flat run config."""
 
@@ -271,6 +330,7 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
+    fedmvp: FedMVPConfig = field(default_factory=FedMVPConfig)
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -302,6 +362,7 @@ class RunConfig:
             "prompt": PromptConfig,
             "train": TrainConfig,
             "fed": FedConfig,
+            "fedmvp": FedMVPConfig,
         }
         kwargs: dict[str, Any] = {}
         section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
@@ -334,7 +395,7 @@ class RunConfig:
             "cache-dir": self.cache_dir,
             "num-server-rounds": self.fed.num_rounds,
         }
-        for section in ("model", "data", "prompt", "train", "fed"):
+        for section in ("model", "data", "prompt", "train", "fed", "fedmvp"):
             for f in dataclasses.fields(getattr(self, section)):
                 if section == "fed" and f.name == "num_rounds":
                     continue
