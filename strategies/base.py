@@ -2,11 +2,12 @@
 
 What it adds to Flower's FedAvg (Message API), for every method:
 
-1. Before round 1, a census round: every connected node gets a QUERY (task
+1. Before round 1, the prototype round: every connected node gets a QUERY (task
    ``prototypes``; with ``counts-only`` set it skips the feature sums) and returns its
    per-class train counts, its partition id and whether it is held out. The global counts
    become ``proto.count`` in the state (the global prior); the node's counts are later
-   used to check its train replies.
+   used to check its train replies. (One name for this round everywhere: for the
+   baselines it collects only the counts, for PEP-FedPT the feature sums too.)
 2. Seeded sampling of train and evaluate nodes; held-out nodes never train and are
    evaluated (and summarised) apart.
 3. Every reply is checked (error, keys, shapes, finiteness, counts) before it is used; a
@@ -17,12 +18,43 @@ What it adds to Flower's FedAvg (Message API), for every method:
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
 6. Communicated bytes (``strategies.traffic``: the arrays' nbytes) per round in
    ``round_metrics``: ``bytes-down`` / ``bytes-up`` and per phase ``query/``, ``train/``,
-   ``evaluate/``. A census counts in the round it runs before: the first one in round 0
-   (the row of the initial state), a PEP-FedPT prototype refresh in the round it opens.
+   ``evaluate/``. A prototype round counts in the round it runs before: the first one in
+   round 0 (the row of the initial state), a PEP-FedPT prototype refresh in the round it
+   opens.
 
-Subclasses change what the census collects (``census_state``), what a message carries
-beyond the trainable arrays (``extra_content``), what a train reply must also carry
-(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged (``merge``).
+Override points (a method overrides these, never the private helpers):
+
+``counts_only``            class attribute: the prototype round asks only for class counts
+                           (False: the per-class feature sums too; PEPFedPT).
+``has_prototypes(arrays)`` whether a state already holds the prototype round's result (a
+                           resumed run skips the round; PFedPG also needs its generator).
+``prototype_state(arrays, sums, counts)``
+                           the state after a prototype round (PEPFedPT: + ``proto.mean``;
+                           SGPT: + ``group.count``; PFedPG: + generator and descriptors).
+``server_only(key)``       whether a state key stays on the server: never sent as a
+                           trainable array, never expected in a train reply (default: the
+                           wire's global-only keys; PFedPG: + ``pfedpg.*``).
+``node_arrays(arrays, trainable, node_id, message_type)``
+                           the arrays one node's train/evaluate message carries (default:
+                           the trainable state; LocalOnly: none for a node with its own
+                           state; PFedPG: the prompt generated for that node).
+``extra_content(content, arrays, node_id)``
+                           records a message carries beyond the arrays (PEPFedPT: the
+                           prototypes; SGPT: ``group.count``).
+``check_train_metrics(metrics, node)``
+                           a method's own check of a train reply, after the base's (SGPT:
+                           its group counts; PFedPG: the reply's partition).
+``prepare_merge(metrics)`` / ``merge(key, values, sizes, class_counts, previous)``
+                           the default ``aggregate_valid``'s per-key merge (FedAvg by n_k;
+                           PEPFedPT: class prompts per class; SGPT: group rows by group).
+``aggregate_valid(server_round, valid, metrics)``
+                           the new state from the round's valid train replies (default: the
+                           per-key merge; PFedPG: the generator update), or None to keep
+                           the previous state.
+``checkpoint()`` / ``restore(state)``, ``summary()``
+                           what a method keeps beyond the arrays; its start-up log lines.
+
+Constructors: a method's own arguments keyword-only, the base's through ``**kwargs``.
 """
 
 from __future__ import annotations
@@ -61,7 +93,7 @@ from strategies.validation import (
 
 
 class PromptFedAvg(FedAvg):
-    """FedAvg over the trainable prompts and head, with a census round and reply checks.
+    """FedAvg over the trainable prompts and head, with a prototype round and reply checks.
 
     Parameters beyond FedAvg's
     --------------------------
@@ -69,9 +101,10 @@ class PromptFedAvg(FedAvg):
         Seeds client sampling, so that a run can be repeated.
     """
 
-    # The census asks only for class counts; PEP-FedPT also wants the feature sums.
+    # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
     counts_only = True
-    census_name = "census round"
+    # What a round below min-train-nodes valid replies keeps (its log line says so).
+    kept_state = "the global state"
 
     def __init__(
         self,
@@ -93,12 +126,13 @@ class PromptFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
+        self.seed = seed
         self._rng = random.Random(seed)
-        # Version of the census result (the prototypes, for PEP-FedPT) and, per node, the
-        # version it holds.
+        # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
+        # node, the version it holds.
         self._proto_version = 0
         self._node_proto_version: dict[int, int] = {}
-        # n_{k,c} each node reported in the latest census round it answered.
+        # n_{k,c} each node reported in the latest prototype round it answered.
         self._node_counts: dict[int, list[int]] = {}
         self._global: ArrayRecord | None = None
         self._outgoing: list[Message] = []  # the messages of the phase in flight
@@ -106,7 +140,7 @@ class PromptFedAvg(FedAvg):
         # Per round, the aggregated client-side metrics ("train/...", "evaluate/..."), so
         # that an evaluate_fn can record each finished round as soon as it ends.
         self.round_metrics: dict[int, dict[str, float | list[float]]] = {}
-        # From the latest census round: nodes that never train, and per partition id
+        # From the latest prototype round: nodes that never train, and per partition id
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
         self.partitions: dict[int, dict[str, int | bool | list[int]]] = {}
@@ -123,19 +157,24 @@ class PromptFedAvg(FedAvg):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         start_round: int = 1,
     ) -> Result:
-        """The census round (unless the state already holds its result), then rounds
+        """The prototype round (unless the state already holds its result), then rounds
         ``start_round..num_rounds``.
 
-        FedAvg's loop, except that it can begin after round 1: a resumed run continues at
-        the round after its checkpoint. ``evaluate_fn(0, ...)`` (the initial state) runs
-        only when starting at round 1, so that a resumed run records no round twice.
+        The loop follows Flower's ``Strategy.start`` of flwr 1.42.0 (same calls, log lines
+        and ``Result``), and cannot simply call it: the prototype round must run before
+        ``evaluate_fn(0, ...)`` (the central evaluation needs its ``proto.count``); a
+        resumed run starts at ``start_round`` (Flower's loop always starts at round 1 and
+        evaluates round 0 again); every exchange goes through ``_exchange`` to count the
+        bytes per phase (Flower calls ``grid.send_and_receive`` itself); and ``Result``
+        starts with the initial arrays, so a run whose rounds all kept the state still
+        returns one. Check this copy again when upgrading flwr.
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
         self.timeout = timeout
         arrays = initial_arrays
-        if not self.has_census(arrays):
-            arrays = self.census_round(grid, arrays, server_round=0)
+        if not self.has_prototypes(arrays):
+            arrays = self.prototype_round(grid, arrays, server_round=0)
         elif self._proto_version == 0:
             self._proto_version = 1
 
@@ -229,14 +268,15 @@ class PromptFedAvg(FedAvg):
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
 
-    # ------------------------------------------------------------------ census
-    def has_census(self, arrays: ArrayRecord) -> bool:
-        """Whether the state already holds the census result (a resumed run)."""
+    # ------------------------------------------------------------------ prototype round
+    def has_prototypes(self, arrays: ArrayRecord) -> bool:
+        """Hook: whether the state already holds the prototype round's result (a resumed
+        run)."""
         return wire.PROTO_COUNT in arrays
 
-    def census_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+    def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Ask every connected node for its class counts (and, unless ``counts_only``, its
-        per-class feature sums); return the state with the census result."""
+        per-class feature sums); return the state with the round's result."""
         num_classes, dim = arrays[wire.HEAD_WEIGHT].shape
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
         config = ConfigRecord(
@@ -254,7 +294,7 @@ class PromptFedAvg(FedAvg):
         ]
         self._outgoing = messages
         what = "class counts" if self.counts_only else "class feature sums"
-        log(INFO, "%s: asking %d nodes for %s", self.census_name, len(messages), what)
+        log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
         sums, counts = [], []
         held_out: set[int] = set()
         partitions: dict[int, dict[str, int | bool | list[int]]] = {}
@@ -273,9 +313,8 @@ class PromptFedAvg(FedAvg):
                 if pid in partitions:
                     log(
                         WARNING,
-                        "%s: nodes %d and %d both report partition-id %d; "
+                        "prototype round: nodes %d and %d both report partition-id %d; "
                         "check their --node-config",
-                        self.census_name,
                         partitions[pid]["node-id"],
                         node,
                         pid,
@@ -293,17 +332,16 @@ class PromptFedAvg(FedAvg):
             self._node_counts[node] = [int(n) for n in counts[-1]]
         if not counts:
             raise RuntimeError(
-                f"{self.census_name}: none of {len(node_ids)} nodes sent a valid reply from a "
+                f"prototype round: none of {len(node_ids)} nodes sent a valid reply from a "
                 f"training client ({len(held_out)} held out); see the log lines above"
             )
         self.held_out_nodes = held_out
         self.partitions = dict(sorted(partitions.items()))
-        state = self.census_state(arrays, sums, counts)
+        state = self.prototype_state(arrays, sums, counts)
         total = np.asarray(state[wire.PROTO_COUNT].numpy())
         log(
             INFO,
-            "%s: %d nodes (+%d held out), %d examples, %d/%d classes held",
-            self.census_name,
+            "prototype round: %d nodes (+%d held out), %d examples, %d/%d classes held",
             len(counts),
             len(held_out),
             int(total.sum()),
@@ -313,13 +351,14 @@ class PromptFedAvg(FedAvg):
         self._proto_version += 1
         return state
 
-    def census_state(
+    def prototype_state(
         self,
         arrays: ArrayRecord,
         sums: Sequence[np.ndarray | None],
         counts: Sequence[np.ndarray],
     ) -> ArrayRecord:
-        """The state after a census: ``arrays`` plus the global class counts."""
+        """Hook: the state after a prototype round: ``arrays`` plus the global class counts
+        (``sums``: each training node's feature sums, None when ``counts_only``)."""
         total = np.sum([np.asarray(n, dtype=np.int64) for n in counts], axis=0)
         state = ArrayRecord({key: arrays[key] for key in arrays})
         state[wire.PROTO_COUNT] = Array(total.astype(np.int64))
@@ -338,8 +377,14 @@ class PromptFedAvg(FedAvg):
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         return self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
 
-    def check_train_metrics(self, metrics: MetricRecord) -> str | None:
-        """Hook: a method's own check of a train reply's metrics (None: usable)."""
+    def server_only(self, key: str) -> bool:
+        """Hook: whether state key ``key`` stays on the server (never sent as a trainable
+        array, never expected back in a train reply)."""
+        return key in wire.GLOBAL_ONLY_KEYS
+
+    def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
+        """Hook: a method's own check of node ``node``'s train reply metrics, after the
+        base's checks passed (None: usable; else the reason, logged with the node)."""
         return None
 
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
@@ -363,7 +408,7 @@ class PromptFedAvg(FedAvg):
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
-        expected = {k: v.shape for k, v in previous.items() if k not in wire.GLOBAL_ONLY_KEYS}
+        expected = {k: v.shape for k, v in previous.items() if not self.server_only(k)}
         num_classes = previous[wire.HEAD_WEIGHT].shape[0]
         replies = list(replies)
 
@@ -374,28 +419,43 @@ class PromptFedAvg(FedAvg):
             metrics = content[wire.METRICS]
             return check_known_counts(
                 metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
-            ) or self.check_train_metrics(metrics)
+            ) or self.check_train_metrics(metrics, node)
 
-        valid, metrics = self._accepted_train(server_round, replies, check, "the global state")
+        valid, metrics = self._accepted_train(server_round, replies, check, self.kept_state)
         if valid is None:
             return self._global, metrics
-
-        updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
+        state = self.aggregate_valid(server_round, valid, metrics)
+        if state is None:  # the method refused the update: the round keeps the state
+            self._remember(server_round, "train", metrics)
+            return self._global, metrics
         client_metrics = [msg.content[wire.METRICS] for msg in valid]
         sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
-        class_counts = [np.asarray(m[wire.CLASS_COUNTS]) for m in client_metrics]
-        state = ArrayRecord(
-            {key: self._global[key] for key in wire.GLOBAL_ONLY_KEYS if key in previous}
-        )
-        self.prepare_merge(client_metrics)
-        for key in expected:
-            values = [u[key] for u in updates]
-            state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         self._remember(server_round, "train", metrics)
         return state, metrics
+
+    def aggregate_valid(
+        self, server_round: int, valid: list[Message], metrics: MetricRecord
+    ) -> ArrayRecord | None:
+        """Hook: the new state from the round's valid train replies (at least
+        min-train-nodes), or None to keep the previous one: every key by ``merge``, the
+        server-only keys kept. ``metrics`` (the round's reply counts) may be added to."""
+        assert self._global is not None  # aggregate_train checked it
+        previous = record_arrays(self._global)
+        updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
+        client_metrics = [msg.content[wire.METRICS] for msg in valid]
+        sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
+        class_counts = [np.asarray(m[wire.CLASS_COUNTS]) for m in client_metrics]
+        state = ArrayRecord({key: self._global[key] for key in previous if self.server_only(key)})
+        self.prepare_merge(client_metrics)
+        for key in previous:
+            if self.server_only(key):
+                continue
+            values = [u[key] for u in updates]
+            state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))
+        return state
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -477,21 +537,31 @@ class PromptFedAvg(FedAvg):
         message_type: str,
         server_round: int,
     ) -> list[Message]:
-        """The trainable state (no global-only keys) for every node, plus ``extra_content``."""
+        """Per node: its ``node_arrays`` and the config, plus its ``extra_content``."""
         config[wire.CFG_SERVER_ROUND] = server_round
         config[wire.CFG_PROTO_VERSION] = self._proto_version
-        trainable = ArrayRecord(
-            {key: arrays[key] for key in arrays if key not in wire.GLOBAL_ONLY_KEYS}
-        )
+        trainable = ArrayRecord({key: arrays[key] for key in arrays if not self.server_only(key)})
         messages = []
         for node_id in node_ids:
-            content = RecordDict({wire.ARRAYS: trainable, wire.CONFIG: config})
+            content = RecordDict()
+            node_arrays = self.node_arrays(arrays, trainable, node_id, message_type)
+            if node_arrays is not None:
+                content[wire.ARRAYS] = node_arrays
+            content[wire.CONFIG] = config
             self.extra_content(content, arrays, node_id)
             messages.append(
                 Message(content=content, message_type=message_type, dst_node_id=node_id)
             )
         self._outgoing = messages
         return messages
+
+    def node_arrays(
+        self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
+    ) -> ArrayRecord | None:
+        """Hook: the arrays of one node's train/evaluate message (``message_type``), from
+        the global state ``arrays``; None sends none. Default: ``trainable``, the state
+        without its server-only keys (one record shared by every message)."""
+        return trainable
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """Hook: add method-specific records to one node's train/evaluate message."""

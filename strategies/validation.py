@@ -109,7 +109,7 @@ def check_train_reply(
 def check_prototype_reply(content: RecordDict, num_classes: int, dim: int | None) -> str | None:
     """A prototype reply: per-class feature sums (C, D) and counts (C,), optional flags.
 
-    ``dim = None``: a counts-only census reply, which carries no sums.
+    ``dim = None``: a counts-only prototype-round reply, which carries no sums.
     """
     proto = content.get(wire.PROTO)
     metrics = content.get(wire.METRICS)
