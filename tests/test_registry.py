@@ -83,6 +83,14 @@ def test_the_method_facts_are_data_on_each_registration() -> None:
     assert sum(any(f) for f in facts.values()) == 5  # the others are plain
 
 
+def test_a_method_s_own_config_check_runs_before_anything_is_built() -> None:
+    cfg = RunConfig.from_flat({"method": "pfedpg", "prompt.shared-length": 0})
+    with pytest.raises(ConfigError, match=r"'pfedpg' needs prompt.shared-length >= 1 \(got 0\)"):
+        method_for(cfg)
+    with pytest.raises(ConfigError, match=r"needs prompt.shared-length >= 1"):
+        client_for(cfg, 0, 3)
+
+
 def test_an_unknown_name_is_refused_with_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match=r"method = 'fedmvp' is not accepted; use one of: pep-"):
         get_method("fedmvp")
