@@ -46,7 +46,7 @@ _STATE_PERSONAL_BEFORE = "pep-fedpt.personal-before"  # ... as its latest round 
 _STATE_PERSONAL_ROUND = "pep-fedpt.personal-round"
 
 
-def _client(context: Context) -> tuple[Method, MethodClient]:
+def _client(context: Context) -> MethodClient:
     node = context.node_config
     missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
@@ -61,8 +61,7 @@ def _client(context: Context) -> tuple[Method, MethodClient]:
         data = dataclasses.replace(cfg.data, data_dir=str(node["data-dir"]))
         cfg = dataclasses.replace(cfg, data=data)
     cache_dir = resolve_cache_dir(cfg.cache_dir, node.get("cache-dir"))
-    client = client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
-    return get_method(cfg.method), client
+    return client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
 
 
 def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
@@ -163,7 +162,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
-    _, client = _client(context)
+    client = _client(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
         proto = ArrayRecord({wire.PROTO_COUNT: Array(counts)})
@@ -188,7 +187,8 @@ def prototypes(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    method, client = _client(context)
+    client = _client(context)
+    method = get_method(client.cfg.method)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
@@ -211,6 +211,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    method, client = _client(context)
+    client = _client(context)
+    method = get_method(client.cfg.method)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
