@@ -50,7 +50,7 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import traffic, wire
-from strategies.aggregation import evaluation_summary, weighted_mean
+from strategies.aggregation import evaluation_summary, validation_summary, weighted_mean
 from strategies.validation import (
     check_evaluate_reply,
     check_known_counts,
@@ -427,6 +427,13 @@ class PromptFedAvg(FedAvg):
             for m, msg in zip(metrics, valid, strict=True)
         ]
         summary = evaluation_summary(correct, totals, held_out)
+        summary.update(
+            validation_summary(
+                [m.get(wire.VAL_CORRECT) for m in metrics],  # type: ignore[misc]
+                [m.get(wire.VAL_NUM_EXAMPLES) for m in metrics],  # type: ignore[misc]
+                held_out,
+            )
+        )
         record = MetricRecord({key: float(value) for key, value in summary.items()})
         # Per client, in partition-id order where the replies carry it, so that e.g. one
         # client per DomainNet domain gives the per-domain accuracies.

@@ -55,6 +55,7 @@ class BaselineClient(PromptClient):
             self.cfg.train,
             self.device,
             self.train_seed(server_round),
+            lr_scale=self.lr_scale(server_round),
             regularizer=regularizer,
         )
         return trainable_arrays(model), self.train_metrics(result)
@@ -64,12 +65,13 @@ class BaselineClient(PromptClient):
     ) -> dict[str, float | int]:
         model = self._model(arrays)
         shift = self.log_prior if self.cfg.method in PRIOR_CORRECTED_METHODS else None
-        result = evaluate(
-            model,
-            self.data.test,
-            no_features(self.data.test),
-            unit_weights,
-            self.device,
-            log_prior=shift,
+        return self.evaluated(
+            lambda split: evaluate(
+                model,
+                self.data.split(split),
+                no_features(self.data.split(split)),
+                unit_weights,
+                self.device,
+                log_prior=shift,
+            )
         )
-        return self.evaluate_metrics(result)
