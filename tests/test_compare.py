@@ -1,5 +1,6 @@
-"""The comparison runner (bench/compare.py) without Flower: arguments, merged configs,
-resume-skip, and the table and plot from hand-made recorded rounds."""
+"""The comparison runner (bench/compare.py) and its report (bench/report.py) without
+Flower: arguments, merged configs, resume-skip, grid selection on fake result folders, and
+the tables and plot from hand-made recorded rounds."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from bench import compare
+from bench import compare, report
 from bench.compare import COMPLETED, Outcome, RunSpec
+from bench.prompt_drift import DriftSummary
 from pep_fedpt.config import METHODS, ConfigError
 
 FAILED = "failed (flwr run exited 1, no run id)"
@@ -43,8 +45,26 @@ def _rows(acc: list[float], down: float, census_up: float = 240.0) -> list[dict]
 @pytest.fixture
 def outcomes() -> list[Outcome]:
     return [
-        Outcome("a", 0, COMPLETED, 10.0, "1", "/o/a-s0.log", _rows([0.4, 0.6], 1000.0)),
-        Outcome("a", 1, COMPLETED, 14.0, "2", "/o/a-s1.log", _rows([0.6, 0.8], 2048.0)),
+        Outcome(
+            "a",
+            0,
+            COMPLETED,
+            10.0,
+            "1",
+            "/o/a-s0.log",
+            _rows([0.4, 0.6], 1000.0),
+            drift=DriftSummary(0.01, 0.05, 0.2),
+        ),
+        Outcome(
+            "a",
+            1,
+            COMPLETED,
+            14.0,
+            "2",
+            "/o/a-s1.log",
+            _rows([0.6, 0.8], 2048.0),
+            drift=DriftSummary(0.03, 0.07, 0.4),
+        ),
         Outcome("b", 0, COMPLETED, 5.0, "3", "/o/b-s0.log", _rows([0.3, 0.5], 100.0)),
         Outcome("b", 1, FAILED, 1.0, "", "/o/b-s1.log", []),
         Outcome("c", 0, FAILED, 1.0, "", "/o/c-s0.log", []),
@@ -128,7 +148,7 @@ def test_compare_runs_only_what_did_not_complete(tmp_path: Path, monkeypatch) ->
 
 
 def test_run_row_final_values_and_bytes_per_round(outcomes: list[Outcome]) -> None:
-    row = compare.run_row(outcomes[0])
+    row = report.run_row(outcomes[0])
     assert row["rounds"] == 2
     assert row["evaluate/mean-client-accuracy"] == pytest.approx(0.6)
     assert row["evaluate/global-accuracy"] == pytest.approx(0.7)
@@ -140,7 +160,7 @@ def test_run_row_final_values_and_bytes_per_round(outcomes: list[Outcome]) -> No
 
 
 def test_method_rows_mean_and_sample_std(outcomes: list[Outcome]) -> None:
-    a, b, c = compare.method_rows(outcomes, ["a", "b", "c"])
+    a, b, c = report.method_rows(outcomes, ["a", "b", "c"])
     assert (a.completed, a.runs, b.completed, b.runs, c.completed) == (2, 2, 1, 2, 0)
     mean, std = a.stats["evaluate/mean-client-accuracy"]
     assert mean == pytest.approx(0.7)  # (0.6 + 0.8) / 2
@@ -152,14 +172,14 @@ def test_method_rows_mean_and_sample_std(outcomes: list[Outcome]) -> None:
 
 
 def test_markdown_table(outcomes: list[Outcome]) -> None:
-    md = compare.markdown_table(outcomes, ["a", "b", "c"])
+    md = report.markdown_table(outcomes, ["a", "b", "c"])
     lines = md.splitlines()
     assert lines[0].startswith("| method | runs | global acc | mean client acc |")
     a_line = next(line for line in lines if line.startswith("| a |"))
     cells = [cell.strip() for cell in a_line.strip("|").split("|")]
     assert cells == [
         "a", "2/2", "0.8000 ± 0.1414", "0.7000 ± 0.1414", "0.4000 ± 0.1414", "-",
-        "0.7500 ± 0.1414", "1.5 KiB", "1.1 KiB", "12.0 ± 2.8",
+        "0.7500 ± 0.1414", "2.0%", "6.0%", "0.300", "1.5 KiB", "1.1 KiB", "12.0 ± 2.8",
     ]  # fmt: skip
     assert "| b | 1/2 | 0.6000 | 0.5000 |" in md
     assert "| c | 0/1 | failed |" in md
@@ -168,14 +188,14 @@ def test_markdown_table(outcomes: list[Outcome]) -> None:
 
 
 def test_human_bytes() -> None:
-    assert compare.human_bytes(512) == "512 B"
-    assert compare.human_bytes(1536) == "1.5 KiB"
-    assert compare.human_bytes(3 * 1024**2) == "3.0 MiB"
-    assert compare.human_bytes(math.nan) == "-"
+    assert report.human_bytes(512) == "512 B"
+    assert report.human_bytes(1536) == "1.5 KiB"
+    assert report.human_bytes(3 * 1024**2) == "3.0 MiB"
+    assert report.human_bytes(math.nan) == "-"
 
 
 def test_results_csv_one_raw_row_per_run(outcomes: list[Outcome]) -> None:
-    rows = list(csv.DictReader(io.StringIO(compare.results_csv(outcomes))))
+    rows = list(csv.DictReader(io.StringIO(report.results_csv(outcomes))))
     assert [(r["method"], r["seed"], r["status"]) for r in rows] == [
         ("a", "0", COMPLETED), ("a", "1", COMPLETED), ("b", "0", COMPLETED),
         ("b", "1", FAILED), ("c", "0", FAILED),
@@ -187,25 +207,23 @@ def test_results_csv_one_raw_row_per_run(outcomes: list[Outcome]) -> None:
 
 
 def test_accuracy_curves_and_plot(outcomes: list[Outcome], tmp_path: Path) -> None:
-    assert compare.plot_key(outcomes) == (
+    assert report.plot_key(outcomes) == (
         "evaluate/mean-client-accuracy",
         "mean client accuracy",
     )
-    curves = compare.accuracy_curves(outcomes, ["a", "b", "c"], "evaluate/mean-client-accuracy")
+    curves = report.accuracy_curves(outcomes, ["a", "b", "c"], "evaluate/mean-client-accuracy")
     assert set(curves) == {"a", "b"}  # c never completed
     assert curves["a"].rounds == [1, 2]
     assert curves["a"].mean == pytest.approx([0.5, 0.7])
     assert curves["a"].std == pytest.approx([math.sqrt(0.02)] * 2)
     assert curves["b"].std == [0.0, 0.0]  # one seed: no band
-    server = compare.accuracy_curves(outcomes, ["b"], "server/accuracy")
+    server = report.accuracy_curves(outcomes, ["b"], "server/accuracy")
     assert server["b"].rounds == [0, 1, 2]
-    png = compare.comparison_plot(curves, "mean client accuracy", "t")
+    png = report.comparison_plot(curves, "mean client accuracy", "t")
     assert png.startswith(b"\x89PNG")
-    compare.write_results(tmp_path, outcomes, ["a", "b", "c"])
+    report.write_results(tmp_path, outcomes, ["a", "b", "c"])
     assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "results.md").read_text() == compare.markdown_table(
-        outcomes, ["a", "b", "c"]
-    )
+    assert (tmp_path / "results.md").read_text() == report.markdown_table(outcomes, ["a", "b", "c"])
 
 
 @pytest.mark.slow
