@@ -286,6 +286,8 @@ def runs_table(outcomes: Sequence[Outcome]) -> str:
         accuracy = final_value(o.rows, "evaluate/mean-client-accuracy")
         drift = percent(o.drift.prompt_median) if o.drift else "-"
         files = f"[config]({o.path}.toml) · [log]({o.path}.log) · [folder]({o.path}/)"
+        if o.status == "missing" or not o.status.startswith(("finished", "failed")):
+            files = "-"  # never started: no files
         cells = [o.method, str(o.seed), o.status, _cell((accuracy, math.nan), ".4f"), drift]
         lines.append("| " + " | ".join([*cells, files]) + " |")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from inprocess import InProcessGrid
 from run_helpers import NODES, load_json, load_state, run_server
 from test_resume import CrashMidRound
 
+from bench.prompt_drift import drift_from_files, summarize
 from client_app.app import app as client_app
 from pep_fedpt import engine
 from pep_fedpt.config import ConfigError, DataConfig, RunConfig, TrainConfig
@@ -250,6 +251,11 @@ def test_the_server_records_the_validation_mean_client_accuracy(
     last = rows[-1]
     assert 0.0 <= last["evaluate/val-mean-client-accuracy"] <= 1.0
     assert last["evaluate/val-num-clients"] == len(NODES)
+    # the run keeps its initial state, so its drift needs no rebuild of the model
+    drift = drift_from_files(tmp_path / "run")
+    assert drift is not None and "head.weight" in drift and "prompt.shared" in drift
+    summary = summarize(drift)
+    assert summary.head_change > 0 and 0 < summary.prompt_median <= summary.prompt_max
     # without a validation split, no validation metric
     run_server({**tiny_run_config, "output-dir": str(tmp_path / "plain")})
     assert not any("val-" in key for key in load_json(tmp_path / "plain" / "metrics.json")[-1])
