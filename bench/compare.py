@@ -59,6 +59,7 @@ from bench.report import (  # noqa: E402
     Selection,
     comparison_document,
     read_outcome,
+    row_labels,
     run_name,
     write_results,
 )
@@ -126,10 +127,11 @@ class RunSpec:
     out: Path
     point: Point = ()  # run-config values on top of the base config
     grid_index: int | None = None  # a selection run: its index in the grid
+    variant: int | None = None  # a sweep's run: its point's index in the sweep
 
     @property
     def name(self) -> str:
-        return run_name(self.method, self.seed, self.grid_index)
+        return run_name(self.method, self.seed, self.grid_index, self.variant)
 
     @property
     def stage(self) -> str:
@@ -188,7 +190,15 @@ def already_completed(spec: RunSpec, flat: Mapping[str, Scalar]) -> bool:
 
 def load_outcome(spec: RunSpec) -> Outcome:
     """The outcome recorded for ``spec`` (``missing`` if it never ran)."""
-    return read_outcome(spec.out, spec.stage, spec.name, spec.method, spec.seed, spec.point)
+    return read_outcome(
+        spec.out,
+        spec.stage,
+        spec.name,
+        spec.method,
+        spec.seed,
+        spec.point,
+        variant=spec.variant is not None,
+    )
 
 
 def adopt(source: RunSpec, spec: RunSpec, flat: Mapping[str, Scalar]) -> Outcome:
@@ -325,6 +335,23 @@ def grid_plan(
     ]
 
 
+def sweep_plan(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    base: Mapping[str, Scalar],
+    sweep: Grid,
+) -> list[tuple[RunSpec, dict[str, Scalar]]]:
+    """Every (method, sweep point, seed): each point a row of its own (ablations)."""
+    return [
+        (spec, run_config_for(base, spec))
+        for method in methods
+        for index, point in enumerate(grid_points(sweep))
+        for seed in seeds
+        for spec in [RunSpec(method, seed, out, point, variant=index)]
+    ]
+
+
 def run_or_skip(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -> Outcome:
     """The run's outcome: from its files if it completed earlier with this config."""
     if already_completed(spec, flat):
@@ -340,14 +367,25 @@ def compare(
     base: Mapping[str, Scalar],
     federation_config: str,
     grid: Grid | None = None,
+    sweep: Grid | None = None,
 ) -> list[Outcome]:
     """Per method: its grid (if any) on the first seed, then the chosen point (or the base
-    config) on every seed; only what has not completed yet runs. The results are rewritten
-    after every run; the SuperLinks this started are stopped at the end."""
+    config) on every seed; with a sweep instead, every sweep point on every seed. Only what
+    has not completed yet runs. The results are rewritten after every run; the SuperLinks
+    this started are stopped at the end."""
+    if grid and sweep:
+        raise ConfigError("--grid and --sweep do not combine: select first, then sweep")
     out.mkdir(parents=True, exist_ok=True)
     val_fraction = base.get(VAL_FRACTION_KEY)
-    document = comparison_document(methods, seeds, grid, val_fraction)  # type: ignore[arg-type]
+    document = comparison_document(methods, seeds, grid, val_fraction, sweep)  # type: ignore[arg-type]
     atomic_write(out / COMPARISON, json.dumps(document, indent=2).encode())
+    if sweep:
+        return _run_sweep(
+            out,
+            federation_config,
+            sweep_plan(methods, seeds, out, base, sweep),
+            row_labels(methods, sweep),
+        )
     selection = None
     if grid:
         selection = Selection(grid, seeds[0], float(val_fraction or 0.0), {})  # type: ignore[arg-type]
@@ -386,6 +424,24 @@ def compare(
     return outcomes
 
 
+def _run_sweep(
+    out: Path,
+    federation_config: str,
+    runs: Sequence[tuple[RunSpec, dict[str, Scalar]]],
+    labels: Sequence[str],
+) -> list[Outcome]:
+    """Every run of a sweep, in order; the table has a row per (method, point)."""
+    before = superlink_pids()
+    outcomes: list[Outcome] = []
+    try:
+        for spec, flat in runs:
+            outcomes.append(run_or_skip(spec, flat, federation_config))
+            write_results(out, outcomes, labels)
+    finally:
+        stop_processes(superlink_pids() - before)
+    return outcomes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run several methods over seeds on one run config; write a table and a plot."
@@ -414,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(a Cartesian product, run on the first seed, scored on validation)",
     )
     parser.add_argument(
+        "--sweep",
+        default="",
+        help="every point on every seed, a table row each (ablations), e.g. "
+        '"prompt.tau=0.05,0.1,0.3"',
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=None,
@@ -432,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--num-supernodes {args.num_supernodes}: must be >= 1")
         base = base_config(args.run_config, args.overrides)
         grid = parse_grid(args.grid) if args.grid.strip() else None
+        sweep = parse_grid(args.sweep, "--sweep") if args.sweep.strip() else None
+        if grid and sweep:
+            raise ConfigError("--grid and --sweep do not combine: select first, then sweep")
         val_fraction = args.val_fraction
         if val_fraction is None and grid:
             val_fraction = DEFAULT_VAL_FRACTION
@@ -446,11 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan(methods, seeds, out, base)  # fail on a bad config before any run
         for method in methods if grid else ():
             grid_plan(method, seeds[0], out, base, grid)  # type: ignore[arg-type]
+        if sweep:
+            sweep_plan(methods, seeds, out, base, sweep)
     except ConfigError as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     federation = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
-    outcomes = compare(methods, seeds, out, base, federation, grid)
+    outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
     failed = [o for o in outcomes if not o.completed]
     print(f"compare: {len(outcomes) - len(failed)}/{len(outcomes)} runs completed; see {out}")
     print((out / "results.md").read_text(), flush=True)

@@ -25,28 +25,30 @@ Grid = list[tuple[str, list[Scalar]]]  # (key, values), in the order given
 Point = tuple[tuple[str, Scalar], ...]  # ((key, value), ...), one value per grid key
 
 
-def parse_grid(text: str) -> Grid:
-    """``"k1=a,b k2=c"`` -> ``[("k1", [a, b]), ("k2", [c])]``; each key once, each value once."""
+def parse_grid(text: str, option: str = "--grid") -> Grid:
+    """``"k1=a,b k2=c"`` -> ``[("k1", [a, b]), ("k2", [c])]``; each key once, each value once.
+
+    ``option`` names the command-line option in the errors (``--grid``, ``--sweep``)."""
     grid: Grid = []
     for part in text.split():
         key, sep, values = part.partition("=")
         texts = [v for v in values.split(",") if v.strip()]
         if not sep or not key or not texts:
             raise ConfigError(
-                f"--grid {text!r}: {part!r} is not key=value,value,... "
+                f"{option} {text!r}: {part!r} is not key=value,value,... "
                 '(e.g. --grid "train.lr=0.01,0.05 train.prompt-lr=1,5")'
             )
         if key in (k for k, _ in grid):
-            raise ConfigError(f"--grid {text!r} names {key!r} twice")
+            raise ConfigError(f"{option} {text!r} names {key!r} twice")
         try:
             typed = [parse_config_args([f"{key}={v}"])[key] for v in texts]
         except (click.ClickException, ValueError, KeyError) as exc:
-            raise ConfigError(f"--grid {text!r}: {part!r}: {exc}") from None
+            raise ConfigError(f"{option} {text!r}: {part!r}: {exc}") from None
         if len(set(map(repr, typed))) != len(typed):
-            raise ConfigError(f"--grid {text!r} gives a value of {key!r} twice")
+            raise ConfigError(f"{option} {text!r} gives a value of {key!r} twice")
         grid.append((key, typed))
     if not grid:
-        raise ConfigError(f"--grid {text!r}: give at least one key=value,value,...")
+        raise ConfigError(f"{option} {text!r}: give at least one key=value,value,...")
     return grid
 
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
-from bench.grid import Grid, Point, point_label, select  # noqa: E402
+from bench.grid import Grid, Point, grid_points, point_label, select  # noqa: E402
 from bench.prompt_drift import DriftSummary, drift_from_files, summarize  # noqa: E402
 from pep_fedpt.atomic import atomic_write  # noqa: E402
 from server_app.metric_keys import ACCURACIES, BY_KEY, VALIDATION  # noqa: E402
@@ -73,10 +73,16 @@ class Outcome:
     point: Point = ()  # the grid values it ran with (none without a grid)
     name: str = ""  # the file stem under <stage>/; "" = <method>-s<seed>
     drift: DriftSummary | None = None
+    variant: bool = False  # a sweep's run: a row of its own per (method, point)
 
     @property
     def completed(self) -> bool:
         return self.status == COMPLETED
+
+    @property
+    def label(self) -> str:
+        """The table row it counts in: its method, or ``method [point]`` in a sweep."""
+        return f"{self.method} [{point_label(self.point)}]" if self.variant else self.method
 
     @property
     def path(self) -> str:
@@ -85,14 +91,22 @@ class Outcome:
 
 
 def read_outcome(
-    out: Path, stage: str, name: str, method: str, seed: int, point: Point = ()
+    out: Path,
+    stage: str,
+    name: str,
+    method: str,
+    seed: int,
+    point: Point = (),
+    variant: bool = False,
 ) -> Outcome:
     """The outcome recorded under ``out/<stage>/<name>`` (``missing`` if it never ran)."""
     folder = out / stage
     try:
         status = json.loads((folder / f"{name}.json").read_text())
     except (OSError, ValueError):
-        return Outcome(method, seed, "missing", stage=stage, point=point, name=name)
+        return Outcome(
+            method, seed, "missing", stage=stage, point=point, name=name, variant=variant
+        )
     rows: list[dict[str, Any]] = []
     with contextlib.suppress(OSError, ValueError):
         rows = json.loads((folder / name / "metrics.json").read_text())
@@ -109,6 +123,7 @@ def read_outcome(
         point=point,
         name=name,
         drift=summarize(drift) if drift is not None else None,
+        variant=variant,
     )
 
 
@@ -138,7 +153,7 @@ def validation_score(outcome: Outcome) -> float:
 def run_row(outcome: Outcome) -> dict[str, Any]:
     """One line of results.csv: the run's final accuracies, drift, bytes, wall time, status."""
     row: dict[str, Any] = {
-        "method": outcome.method,
+        "method": outcome.label,
         "seed": outcome.seed,
         "status": outcome.status,
         "rounds": max((int(r["round"]) for r in outcome.rows), default=0),
@@ -188,10 +203,11 @@ TABLE_KEYS = (
 
 
 def method_rows(outcomes: Sequence[Outcome], methods: Sequence[str]) -> list[MethodRow]:
-    """Per method (in ``methods`` order), mean ± std over its completed runs."""
+    """Per method (in ``methods`` order; a sweep's rows are ``Outcome.label``s), mean ± std
+    over its completed runs."""
     table = []
     for method in methods:
-        mine = [o for o in outcomes if o.method == method]
+        mine = [o for o in outcomes if o.label == method]
         done = [run_row(o) for o in mine if o.completed]
         stats = {key: mean_std([float(r[key]) for r in done]) for key in TABLE_KEYS}
         table.append(MethodRow(method, len(done), len(mine), stats))
@@ -288,7 +304,7 @@ def runs_table(outcomes: Sequence[Outcome]) -> str:
         files = f"[config]({o.path}.toml) · [log]({o.path}.log) · [folder]({o.path}/)"
         if o.status == "missing" or not o.status.startswith(("finished", "failed")):
             files = "-"  # never started: no files
-        cells = [o.method, str(o.seed), o.status, _cell((accuracy, math.nan), ".4f"), drift]
+        cells = [o.label, str(o.seed), o.status, _cell((accuracy, math.nan), ".4f"), drift]
         lines.append("| " + " | ".join([*cells, files]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -336,7 +352,7 @@ def markdown_table(
         failed += [o for runs in selection.outcomes.values() for o in runs if not o.completed]
     if failed:
         lines += ["", "Failed runs:", ""]
-        lines += [f"- {o.method} seed {o.seed}: {o.status} (log: {o.log or '-'})" for o in failed]
+        lines += [f"- {o.label} seed {o.seed}: {o.status} (log: {o.log or '-'})" for o in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +405,7 @@ def accuracy_curves(
     for method in methods:
         by_round: dict[int, list[float]] = {}
         for o in outcomes:
-            if o.method == method and o.completed:
+            if o.label == method and o.completed:
                 for row in o.rows:
                     if isinstance(row.get(key), int | float):
                         by_round.setdefault(int(row["round"]), []).append(float(row[key]))
@@ -452,25 +468,52 @@ def write_results(
 
 
 # ---------------------------------------------------------------------- from a folder
-def run_name(method: str, seed: int, grid_index: int | None = None) -> str:
-    """The file stem of a run: ``<method>-s<seed>``, a grid run ``<method>-g<i>-s<seed>``."""
-    return f"{method}-s{seed}" if grid_index is None else f"{method}-g{grid_index}-s{seed}"
+def run_name(
+    method: str, seed: int, grid_index: int | None = None, variant: int | None = None
+) -> str:
+    """The file stem of a run: ``<method>-s<seed>``, a grid run ``<method>-g<i>-s<seed>``,
+    a sweep's run ``<method>-v<i>-s<seed>``."""
+    if grid_index is not None:
+        return f"{method}-g{grid_index}-s{seed}"
+    if variant is not None:
+        return f"{method}-v{variant}-s{seed}"
+    return f"{method}-s{seed}"
+
+
+def row_labels(methods: Sequence[str], sweep: Grid | None) -> list[str]:
+    """The rows of the method table: the methods, or every (method, sweep point)."""
+    if not sweep:
+        return list(methods)
+    return [f"{m} [{point_label(p)}]" for m in methods for p in grid_points(sweep)]
+
+
+def _grid_json(grid: Grid | None) -> list[list[Any]] | None:
+    return [[key, list(values)] for key, values in grid] if grid else None
+
+
+def _grid_from_json(document: Any) -> Grid:
+    return [(str(key), list(values)) for key, values in document]
 
 
 def comparison_document(
-    methods: Sequence[str], seeds: Sequence[int], grid: Grid | None, val_fraction: float | None
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    grid: Grid | None,
+    val_fraction: float | None,
+    sweep: Grid | None = None,
 ) -> dict[str, Any]:
     """What ``comparison.json`` holds (``bench/compare.py`` writes it before any run)."""
     return {
         "methods": list(methods),
         "seeds": list(seeds),
-        "grid": [[key, list(values)] for key, values in grid] if grid else None,
+        "grid": _grid_json(grid),
         "val-fraction": val_fraction,
+        "sweep": _grid_json(sweep),
     }
 
 
 def load_results(out: Path) -> tuple[list[Outcome], list[str], Selection | None]:
-    """The final outcomes, the methods and the selection recorded under ``out``."""
+    """The final outcomes, the table's rows and the selection recorded under ``out``."""
     try:
         document = json.loads((out / COMPARISON).read_text())
     except (OSError, ValueError) as exc:
@@ -479,12 +522,19 @@ def load_results(out: Path) -> tuple[list[Outcome], list[str], Selection | None]
             "(scripts/compare.sh) that started"
         ) from None
     methods, seeds = list(document["methods"]), [int(s) for s in document["seeds"]]
+    if document.get("sweep"):
+        sweep = _grid_from_json(document["sweep"])
+        outcomes = [
+            read_outcome(out, FINAL, run_name(m, s, variant=i), m, s, point, variant=True)
+            for m in methods
+            for i, point in enumerate(grid_points(sweep))
+            for s in seeds
+        ]
+        return outcomes, row_labels(methods, sweep), None
     outcomes = [read_outcome(out, FINAL, run_name(m, s), m, s, ()) for m in methods for s in seeds]
     selection = None
     if document.get("grid"):
-        from bench.grid import grid_points
-
-        grid: Grid = [(str(key), list(values)) for key, values in document["grid"]]
+        grid = _grid_from_json(document["grid"])
         points = grid_points(grid)
         runs = {
             m: [

@@ -517,3 +517,20 @@ def test_the_report_regenerates_the_expected_markdown_from_a_results_folder(
 def test_the_report_of_a_folder_without_a_comparison_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"comparison\.json"):
         report.main([str(tmp_path)])
+
+
+def test_a_sweep_runs_every_point_on_every_seed_as_rows_of_their_own(
+    tmp_path: Path, monkeypatch
+) -> None:
+    fake = FakeRuns({("local", 0.01): 0.5, ("local", 0.05): 0.6})
+    monkeypatch.setattr(compare, "execute", fake)
+    sweep = parse_grid("train.lr=0.01,0.05", "--sweep")
+    compare.compare(["local"], [0, 1], tmp_path, {}, "", sweep=sweep)
+    assert fake.executed == ["local-v0-s0", "local-v0-s1", "local-v1-s0", "local-v1-s1"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| local [train.lr=0.01] | 2/2 |" in md and "| local [train.lr=0.05] | 2/2 |" in md
+    assert "## Selection" not in md
+    (tmp_path / "results.md").unlink()
+    assert report.regenerate(tmp_path) == md
+    with pytest.raises(ConfigError, match="do not combine"):
+        compare.compare(["local"], [0], tmp_path, {}, "", grid=sweep, sweep=sweep)
