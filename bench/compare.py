@@ -209,7 +209,8 @@ def adopt(source: RunSpec, spec: RunSpec, flat: Mapping[str, Scalar]) -> Outcome
         shutil.rmtree(spec.run_dir)
     spec.run_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source.run_dir, spec.run_dir)
-    shutil.copyfile(source.log_path, spec.log_path)
+    if source.log_path.is_file():
+        shutil.copyfile(source.log_path, spec.log_path)
     atomic_write(spec.config_path, config_toml(flat).encode())
     record = json.loads(source.status_path.read_text())
     record.update({"log": str(spec.log_path), "config": dict(flat), "copied-from": source.name})
@@ -376,8 +377,9 @@ def compare(
     if grid and sweep:
         raise ConfigError("--grid and --sweep do not combine: select first, then sweep")
     out.mkdir(parents=True, exist_ok=True)
-    val_fraction = base.get(VAL_FRACTION_KEY)
-    document = comparison_document(methods, seeds, grid, val_fraction, sweep)  # type: ignore[arg-type]
+    value = base.get(VAL_FRACTION_KEY)
+    val_fraction = float(value) if isinstance(value, int | float) else None
+    document = comparison_document(methods, seeds, grid, val_fraction, sweep)
     atomic_write(out / COMPARISON, json.dumps(document, indent=2).encode())
     if sweep:
         return _run_sweep(
@@ -388,7 +390,7 @@ def compare(
         )
     selection = None
     if grid:
-        selection = Selection(grid, seeds[0], float(val_fraction or 0.0), {})  # type: ignore[arg-type]
+        selection = Selection(grid, seeds[0], val_fraction or 0.0, {})
     points = grid_points(grid) if grid else []
     before = superlink_pids()
     outcomes: list[Outcome] = []
@@ -397,7 +399,7 @@ def compare(
             point: Point = ()
             if selection is not None:
                 selection.outcomes[method] = runs = []
-                for spec, flat in grid_plan(method, seeds[0], out, base, grid):  # type: ignore[arg-type]
+                for spec, flat in grid_plan(method, seeds[0], out, base, selection.grid):
                     runs.append(run_or_skip(spec, flat, federation_config))
                     write_results(out, outcomes, methods, selection)
                 chosen = selection.chosen(method)
@@ -509,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             base[VAL_FRACTION_KEY] = val_fraction
         out = args.out.resolve()
         plan(methods, seeds, out, base)  # fail on a bad config before any run
-        for method in methods if grid else ():
-            grid_plan(method, seeds[0], out, base, grid)  # type: ignore[arg-type]
+        for method in methods:
+            if grid:
+                grid_plan(method, seeds[0], out, base, grid)
         if sweep:
             sweep_plan(methods, seeds, out, base, sweep)
     except ConfigError as exc:
