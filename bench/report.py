@@ -352,8 +352,15 @@ def markdown_table(
         failed += [o for runs in selection.outcomes.values() for o in runs if not o.completed]
     if failed:
         lines += ["", "Failed runs:", ""]
-        lines += [f"- {o.label} seed {o.seed}: {o.status} (log: {o.log or '-'})" for o in failed]
+        lines += [
+            f"- {o.label} seed {o.seed}{_grid_note(o)}: {o.status} (log: {o.log or '-'})"
+            for o in failed
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _grid_note(outcome: Outcome) -> str:
+    return f" (grid point {point_label(outcome.point)})" if outcome.stage == GRID else ""
 
 
 def results_csv(outcomes: Sequence[Outcome], selection: Selection | None = None) -> str:
