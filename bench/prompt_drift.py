@@ -61,8 +61,8 @@ def rebuilt_drift(run_dir: Path) -> Drift:
     from its config.json (as the ServerApp seeds it)."""
     from pep_fedpt.config import RunConfig
     from pep_fedpt.data import load_central_data
-    from pep_fedpt.methods import image_spec, initial_arrays
-    from pep_fedpt.models import create_backbone
+    from pep_fedpt.methods import initial_arrays
+    from pep_fedpt.models import create_backbone, image_spec
 
     cfg = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text()))
     backbone = create_backbone(cfg.model, cfg.seed, cfg.data)
