@@ -207,6 +207,7 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
     text = "".join(lines)
     assert code == 130, text
     assert "run.sh: SIGINT: stopping the run" in text
+    assert "flwr stop" not in text  # it said nothing: the stop went through
     assert re.search(r"run \d+ stopped", text)
     assert f"the checkpoint of the last finished round: {out}" in text
     assert f"-c \"resume-from='{out}'\"" in text
