@@ -134,3 +134,14 @@ def test_a_top_level_key_of_the_wrong_type_is_named_with_its_value(
 ) -> None:
     with pytest.raises(ConfigError, match=rf"{key} = {value!r} has type .*expected {expected}"):
         RunConfig.from_flat({key: value})  # type: ignore[dict-item]
+
+
+def test_the_server_app_gives_up_after_fed_wait_timeout(
+    tiny_run_config: dict[str, bool | int | float | str], task_identity: None
+) -> None:
+    from run_helpers import run_server
+
+    flat = {**tiny_run_config, "fed.wait-timeout": 1.0}
+    one_node = {10: {"partition-id": 0, "num-partitions": 2}}
+    with pytest.raises(TimeoutError, match=r"1 connected, 2 required .*wait_timeout = 1 s"):
+        run_server(flat, nodes=one_node)
