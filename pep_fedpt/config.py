@@ -264,6 +264,9 @@ class FedConfig:
     prototype_refresh_every: int = 0
     group_momentum: float = 0.5  # SGPT: new = m * previous + (1 - m) * group-weighted mean
     round_timeout: float = 3600.0
+    # Deployment: how long a round waits for min-available/min-train nodes to connect
+    # before the run fails with what it waited for (connected vs required).
+    wait_timeout: float = 600.0
     generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
 
     def __post_init__(self) -> None:
@@ -283,6 +286,7 @@ class FedConfig:
         if not (math.isfinite(self.group_momentum) and 0.0 <= self.group_momentum < 1.0):
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
         _positive("fed.generator-lr", self.generator_lr)
+        _positive("fed.wait-timeout", self.wait_timeout)
 
 
 @dataclass(frozen=True)
@@ -396,10 +400,11 @@ class RunConfig:
         section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
         for key, value in flat.items():
             if key == "num-server-rounds":
-                section_kwargs["fed"]["num_rounds"] = value
+                section_kwargs["fed"]["num_rounds"] = _coerce(key, value, "int")
                 continue
             if key in top_keys:
-                kwargs[top_keys[key]] = value
+                attr = top_keys[key]
+                kwargs[attr] = _coerce(key, value, _TOP_TYPES[attr])
                 continue
             section, _, name = key.partition(".")
             if section not in sections:
@@ -431,6 +436,9 @@ class RunConfig:
                     getattr(self, section), f.name
                 )
         return flat
+
+
+_TOP_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 
 
 def _coerce(key: str, value: Scalar, annotation: object) -> Scalar:

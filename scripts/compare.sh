@@ -15,5 +15,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Flower's environment as scripts/run.sh has it (FLWR_HOME inside the project)
 pushd "$root" >/dev/null
 source scripts/flwr-env.sh
+# Ports of its own for the local SuperLink that `flwr run` starts, never another
+# checkout's on the default 39091 (the runner stops the SuperLinks it started).
+source scripts/local-superlink.sh
+superlink_free_ports
 popd >/dev/null
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$root/.venv/bin/python" -m bench.compare "$@"
