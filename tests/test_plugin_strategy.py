@@ -21,7 +21,14 @@ from plugin_app import write_plugin_app
 
 __all__ = ["make_deployment"]  # the fixture, imported for pytest
 
-RUN_CONFIG = {"num-server-rounds": 2, "num-classes": 3, "dim": 8, "round-timeout": 60.0}
+RUN_CONFIG = {
+    "num-server-rounds": 2,
+    "num-classes": 3,
+    "dim": 8,
+    "min-nodes": 2,
+    "round-timeout": 60.0,
+    "wait-timeout": 60.0,
+}
 
 
 @pytest.fixture
