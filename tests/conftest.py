@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny run config, Flower's task identity, the shared CIFAR-10 archive."""
+"""Shared fixtures (a tiny run config, Flower's task identity) and the test tiers' hooks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.tiers import pytest_collection_modifyitems, pytest_report_header
 from inprocess import set_task_identity
 
 from pep_fedpt.config import RunConfig
+
+__all__ = ["pytest_collection_modifyitems", "pytest_report_header"]  # hooks, for pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -92,6 +92,7 @@ def test_client_app_names_missing_node_config(tiny_run_config: dict, task_identi
         client_app(incoming_message(query, MessageType.QUERY), ctx)
 
 
+@pytest.mark.integration
 def test_server_app_runs_rounds_and_writes_results(
     tiny_run_config: dict, task_identity, tmp_path, monkeypatch
 ) -> None:

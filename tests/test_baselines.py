@@ -194,6 +194,7 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
     assert corrected["loss"] == pytest.approx(-np.mean(np.log(prior[labels])), rel=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("method", "restart"),
     [

@@ -208,7 +208,7 @@ def test_accuracy_curves_and_plot(outcomes: list[Outcome], tmp_path: Path) -> No
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
     """Two methods, one seed, 2 supernodes, 1 round of a random tiny ViT on digits through

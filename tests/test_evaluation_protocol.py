@@ -59,6 +59,7 @@ def test_evaluation_summary_hand_computed() -> None:
 HAND_TRAIN_COUNTS = [114, 117, 114, 117]
 
 
+@pytest.mark.integration
 def test_held_out_clients_end_to_end(
     task_identity: None, tiny_run_config: dict, tmp_path: Path
 ) -> None:

@@ -380,6 +380,7 @@ class ErrorsInRound:
         return reply
 
 
+@pytest.mark.integration
 def test_a_round_below_min_train_nodes_keeps_the_previous_rounds_state(
     flat: dict, tmp_path: Path, task_identity: None
 ) -> None:

@@ -226,6 +226,7 @@ def _run(flat: dict, tamper: dict[int, Callable[[Message], Message]] | None = No
     return app, grid
 
 
+@pytest.mark.integration
 def test_two_rounds_personal_prompts_and_the_exact_generator_update(
     flat: dict, tmp_path, task_identity
 ) -> None:

@@ -70,6 +70,7 @@ def flat(tiny_run_config: dict, tmp_path: Path) -> dict:
 WITH_HELD_OUT = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("restart", "extra"),
     [
