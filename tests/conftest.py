@@ -6,14 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.inprocess import set_task_identity
 from helpers.tiers import pytest_collection_modifyitems, pytest_report_header
-from inprocess import set_task_identity
 
 from pep_fedpt.config import RunConfig
 
 __all__ = ["pytest_collection_modifyitems", "pytest_report_header"]  # hooks, for pytest
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 # A ViT small enough for 2 CPU cores: width 64, depth 3, 16 px, patch 4.
 TINY_MODEL = {

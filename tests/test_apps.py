@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
-from inprocess import InProcessGrid, incoming_message
+from helpers.inprocess import InProcessGrid, incoming_message
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from inprocess import InProcessGrid
-from test_datasets import CIFAR10_ARCHIVE
+from helpers.data import CIFAR10_ARCHIVE
+from helpers.inprocess import InProcessGrid
 
 from client_app.app import app as client_app
 from pep_fedpt.data.partition import held_out_partitions

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from inprocess import InProcessGrid, incoming_message
-from run_helpers import NODES, load_json, load_state, on, recorder, run_server
+from helpers.inprocess import InProcessGrid, incoming_message
+from helpers.run_helpers import NODES, load_json, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MessageType
-from run_helpers import load_json, load_state, on, recorder, run_server
+from helpers.run_helpers import load_json, load_state, on, recorder, run_server
 
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.groups import (

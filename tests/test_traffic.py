@@ -17,7 +17,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from run_helpers import load_json, load_state, recorder, run_server
+from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from strategies import wire
 from strategies.traffic import content_nbytes, record_nbytes

@@ -180,6 +180,6 @@ def write_plugin_app(root: Path, *, vendor_strategies: bool = False) -> Path:
     (package / "client.py").write_text(textwrap.dedent(CLIENT))
     (package / "server.py").write_text(textwrap.dedent(SERVER))
     if vendor_strategies:
-        source = Path(__file__).resolve().parents[1] / "strategies"
+        source = Path(__file__).resolve().parents[2] / "strategies"
         shutil.copytree(source, root / "strategies", ignore=shutil.ignore_patterns("__pycache__"))
     return root
