@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.prompt_drift RUN_DIR [RUN_DIR ...]
 
 A run whose prompts barely moved is, in effect, a linear probe on the frozen backbone: the
-CPU benchmark (README) uses this to explain why the global prompt methods tie.
+CPU benchmark (docs/benchmark.md) uses this to explain why the global prompt methods tie.
 """
 
 from __future__ import annotations
