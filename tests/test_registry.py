@@ -52,6 +52,7 @@ def test_validating_a_method_name_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.integration  # builds a backbone and loads the data set per method
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_builds_its_strategy_client_and_server_through_the_registry(
     name: str, tiny_run_config: dict

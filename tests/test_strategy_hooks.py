@@ -17,7 +17,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from inprocess import InProcessGrid, set_task_identity
+from helpers.inprocess import InProcessGrid, set_task_identity
 
 import strategies.base as base
 from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
