@@ -12,8 +12,10 @@ What it adds to Flower's FedAvg (Message API), for every method:
 3. Every reply is checked (error, keys, shapes, finiteness, counts) before it is used; a
    bad one is dropped with a log line naming the node (``_sender``) and the reason. Below
    ``min_train_nodes`` valid replies the round keeps the previous global state.
-4. Aggregation key by key through ``merge(key, values, sizes, class_counts, previous)``,
-   by default the n_k-weighted mean (FedAvg).
+4. Aggregation key by key into running float64 sums (``merge``): each valid reply weighs
+   ``merge_weight(key, metrics)`` (by default n_k: FedAvg; or one weight per row), and
+   ``merge_result`` turns the sum into the new value. Replies are checked and merged in
+   node-id order, so the result depends on the set of replies, not their arrival order.
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
 6. Communicated bytes (``strategies.traffic``: the arrays' nbytes) per round in
    ``round_metrics``: ``bytes-down`` / ``bytes-up`` and per phase ``query/``, ``train/``,
@@ -22,7 +24,8 @@ What it adds to Flower's FedAvg (Message API), for every method:
 
 Subclasses change what the census collects (``census_state``), what a message carries
 beyond the trainable arrays (``extra_content``), what a train reply must also carry
-(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged (``merge``).
+(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged
+(``merge_weight``, ``merge_result``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import io
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -50,7 +53,7 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import traffic, wire
-from strategies.aggregation import evaluation_summary, weighted_mean
+from strategies.aggregation import RunningMean, evaluation_summary, scratch_buffer
 from strategies.validation import (
     check_evaluate_reply,
     check_known_counts,
@@ -343,59 +346,115 @@ class PromptFedAvg(FedAvg):
         return None
 
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
-        """Hook: read what ``merge`` needs beyond the counts from the valid replies' metrics
-        (in the order of the values ``merge`` gets)."""
+        """Hook: read what the method needs beyond the merged arrays from the valid
+        replies' metrics (in node-id order, the order they were merged in); called once
+        every valid reply is in the running sums, before ``merge_result``."""
+
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Hook: how much one valid reply's value of ``key`` weighs in its new global
+        value: a number (every row alike; FedAvg's n_k, the default) or one weight per row
+        (PEP-FedPT's n_{k,c} for class prompts)."""
+        return float(metrics[wire.NUM_EXAMPLES])
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Hook: the new global value of ``key`` from the running weighted sum of the valid
+        replies (default: the weighted mean; rows nobody weighed keep their value)."""
+        return running.result()
 
     def merge(
         self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """The new global value of ``key`` from the valid replies: FedAvg by n_k."""
-        return weighted_mean(values, sizes)
+        previous: Mapping[str, np.ndarray],
+        updates: Sequence[Mapping[str, np.ndarray]],
+        metrics: Sequence[MetricRecord],
+    ) -> dict[str, np.ndarray]:
+        """The new global value of every key of ``updates`` from these valid replies, as
+        ``aggregate_train`` computes it (which adds each reply as soon as it is checked)."""
+        running = self._running_sums(previous, list(updates[0]) if updates else [])
+        for update, reply_metrics in zip(updates, metrics, strict=True):
+            self._add_to_sums(running, update, reply_metrics)
+        self.prepare_merge(metrics)
+        return {key: self.merge_result(key, sums) for key, sums in running.items()}
+
+    @staticmethod
+    def _running_sums(
+        previous: Mapping[str, np.ndarray], keys: Iterable[str]
+    ) -> dict[str, RunningMean]:
+        """One float64 running sum per key: memory is one state whatever the replies."""
+        keys = list(keys)
+        scratch = scratch_buffer(max((previous[key].size for key in keys), default=1))
+        return {key: RunningMean(previous[key], scratch) for key in keys}
+
+    def _add_to_sums(
+        self,
+        running: Mapping[str, RunningMean],
+        update: Mapping[str, np.ndarray],
+        metrics: MetricRecord,
+    ) -> None:
+        """Add one valid reply's arrays (views of its bytes, never copied) to the sums:
+        all of them or, if any shape or weight is refused (ValueError), none."""
+        pending = [
+            (sums, update[key], self.merge_weight(key, metrics)) for key, sums in running.items()
+        ]
+        for sums, value, weight in pending:
+            sums.check(value, weight)
+        for sums, value, weight in pending:
+            sums.add(value, weight)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each reply and, if valid, add it to the running sums at once (while its
+        bytes are still in the CPU cache), in node-id order: the result depends on the
+        set of valid replies only, and no reply is ever copied or stacked."""
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
         expected = {k: v.shape for k, v in previous.items() if k not in wire.GLOBAL_ONLY_KEYS}
         num_classes = previous[wire.HEAD_WEIGHT].shape[0]
-        replies = list(replies)
+        replies = self._in_node_order(replies)
+        running = self._running_sums(previous, expected)
 
         def check(content: RecordDict, node: int) -> str | None:
-            reason = check_train_reply(content, expected, num_classes)
+            arrays: dict[str, np.ndarray] = {}
+            reason = check_train_reply(content, expected, num_classes, decoded=arrays)
             if reason:  # only a reply that passes has the records read below
                 return reason
             metrics = content[wire.METRICS]
-            return check_known_counts(
+            reason = check_known_counts(
                 metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
             ) or self.check_train_metrics(metrics)
+            if reason is None:  # valid: into the sums while it is in the cache
+                self._add_to_sums(running, arrays, metrics)
+            return reason
 
         valid, metrics = self._accepted_train(server_round, replies, check, "the global state")
         if valid is None:
             return self._global, metrics
 
-        updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
         client_metrics = [msg.content[wire.METRICS] for msg in valid]
         sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
-        class_counts = [np.asarray(m[wire.CLASS_COUNTS]) for m in client_metrics]
         state = ArrayRecord(
             {key: self._global[key] for key in wire.GLOBAL_ONLY_KEYS if key in previous}
         )
         self.prepare_merge(client_metrics)
-        for key in expected:
-            values = [u[key] for u in updates]
-            state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))
+        for key, sums in running.items():
+            state[key] = Array(self.merge_result(key, sums))
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         self._remember(server_round, "train", metrics)
         return state, metrics
+
+    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies sorted by the node they answer for (stable), so that checks, logs
+        and sums run in the same order however the replies arrived."""
+        replies = list(replies)
+        sent = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._outgoing}
+
+        def node(reply: Message) -> int:
+            return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+        return sorted(replies, key=node)
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
