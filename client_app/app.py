@@ -75,7 +75,21 @@ def _prototypes(msg: Message, context: Context) -> np.ndarray:
     if stored is None or int(stored["version"]) != version:
         have = None if stored is None else int(stored["version"])
         raise RuntimeError(f"this node holds prototypes v{have}, the server uses v{version}")
-    return context.state[_STATE_PROTO][wire.PROTO_MEAN].numpy()
+    return _from_wire(context.state[_STATE_PROTO][wire.PROTO_MEAN].numpy())
+
+
+def _from_wire(value: np.ndarray) -> np.ndarray:
+    """A received float array as float32, whatever ``fed.wire-dtype`` it travelled in."""
+    if value.dtype.kind == "f" and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
+def _to_wire(value: np.ndarray, wire_dtype: str) -> Array:
+    """A float array to send, in ``fed.wire-dtype`` (integer arrays as they are)."""
+    if value.dtype.kind == "f" and value.dtype != np.dtype(wire_dtype):
+        value = value.astype(wire_dtype)
+    return Array(value)
 
 
 def _arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
@@ -87,7 +101,7 @@ def _arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, n
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
         )
-    return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+    return {key: _from_wire(array.numpy()) for key, array in msg.content[wire.ARRAYS].items()}
 
 
 def _own_arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
@@ -193,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
     start = _start_of_round(msg, context, client, server_round)
     arrays, metrics = client.train(start, _global_extra(msg, context, client), server_round)
-    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     if client.personal:
         _keep_personal(context, client, start, arrays, server_round)
     content = RecordDict(

@@ -31,6 +31,7 @@ METHODS = (
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
+WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -237,6 +238,9 @@ class FedConfig:
     group_momentum: float = 0.5  # SGPT: new = m * previous + (1 - m) * group-weighted mean
     round_timeout: float = 3600.0
     generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
+    # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
+    # server still aggregates in float64 and keeps its state float32.
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -255,6 +259,7 @@ class FedConfig:
         if not (math.isfinite(self.group_momentum) and 0.0 <= self.group_momentum < 1.0):
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
         _positive("fed.generator-lr", self.generator_lr)
+        _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def build_strategy(cfg: RunConfig) -> PromptFedAvg:
         "min_evaluate_nodes": fed.min_evaluate_nodes,
         "min_available_nodes": fed.min_available_nodes,
         "seed": cfg.seed,
+        "wire_dtype": fed.wire_dtype,
     }
     if cfg.method == "pep-fedpt":
         return PEPFedPT(

@@ -55,12 +55,17 @@ from flwr.supercore import log
 from strategies import traffic, wire
 from strategies.aggregation import RunningMean, evaluation_summary, scratch_buffer
 from strategies.validation import (
+    array_view,
     check_evaluate_reply,
     check_known_counts,
     check_prototype_reply,
     check_train_reply,
     record_arrays,
 )
+
+# What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
+WIRE_DTYPES = ("float32", "float16")
+REPLY_DTYPES = {"float32": ("float32", "float64"), "float16": ("float16",)}
 
 
 class PromptFedAvg(FedAvg):
@@ -70,6 +75,10 @@ class PromptFedAvg(FedAvg):
     --------------------------
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages, both ways: the server casts what
+        it sends and accepts replies in this dtype only (float32 also accepts float64).
+        It still sums in float64 and keeps its state float32.
     """
 
     # The census asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -84,7 +93,12 @@ class PromptFedAvg(FedAvg):
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
+            )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -96,6 +110,7 @@ class PromptFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
+        self.wire_dtype = np.dtype(wire_dtype)
         self._rng = random.Random(seed)
         # Version of the census result (the prototypes, for PEP-FedPT) and, per node, the
         # version it holds.
@@ -416,7 +431,9 @@ class PromptFedAvg(FedAvg):
 
         def check(content: RecordDict, node: int) -> str | None:
             arrays: dict[str, np.ndarray] = {}
-            reason = check_train_reply(content, expected, num_classes, decoded=arrays)
+            reason = check_train_reply(
+                content, expected, num_classes, decoded=arrays, dtypes=self.reply_dtypes
+            )
             if reason:  # only a reply that passes has the records read below
                 return reason
             metrics = content[wire.METRICS]
@@ -506,10 +523,37 @@ class PromptFedAvg(FedAvg):
         self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
     ) -> list[Message]:
         """``grid.send_and_receive``, counting the array bytes each way for the round."""
-        messages = list(messages)
+        messages = self._to_wire_dtype(list(messages))
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
         self._count_bytes(server_round, phase, messages, replies)
         return replies
+
+    @property
+    def reply_dtypes(self) -> tuple[str, ...]:
+        """The float dtypes a train reply's arrays may have (``wire_dtype``)."""
+        return REPLY_DTYPES[self.wire_dtype.name]
+
+    def _to_wire_dtype(self, messages: list[Message]) -> list[Message]:
+        """Every float32 array of the messages in ``wire_dtype`` (no-op for float32).
+
+        In place, in the messages' own records (never the global state's): an array
+        that several messages share (the trainable state, the prototypes) is cast once.
+        """
+        if self.wire_dtype == np.float32:
+            return messages
+        cast: dict[int, Array] = {}
+        for msg in messages:
+            if not msg.has_content():
+                continue
+            for record in msg.content.array_records.values():
+                for key, array in list(record.items()):
+                    if array.dtype != "float32":
+                        continue
+                    if id(array) not in cast:
+                        value = array_view(array).astype(self.wire_dtype)
+                        cast[id(array)] = Array(value)
+                    record[key] = cast[id(array)]
+        return messages
 
     def _count_bytes(
         self, server_round: int, phase: str, sent: list[Message], received: list[Message]

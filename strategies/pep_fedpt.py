@@ -53,6 +53,8 @@ class PEPFedPT(PromptFedAvg):
         that join late contribute.
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages (``PromptFedAvg``).
     """
 
     counts_only = False  # the census also collects the per-class feature sums
@@ -68,6 +70,7 @@ class PEPFedPT(PromptFedAvg):
         class_prompt_aggregation: str = "per-class",
         prototype_refresh_every: int = 0,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -76,6 +79,7 @@ class PEPFedPT(PromptFedAvg):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
             seed=seed,
+            wire_dtype=wire_dtype,
         )
         if class_prompt_aggregation not in CLASS_PROMPT_AGGREGATIONS:
             raise ValueError(

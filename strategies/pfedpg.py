@@ -228,7 +228,9 @@ class PFedPG(PromptFedAvg):
         def check(content: RecordDict, node: int) -> str | None:
             arrays = decoded.setdefault(id(content), {})
             return (
-                check_train_reply(content, expected, num_classes, decoded=arrays)
+                check_train_reply(
+                    content, expected, num_classes, decoded=arrays, dtypes=self.reply_dtypes
+                )
                 or check_known_counts(
                     content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
                 )

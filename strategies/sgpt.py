@@ -37,6 +37,8 @@ class SGPT(PromptFedAvg):
         Weight of the previous global group prompts and keys in the new ones.
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages (``PromptFedAvg``).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SGPT(PromptFedAvg):
         min_available_nodes: int = 2,
         group_momentum: float = 0.5,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -56,6 +59,7 @@ class SGPT(PromptFedAvg):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
             seed=seed,
+            wire_dtype=wire_dtype,
         )
         if not (np.isfinite(group_momentum) and 0.0 <= group_momentum < 1.0):
             raise ValueError(f"group_momentum = {group_momentum!r} must be in [0, 1)")

@@ -21,9 +21,12 @@ MAX_EXAMPLES_PER_CLIENT = 10**9
 
 
 def check_arrays(
-    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    dtypes: tuple[str, ...] | None = None,
 ) -> str | None:
-    """Exactly the expected keys, each with the expected shape, float, all finite."""
+    """Exactly the expected keys, each with the expected shape, float (one of ``dtypes``
+    if given: the strategy's ``fed.wire-dtype``), all finite."""
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
@@ -34,6 +37,11 @@ def check_arrays(
             return f"{key} has shape {tuple(value.shape)}, expected {tuple(shape)}"
         if not np.issubdtype(value.dtype, np.floating):
             return f"{key} has dtype {value.dtype}, expected a float type"
+        if dtypes is not None and value.dtype.name not in dtypes:
+            return (
+                f"{key} has dtype {value.dtype}, but the wire dtype (fed.wire-dtype) accepts "
+                f"{', '.join(dtypes)}"
+            )
         if not all_finite(value):
             return f"{key} holds non-finite values (NaN or inf)"
     return None
@@ -48,8 +56,10 @@ def all_finite(value: np.ndarray) -> bool:
     """
     if value.size == 0:
         return True
+    # Half floats summed in float32: their own sum overflows past 65504.
+    wide = np.float32 if value.dtype.kind == "f" and value.dtype.itemsize < 4 else None
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(value, axis=None)
+        total = np.add.reduce(value, axis=None, dtype=wide)
     if np.isfinite(total):
         return True
     return bool(np.isfinite(value).all())
@@ -148,11 +158,13 @@ def check_train_reply(
     expected: Mapping[str, tuple[int, ...]],
     num_classes: int,
     decoded: dict[str, np.ndarray] | None = None,
+    dtypes: tuple[str, ...] | None = None,
 ) -> str | None:
     """A train reply: trainable arrays as in the global state, and consistent counts.
 
     ``decoded``, if given, receives the reply's arrays (views, decoded once here) so that
-    the caller merges what was checked without decoding it again.
+    the caller merges what was checked without decoding it again; ``dtypes``, if given,
+    the float dtypes the arrays may have.
     """
     arrays = content.get(wire.ARRAYS)
     metrics = content.get(wire.METRICS)
@@ -161,7 +173,7 @@ def check_train_reply(
     values = record_arrays(arrays)
     if decoded is not None:
         decoded.update(values)
-    reason = check_arrays(values, expected)
+    reason = check_arrays(values, expected, dtypes)
     if reason:
         return reason
     loss = metrics.get(wire.TRAIN_LOSS, 0.0)
