@@ -60,13 +60,17 @@ class RunningMean:
                 f"row weights have shape {w.shape}, expected ({self._weight.size},) "
                 f"for values of shape {self.shape}"
             )
-        if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
+        # NaN fails ">= 0"; then a finite sum of non-negative numbers rules out inf.
+        if not ((w >= 0).all() and np.isfinite(w.sum())):
             raise ValueError(f"row weights must be finite and >= 0, got {w.tolist()}")
         return w
 
     def add(self, value: np.ndarray, weight: float | np.ndarray) -> None:
         """Add w·x to the sum (x of the state's shape, any float dtype, never copied)."""
-        w = self.check(value, weight)
+        self.add_checked(value, self.check(value, weight))
+
+    def add_checked(self, value: np.ndarray, w: np.ndarray) -> None:
+        """``add`` with a weight that ``check(value, weight)`` returned."""
         x = np.asarray(value)
         if w.ndim == 0:
             self._add_scaled(x, float(w))
@@ -109,18 +113,20 @@ class RunningMean:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum = {momentum!r} must be in [0, 1)")
         held = self._weight > 0
-        out = np.array(self.previous, dtype=np.float64)
-        if not self.shape:
-            if held[0]:
-                mean = self._sum / self._weight[0]
-                out = momentum * out + (1.0 - momentum) * mean
-            return np.asarray(out, dtype=np.float32)
+        if not held.any():
+            return np.array(self.previous, dtype=np.float32)
         extra = (1,) * (len(self.shape) - 1)
-        mean = self._sum[held] / self._weight[held].reshape(-1, *extra)
+        weight = self._weight.reshape(-1, *extra) if self.shape else self._weight[0]
+        if held.all():
+            mean = self._sum / weight
+        else:  # rows nobody weighed: previous (never divided by their zero weight)
+            mean = np.array(self.previous, dtype=np.float64)
+            np.divide(self._sum, weight, out=mean, where=held.reshape(-1, *extra))
         if momentum:
-            mean = momentum * out[held] + (1.0 - momentum) * mean
-        out[held] = mean
-        return out.astype(np.float32)
+            previous = np.asarray(self.previous, dtype=np.float64)
+            mixed = momentum * previous + (1.0 - momentum) * mean
+            mean = mixed if held.all() else np.where(held.reshape(-1, *extra), mixed, previous)
+        return mean.astype(np.float32)
 
     def total_weight(self) -> np.ndarray:
         """Σ_k w_k per row (float64)."""

@@ -65,7 +65,10 @@ from strategies.validation import (
 
 # What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
 WIRE_DTYPES = ("float32", "float16")
-REPLY_DTYPES = {"float32": ("float32", "float64"), "float16": ("float16",)}
+REPLY_DTYPES = {
+    "float32": (np.dtype(np.float32), np.dtype(np.float64)),
+    "float16": (np.dtype(np.float16),),
+}
 
 
 class PromptFedAvg(FedAvg):
@@ -410,10 +413,9 @@ class PromptFedAvg(FedAvg):
         pending = [
             (sums, update[key], self.merge_weight(key, metrics)) for key, sums in running.items()
         ]
-        for sums, value, weight in pending:
-            sums.check(value, weight)
-        for sums, value, weight in pending:
-            sums.add(value, weight)
+        checked = [(sums, value, sums.check(value, weight)) for sums, value, weight in pending]
+        for sums, value, weight in checked:
+            sums.add_checked(value, weight)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -529,9 +531,9 @@ class PromptFedAvg(FedAvg):
         return replies
 
     @property
-    def reply_dtypes(self) -> tuple[str, ...]:
+    def reply_dtypes(self) -> tuple[np.dtype, ...]:
         """The float dtypes a train reply's arrays may have (``wire_dtype``)."""
-        return REPLY_DTYPES[self.wire_dtype.name]
+        return REPLY_DTYPES[str(self.wire_dtype)]
 
     def _to_wire_dtype(self, messages: list[Message]) -> list[Message]:
         """Every float32 array of the messages in ``wire_dtype`` (no-op for float32).

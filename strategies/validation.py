@@ -23,7 +23,7 @@ MAX_EXAMPLES_PER_CLIENT = 10**9
 def check_arrays(
     arrays: Mapping[str, np.ndarray],
     expected: Mapping[str, tuple[int, ...]],
-    dtypes: tuple[str, ...] | None = None,
+    dtypes: tuple[np.dtype, ...] | None = None,
 ) -> str | None:
     """Exactly the expected keys, each with the expected shape, float (one of ``dtypes``
     if given: the strategy's ``fed.wire-dtype``), all finite."""
@@ -35,12 +35,12 @@ def check_arrays(
         value = arrays[key]
         if tuple(value.shape) != tuple(shape):
             return f"{key} has shape {tuple(value.shape)}, expected {tuple(shape)}"
-        if not np.issubdtype(value.dtype, np.floating):
+        if value.dtype.kind != "f":
             return f"{key} has dtype {value.dtype}, expected a float type"
-        if dtypes is not None and value.dtype.name not in dtypes:
+        if dtypes is not None and value.dtype not in dtypes:
             return (
                 f"{key} has dtype {value.dtype}, but the wire dtype (fed.wire-dtype) accepts "
-                f"{', '.join(dtypes)}"
+                f"{', '.join(str(d) for d in dtypes)}"
             )
         if not all_finite(value):
             return f"{key} holds non-finite values (NaN or inf)"
@@ -158,7 +158,7 @@ def check_train_reply(
     expected: Mapping[str, tuple[int, ...]],
     num_classes: int,
     decoded: dict[str, np.ndarray] | None = None,
-    dtypes: tuple[str, ...] | None = None,
+    dtypes: tuple[np.dtype, ...] | None = None,
 ) -> str | None:
     """A train reply: trainable arrays as in the global state, and consistent counts.
 
