@@ -95,3 +95,18 @@ def test_an_unknown_wire_dtype_is_refused_naming_the_accepted_ones(
         RunConfig.from_flat({**tiny_run_config, "fed.wire-dtype": "bfloat16"})
     with pytest.raises(ValueError, match="wire_dtype = 'int8' is not accepted; use one of"):
         PEPFedPT(wire_dtype="int8")
+
+
+@pytest.mark.parametrize("method", ["sgpt", "pfedpg", "local"])
+def test_every_method_sends_and_takes_half_precision_and_keeps_float32(
+    method: str, tiny_run_config: dict, tmp_path: Path, task_identity: None
+) -> None:
+    rows, state, trains = _run({**tiny_run_config, "method": method}, tmp_path, "float16")
+    assert trains and rows[1]["train/valid-replies"] == len(trains)
+    for reply in trains:
+        assert {a.dtype for a in reply.content[wire.ARRAYS].values()} == {"float16"}
+    sent_up = sum(a.nbytes for m in trains for a in record_arrays(m.content[wire.ARRAYS]).values())
+    assert rows[1]["train/bytes-up"] == sent_up
+    for key, value in state.items():
+        assert value.dtype in (np.float32, np.int64), key
+        assert np.all(np.isfinite(value)), key
