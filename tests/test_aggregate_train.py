@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from test_aggregation import stacked_mean
+from helpers.reference import stacked_mean
 
 from bench.aggregate import build, pep_strategy
 from strategies import wire

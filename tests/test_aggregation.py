@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.reference import stacked_mean
 
 from strategies.aggregation import (
     RunningMean,
@@ -65,19 +66,6 @@ def test_accuracy_summary() -> None:
 
 
 # ---------------------------------------------------------------- running (streamed) means
-
-
-def stacked_mean(arrays: list[np.ndarray], weights: list, previous: np.ndarray) -> np.ndarray:
-    """The batch formula the running mean replaces: every array stacked in float64."""
-    stacked = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])  # (K, C, ...)
-    w = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(previous),)) for x in weights])
-    extra = (1,) * (stacked.ndim - 2)
-    totals = w.sum(axis=0)
-    summed = (w.reshape(*w.shape, *extra) * stacked).sum(axis=0)
-    out = np.asarray(previous, dtype=np.float64).copy()
-    held = totals > 0
-    out[held] = summed[held] / totals[held].reshape(-1, *extra)
-    return out.astype(np.float32)
 
 
 def test_a_running_mean_by_numbers_is_the_weighted_mean() -> None:

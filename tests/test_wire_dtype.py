@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, Message
-from run_helpers import load_json, load_state, recorder, run_server
+from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from bench.aggregate import build, pep_strategy
 from pep_fedpt.config import ConfigError, RunConfig
@@ -27,6 +27,7 @@ def _run(flat: dict, tmp_path: Path, wire_dtype: str) -> tuple[list[dict], dict,
     return load_json(out / "metrics.json"), load_state(out), trains
 
 
+@pytest.mark.integration
 def test_half_precision_on_the_wire_halves_the_bytes_and_keeps_the_state_float32(
     tiny_run_config: dict, tmp_path: Path, task_identity: None
 ) -> None:
@@ -97,6 +98,7 @@ def test_an_unknown_wire_dtype_is_refused_naming_the_accepted_ones(
         PEPFedPT(wire_dtype="int8")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["sgpt", "pfedpg", "local"])
 def test_every_method_sends_and_takes_half_precision_and_keeps_float32(
     method: str, tiny_run_config: dict, tmp_path: Path, task_identity: None
