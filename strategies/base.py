@@ -13,8 +13,10 @@ What it adds to Flower's FedAvg (Message API), for every method:
 3. Every reply is checked (error, keys, shapes, finiteness, counts) before it is used; a
    bad one is dropped with a log line naming the node (``_sender``) and the reason. Below
    ``min_train_nodes`` valid replies the round keeps the previous global state.
-4. Aggregation key by key through ``merge(key, values, sizes, class_counts, previous)``,
-   by default the n_k-weighted mean (FedAvg).
+4. Aggregation key by key into running float64 sums (``merge``): each valid reply weighs
+   ``merge_weight(key, metrics)`` (by default n_k: FedAvg; or one weight per row), and
+   ``merge_result`` turns the sum into the new value. Replies are checked and merged in
+   node-id order, so the result depends on the set of replies, not their arrival order.
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
 6. Communicated bytes (``strategies.traffic``: the arrays' nbytes) per round in
    ``round_metrics``: ``bytes-down`` / ``bytes-up`` and per phase ``query/``, ``train/``,
@@ -44,13 +46,17 @@ Override points (a method overrides these, never the private helpers):
 ``check_train_metrics(metrics, node)``
                            a method's own check of a train reply, after the base's (SGPT:
                            its group counts; PFedPG: the reply's partition).
-``prepare_merge(metrics)`` / ``merge(key, values, sizes, class_counts, previous)``
-                           the default ``aggregate_valid``'s per-key merge (FedAvg by n_k;
-                           PEPFedPT: class prompts per class; SGPT: group rows by group).
-``aggregate_valid(server_round, valid, metrics)``
+``merge_weight(key, metrics)``
+                           how much one valid reply's value of a key weighs in its running
+                           sum: a number or one weight per row (FedAvg's n_k; PEPFedPT:
+                           n_{k,c} for class prompts; SGPT: n_{k,g} for group rows).
+``prepare_merge(metrics)`` / ``merge_result(key, running)``
+                           the default ``aggregate_valid``'s new value of each key from its
+                           running sum (the weighted mean; SGPT: with momentum).
+``aggregate_valid(server_round, valid, metrics, running)``
                            the new state from the round's valid train replies (default: the
-                           per-key merge; PFedPG: the generator update), or None to keep
-                           the previous state.
+                           merged running sums; PFedPG: the generator update), or None to
+                           keep the previous state.
 ``checkpoint()`` / ``restore(state)``, ``summary()``
                            what a method keeps beyond the arrays; its start-up log lines.
 
@@ -63,7 +69,7 @@ import io
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -83,14 +89,27 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import traffic, wire
-from strategies.aggregation import evaluation_summary, validation_summary, weighted_mean
+from strategies.aggregation import (
+    RunningMean,
+    evaluation_summary,
+    scratch_buffer,
+    validation_summary,
+)
 from strategies.validation import (
+    array_view,
     check_evaluate_reply,
     check_known_counts,
     check_prototype_reply,
     check_train_reply,
     record_arrays,
 )
+
+# What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
+WIRE_DTYPES = ("float32", "float16")
+REPLY_DTYPES = {
+    "float32": (np.dtype(np.float32), np.dtype(np.float64)),
+    "float16": (np.dtype(np.float16),),
+}
 
 
 class PromptFedAvg(FedAvg):
@@ -100,6 +119,10 @@ class PromptFedAvg(FedAvg):
     --------------------------
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages, both ways: the server casts what
+        it sends and accepts replies in this dtype only (float32 also accepts float64).
+        It still sums in float64 and keeps its state float32.
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -117,7 +140,12 @@ class PromptFedAvg(FedAvg):
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
+            )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -130,6 +158,7 @@ class PromptFedAvg(FedAvg):
         )
         self.timeout = 3600.0
         self.seed = seed
+        self.wire_dtype = np.dtype(wire_dtype)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
         # node, the version it holds.
@@ -391,43 +420,92 @@ class PromptFedAvg(FedAvg):
         return None
 
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
-        """Hook: read what ``merge`` needs beyond the counts from the valid replies' metrics
-        (in the order of the values ``merge`` gets)."""
+        """Hook: read what the method needs beyond the merged arrays from the valid
+        replies' metrics (in node-id order, the order they were merged in); called once
+        every valid reply is in the running sums, before ``merge_result``."""
+
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Hook: how much one valid reply's value of ``key`` weighs in its new global
+        value: a number (every row alike; FedAvg's n_k, the default) or one weight per row
+        (PEP-FedPT's n_{k,c} for class prompts)."""
+        return float(metrics[wire.NUM_EXAMPLES])
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Hook: the new global value of ``key`` from the running weighted sum of the valid
+        replies (default: the weighted mean; rows nobody weighed keep their value)."""
+        return running.result()
 
     def merge(
         self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """The new global value of ``key`` from the valid replies: FedAvg by n_k."""
-        return weighted_mean(values, sizes)
+        previous: Mapping[str, np.ndarray],
+        updates: Sequence[Mapping[str, np.ndarray]],
+        metrics: Sequence[MetricRecord],
+    ) -> dict[str, np.ndarray]:
+        """The new global value of every key of ``updates`` from these valid replies, as
+        ``aggregate_train`` computes it (which adds each reply as soon as it is checked)."""
+        running = self._running_sums(previous, list(updates[0]) if updates else [])
+        for update, reply_metrics in zip(updates, metrics, strict=True):
+            self._add_to_sums(running, update, reply_metrics)
+        self.prepare_merge(metrics)
+        return {key: self.merge_result(key, sums) for key, sums in running.items()}
+
+    @staticmethod
+    def _running_sums(
+        previous: Mapping[str, np.ndarray], keys: Iterable[str]
+    ) -> dict[str, RunningMean]:
+        """One float64 running sum per key: memory is one state whatever the replies."""
+        keys = list(keys)
+        scratch = scratch_buffer(max((previous[key].size for key in keys), default=1))
+        return {key: RunningMean(previous[key], scratch) for key in keys}
+
+    def _add_to_sums(
+        self,
+        running: Mapping[str, RunningMean],
+        update: Mapping[str, np.ndarray],
+        metrics: MetricRecord,
+    ) -> None:
+        """Add one valid reply's arrays (views of its bytes, never copied) to the sums:
+        all of them or, if any shape or weight is refused (ValueError), none."""
+        pending = [
+            (sums, update[key], self.merge_weight(key, metrics)) for key, sums in running.items()
+        ]
+        checked = [(sums, value, sums.check(value, weight)) for sums, value, weight in pending]
+        for sums, value, weight in checked:
+            sums.add_checked(value, weight)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each reply and, if valid, add it to the running sums at once (while its
+        bytes are still in the CPU cache), in node-id order: the result depends on the
+        set of valid replies only, and no reply is ever copied or stacked."""
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
         expected = {k: v.shape for k, v in previous.items() if not self.server_only(k)}
         num_classes = previous[wire.HEAD_WEIGHT].shape[0]
-        replies = list(replies)
+        replies = self._in_node_order(replies)
+        running = self._running_sums(previous, expected)
 
         def check(content: RecordDict, node: int) -> str | None:
-            reason = check_train_reply(content, expected, num_classes)
+            arrays: dict[str, np.ndarray] = {}
+            reason = check_train_reply(
+                content, expected, num_classes, decoded=arrays, dtypes=self.reply_dtypes
+            )
             if reason:  # only a reply that passes has the records read below
                 return reason
             metrics = content[wire.METRICS]
-            return check_known_counts(
+            reason = check_known_counts(
                 metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
             ) or self.check_train_metrics(metrics, node)
+            if reason is None:  # valid: into the sums while it is in the cache
+                self._add_to_sums(running, arrays, metrics)
+            return reason
 
         valid, metrics = self._accepted_train(server_round, replies, check, self.kept_state)
         if valid is None:
             return self._global, metrics
-        state = self.aggregate_valid(server_round, valid, metrics)
+        state = self.aggregate_valid(server_round, valid, metrics, running)
         if state is None:  # the method refused the update: the round keeps the state
             self._remember(server_round, "train", metrics)
             return self._global, metrics
@@ -440,25 +518,36 @@ class PromptFedAvg(FedAvg):
         return state, metrics
 
     def aggregate_valid(
-        self, server_round: int, valid: list[Message], metrics: MetricRecord
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
     ) -> ArrayRecord | None:
         """Hook: the new state from the round's valid train replies (at least
-        min-train-nodes), or None to keep the previous one: every key by ``merge``, the
-        server-only keys kept. ``metrics`` (the round's reply counts) may be added to."""
+        min-train-nodes, in node-id order), or None to keep the previous one. ``running``:
+        every trainable key's running weighted sum of those replies (``merge_weight``).
+        Default: each key's ``merge_result``, the server-only keys kept. ``metrics`` (the
+        round's reply counts) may be added to."""
         assert self._global is not None  # aggregate_train checked it
-        previous = record_arrays(self._global)
-        updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
-        client_metrics = [msg.content[wire.METRICS] for msg in valid]
-        sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
-        class_counts = [np.asarray(m[wire.CLASS_COUNTS]) for m in client_metrics]
-        state = ArrayRecord({key: self._global[key] for key in previous if self.server_only(key)})
-        self.prepare_merge(client_metrics)
-        for key in previous:
-            if self.server_only(key):
-                continue
-            values = [u[key] for u in updates]
-            state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))
+        state = ArrayRecord(
+            {key: self._global[key] for key in self._global if self.server_only(key)}
+        )
+        self.prepare_merge([msg.content[wire.METRICS] for msg in valid])
+        for key, sums in running.items():
+            state[key] = Array(self.merge_result(key, sums))
         return state
+
+    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies sorted by the node they answer for (stable), so that checks, logs
+        and sums run in the same order however the replies arrived."""
+        replies = list(replies)
+        sent = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._outgoing}
+
+        def node(reply: Message) -> int:
+            return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+        return sorted(replies, key=node)
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -517,10 +606,37 @@ class PromptFedAvg(FedAvg):
         self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
     ) -> list[Message]:
         """``grid.send_and_receive``, counting the array bytes each way for the round."""
-        messages = list(messages)
+        messages = self._to_wire_dtype(list(messages))
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
         self._count_bytes(server_round, phase, messages, replies)
         return replies
+
+    @property
+    def reply_dtypes(self) -> tuple[np.dtype, ...]:
+        """The float dtypes a train reply's arrays may have (``wire_dtype``)."""
+        return REPLY_DTYPES[str(self.wire_dtype)]
+
+    def _to_wire_dtype(self, messages: list[Message]) -> list[Message]:
+        """Every float32 array of the messages in ``wire_dtype`` (no-op for float32).
+
+        In place, in the messages' own records (never the global state's): an array
+        that several messages share (the trainable state, the prototypes) is cast once.
+        """
+        if self.wire_dtype == np.float32:
+            return messages
+        cast: dict[int, Array] = {}
+        for msg in messages:
+            if not msg.has_content():
+                continue
+            for record in msg.content.array_records.values():
+                for key, array in list(record.items()):
+                    if array.dtype != "float32":
+                        continue
+                    if id(array) not in cast:
+                        value = array_view(array).astype(self.wire_dtype)
+                        cast[id(array)] = Array(value)
+                    record[key] = cast[id(array)]
+        return messages
 
     def _count_bytes(
         self, server_round: int, phase: str, sent: list[Message], received: list[Message]

@@ -28,12 +28,12 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import per_class_weighted_mean, prototype_means
+from strategies.aggregation import prototype_means
 from strategies.base import PromptFedAvg
 
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
@@ -113,15 +113,8 @@ class PEPFedPT(PromptFedAvg):
             arrays = self.prototype_round(grid, arrays, server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg by n_k."""
         if wire.is_class_prompt(key) and self.class_prompt_aggregation == "per-class":
-            return per_class_weighted_mean(values, class_counts, previous)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)

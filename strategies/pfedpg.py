@@ -44,7 +44,7 @@ from flwr.supercore import log
 
 from strategies import prompt_generator as gen
 from strategies import wire
-from strategies.aggregation import weighted_mean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import record_arrays
 
@@ -214,10 +214,14 @@ class PFedPG(PromptFedAvg):
         return None
 
     def aggregate_valid(
-        self, server_round: int, valid: list[Message], metrics: MetricRecord
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
     ) -> ArrayRecord | None:
         """One generator step from the valid replies' ΔP (None: the update is not finite);
-        the heads by n_k; the state's prompt: the mean descriptor's."""
+        the heads by n_k (their running sums); the state's prompt: the mean descriptor's."""
         assert self._global is not None
         previous = record_arrays(self._global)
         keys = prompt_keys(previous)
@@ -238,15 +242,13 @@ class PFedPG(PromptFedAvg):
             )
             return None
 
-        sizes = [float(msg.content[wire.METRICS][wire.NUM_EXAMPLES]) for msg in valid]
         state = ArrayRecord({key: self._global[key] for key in self._global})
         for name, value in params.arrays().items():
             state[PREFIX + name] = Array(value)
         for pid, descriptor in descriptors.items():
             state[descriptor_key(pid)] = Array(descriptor)
         for key in HEAD_KEYS:
-            heads = [msg.content[wire.ARRAYS][key].numpy() for msg in valid]
-            state[key] = Array(weighted_mean(heads, sizes))
+            state[key] = Array(running[key].result())
         fallback = gen.forward(params, gen.mean_descriptor(descriptors))
         for key, value in self.split(previous, fallback).items():
             state[key] = Array(value)

@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import group_weighted_mean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import check_group_counts
 
@@ -91,17 +91,14 @@ class SGPT(PromptFedAvg):
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
         self._group_counts = [np.asarray(m[wire.GROUP_COUNTS], dtype=np.int64) for m in metrics]
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Group prompts and keys per group by n_{k,g}, with momentum; the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Group prompts and keys per group by n_{k,g}; the rest FedAvg by n_k."""
         if wire.is_grouped(key):
-            if len(self._group_counts) != len(values):
-                raise RuntimeError("merge of group rows without the replies' group counts")
-            return group_weighted_mean(values, self._group_counts, previous, self.group_momentum)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.GROUP_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Group rows: m · previous + (1 − m) · their group-weighted mean."""
+        if wire.is_grouped(key):
+            return running.result(self.group_momentum)
+        return super().merge_result(key, running)

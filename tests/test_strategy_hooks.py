@@ -4,6 +4,7 @@ the real ``start`` loop, and the project's strategies override no private helper
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import (
@@ -21,6 +22,7 @@ from helpers.inprocess import InProcessGrid, set_task_identity
 
 import strategies.base as base
 from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
+from strategies.aggregation import RunningMean
 
 HOOKS = (
     "counts_only",
@@ -30,8 +32,9 @@ HOOKS = (
     "node_arrays",
     "extra_content",
     "check_train_metrics",
+    "merge_weight",
     "prepare_merge",
-    "merge",
+    "merge_result",
     "aggregate_valid",
     "checkpoint",
     "restore",
@@ -99,9 +102,13 @@ class Tagged(PromptFedAvg):
         return "node 2 is refused by the method" if node == 2 else None
 
     def aggregate_valid(
-        self, server_round: int, valid: list[Message], metrics: MetricRecord
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
     ) -> ArrayRecord | None:
-        state = super().aggregate_valid(server_round, valid, metrics)
+        state = super().aggregate_valid(server_round, valid, metrics, running)
         assert state is not None
         state[wire.HEAD_BIAS] = Array(state[wire.HEAD_BIAS].numpy() + np.float32(self.bonus))
         return state
