@@ -10,7 +10,7 @@ its checkpoint at the next round, as if it had never stopped.
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from pep_fedpt.methods.sgpt import group_weights_fn
 from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
-from server_app.results import RunRecorder, resolve_output_dir
+from server_app.results import RunRecorder, refuse_to_overwrite, resolve_output_dir
 from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
 
 app = ServerApp()
@@ -105,6 +105,7 @@ def main(grid: Grid, context: Context) -> None:
         out = Path(cfg.resume_from)  # continue in the run's own folder
     else:
         out = resolve_output_dir(cfg, context.run_id)
+    refuse_to_overwrite(out, cfg)
     device = pick_device()
     backbone = cached_backbone(cfg.model, cfg.seed, str(device), cfg.data)
     central = load_central_data(cfg.data, image_spec(backbone))
@@ -146,7 +147,15 @@ def main(grid: Grid, context: Context) -> None:
         metrics = MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
-        recorder.record_round(server_round, row, state, strategy.dropped, strategy.checkpoint())
+        recorder.record_round(
+            server_round,
+            row,
+            state,
+            strategy.dropped,
+            strategy.checkpoint(),
+            node_replies=strategy.node_replies,
+            partitions=strategy.partitions,
+        )
         if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
             recorder.record_partition(strategy.partitions, central.classes)
             recorded_partitions[0] = strategy.partitions
@@ -169,12 +178,12 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=evaluate_global,
         start_round=1 if resume is None else resume.server_round + 1,
     )
-    recorder.plot_accuracy()
+    # summary.md and accuracy.png are already written, after every round; the table once.
     table = recorder.summary_table()
     print(
         f"\npep-fedpt summary ({cfg.method}, {cfg.data.dataset}):\n{table}\nresults: {out}\n",
         flush=True,
     )
-    for line in table.splitlines():
-        log(INFO, "%s", line)
-    log(INFO, "pep-fedpt: results written to %s", out)
+    for line in recorder.failing_lines():
+        log(WARNING, "pep-fedpt: %s", line)
+    log(INFO, "pep-fedpt: results written to %s (summary.md, accuracy.png)", out)
