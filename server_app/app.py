@@ -156,6 +156,8 @@ def main(grid: Grid, context: Context) -> None:
             node_replies=strategy.node_replies,
             partitions=strategy.partitions,
         )
+        for line in recorder.newly_failing_lines():
+            log(WARNING, "pep-fedpt: %s", line)
         if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
             recorder.record_partition(strategy.partitions, central.classes)
             recorded_partitions[0] = strategy.partitions

@@ -88,6 +88,7 @@ class RunRecorder:
         self.dropped: list[tuple[int, int, str]] = []
         self.node_replies: dict[int, dict[str, Any]] = {}
         self.partitions: dict[int, dict[str, Any]] = {}
+        self._announced: set[int] = set()  # nodes newly_failing_lines has named
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / "config.json", json.dumps(self.config, indent=2).encode())
 
@@ -233,6 +234,20 @@ class RunRecorder:
             for f in self.failing_clients()
             if f["never-worked"]
         ]
+
+    def newly_failing_lines(self) -> list[str]:
+        """For the console during a run: each node that has not yet trained or evaluated
+        although sent work, said once (the end of the run names them again)."""
+        lines = []
+        for f in self.failing_clients():
+            if f["never-worked"] and f["node"] not in self._announced:
+                self._announced.add(f["node"])
+                lines.append(
+                    f"node {f['node']} ({_partition_text(f['partition-id'])}) has not trained "
+                    f"or evaluated so far: {f['failed']} of {f['sent']} messages failed; "
+                    f"last: {f['last-failure']}"
+                )
+        return lines
 
     def write_summary(self) -> None:
         """summary.md: what ran (method, data, partition, seeds), where, how it went."""

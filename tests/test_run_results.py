@@ -168,5 +168,7 @@ def test_a_client_that_cannot_read_its_images_is_named_with_the_file(
     assert f"{broken / 'train'}" in row and "cannot read this image" in row
     assert "- dropped replies: 4 (reasons in dropped.json)" in summary  # 2 train, 2 evaluate
     assert {d["node"] for d in load_json(out / "dropped.json")} == {12}
+    # Named once as soon as a round ends without it, and again at the end of the run.
+    assert caplog.text.count("node 12 (partition 2) has not trained or evaluated so far") == 1
     assert "node 12 (partition 2) never trained or evaluated: 4 of 5 messages" in caplog.text
     assert "| 11 |" not in summary and "| 10 |" not in summary  # the healthy ones
