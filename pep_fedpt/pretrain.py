@@ -95,7 +95,15 @@ def _file_lock(path: Path) -> Iterator[None]:
     """One trainer per host: Ray workers that start together wait for the first one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why this process sits still, then wait
+            print(
+                f"pep-fedpt: another process on this host is pre-training {path.name}; "
+                "waiting for it to finish (its progress is in that process's output)",
+                flush=True,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -4,9 +4,12 @@ warning when the backbone ends near chance."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,32 @@ def test_a_backbone_that_ends_near_chance_is_warned_about_loudly(
         ) in stream
         assert expected in stream
     assert expected in info["warning"]
+
+
+def test_a_process_waiting_for_another_ones_pretraining_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "backbone.pth"
+    entered = threading.Event()
+
+    def wait_for_lock() -> None:
+        with pretrain._file_lock(path):
+            entered.set()
+
+    with open(path.with_suffix(".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process, pre-training
+        waiter = threading.Thread(target=wait_for_lock)
+        waiter.start()
+        out = ""
+        deadline = time.monotonic() + 10
+        while "waiting for it" not in out and time.monotonic() < deadline:
+            time.sleep(0.05)
+            out += capsys.readouterr().out
+        assert not entered.is_set()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=10)
+    assert entered.is_set()
+    assert (
+        "pep-fedpt: another process on this host is pre-training backbone.pth; waiting for it"
+        in out
+    )
