@@ -200,10 +200,10 @@ def near_chance_warning(
     if accuracy >= NEAR_CHANCE * chance:
         return None
     why = (
-        f"it stopped after {epochs_done:.2g} of {epochs} epochs at model.pretrain-minutes = "
-        f"{minutes:g}; give it more minutes (or a GPU)"
+        f"It stopped after {epochs_done:.2g} of {epochs} epochs at model.pretrain-minutes = "
+        f"{minutes:g}: give it more minutes (or a GPU)"
         if epochs_done < epochs
-        else f"after all {epochs} epochs; raise model.pretrain-epochs"
+        else f"It ran all {epochs} epochs: raise model.pretrain-epochs"
     )
     return (
         f"the pre-trained backbone ends at training accuracy {accuracy:.3f} on "

@@ -110,8 +110,12 @@ def test_pretraining_a_backbone_shows_its_progress(
 @pytest.mark.parametrize(
     ("accuracy", "epochs_done", "expected"),
     [
-        (0.24, 0.3, "stopped after 0.3 of 2 epochs at model.pretrain-minutes = 0.5"),
-        (0.24, 2.0, "after all 2 epochs; raise model.pretrain-epochs"),
+        (
+            0.24,
+            0.3,
+            "It stopped after 0.3 of 2 epochs at model.pretrain-minutes = 0.5: give it more",
+        ),
+        (0.24, 2.0, "It ran all 2 epochs: raise model.pretrain-epochs"),
         (0.31, 0.3, None),  # 5 classes: chance 0.2, near chance below 0.3
     ],
 )
