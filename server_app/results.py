@@ -2,12 +2,13 @@
 
 ``<output-dir>/``: ``config.json`` (the run config), ``metrics.json`` and ``metrics.csv``
 (one row per round), ``state.npz`` (the latest global state: prompts, head, prototypes,
-counts), ``dropped.json`` (every refused reply and why), ``summary.md`` (what ran, the
-clients that failed, a table of rounds) and ``accuracy.png``; ``partition.json`` and
-``partition.png`` (each client's training class counts, as the clients reported them in
-the prototype round), and, written last each round, ``checkpoint.npz`` (what a resumed
-run needs; see ``checkpoint.py``). A fresh run never writes into a folder that already
-holds files (``refuse_to_overwrite``). See docs/results.md.
+counts), ``initial-state.npz`` (the state of round 0: the seeded start), ``dropped.json``
+(every refused reply and why), ``summary.md`` (what ran, the clients that failed, a table
+of rounds) and ``accuracy.png``; ``partition.json`` and ``partition.png`` (each client's
+training class counts, as the clients reported them in the prototype round), and, written
+last each round, ``checkpoint.npz`` (what a resumed run needs; see ``checkpoint.py``). A
+fresh run never writes into a folder that already holds files (``refuse_to_overwrite``).
+See docs/results.md.
 """
 
 from __future__ import annotations
@@ -25,17 +26,15 @@ import numpy as np
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import ConfigError, RunConfig
 from server_app.checkpoint import Checkpoint, write_checkpoint
+from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
 
 SUMMARY_COLUMNS = (
     ("round", "round"),
     ("train/train-loss", "train loss"),
-    ("evaluate/global-accuracy", "global acc"),
-    ("evaluate/mean-client-accuracy", "mean client acc"),
-    ("evaluate/worst-client-accuracy", "worst client acc"),
-    ("evaluate/held-out-accuracy", "held-out acc"),
-    ("server/accuracy", "server acc"),
+    *((a.key, a.column) for a in ACCURACIES),
 )
+INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -122,6 +121,8 @@ class RunRecorder:
         buffer = io.BytesIO()
         np.savez(buffer, **state)
         atomic_write(self.directory / "state.npz", buffer.getvalue())
+        if server_round == 0:  # the initial state, so that a run's drift needs no rebuild
+            atomic_write(self.directory / INITIAL_STATE, buffer.getvalue())
         reasons = [{"round": r, "node": n, "reason": why} for r, n, why in dropped]
         atomic_write(self.directory / "dropped.json", json.dumps(reasons, indent=2).encode())
         self.write_summary()

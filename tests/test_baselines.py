@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MessageType
-from run_helpers import load_json, load_state, recorder, run_server
+from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from pep_fedpt.ccmp import smoothed_prior
 from pep_fedpt.config import METHODS, RunConfig
 from pep_fedpt.corrections import prior_corrected_logits, proximal_term
 from pep_fedpt.data import load_central_data
 from pep_fedpt.data.client_data import subset_targets
-from pep_fedpt.methods import CLIENTS, build_model, client_for, image_spec, initial_arrays
-from pep_fedpt.models import cached_backbone
+from pep_fedpt.methods import build_model, client_for, initial_arrays
+from pep_fedpt.methods.registry import all_methods, get_method
+from pep_fedpt.models import cached_backbone, image_spec
 from pep_fedpt.state import trainable_arrays
-from server_app.app import STRATEGIES
 from strategies import LocalOnly, PromptFedAvg, wire
 
 BASELINES = [m for m in METHODS if m != "pep-fedpt"]
@@ -41,9 +41,10 @@ TRAINABLE = {
 
 
 def test_every_method_has_a_client_and_a_strategy() -> None:
-    assert set(CLIENTS) == set(METHODS) == set(STRATEGIES) == {"pep-fedpt", *TRAINABLE}
-    assert STRATEGIES["local"] is LocalOnly
-    assert issubclass(STRATEGIES["pep-fedpt"], PromptFedAvg)
+    registered = {m.name for m in all_methods() if m.client and m.strategy}
+    assert registered == set(METHODS) == {"pep-fedpt", *TRAINABLE}
+    assert get_method("local").strategy_class() is LocalOnly
+    assert issubclass(get_method("pep-fedpt").strategy_class(), PromptFedAvg)
 
 
 @pytest.mark.parametrize("method", BASELINES)
@@ -194,6 +195,7 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
     assert corrected["loss"] == pytest.approx(-np.mean(np.log(prior[labels])), rel=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("method", "restart"),
     [
@@ -208,9 +210,8 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
 def test_a_baseline_resumes_as_if_never_stopped(
     method: str, restart: str, tiny_run_config: dict, tmp_path, task_identity
 ) -> None:
-    from inprocess import InProcessGrid
-    from run_helpers import NODES
-    from test_resume import CrashMidRound
+    from helpers.inprocess import InProcessGrid
+    from helpers.run_helpers import NODES, CrashMidRound
 
     from client_app.app import app as client_app
     from server_app.checkpoint import load_checkpoint
@@ -244,7 +245,7 @@ def test_a_baseline_resumes_as_if_never_stopped(
 def test_local_held_out_clients_evaluate_the_initial_state(
     tiny_run_config: dict, task_identity
 ) -> None:
-    from run_helpers import NODES
+    from helpers.run_helpers import NODES
 
     nodes = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}  # 6 is held out
     flat = {**tiny_run_config, "method": "local", "data.held-out-fraction": 0.125}

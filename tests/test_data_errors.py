@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from test_datasets import SPEC, fake_tinyimagenet, load, write_image
+from helpers.data import SPEC, write_image, write_truncated_jpeg
 
-from pep_fedpt.data import DatasetNotFoundError
+from pep_fedpt.config import DataConfig
+from pep_fedpt.data import DatasetNotFoundError, DatasetSplits, load_dataset
 from pep_fedpt.data.images import ImageFiles, UnreadableImageError
 
 
-def write_truncated_jpeg(path: Path) -> None:
-    """The first half of a valid JPEG: PIL opens it and fails mid-decode."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (10, 200, 30)).save(buffer, "JPEG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+def load(dataset: str, data_dir: Path) -> DatasetSplits:
+    return load_dataset(DataConfig(dataset=dataset, data_dir=str(data_dir)), SPEC)
 
 
 def image_tree(root: Path) -> None:
@@ -71,9 +66,12 @@ def test_an_empty_class_folder_is_named_by_its_path(tmp_path: Path) -> None:
 
 def test_an_empty_tinyimagenet_class_folder_is_named_by_its_path(tmp_path: Path) -> None:
     root = tmp_path / "tiny"
-    fake_tinyimagenet(root)
+    root.mkdir()
+    (root / "wnids.txt").write_text("n01\nn02\n")
+    write_image(root / "train" / "n01" / "images" / "n01_0.JPEG", 40)
     folder = root / "train" / "n02" / "images"
-    for file in folder.iterdir():
-        file.unlink()
+    folder.mkdir(parents=True)
+    write_image(root / "val" / "images" / "val_0.JPEG", 100)
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t8\t8\n")
     with pytest.raises(DatasetNotFoundError, match=rf"^{folder}: no image files"):
         load("tinyimagenet", root)

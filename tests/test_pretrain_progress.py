@@ -93,6 +93,7 @@ def test_a_long_estimate_says_how_to_cap_it(monkeypatch: pytest.MonkeyPatch) -> 
     assert "That is long" not in first
 
 
+@pytest.mark.integration
 def test_pretraining_a_backbone_shows_its_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,6 +108,7 @@ def test_pretraining_a_backbone_shows_its_progress(
     assert "pep-fedpt: pre-trained backbone ready" in out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("accuracy", "epochs_done", "expected"),
     [

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Message, MessageType
-from run_helpers import NODES, load_json, run_server
-from test_data_errors import write_truncated_jpeg
-from test_datasets import write_image
+from helpers.data import fake_image_tree, write_truncated_jpeg
+from helpers.run_helpers import NODES, load_json, run_server
 
 from pep_fedpt.config import ConfigError
 from strategies import PromptFedAvg
+
+pytestmark = pytest.mark.integration  # whole in-process runs
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -130,13 +131,6 @@ def test_a_node_that_never_replies_is_waited_for_with_progress_then_named(
     assert "partition unknown" in row and "3 / 3" in row and "**yes**" in row
     assert "no reply within 1 s" in row
     assert f"node {silent} (partition unknown) never trained or evaluated: 3 of 3" in text
-
-
-def fake_image_tree(root: Path, classes: int = 10, train: int = 20, test: int = 4) -> None:
-    for split, count in (("train", train), ("test", test)):
-        for c in range(classes):
-            for i in range(count):
-                write_image(root / split / f"class{c}" / f"{i}.png", (25 * c + 7 * i) % 256)
 
 
 def test_a_client_that_cannot_read_its_images_is_named_with_the_file(
