@@ -21,8 +21,9 @@ from flwr.supercore import log
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import method_for
+from pep_fedpt.output_dir import refuse_to_overwrite
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
-from server_app.results import RunRecorder, refuse_to_overwrite, resolve_output_dir
+from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
 
 app = ServerApp()

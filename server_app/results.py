@@ -7,7 +7,7 @@ counts), ``initial-state.npz`` (the state of round 0: the seeded start), ``dropp
 of rounds) and ``accuracy.png``; ``partition.json`` and ``partition.png`` (each client's
 training class counts, as the clients reported them in the prototype round), and, written
 last each round, ``checkpoint.npz`` (what a resumed run needs; see ``checkpoint.py``). A
-fresh run never writes into a folder that already holds files (``refuse_to_overwrite``).
+fresh run never writes into a folder that already holds files (``pep_fedpt.output_dir``).
 See docs/results.md.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pep_fedpt.atomic import atomic_write
-from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.config import RunConfig
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
@@ -42,32 +42,6 @@ def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
         return Path(cfg.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path.home() / ".cache" / "pep-fedpt" / "runs" / f"{stamp}-run{run_id}"
-
-
-def refuse_to_overwrite(directory: Path, cfg: RunConfig) -> None:
-    """Refuse a run that would write over another run's results.
-
-    A fresh run (no ``resume-from``) needs an empty or new folder; a resumed run may write
-    only into the folder it resumes. Called before any data is read, so that the refusal
-    comes in seconds and the earlier run's files stay exactly as they were.
-    """
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"output-dir = {str(directory)!r} is a file, not a folder")
-    if not directory.is_dir() or not any(directory.iterdir()):
-        return
-    if cfg.resume_from and Path(cfg.resume_from).resolve() == directory.resolve():
-        return
-    if cfg.resume_from:
-        raise ConfigError(
-            f"output-dir = {str(directory)!r} already holds files, and it is not the folder "
-            f"being resumed (resume-from = {cfg.resume_from!r}); leave output-dir empty to "
-            "continue in the resumed run's own folder, or give a new or empty output-dir"
-        )
-    raise ConfigError(
-        f"output-dir = {str(directory)!r} already holds files (an earlier run's results?); "
-        f"nothing was overwritten. Continue that run with resume-from = '{directory}', or "
-        "give another (new or empty) output-dir"
-    )
 
 
 class RunRecorder:
