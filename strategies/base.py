@@ -131,6 +131,10 @@ class PromptFedAvg(FedAvg):
     kept_state = "the global state"
     # Seconds a round waits for its minimum of connected nodes before it fails.
     wait_timeout: float = 600.0
+    # Replies are polled every poll_seconds[0] s while they arrive, backing off to [1] s;
+    # a progress line every progress_seconds while a phase waits.
+    poll_seconds = (0.05, 1.0)
+    progress_seconds = 10.0
 
     def __init__(
         self,
@@ -176,6 +180,9 @@ class PromptFedAvg(FedAvg):
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
         self.partitions: dict[int, dict[str, int | bool | list[int]]] = {}
+        # Per node: messages sent, how many failed (error reply or none), how many train or
+        # evaluate messages it answered with content, and the last failure.
+        self.node_replies: dict[int, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -286,6 +293,7 @@ class PromptFedAvg(FedAvg):
             "partitions": {str(pid): entry for pid, entry in self.partitions.items()},
             "dropped": [list(entry) for entry in self.dropped],
             "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
+            "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -299,6 +307,7 @@ class PromptFedAvg(FedAvg):
         self._node_proto_version = {}
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
+        self.node_replies = {int(n): dict(e) for n, e in state.get("node-replies", {}).items()}
 
     # ------------------------------------------------------------------ prototype round
     def has_prototypes(self, arrays: ArrayRecord) -> bool:
@@ -605,10 +614,18 @@ class PromptFedAvg(FedAvg):
     def _exchange(
         self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
     ) -> list[Message]:
-        """``grid.send_and_receive``, counting the array bytes each way for the round."""
+        """Send one phase's messages and wait for the replies, counting the array bytes.
+
+        As ``grid.send_and_receive`` (every reply, or what came within ``self.timeout``),
+        but by ``push_messages`` and polling ``pull_messages``, so that a person watching
+        sees the replies arrive (``round 3 train: 2/3 replies, 41 s``) instead of a silent
+        minute. Each node's failures (error replies, no reply) are kept in
+        ``node_replies``, so that a node that never once answered can be named.
+        """
         messages = self._to_wire_dtype(list(messages))
-        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        replies = self._push_and_pull(grid, messages, server_round, phase)
         self._count_bytes(server_round, phase, messages, replies)
+        self._note_node_replies(server_round, phase, messages, replies)
         return replies
 
     @property
@@ -637,6 +654,86 @@ class PromptFedAvg(FedAvg):
                         cast[id(array)] = Array(value)
                     record[key] = cast[id(array)]
         return messages
+
+    def _push_and_pull(
+        self, grid: Grid, messages: list[Message], server_round: int, phase: str
+    ) -> list[Message]:
+        if not messages:
+            return []
+        pushed = [message_id for message_id in grid.push_messages(messages) if message_id]
+        pending = set(pushed)
+        start = last_line = time.monotonic()
+        deadline = start + self.timeout
+        replies: list[Message] = []
+        pause = self.poll_seconds[0]
+        while pending:
+            got = list(grid.pull_messages([i for i in pushed if i in pending]))
+            for reply in got:
+                pending.discard(reply.metadata.reply_to_message_id)
+            replies.extend(got)
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            if now - last_line >= self.progress_seconds:
+                log(
+                    INFO,
+                    "round %d %s: %d/%d replies, %.0f s",
+                    server_round,
+                    phase,
+                    len(replies),
+                    len(messages),
+                    now - start,
+                )
+                last_line = now
+            # Poll fast while replies come in, then back off to the slowest poll.
+            pause = self.poll_seconds[0] if got else min(pause * 2, self.poll_seconds[1])
+            time.sleep(min(pause, deadline - now))
+        elapsed = time.monotonic() - start
+        log(
+            INFO if not pending else WARNING,
+            "round %d %s: %d/%d replies in %.1f s%s",
+            server_round,
+            phase,
+            len(replies),
+            len(messages),
+            elapsed,
+            f" (fed.round-timeout = {self.timeout:g} s; the others are dropped)" if pending else "",
+        )
+        # In the order sent, not of arrival: aggregation sums in a fixed order, so that a
+        # run (and a resumed one) is repeatable to the bit.
+        order = {message_id: i for i, message_id in enumerate(pushed)}
+        replies.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
+        return replies
+
+    def _note_node_replies(
+        self, server_round: int, phase: str, sent: list[Message], replies: list[Message]
+    ) -> None:
+        """Per node: messages sent, how many failed (error or no reply), how many train or
+        evaluate messages it answered with content, and its last failure."""
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        answered: set[int] = set()
+        for reply in replies:
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            answered.add(node)
+            entry = self._node_entry(node)
+            if reply.has_error():
+                entry["failed"] += 1
+                entry["last-failure"] = f"round {server_round} {phase}: {reply.error.reason}"
+            elif phase in ("train", "evaluate"):
+                entry["answered-work"] += 1
+        for node in set(node_of.values()) - answered:
+            entry = self._node_entry(node)
+            entry["failed"] += 1
+            entry["last-failure"] = (
+                f"round {server_round} {phase}: no reply within {self.timeout:g} s"
+            )
+        for node in node_of.values():
+            self._node_entry(node)["sent"] += 1
+
+    def _node_entry(self, node: int) -> dict[str, Any]:
+        return self.node_replies.setdefault(
+            node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
+        )
 
     def _count_bytes(
         self, server_round: int, phase: str, sent: list[Message], received: list[Message]
