@@ -203,10 +203,11 @@ class PromptFedAvg(FedAvg):
         and ``Result``), and cannot simply call it: the prototype round must run before
         ``evaluate_fn(0, ...)`` (the central evaluation needs its ``proto.count``); a
         resumed run starts at ``start_round`` (Flower's loop always starts at round 1 and
-        evaluates round 0 again); every exchange goes through ``_exchange`` to count the
-        bytes per phase (Flower calls ``grid.send_and_receive`` itself); and ``Result``
-        starts with the initial arrays, so a run whose rounds all kept the state still
-        returns one. Check this copy again when upgrading flwr.
+        evaluates round 0 again); every exchange goes through ``_exchange`` (bytes per
+        phase, each node's replies, progress lines while it waits; Flower calls
+        ``grid.send_and_receive`` itself); and ``Result`` starts with the initial arrays,
+        so a run whose rounds all kept the state still returns one. Check this copy again
+        when upgrading flwr.
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
