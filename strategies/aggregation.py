@@ -199,6 +199,21 @@ def prototype_means(
     return means.astype(np.float32), total_count.astype(np.int64)
 
 
+def fold_prototype_means(
+    means: np.ndarray,
+    counts: np.ndarray,
+    sums: Sequence[np.ndarray],
+    new_counts: Sequence[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``prototype_means`` with more clients' sums and counts added to an earlier result.
+
+    The earlier sums are μ_c · n_c (exact up to μ's float32 rounding), so the result is
+    the pooled mean over every client, as if all had answered the first time.
+    """
+    earlier = np.asarray(means, dtype=np.float64) * np.asarray(counts, dtype=np.int64)[:, None]
+    return prototype_means([earlier, *sums], [np.asarray(counts), *new_counts])
+
+
 def accuracy_summary(correct: Sequence[int], totals: Sequence[int]) -> dict[str, float]:
     """Global (pooled) accuracy, mean and worst client accuracy over clients with data."""
     pairs = [(int(c), int(n)) for c, n in zip(correct, totals, strict=True) if n > 0]

@@ -319,39 +319,15 @@ class PromptFedAvg(FedAvg):
     def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Ask every connected node for its class counts (and, unless ``counts_only``, its
         per-class feature sums); return the state with the round's result."""
-        num_classes, dim = arrays[wire.HEAD_WEIGHT].shape
+        num_classes = arrays[wire.HEAD_WEIGHT].shape[0]
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
-        config = ConfigRecord(
-            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
-        )
-        if self.counts_only:
-            config[wire.CFG_COUNTS_ONLY] = True
-        messages = [
-            Message(
-                content=RecordDict({wire.CONFIG: config}),
-                message_type=MessageType.QUERY,
-                dst_node_id=node_id,
-            )
-            for node_id in node_ids
-        ]
-        self._outgoing = messages
-        what = "class counts" if self.counts_only else "class feature sums"
-        log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
         sums, counts = [], []
         held_out: set[int] = set()
         partitions: dict[int, dict[str, int | bool | list[int]]] = {}
-        expected_dim = None if self.counts_only else dim
-        for msg in self._accepted(
-            self._exchange(grid, messages, server_round, "query"),
-            server_round,
-            lambda content, _: check_prototype_reply(content, num_classes, expected_dim),
+        for node, pid, is_held_out, proto in self._ask_for_prototypes(
+            grid, arrays, node_ids, server_round
         ):
-            node = self._sender(msg)
-            proto = record_arrays(msg.content[wire.PROTO])
-            metrics = msg.content[wire.METRICS]
-            is_held_out = bool(metrics.get(wire.HELD_OUT, 0))
-            if wire.PARTITION_ID in metrics:
-                pid = int(metrics[wire.PARTITION_ID])
+            if pid is not None:
                 if pid in partitions:
                     log(
                         WARNING,
@@ -393,6 +369,126 @@ class PromptFedAvg(FedAvg):
         self._proto_version += 1
         return state
 
+    def admit_late_nodes(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+        """Verify the counts of every connected node the prototype round did not, before it
+        can train: a SuperNode that connected later, or one whose prototype reply was
+        dropped. Without this, a node could claim any counts in its train replies and
+        carry the aggregate.
+
+        Each such node gets the prototype QUERY. A node that reports a partition the round
+        already knows (a SuperNode back under a new node id) must repeat that partition's
+        counts, and adds nothing; a new partition's counts (and feature sums) are folded
+        into the global ones (``fold_prototypes``: sums, so folding is exact), and the
+        prototype version moves on. A node still unverified afterwards is not sampled to
+        train, and its train replies are refused (``check_known_counts``).
+        """
+        late = [
+            node
+            for node in sorted(grid.get_node_ids())
+            if node not in self._node_counts and node not in self.held_out_nodes
+        ]
+        if not late:
+            return arrays
+        log(INFO, "round %d: %d node(s) without verified class counts", server_round, len(late))
+        sums, counts = [], []
+        for node, pid, is_held_out, proto in self._ask_for_prototypes(
+            grid, arrays, late, server_round
+        ):
+            reported = [int(n) for n in proto[wire.PROTO_COUNT]]
+            known = self.partitions.get(pid) if pid is not None else None
+            if known is not None and not is_held_out and not known["held-out"]:
+                if reported != known["class-counts"]:
+                    reason = (
+                        f"reports partition {pid} with other {wire.PROTO_COUNT} than the "
+                        f"prototype round's (sum {sum(reported)} vs "
+                        f"{sum(known['class-counts'])})"  # type: ignore[arg-type]
+                    )
+                    self.dropped.append((server_round, node, reason))
+                    log(WARNING, "round %d: refused node %d: %s", server_round, node, reason)
+                    continue
+                known["node-id"] = node  # the same partition, back under a new node id
+                self._node_counts[node] = reported
+                continue
+            if pid is not None:
+                self.partitions[pid] = {
+                    "node-id": node,
+                    "held-out": is_held_out,
+                    "class-counts": reported,
+                }
+                self.partitions = dict(sorted(self.partitions.items()))
+            if is_held_out:
+                self.held_out_nodes.add(node)
+                continue
+            self._node_counts[node] = reported
+            sums.append(proto.get(wire.PROTO_SUM))
+            counts.append(proto[wire.PROTO_COUNT])
+        if not counts:
+            return arrays
+        log(
+            INFO,
+            "round %d: %d late node(s) folded into the prototype round's result",
+            server_round,
+            len(counts),
+        )
+        self._proto_version += 1
+        return self.fold_prototypes(arrays, sums, counts)
+
+    def fold_prototypes(
+        self,
+        arrays: ArrayRecord,
+        sums: Sequence[np.ndarray | None],
+        counts: Sequence[np.ndarray],
+    ) -> ArrayRecord:
+        """Hook: the state with late nodes' counts (and sums) added to the prototype
+        round's result (default: the global class counts)."""
+        total = np.asarray(arrays[wire.PROTO_COUNT].numpy(), dtype=np.int64) + np.sum(
+            [np.asarray(n, dtype=np.int64) for n in counts], axis=0
+        )
+        state = ArrayRecord({key: arrays[key] for key in arrays})
+        state[wire.PROTO_COUNT] = Array(total.astype(np.int64))
+        return state
+
+    def _ask_for_prototypes(
+        self, grid: Grid, arrays: ArrayRecord, node_ids: Sequence[int], server_round: int
+    ) -> list[tuple[int, int | None, bool, dict[str, np.ndarray]]]:
+        """Send the prototype QUERY to ``node_ids``; per valid reply (node id, partition id
+        or None, held out, its ``proto`` arrays). Invalid replies are dropped and logged."""
+        num_classes, dim = arrays[wire.HEAD_WEIGHT].shape
+        config = ConfigRecord(
+            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
+        )
+        if self.counts_only:
+            config[wire.CFG_COUNTS_ONLY] = True
+        messages = [
+            Message(
+                content=RecordDict({wire.CONFIG: config}),
+                message_type=MessageType.QUERY,
+                dst_node_id=node_id,
+            )
+            for node_id in node_ids
+        ]
+        self._outgoing = messages
+        what = "class counts" if self.counts_only else "class feature sums"
+        log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
+        expected_dim = None if self.counts_only else dim
+        answers = []
+        for msg in self._accepted(
+            self._exchange(grid, messages, server_round, "query"),
+            server_round,
+            lambda content, _: check_prototype_reply(content, num_classes, expected_dim),
+        ):
+            metrics = msg.content[wire.METRICS]
+            pid = int(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
+            answers.append(
+                (
+                    self._sender(msg),
+                    pid,
+                    bool(metrics.get(wire.HELD_OUT, 0)),
+                    record_arrays(msg.content[wire.PROTO]),
+                )
+            )
+        return answers
+
     def prototype_state(
         self,
         arrays: ArrayRecord,
@@ -410,11 +506,17 @@ class PromptFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = arrays
         if self.fraction_train == 0.0:
+            self._global = arrays
             return []
+        arrays = self.admit_late_nodes(grid, arrays, server_round)
+        self._global = arrays
         node_ids = self._sample(
-            grid, self.fraction_train, self.min_train_nodes, exclude=self.held_out_nodes
+            grid,
+            self.fraction_train,
+            self.min_train_nodes,
+            exclude=self.held_out_nodes,
+            verified_only=True,
         )
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         return self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
@@ -892,10 +994,20 @@ class PromptFedAvg(FedAvg):
         return nodes
 
     def _sample(
-        self, grid: Grid, fraction: float, minimum: int, exclude: set[int] | None = None
+        self,
+        grid: Grid,
+        fraction: float,
+        minimum: int,
+        exclude: set[int] | None = None,
+        verified_only: bool = False,
     ) -> list[int]:
-        """Seeded sampling of max(fraction * candidates, minimum) nodes, not in ``exclude``."""
+        """Seeded sampling of max(fraction * candidates, minimum) nodes, not in ``exclude``
+        (and, with ``verified_only``, only nodes whose class counts were verified)."""
         connected = self._wait_for_nodes(grid, max(self.min_available_nodes, minimum))
-        candidates = [node for node in connected if node not in (exclude or set())]
+        candidates = [
+            node
+            for node in connected
+            if node not in (exclude or set()) and (not verified_only or node in self._node_counts)
+        ]
         size = min(len(candidates), max(int(len(candidates) * fraction), minimum))
         return sorted(self._rng.sample(candidates, size))

@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import prototype_means
+from strategies.aggregation import fold_prototype_means, prototype_means
 from strategies.base import PromptFedAvg
 
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
@@ -94,6 +94,24 @@ class PEPFedPT(PromptFedAvg):
         state = super().prototype_state(arrays, sums, counts)
         means, _ = prototype_means(sums, counts)  # type: ignore[arg-type]
         state[wire.PROTO_MEAN] = Array(means)
+        return state
+
+    def fold_prototypes(
+        self,
+        arrays: ArrayRecord,
+        sums: Sequence[np.ndarray | None],
+        counts: Sequence[np.ndarray],
+    ) -> ArrayRecord:
+        """Late nodes' feature sums folded into μ (and their counts into the global ones)."""
+        means, total = fold_prototype_means(
+            arrays[wire.PROTO_MEAN].numpy(),
+            arrays[wire.PROTO_COUNT].numpy(),
+            sums,  # type: ignore[arg-type]
+            counts,
+        )
+        state = ArrayRecord({key: arrays[key] for key in arrays})
+        state[wire.PROTO_MEAN] = Array(means)
+        state[wire.PROTO_COUNT] = Array(total)
         return state
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:

@@ -101,10 +101,14 @@ def check_known_counts(counts: object, known: list[int] | None) -> str | None:
     """Train counts must equal the n_{k,c} the node sent in the prototype round.
 
     A node's data does not change within a run; counts that self-consistently claim more
-    examples would otherwise let one node outweigh all others. None: nothing known.
+    examples would otherwise let one node outweigh all others. ``known`` None: the node's
+    counts were never verified (it missed the prototype round), so its reply is refused.
     """
     if known is None:
-        return None
+        return (
+            "this node's class counts were never verified (no valid prototype-round reply); "
+            "it is asked for them before it may train"
+        )
     if np.asarray(counts).tolist() != list(known):
         return (
             f"{wire.CLASS_COUNTS} differ from the counts this node reported in the "

@@ -9,6 +9,7 @@ from helpers.reference import stacked_mean
 from strategies.aggregation import (
     RunningMean,
     accuracy_summary,
+    fold_prototype_means,
     per_class_weighted_mean,
     prototype_means,
     scratch_buffer,
@@ -55,6 +56,16 @@ def test_prototype_means_are_pooled_sums_over_pooled_counts() -> None:
     means, total = prototype_means(sums, counts)
     assert means.tolist() == [[2.0, 2.0], [0.0, 0.0]]
     assert total.tolist() == [3, 0]
+
+
+def test_a_late_clients_sums_fold_into_the_earlier_prototypes_as_if_it_had_answered_first() -> None:
+    # Earlier: class 0 mean [2, 2] over 3 examples, class 1 held by nobody.
+    means, counts = np.array([[2.0, 2.0], [0.0, 0.0]]), np.array([3, 0])
+    # Late: 1 example of class 0 at [6, 2], 2 of class 1 summing to [4, 8].
+    late_sums, late_counts = [np.array([[6.0, 2.0], [4.0, 8.0]])], [np.array([1, 2])]
+    folded, total = fold_prototype_means(means, counts, late_sums, late_counts)
+    assert folded.tolist() == [[3.0, 2.0], [2.0, 4.0]]  # (6+6)/4, (6+2)/4; [4, 8]/2
+    assert total.tolist() == [4, 2]
 
 
 def test_accuracy_summary() -> None:

@@ -283,8 +283,10 @@ def test_faulty_prototype_reply_is_refused(
     np.testing.assert_allclose(state[wire.PROTO_MEAN], expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(state[wire.PROTO_COUNT], counts)
     assert any(f"dropped reply from node {BAD}: " in r.getMessage() for r in caplog.records)
-    # The node never sent its counts, so its train reply is accepted on the other checks.
-    assert ("train", BAD) in grid.sent
+    # The node never sent valid counts: it is asked again before round 1 (and refused
+    # again), and never gets a train message.
+    assert ("query", BAD) in grid.sent
+    assert ("train", BAD) not in grid.sent
 
 
 def test_faulty_evaluate_reply_is_left_out_of_the_accuracy(flat: dict, task_identity: None) -> None:
@@ -346,7 +348,9 @@ def test_check_class_counts(counts: object, total: object, says: str | None) -> 
 
 
 def test_check_known_counts() -> None:
-    assert check_known_counts([1, 2], None) is None  # a node that joined after the round
+    # A node that joined after the prototype round (or whose reply there was dropped) has
+    # no verified counts: its train reply is refused, whatever it claims.
+    assert "never verified" in check_known_counts([1, 2], None)
     assert check_known_counts([1, 2], [1, 2]) is None
     assert "sum 3000 vs 3" in check_known_counts([1000, 2000], [1, 2])
     assert "prototype round" in check_known_counts([2, 1], [1, 2])
