@@ -65,6 +65,7 @@ Constructors: a method's own arguments keyword-only, the base's through ``**kwar
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import random
@@ -111,6 +112,15 @@ REPLY_DTYPES = {
     "float16": (np.dtype(np.float16),),
 }
 
+# Hooks of earlier versions and their names now: a subclass that still defines one would
+# silently never be called, so it is refused when the class is defined.
+RENAMED_HOOKS = {
+    "census_state": "prototype_state",
+    "census_round": "prototype_round",
+    "has_census": "has_prototypes",
+    "census_name": "nothing (the log always says 'prototype round')",
+}
+
 
 class PromptFedAvg(FedAvg):
     """FedAvg over the trainable prompts and head, with a prototype round and reply checks.
@@ -131,6 +141,23 @@ class PromptFedAvg(FedAvg):
     kept_state = "the global state"
     # Seconds a round waits for its minimum of connected nodes before it fails.
     wait_timeout: float = 600.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass written against the old hook names or signatures."""
+        super().__init_subclass__(**kwargs)
+        for old, new in RENAMED_HOOKS.items():
+            if old in vars(cls):
+                raise TypeError(
+                    f"{cls.__name__}.{old}: this hook is now {new}; strategies/base.py's "
+                    "docstring lists the override points"
+                )
+        check = vars(cls).get("check_train_metrics")
+        if check is not None and len(inspect.signature(check).parameters) != 3:
+            raise TypeError(
+                f"{cls.__name__}.check_train_metrics must take (self, metrics, node): the "
+                "node whose reply it checks comes with the metrics"
+            )
+
     # Replies are polled every poll_seconds[0] s while they arrive, backing off to [1] s;
     # a progress line every progress_seconds while a phase waits.
     poll_seconds = (0.05, 1.0)

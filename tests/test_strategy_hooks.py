@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Mapping
 
 import numpy as np
+import pytest
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -168,3 +169,17 @@ def test_every_strategy_takes_its_own_arguments_by_keyword_and_the_base_s_as_kwa
         kinds = {p.kind for p in params if p.name != "self"}
         assert kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}, cls
         assert cls(seed=3, min_train_nodes=1).seed == 3  # type: ignore[call-arg]
+
+
+def test_a_subclass_written_against_the_old_hook_names_is_refused_when_defined() -> None:
+    with pytest.raises(TypeError, match=r"Old.census_state: this hook is now prototype_state"):
+
+        class Old(PromptFedAvg):
+            def census_state(self) -> None:
+                pass
+
+    with pytest.raises(TypeError, match=r"check_train_metrics must take \(self, metrics, node\)"):
+
+        class OneArgument(PromptFedAvg):
+            def check_train_metrics(self, metrics: MetricRecord) -> str | None:  # type: ignore[override]
+                return None
