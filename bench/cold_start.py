@@ -87,6 +87,7 @@ def child(
 
     import client_app.app  # noqa: F401  (what flwr-clientapp imports: flwr, torch, timm, app)
     from pep_fedpt.data import load_client_data
+    from pep_fedpt.data.client_data import partition_cache_dir
     from pep_fedpt.data.pixel_cache import node_splits
     from pep_fedpt.engine import compute_query_features, pick_device, train_epochs
     from pep_fedpt.feature_cache import FeatureStore
@@ -101,7 +102,14 @@ def child(
     stage("model build")
     backbone.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     stage("weight load")
-    data = load_client_data(cfg.data, image_spec(backbone), cfg.seed, partition_id, num_partitions)
+    data = load_client_data(
+        cfg.data,
+        image_spec(backbone),
+        cfg.seed,
+        partition_id,
+        num_partitions,
+        partition_cache_dir(Path(cache_dir)),
+    )
     # As PromptClient reads it: decoded images from the node's pixel cache (image files).
     data = node_splits(data, cfg.data, Path(cache_dir))
     prepare = getattr(data.train, "prepare", None)

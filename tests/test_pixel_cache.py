@@ -211,3 +211,42 @@ def test_num_workers_and_pixel_cache_do_not_change_the_cache_keys() -> None:
 def test_negative_num_workers_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"data.num-workers = -1 must be >= 0"):
         RunConfig.from_flat({"data.num-workers": -1})
+
+
+def test_the_partitioning_is_drawn_once_per_node_and_read_back_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cold process reads its partition from the node's cache instead of importing
+    flwr-datasets and drawing it; a damaged file is drawn again."""
+    import pep_fedpt.data.client_data as client_data_module
+
+    cfg = DataConfig()
+    drawn = [client_data_module._partitions(cfg, SPEC, 3, 4)]  # no cache: drawn
+    calls = {"n": 0}
+    real = client_data_module.partition_indices
+
+    def counted(*args: object, **kwargs: object) -> list[np.ndarray]:
+        calls["n"] += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_data_module, "partition_indices", counted)
+    for _ in range(2):  # two fresh processes on one node
+        client_data_module._partitions.cache_clear()
+        drawn.append(client_data_module._partitions(cfg, SPEC, 3, 4, tmp_path))
+    assert calls["n"] == 1
+    for other in drawn[1:]:
+        assert len(other) == 4
+        assert all(np.array_equal(a, b) for a, b in zip(drawn[0], other, strict=True))
+    (path,) = [p for p in tmp_path.iterdir() if p.suffix == ".pt"]
+    path.write_bytes(b"not a torch file")
+    client_data_module._partitions.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        again = client_data_module._partitions(cfg, SPEC, 3, 4, tmp_path)
+    assert calls["n"] == 2 and "unusable" in caplog.text
+    assert all(np.array_equal(a, b) for a, b in zip(drawn[0], again, strict=True))
+    client_data_module._partitions.cache_clear()
+    other_seed = client_data_module._partitions(cfg, SPEC, 4, 4, tmp_path)
+    assert calls["n"] == 3 and not all(
+        np.array_equal(a, b) for a, b in zip(drawn[0], other_seed, strict=True)
+    )
+    client_data_module._partitions.cache_clear()
