@@ -11,6 +11,11 @@ Run from the repository root::
 
     python bench/cold_start.py                      # 2 partitions, 3 cold processes
     python bench/cold_start.py --num-partitions 10 --repeats 5
+    python bench/cold_start.py --image-folder 400  # 400 JPEGs (10 classes, 96 px)
+
+``--image-folder N`` writes N synthetic JPEG files in a temporary ImageFolder tree
+(``data.dataset = "imagefolder"``), so that data loading decodes and resizes files as a
+real image data set does (the default digits set is one in-memory tensor).
 
 The first child runs with an empty cache folder (it computes z(x) and writes it); the
 next ones are the steady state of every later round (z(x) loaded from disk). The default
@@ -35,17 +40,38 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config():  # -> RunConfig; imported late so that the child times its imports
-    """The default run config, with weights loaded from a file rather than pre-trained."""
+def bench_config(image_dir: str = ""):  # -> RunConfig; imported late (the child times imports)
+    """The default run config, with weights loaded from a file rather than pre-trained;
+    ``image_dir``: an ImageFolder tree instead of the digits."""
     import dataclasses
 
     from pep_fedpt.config import RunConfig
 
     cfg = RunConfig()
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="random"))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="random"))
+    if image_dir:
+        data = dataclasses.replace(cfg.data, dataset="imagefolder", data_dir=image_dir)
+        cfg = dataclasses.replace(cfg, data=data)
+    return cfg
 
 
-def child(partition_id: int, num_partitions: int, cache_dir: str, checkpoint: str) -> None:
+def write_image_folder(root: Path, count: int, classes: int = 10, size: int = 96) -> None:
+    """``count`` random-noise JPEGs in ``root/train/<class>/``: decoding and resizing cost
+    what real photos of that size cost."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / "train" / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def child(
+    partition_id: int, num_partitions: int, cache_dir: str, checkpoint: str, image_dir: str
+) -> None:
     """One cold ClientApp-like process: time every stage, print them as JSON."""
     sys.path.insert(0, str(ROOT))  # this checkout, not an installed copy
     stages: dict[str, float] = {}
@@ -61,6 +87,8 @@ def child(partition_id: int, num_partitions: int, cache_dir: str, checkpoint: st
 
     import client_app.app  # noqa: F401  (what flwr-clientapp imports: flwr, torch, timm, app)
     from pep_fedpt.data import load_client_data
+    from pep_fedpt.data.client_data import partition_cache_dir
+    from pep_fedpt.data.pixel_cache import node_splits
     from pep_fedpt.engine import compute_query_features, pick_device, train_epochs
     from pep_fedpt.feature_cache import FeatureStore
     from pep_fedpt.methods.common import build_model
@@ -68,13 +96,25 @@ def child(partition_id: int, num_partitions: int, cache_dir: str, checkpoint: st
     from pep_fedpt.models import backbone_fingerprint, create_backbone, image_spec
 
     stage("imports")
-    cfg = bench_config()
+    cfg = bench_config(image_dir)
     device = pick_device()
     backbone = create_backbone(cfg.model, cfg.seed).to(device)
     stage("model build")
     backbone.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     stage("weight load")
-    data = load_client_data(cfg.data, image_spec(backbone), cfg.seed, partition_id, num_partitions)
+    data = load_client_data(
+        cfg.data,
+        image_spec(backbone),
+        cfg.seed,
+        partition_id,
+        num_partitions,
+        partition_cache_dir(Path(cache_dir)),
+    )
+    # As PromptClient reads it: decoded images from the node's pixel cache (image files).
+    data = node_splits(data, cfg.data, Path(cache_dir))
+    prepare = getattr(data.train, "prepare", None)
+    if callable(prepare):
+        prepare()
     stage("data load")
     model = build_model(backbone, cfg, data.num_classes).to(device)
     store = FeatureStore(Path(cache_dir))
@@ -95,7 +135,9 @@ def child(partition_id: int, num_partitions: int, cache_dir: str, checkpoint: st
     print(json.dumps({"start": _T0, "stages": stages, "examples": len(data.train)}))
 
 
-def run_child(args: argparse.Namespace, cache_dir: str, checkpoint: str) -> dict:
+def run_child(
+    args: argparse.Namespace, cache_dir: str, checkpoint: str, image_dir: str = ""
+) -> dict:
     spawned = time.time()
     out = subprocess.run(
         [
@@ -106,6 +148,7 @@ def run_child(args: argparse.Namespace, cache_dir: str, checkpoint: str) -> dict
             f"--num-partitions={args.num_partitions}",
             f"--cache-dir={cache_dir}",
             f"--checkpoint={checkpoint}",
+            f"--image-dir={image_dir}",
         ],
         check=True,
         capture_output=True,
@@ -125,9 +168,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="cold processes after the first")
     parser.add_argument("--cache-dir", default="")
     parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--image-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--image-folder", type=int, default=0, help="N synthetic JPEGs instead of the digits"
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.partition_id, args.num_partitions, args.cache_dir, args.checkpoint)
+        child(
+            args.partition_id, args.num_partitions, args.cache_dir, args.checkpoint, args.image_dir
+        )
         return
 
     sys.path.insert(0, str(ROOT))
@@ -137,12 +186,16 @@ def main() -> None:
     from pep_fedpt.models import create_backbone
 
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-bench-") as tmp:
-        cfg = bench_config()
+        image_dir = ""
+        if args.image_folder:
+            image_dir = str(Path(tmp) / "images")
+            write_image_folder(Path(image_dir), args.image_folder)
+        cfg = bench_config(image_dir)
         checkpoint = str(Path(tmp) / "backbone.pth")  # plays model.pretrained = <path>
         torch.save(create_backbone(cfg.model, cfg.seed).state_dict(), checkpoint)
         cache_dir = str(Path(tmp) / "features")
-        first = run_child(args, cache_dir, checkpoint)  # empty cache: computes z(x)
-        runs = [run_child(args, cache_dir, checkpoint) for _ in range(args.repeats)]
+        first = run_child(args, cache_dir, checkpoint, image_dir)  # empty cache: computes z(x)
+        runs = [run_child(args, cache_dir, checkpoint, image_dir) for _ in range(args.repeats)]
 
     names = list(runs[0]["stages"])
     median = {n: statistics.median(r["stages"][n] for r in runs) for n in names}
@@ -159,6 +212,8 @@ def main() -> None:
         print(f"| {name} | {median[name]:.3f} |")
     missed = first["stages"]["z(x) computed"]
     print(f"| (first message only: z(x) computed, empty cache) | {missed:.3f} |")
+    decoded = first["stages"]["data load"]
+    print(f"| (first message only: data load, empty pixel cache) | {decoded:.3f} |")
     print(f"\ncold start (process start .. z(x) cache load): {cold:.3f} s")
     print(f"one round's compute (train, cold process):    {compute:.3f} s")
     print(f"ratio cold start / round compute:             {cold / compute:.2f}")

@@ -34,6 +34,7 @@ FEDMVP_AGGREGATIONS = ("equal", "num-examples")
 FEDMVP_STEPS = ("batch", "round")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -145,11 +146,16 @@ class DataConfig:
     split_seed: int = 0
     domains: str = ""  # DomainNet: comma-separated domains; "" = all six
     inaturalist_version: str = "2021_train_mini"
+    # How the data is read, not which data: left out of repr, which keys every cache.
+    num_workers: int = field(default=0, repr=False)  # DataLoader worker processes
+    pixel_cache: bool = field(default=True, repr=False)  # decoded images in the cache-dir
 
     def __post_init__(self) -> None:
         _choice("data.partitioner", self.partitioner, PARTITIONERS)
         _choice("data.class-assignment", self.class_assignment, CLASS_ASSIGNMENTS)
         _choice("data.inaturalist-version", self.inaturalist_version, INATURALIST_VERSIONS)
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num-workers = {self.num_workers} must be >= 0")
         _positive("data.alpha", self.alpha)
         if self.classes_per_client < 1:
             raise ConfigError(f"data.classes-per-client = {self.classes_per_client} must be >= 1")
@@ -225,6 +231,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     proximal_mu: float = 0.01  # fedprox-vpt: mu of (mu/2) ||theta - theta_global||^2
+    # Autocast dtype of local training: "fp32" (none) | "bf16" | "fp16" (with a gradient
+    # scaler). Evaluation and z(x) always run in float32; the wire always carries float32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1:
@@ -234,6 +243,7 @@ class TrainConfig:
         _positive("train.head-lr", self.head_lr, allow_zero=True)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("train.precision", self.precision, PRECISIONS)
         if self.warmup_rounds < 0:
             raise ConfigError(f"train.warmup-rounds = {self.warmup_rounds} must be >= 0")
         _positive("train.momentum", self.momentum, allow_zero=True)

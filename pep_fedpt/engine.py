@@ -33,11 +33,27 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA; full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(
+    device: torch.device, precision: str = "fp32"
+) -> contextlib.AbstractContextManager[object]:
+    """Autocast to ``precision`` ("fp32": none) on ``device``'s type: one code path for
+    CPU and CUDA (torch autocasts bf16 and fp16 on both)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"precision = {precision!r}: use one of fp32, {', '.join(AUTOCAST_DTYPES)}"
+        )
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling (its small gradients underflow); bf16 and fp32 do not: the
+    scaler is then disabled and passes the step through unchanged."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 class _Indexed(Dataset):
@@ -55,8 +71,22 @@ class _Indexed(Dataset):
 
 
 def _batches(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    device: torch.device,
+    num_workers: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches on ``device``; ``num_workers`` > 0 reads them in that many worker processes
+    (None: the split's ``loader_workers``, which ``data.pixel_cache.node_splits`` sets from
+    ``data.num-workers``; else 0). A split from the pixel cache loads its pixels first, so
+    that the workers inherit them instead of each decoding the split."""
+    if num_workers is None:
+        num_workers = int(getattr(dataset, "loader_workers", 0))
+    prepare = getattr(dataset, "prepare", None)
+    if callable(prepare):
+        prepare()
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         _Indexed(dataset),
@@ -64,6 +94,8 @@ def _batches(
         shuffle=shuffle,
         generator=generator,
         pin_memory=device.type == "cuda",
+        num_workers=num_workers,
+        persistent_workers=False,
     )
     for images, labels, positions in loader:
         yield images.to(device, non_blocking=True), labels.to(device), positions
@@ -71,13 +103,18 @@ def _batches(
 
 @torch.no_grad()
 def compute_query_features(
-    model: PromptedViT, dataset: Dataset, device: torch.device, batch_size: int = 128
+    model: PromptedViT,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 128,
+    num_workers: int | None = None,
 ) -> torch.Tensor:
-    """z(x) for every example, in dataset order: (N, D) float32 on the CPU."""
+    """z(x) for every example, in dataset order: (N, D) float32 on the CPU, computed in
+    float32 on every device (the node caches it; a cached value must not depend on a
+    training option)."""
     chunks = []
-    for images, _, _ in _batches(dataset, batch_size, False, 0, device):
-        with autocast(device):
-            chunks.append(model.query_features(images).float().cpu())
+    for images, _, _ in _batches(dataset, batch_size, False, 0, device, num_workers):
+        chunks.append(model.query_features(images).float().cpu())
     if not chunks:
         return torch.zeros(0, model.backbone.embed_dim)
     return torch.cat(chunks)
@@ -147,6 +184,7 @@ def train_epochs(
     regularizer: Callable[[], torch.Tensor] | None = None,
     query_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     lr_scale: float = 1.0,
+    num_workers: int | None = None,
 ) -> TrainResult:
     """E epochs of ``train.optimizer`` on cross-entropy over the parameters that require
     a gradient (``build_optimizer``).
@@ -155,25 +193,31 @@ def train_epochs(
     ``query_loss``: a term of the batch's z(x) added to its loss (SGPT's key loss).
     ``lr_scale``: the schedule's factor for this round (``PromptClient.lr_scale``).
     The reported loss is the cross-entropy alone.
+
+    ``cfg.precision``: the forward pass runs under ``autocast`` in that dtype; parameters,
+    gradients and optimiser state stay float32 (autocast never changes them), so what the
+    client sends is float32 whatever the precision. fp16 scales the loss (``grad_scaler``).
     """
     optimizer = build_optimizer(model, cfg, lr_scale)
+    scaler = grad_scaler(device, cfg.precision)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for epoch in range(cfg.local_epochs):
         for images, labels, positions in _batches(
-            dataset, cfg.batch_size, True, seed + epoch, device
+            dataset, cfg.batch_size, True, seed + epoch, device, num_workers
         ):
             query = features[positions].to(device)
             weights = weights_fn(query, labels, True)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = model(images, weights)
                 loss = F.cross_entropy(logits.float(), labels)
             objective = loss if regularizer is None else loss + regularizer()
             if query_loss is not None:
                 objective = objective + query_loss(query)
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total_loss += loss.item() * len(labels)
             correct += int((logits.argmax(dim=-1) == labels).sum())
             seen += len(labels)
@@ -204,14 +248,15 @@ def evaluate(
     device: torch.device,
     batch_size: int = 128,
     log_prior: torch.Tensor | None = None,
+    num_workers: int | None = None,
 ) -> EvalResult:
-    """Accuracy and loss; ``log_prior`` (C,): add it to the logits (prior correction)."""
+    """Accuracy and loss; ``log_prior`` (C,): add it to the logits (prior correction).
+    Always float32: reported accuracies do not depend on the training precision."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for images, labels, positions in _batches(dataset, batch_size, False, 0, device):
+    for images, labels, positions in _batches(dataset, batch_size, False, 0, device, num_workers):
         weights = weights_fn(features[positions].to(device), labels, False)
-        with autocast(device):
-            logits = model(images, weights).float()
+        logits = model(images, weights).float()
         if log_prior is not None:
             logits = prior_corrected_logits(logits, log_prior)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -49,34 +49,50 @@ def examples_digest(indices: np.ndarray, labels: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def cache_file_name(key: str) -> str:
+def cache_file_name(key: str, fmt: str = FORMAT) -> str:
     """A fixed-length, file-system-safe name; the full key is stored inside and checked."""
-    return hashlib.sha256(f"{FORMAT}|{key}".encode()).hexdigest()[:40] + ".pt"
+    return hashlib.sha256(f"{fmt}|{key}".encode()).hexdigest()[:40] + ".pt"
 
 
-class FeatureStore:
-    """z(x) by key: from memory, else from ``directory``, else computed and written there."""
+class TensorStore:
+    """One tensor by key: from memory, else from ``directory``, else computed and written
+    there (atomically; a damaged or foreign file is recomputed and replaced).
 
-    def __init__(self, directory: Path) -> None:
+    ``fmt`` names the stored layout and meaning (part of the file name and checked inside);
+    ``dtype`` is what every stored tensor must be; ``keep_in_memory``: also hold each value
+    in this object (z(x): small; decoded images: their owner holds them instead).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        fmt: str = FORMAT,
+        dtype: torch.dtype = torch.float32,
+        keep_in_memory: bool = True,
+    ) -> None:
         self.directory = directory
+        self.format = fmt
+        self.dtype = dtype
+        self.keep_in_memory = keep_in_memory
         self._memory: dict[str, torch.Tensor] = {}
         self.computed = 0  # how often ``compute`` ran: the cost the disk cache saves
         self.loaded = 0
 
     def path(self, key: str) -> Path:
-        return self.directory / cache_file_name(key)
+        return self.directory / cache_file_name(key, self.format)
 
     def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key in self._memory:
             return self._memory[key]
         value = self._load(key)
         if value is None:
-            value = compute().detach().float().cpu().contiguous()
+            value = compute().detach().to("cpu", self.dtype).contiguous()
             self.computed += 1
             self._save(key, value)
         else:
             self.loaded += 1
-        self._memory[key] = value
+        if self.keep_in_memory:
+            self._memory[key] = value
         return value
 
     def _load(self, key: str) -> torch.Tensor | None:
@@ -85,23 +101,30 @@ class FeatureStore:
             return None
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("format") != FORMAT or stored.get("key") != key:
+            if stored.get("format") != self.format or stored.get("key") != key:
                 raise ValueError("the file belongs to another key or format")
             value = stored["features"]
-            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
-                raise ValueError("no float32 feature tensor inside")
+            if not isinstance(value, torch.Tensor) or value.dtype != self.dtype:
+                raise ValueError(f"no {self.dtype} tensor inside")
             return value
         except Exception as exc:  # a damaged cache file only costs one recomputation
-            _LOG.warning("feature cache %s unusable (%s); recomputing", path, exc)
+            _LOG.warning("cache file %s unusable (%s); recomputing", path, exc)
             return None
 
     def _save(self, key: str, value: torch.Tensor) -> None:
         buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "key": key, "features": value}, buffer)
+        torch.save({"format": self.format, "key": key, "features": value}, buffer)
         try:
             atomic_write(self.path(key), buffer.getvalue())
         except OSError as exc:  # a read-only or full disk must not fail the round
-            _LOG.warning("feature cache %s not written (%s)", self.path(key), exc)
+            _LOG.warning("cache file %s not written (%s)", self.path(key), exc)
+
+
+class FeatureStore(TensorStore):
+    """z(x) by key (float32), kept in memory too: the store of the frozen query features."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, FORMAT, torch.float32, keep_in_memory=True)
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,9 +7,14 @@ index list ever travels over the network.
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Subset
 
 from pep_fedpt.config import DataConfig
@@ -81,20 +86,60 @@ def _splits(cfg: DataConfig, spec: ImageSpec) -> tuple[DatasetSplits, np.ndarray
     return splits, pool, central
 
 
+PARTITIONS_FORMAT = "part1"  # bump when the stored layout of the partitions changes
+
+
+def partition_cache_dir(cache_dir: Path) -> Path:
+    """Where a node keeps its partitionings: beside its z(x) cache folder
+    (``~/.cache/pep-fedpt/features-partitions`` by default), so that folder holds z(x)
+    and decoded images only."""
+    return cache_dir.with_name(cache_dir.name + "-partitions")
+
+
 @functools.lru_cache(maxsize=2)
 def _partitions(
-    cfg: DataConfig, spec: ImageSpec, seed: int, num_partitions: int
+    cfg: DataConfig,
+    spec: ImageSpec,
+    seed: int,
+    num_partitions: int,
+    cache_dir: Path | None = None,
 ) -> list[np.ndarray]:
+    """Every partition's indices; with ``cache_dir``, from the node's disk cache there.
+
+    Drawing them imports flwr-datasets and HuggingFace ``datasets`` (most of a cold
+    process's data loading); the result depends only on the labels (and domains) of the
+    pool, the data config, the seed, the number of partitions and the flwr-datasets
+    version, so a node computes it once. A damaged file is recomputed (``TensorStore``).
+    """
     splits, pool, _ = _splits(cfg, spec)
     domains = getattr(splits.train, "domains", None)
-    local = partition_indices(
-        splits.train.targets[pool],
-        num_partitions,
-        cfg,
-        seed,
-        domains=None if domains is None else domains[pool],
-    )
-    return [pool[p] for p in local]
+    targets = splits.train.targets[pool]
+    pool_domains = None if domains is None else domains[pool]
+
+    def compute() -> torch.Tensor:
+        local = partition_indices(targets, num_partitions, cfg, seed, domains=pool_domains)
+        sizes = [len(p) for p in local]
+        flat = [np.asarray(sizes, dtype=np.int64), *(np.asarray(p, np.int64) for p in local)]
+        return torch.from_numpy(np.concatenate(flat))
+
+    if cache_dir is None:
+        packed = compute()
+    else:
+        from pep_fedpt.feature_cache import TensorStore
+
+        digest = hashlib.sha256(np.asarray(targets, np.int64).tobytes())
+        if pool_domains is not None:
+            digest.update(np.asarray(pool_domains, np.int64).tobytes())
+        key = (
+            f"{cfg!r}:{seed}:{num_partitions}:{digest.hexdigest()[:16]}:"
+            f"flwr-datasets-{version('flwr-datasets')}"
+        )
+        store = TensorStore(cache_dir, PARTITIONS_FORMAT, torch.int64, keep_in_memory=False)
+        packed = store.get(key, compute)
+    values = packed.numpy()
+    sizes, rest = values[:num_partitions], values[num_partitions:]
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [pool[rest[a:b]] for a, b in itertools.pairwise(bounds)]
 
 
 def client_pool(cfg: DataConfig, spec: ImageSpec) -> tuple[LabeledDataset, np.ndarray]:
@@ -104,12 +149,19 @@ def client_pool(cfg: DataConfig, spec: ImageSpec) -> tuple[LabeledDataset, np.nd
 
 
 def load_client_data(
-    cfg: DataConfig, spec: ImageSpec, seed: int, partition_id: int, num_partitions: int
+    cfg: DataConfig,
+    spec: ImageSpec,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+    cache_dir: Path | None = None,
 ) -> ClientData:
+    """``cache_dir``: where the node keeps its partitionings (``partition_cache_dir``;
+    None: drawn in this process)."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
     splits, _, _ = _splits(cfg, spec)
-    indices = _partitions(cfg, spec, seed, num_partitions)[partition_id]
+    indices = _partitions(cfg, spec, seed, num_partitions, cache_dir)[partition_id]
     targets = splits.train.targets
     train_idx, test_idx = stratified_split(indices, targets, cfg.test_fraction, seed + partition_id)
     # Validation comes out of the training split (never the test split), stratified, with

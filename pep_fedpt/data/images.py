@@ -7,7 +7,7 @@ labels live in a numpy ``targets`` array so that partitioning never opens an ima
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,39 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def image_transform(spec: ImageSpec) -> Callable[[Image.Image], torch.Tensor]:
+class ImageTransform:
     """PIL image -> (3, size, size) float tensor, normalised with the backbone's mean/std.
 
     The whole image is resized (no crop): a 32 px CIFAR image becomes the 224 px input a
     ViT-B/16 was pre-trained on, and a grey image gets three identical channels.
+
+    Two stages, so that the expensive one can be cached: ``pixels`` (decode, RGB, resize:
+    uint8) and ``finish`` (to float in [0, 1], normalise). ``finish(pixels(image))`` is
+    bit-identical to torchvision's ``ToTensor`` + ``Normalize`` on the resized image.
     """
-    return transforms.Compose(
-        [
-            transforms.Lambda(_rgb),
-            transforms.Resize((spec.size, spec.size), antialias=True),
-            transforms.ToTensor(),
-            transforms.Normalize(spec.mean, spec.std),
-        ]
-    )
+
+    def __init__(self, spec: ImageSpec) -> None:
+        self.spec = spec
+        self._resize = transforms.Resize((spec.size, spec.size), antialias=True)
+        self._normalize = transforms.Normalize(spec.mean, spec.std)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """(3, size, size) uint8: the decoded, resized image (the cacheable stage)."""
+        resized = self._resize(_rgb(image))
+        array = np.array(resized, dtype=np.uint8, copy=True)
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def finish(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> float32, scaled to [0, 1] and normalised (as ToTensor does)."""
+        return self._normalize(pixels.to(torch.float32).div(255))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.pixels(image))
+
+
+def image_transform(spec: ImageSpec) -> ImageTransform:
+    """The backbone's input transform for PIL images (``ImageTransform``)."""
+    return ImageTransform(spec)
 
 
 class Labeled(torch.utils.data.Dataset):

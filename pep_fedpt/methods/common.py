@@ -14,7 +14,8 @@ from timm.models.vision_transformer import VisionTransformer
 from pep_fedpt.ccmp import smoothed_prior
 from pep_fedpt.config import RunConfig, parse_block_spec
 from pep_fedpt.data import ClientData, load_client_data
-from pep_fedpt.data.client_data import subset_targets
+from pep_fedpt.data.client_data import partition_cache_dir, subset_targets
+from pep_fedpt.data.pixel_cache import node_splits
 from pep_fedpt.engine import EvalResult, TrainResult, compute_query_features, pick_device
 from pep_fedpt.feature_cache import default_cache_dir, examples_digest, feature_store
 from pep_fedpt.methods.registry import Method, get_method
@@ -92,8 +93,18 @@ class PromptClient:
         self.method: Method = get_method(cfg.method)
         self.device = pick_device()
         self.backbone = cached_backbone(cfg.model, cfg.seed, str(self.device), cfg.data)
-        self.data: ClientData = load_client_data(
-            cfg.data, image_spec(self.backbone), cfg.seed, partition_id, num_partitions
+        node_cache = cache_dir or default_cache_dir()
+        self.data: ClientData = node_splits(
+            load_client_data(
+                cfg.data,
+                image_spec(self.backbone),
+                cfg.seed,
+                partition_id,
+                num_partitions,
+                partition_cache_dir(node_cache),
+            ),
+            cfg.data,
+            node_cache,
         )
         self._fingerprint = backbone_fingerprint(cfg.model, cfg.seed, cfg.data)
         self.features_store = feature_store(cache_dir or default_cache_dir())
