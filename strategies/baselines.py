@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 
-from strategies import wire
 from strategies.base import PromptFedAvg
 
 
@@ -46,19 +45,11 @@ class LocalOnly(PromptFedAvg):
         super().restore(state)
         self.personal_nodes = {int(node) for node in state.get("personal-nodes", [])}
 
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: list[int],
-        message_type: str,
-        server_round: int,
-    ) -> list[Message]:
-        messages = super()._messages(arrays, config, node_ids, message_type, server_round)
-        for msg in messages:
-            if msg.metadata.dst_node_id in self.personal_nodes:
-                del msg.content[wire.ARRAYS]  # the node uses its own state
-        return messages
+    def node_arrays(
+        self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
+    ) -> ArrayRecord | None:
+        """None for a node that holds its own state (it uses that); else the state."""
+        return None if node_id in self.personal_nodes else trainable
 
     def _note_replies(self, replies: list[Message]) -> None:
         for msg in replies:

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from logging import INFO
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import per_class_weighted_mean, prototype_means
+from strategies.aggregation import prototype_means
 from strategies.base import PromptFedAvg
 
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
@@ -41,42 +42,29 @@ CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 class PEPFedPT(PromptFedAvg):
     """Federated prompt tuning with class prompts mixed by global prototypes.
 
-    What is PEP-FedPT's own; the rest (census, sampling, checks, resume) is
+    What is PEP-FedPT's own; the rest (prototype round, sampling, checks, resume) is
     ``PromptFedAvg``'s.
 
-    Parameters beyond FedAvg's
-    --------------------------
+    Parameters beyond ``PromptFedAvg``'s (which pass through ``**kwargs``: fractions,
+    minimum node counts, ``seed``)
+    ---------------------------------------------------------------------------------
     class_prompt_aggregation : "per-class" (default) or "fedavg"
         Average each class prompt by the clients' counts of that class, or plainly by n_k.
     prototype_refresh_every : int (default 0)
         Recompute the prototypes every R rounds (0: only before round 1), so that clients
         that join late contribute.
-    seed : int (default 0)
-        Seeds client sampling, so that a run can be repeated.
     """
 
-    counts_only = False  # the census also collects the per-class feature sums
-    census_name = "prototype round"
+    counts_only = False  # the prototype round also collects the per-class feature sums
 
     def __init__(
         self,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
+        *,
         class_prompt_aggregation: str = "per-class",
         prototype_refresh_every: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            seed=seed,
-        )
+        super().__init__(**kwargs)
         if class_prompt_aggregation not in CLASS_PROMPT_AGGREGATIONS:
             raise ValueError(
                 f"class_prompt_aggregation = {class_prompt_aggregation!r} is not accepted; "
@@ -93,21 +81,17 @@ class PEPFedPT(PromptFedAvg):
         log(INFO, "\t└──> Prototype refresh every: %s rounds", self.prototype_refresh_every)
 
     # ------------------------------------------------------------------ prototypes
-    def has_census(self, arrays: ArrayRecord) -> bool:
+    def has_prototypes(self, arrays: ArrayRecord) -> bool:
         return wire.PROTO_MEAN in arrays
 
-    def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
-        """Ask every connected node for per-class feature sums; return state with new μ."""
-        return self.census_round(grid, arrays, server_round)
-
-    def census_state(
+    def prototype_state(
         self,
         arrays: ArrayRecord,
         sums: Sequence[np.ndarray | None],
         counts: Sequence[np.ndarray],
     ) -> ArrayRecord:
-        """The census state (global counts) plus μ_c = Σ_k S_{k,c} / Σ_k n_{k,c}."""
-        state = super().census_state(arrays, sums, counts)
+        """The base state (global counts) plus μ_c = Σ_k S_{k,c} / Σ_k n_{k,c}."""
+        state = super().prototype_state(arrays, sums, counts)
         means, _ = prototype_means(sums, counts)  # type: ignore[arg-type]
         state[wire.PROTO_MEAN] = Array(means)
         return state
@@ -129,15 +113,8 @@ class PEPFedPT(PromptFedAvg):
             arrays = self.prototype_round(grid, arrays, server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg by n_k."""
         if wire.is_class_prompt(key) and self.class_prompt_aggregation == "per-class":
-            return per_class_weighted_mean(values, class_counts, previous)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)

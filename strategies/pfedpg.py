@@ -14,9 +14,10 @@ per training client; there is no global prompt. Per round:
    and an update that would leave the generator non-finite is refused whole.
 4. Evaluation: each node gets its generated prompt and evaluates it with its own head.
 
-Clients are identified by the partition id they report (census, evaluate and train
-replies), not by node id, so descriptors survive a SuperNode that reconnects under a new
-node id. A node with no descriptor (held out, or never seen in the census) gets the prompt
+Clients are identified by the partition id they report (prototype round, evaluate and
+train replies), not by node id, so descriptors survive a SuperNode that reconnects under a
+new node id. A node with no descriptor (held out, or never seen in the prototype round)
+gets the prompt
 of the mean descriptor and the n_k-weighted mean of the heads the clients uploaded; that
 pair is also the state's ``prompt.*`` / ``head.*``, which the server's central evaluation
 uses. Generator parameters and descriptors are arrays of the state (``pfedpg.*``), so the
@@ -37,15 +38,15 @@ from flwr.app import (
     Message,
     MessageType,
     MetricRecord,
-    RecordDict,
 )
+from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import prompt_generator as gen
 from strategies import wire
-from strategies.aggregation import weighted_mean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
-from strategies.validation import check_known_counts, check_train_reply, record_arrays
+from strategies.validation import record_arrays
 
 PREFIX = "pfedpg."
 DESCRIPTOR_PREFIX = "pfedpg.descriptor."
@@ -64,15 +65,19 @@ def prompt_keys(state: Mapping[str, Any]) -> list[str]:
 class PFedPG(PromptFedAvg):
     """Client-specific prompts from a server-side generator (pFedPG).
 
-    Parameters beyond ``PromptFedAvg``'s
-    ------------------------------------
+    Parameters beyond ``PromptFedAvg``'s (which pass through ``**kwargs``)
+    ---------------------------------------------------------------------
     generator_lr : float (default 1.0)
         Step size of the generator and descriptor update (plain gradient descent).
     descriptor_dim : int (default 64)
         d, the width of a client descriptor and of the generator's attention.
     """
 
-    def __init__(self, generator_lr: float = 1.0, descriptor_dim: int = 64, **kwargs: Any) -> None:
+    kept_state = "the generator"
+
+    def __init__(
+        self, *, generator_lr: float = 1.0, descriptor_dim: int = 64, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if not (np.isfinite(generator_lr) and generator_lr > 0):
             raise ValueError(f"generator_lr = {generator_lr!r} must be a finite number > 0")
@@ -80,9 +85,10 @@ class PFedPG(PromptFedAvg):
             raise ValueError(f"descriptor_dim = {descriptor_dim!r} must be >= 1")
         self.generator_lr = float(generator_lr)
         self.descriptor_dim = int(descriptor_dim)
-        self._seed = int(kwargs.get("seed", 0))
         self.node_partitions: dict[int, int] = {}  # node id -> partition id with a descriptor
         self._sent: dict[int, tuple[int, np.ndarray]] = {}  # node -> (pid, prompt) this round
+        # The global state of the messages being built, as numpy (once per phase).
+        self._phase_state: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
 
     # ------------------------------------------------------------------ state
     def checkpoint(self) -> dict[str, Any]:
@@ -95,20 +101,20 @@ class PFedPG(PromptFedAvg):
         pairs = state.get("node-partitions", {}).items()
         self.node_partitions = {int(n): int(p) for n, p in pairs}
 
-    def census_state(
+    def prototype_state(
         self,
         arrays: ArrayRecord,
         sums: Sequence[np.ndarray | None],
         counts: Sequence[np.ndarray],
     ) -> ArrayRecord:
-        """The base census state plus the generator (B = the initial prompts) and one
-        descriptor per training partition the census found."""
-        state = super().census_state(arrays, sums, counts)
+        """The base state plus the generator (B = the initial prompts) and one descriptor
+        per training partition the prototype round found."""
+        state = super().prototype_state(arrays, sums, counts)
         keys = prompt_keys(state)
         if not keys:
             raise ValueError("pFedPG needs at least one (M, D) prompt array in the state")
         base = np.concatenate([state[k].numpy() for k in keys], axis=0)
-        params = gen.init_params(base, self.descriptor_dim, self._seed)
+        params = gen.init_params(base, self.descriptor_dim, self.seed)
         for name, value in params.arrays().items():
             state[PREFIX + name] = Array(value)
         for pid, entry in self.partitions.items():
@@ -117,17 +123,21 @@ class PFedPG(PromptFedAvg):
             self.node_partitions[int(entry["node-id"])] = pid  # type: ignore[arg-type]
             if descriptor_key(pid) not in state:
                 state[descriptor_key(pid)] = Array(
-                    gen.init_descriptor(self.descriptor_dim, self._seed, pid)
+                    gen.init_descriptor(self.descriptor_dim, self.seed, pid)
                 )
         if not self.descriptors(record_arrays(state)):
             raise RuntimeError(
-                f"{self.census_name}: no training node reported its {wire.PARTITION_ID!r}; "
+                f"prototype round: no training node reported its {wire.PARTITION_ID!r}; "
                 "pFedPG keeps one descriptor per partition and needs it to tell clients apart"
             )
         return state
 
-    def has_census(self, arrays: ArrayRecord) -> bool:
-        return super().has_census(arrays) and PREFIX + gen.PARAM_NAMES[0] in arrays
+    def has_prototypes(self, arrays: ArrayRecord) -> bool:
+        return super().has_prototypes(arrays) and PREFIX + gen.PARAM_NAMES[0] in arrays
+
+    def server_only(self, key: str) -> bool:
+        """The generator and descriptors (``pfedpg.*``) never leave the server."""
+        return super().server_only(key) or key.startswith(PREFIX)
 
     # ------------------------------------------------------------------ generator views
     @staticmethod
@@ -164,79 +174,56 @@ class PFedPG(PromptFedAvg):
         return out
 
     # ------------------------------------------------------------------ messages
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: list[int],
-        message_type: str,
-        server_round: int,
-    ) -> list[Message]:
-        """Per node: its generated prompt; evaluate messages add the mean head (for a node
-        that has none of its own yet). Train messages carry no head: the node keeps its own."""
-        config[wire.CFG_SERVER_ROUND] = server_round
-        config[wire.CFG_PROTO_VERSION] = self._proto_version
-        state = record_arrays(arrays)
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._sent = {}  # the prompts of this round's train messages
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def node_arrays(
+        self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
+    ) -> ArrayRecord:
+        """The prompt generated for this node; evaluate messages add the mean head (for a
+        node that has none of its own yet). Train messages carry no head: the node keeps
+        its own."""
+        if self._phase_state[0] is not arrays:
+            self._phase_state = (arrays, record_arrays(arrays))
+        state = self._phase_state[1]
+        pid, prompt = self.prompt_for(state, node_id)
+        record = ArrayRecord({k: Array(v) for k, v in self.split(state, prompt).items()})
         if message_type == MessageType.TRAIN:
-            self._sent = {}
-        messages = []
-        for node_id in node_ids:
-            pid, prompt = self.prompt_for(state, node_id)
-            record = ArrayRecord({k: Array(v) for k, v in self.split(state, prompt).items()})
-            if message_type == MessageType.TRAIN:
-                self._sent[node_id] = (pid, prompt)
-            else:
-                for key in HEAD_KEYS:
-                    record[key] = arrays[key]
-            content = RecordDict({wire.ARRAYS: record, wire.CONFIG: config})
-            messages.append(
-                Message(content=content, message_type=message_type, dst_node_id=node_id)
-            )
-        self._outgoing = messages
-        return messages
+            self._sent[node_id] = (pid, prompt)
+        else:
+            for key in HEAD_KEYS:
+                record[key] = arrays[key]
+        return record
 
     # ------------------------------------------------------------------ train
-    def _attribution(self, content: RecordDict, node: int) -> str | None:
+    def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
         """The reply must come from a node whose prompt was made from a descriptor, and
         must not name another partition than that descriptor's."""
         pid = self._sent.get(node, (-1, None))[0]
         if pid < 0:
             return (
-                f"node {node} has no descriptor (not a training partition in the census); "
-                "its prompt was the mean descriptor's, so its update is not used"
+                f"node {node} has no descriptor (not a training partition in the prototype "
+                "round); its prompt was the mean descriptor's, so its update is not used"
             )
-        reported = content[wire.METRICS].get(wire.PARTITION_ID, pid)
+        reported = metrics.get(wire.PARTITION_ID, pid)
         if reported != pid:
             return f"{wire.PARTITION_ID} = {reported!r}, but the prompt was made for {pid}"
         return None
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if self._global is None:
-            raise RuntimeError("aggregate_train called before configure_train")
+    def aggregate_valid(
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
+    ) -> ArrayRecord | None:
+        """One generator step from the valid replies' ΔP (None: the update is not finite);
+        the heads by n_k (their running sums); the state's prompt: the mean descriptor's."""
+        assert self._global is not None
         previous = record_arrays(self._global)
-        expected = {
-            k: v.shape
-            for k, v in previous.items()
-            if k not in wire.GLOBAL_ONLY_KEYS and not k.startswith(PREFIX)
-        }
-        num_classes = previous[wire.HEAD_WEIGHT].shape[0]
-        replies = list(replies)
-
-        def check(content: RecordDict, node: int) -> str | None:
-            return (
-                check_train_reply(content, expected, num_classes)
-                or check_known_counts(
-                    content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
-                )
-                or self._attribution(content, node)
-            )
-
-        valid, metrics = self._accepted_train(server_round, replies, check, "the generator")
-        if valid is None:
-            return self._global, metrics
-
         keys = prompt_keys(previous)
         deltas: dict[int, np.ndarray] = {}
         for msg in valid:
@@ -253,25 +240,18 @@ class PFedPG(PromptFedAvg):
                 "round %d: the generator update is not finite; the generator stays as it was",
                 server_round,
             )
-            self._remember(server_round, "train", metrics)
-            return self._global, metrics
+            return None
 
-        client_metrics = [msg.content[wire.METRICS] for msg in valid]
-        sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
         state = ArrayRecord({key: self._global[key] for key in self._global})
         for name, value in params.arrays().items():
             state[PREFIX + name] = Array(value)
         for pid, descriptor in descriptors.items():
             state[descriptor_key(pid)] = Array(descriptor)
         for key in HEAD_KEYS:
-            heads = [msg.content[wire.ARRAYS][key].numpy() for msg in valid]
-            state[key] = Array(weighted_mean(heads, sizes))
+            state[key] = Array(running[key].result())
         fallback = gen.forward(params, gen.mean_descriptor(descriptors))
         for key, value in self.split(previous, fallback).items():
             state[key] = Array(value)
-        losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
-        metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
-        metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         log(
             INFO,
             "round %d: generator updated from %d clients (partitions %s)",
@@ -279,8 +259,7 @@ class PFedPG(PromptFedAvg):
             len(deltas),
             sorted(deltas),
         )
-        self._remember(server_round, "train", metrics)
-        return state, metrics
+        return state
 
     # ------------------------------------------------------------------ evaluate
     def aggregate_evaluate(

@@ -9,7 +9,7 @@ rows. A train reply without valid group counts (shape, integers, non-negative, a
 to num-examples) is dropped whole, with a log line naming the node and the reason.
 
 The state also keeps ``group.count``: every group's selections so far (the sum of all
-accepted group counts, zeros after the census), sent with each message so that clients
+accepted group counts, zeros after the prototype round), sent with each message so that clients
 can balance the groups while training (``pep_fedpt.groups.select_groups``).
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from logging import INFO
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import group_weighted_mean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import check_group_counts
 
@@ -31,32 +32,14 @@ from strategies.validation import check_group_counts
 class SGPT(PromptFedAvg):
     """Shared and group prompt tuning: what is SGPT's own is the group rows' aggregation.
 
-    Parameters beyond FedAvg's
-    --------------------------
+    Parameters beyond ``PromptFedAvg``'s (which pass through ``**kwargs``)
+    ---------------------------------------------------------------------
     group_momentum : float in [0, 1) (default 0.5, SGPT's code)
         Weight of the previous global group prompts and keys in the new ones.
-    seed : int (default 0)
-        Seeds client sampling, so that a run can be repeated.
     """
 
-    def __init__(
-        self,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        group_momentum: float = 0.5,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            seed=seed,
-        )
+    def __init__(self, *, group_momentum: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if not (np.isfinite(group_momentum) and 0.0 <= group_momentum < 1.0):
             raise ValueError(f"group_momentum = {group_momentum!r} must be in [0, 1)")
         self.group_momentum = group_momentum
@@ -68,14 +51,14 @@ class SGPT(PromptFedAvg):
             INFO, "\t└──> Group prompts and keys: by group counts, momentum %s", self.group_momentum
         )
 
-    def census_state(
+    def prototype_state(
         self,
         arrays: ArrayRecord,
         sums: Sequence[np.ndarray | None],
         counts: Sequence[np.ndarray],
     ) -> ArrayRecord:
-        """The census state plus ``group.count``: no group selected yet."""
-        state = super().census_state(arrays, sums, counts)
+        """The prototype round's state plus ``group.count``: no group selected yet."""
+        state = super().prototype_state(arrays, sums, counts)
         num_groups = arrays[wire.GROUP_KEYS].shape[0]
         state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
         return state
@@ -96,7 +79,7 @@ class SGPT(PromptFedAvg):
             state[wire.GROUP_COUNT] = Array(before + np.sum(self._group_counts, axis=0))
         return state, metrics
 
-    def check_train_metrics(self, metrics: MetricRecord) -> str | None:
+    def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
         """Group counts: one non-negative integer per group, adding up to num-examples."""
         if self._global is None or wire.GROUP_KEYS not in self._global:
             return f"the global state has no {wire.GROUP_KEYS}: not an SGPT state"
@@ -108,17 +91,14 @@ class SGPT(PromptFedAvg):
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
         self._group_counts = [np.asarray(m[wire.GROUP_COUNTS], dtype=np.int64) for m in metrics]
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Group prompts and keys per group by n_{k,g}, with momentum; the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Group prompts and keys per group by n_{k,g}; the rest FedAvg by n_k."""
         if wire.is_grouped(key):
-            if len(self._group_counts) != len(values):
-                raise RuntimeError("merge of group rows without the replies' group counts")
-            return group_weighted_mean(values, self._group_counts, previous, self.group_momentum)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.GROUP_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Group rows: m · previous + (1 − m) · their group-weighted mean."""
+        if wire.is_grouped(key):
+            return running.result(self.group_momentum)
+        return super().merge_result(key, running)

@@ -32,8 +32,8 @@ Train reply: ``arrays`` (the trainable keys above) and ``metrics`` with ``num-ex
 each group with the trained keys).
 Prototype (QUERY) reply: ``proto`` with ``proto.sum`` (C, D) and ``proto.count`` (C,),
 or only ``proto.count`` when the query's config sets ``counts-only`` (the baselines'
-census), and ``metrics`` with ``num-examples`` and, optionally, ``partition-id`` and ``held-out``
-(1: this client never trains; its sums stay out of the prototypes).
+prototype round), and ``metrics`` with ``num-examples`` and, optionally, ``partition-id``
+and ``held-out`` (1: this client never trains; its sums stay out of the prototypes).
 Evaluate reply: ``metrics`` with ``num-examples``, ``correct`` and ``accuracy``, and
 optionally ``held-out`` (held-out clients are summarised apart) and, when the run carves a
 validation split from each training split (``data.val-fraction``), ``val-num-examples`` and

@@ -228,28 +228,19 @@ def test_accuracy_curves_and_plot(outcomes: list[Outcome], tmp_path: Path) -> No
     assert (tmp_path / "results.md").read_text() == report.markdown_table(outcomes, ["a", "b", "c"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
     """Two methods, one seed, 2 supernodes, 1 round of a random tiny ViT on digits through
     real `flwr run`s; invoked again, it runs nothing."""
-    import os
     import subprocess
     import sys
 
-    from test_simulation import BIN, ROOT, _stop_superlink, free_port
+    from helpers.flwr_run import ROOT, flwr_env, stop_superlink
 
     home = tmp_path / "flwr-home"
     out = tmp_path / "cmp"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        # A SuperLink of our own, never one that another run left behind.
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = flwr_env(home)
     overrides = (
         f"num-server-rounds=1 model.pretrained='random' model.depth=2 model.embed-dim=64 "
         f"model.num-heads=2 model.img-size=16 cache-dir='{tmp_path / 'features'}'"
@@ -288,7 +279,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         assert again.stdout.count("completed earlier, skipped") == 2
         assert (out / "results.md").read_text() == md
     finally:
-        _stop_superlink(home)
+        stop_superlink(home)
 
 
 def compare_superlinks(home: Path) -> list[str]:

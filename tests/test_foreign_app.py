@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from plugin_app import EXAMPLE, write_plugin_app
-from test_simulation import BIN, _stop_superlink, free_port
+from helpers.flwr_run import BIN, free_port, stop_superlink
+from helpers.plugin_app import EXAMPLE, write_plugin_app
 
 
 def test_the_example_is_a_flower_app_with_its_own_components() -> None:
@@ -25,7 +25,7 @@ def test_the_example_is_a_flower_app_with_its_own_components() -> None:
     assert "pep_fedpt" not in sources and "torch" not in sources
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_flwr_run_of_the_example_finishes_and_its_superlink_keeps_running(
     tmp_path: Path,
@@ -72,4 +72,4 @@ def test_flwr_run_of_the_example_finishes_and_its_superlink_keeps_running(
         )
         assert alive.stdout.split(), "the local SuperLink should still run after flwr run"
     finally:
-        _stop_superlink(home)
+        stop_superlink(home)

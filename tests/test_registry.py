@@ -52,6 +52,7 @@ def test_validating_a_method_name_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.integration  # builds a backbone and loads the data set per method
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_builds_its_strategy_client_and_server_through_the_registry(
     name: str, tiny_run_config: dict
@@ -81,6 +82,14 @@ def test_the_method_facts_are_data_on_each_registration() -> None:
     assert facts["pfedpg"] == (False, False, True, None)
     assert facts["pep-fedpt"] == (False, False, False, wire.PROTO)
     assert sum(any(f) for f in facts.values()) == 5  # the others are plain
+
+
+def test_a_method_s_own_config_check_runs_before_anything_is_built() -> None:
+    cfg = RunConfig.from_flat({"method": "pfedpg", "prompt.shared-length": 0})
+    with pytest.raises(ConfigError, match=r"'pfedpg' needs prompt.shared-length >= 1 \(got 0\)"):
+        method_for(cfg)
+    with pytest.raises(ConfigError, match=r"needs prompt.shared-length >= 1"):
+        client_for(cfg, 0, 3)
 
 
 def test_an_unknown_name_is_refused_with_the_accepted_ones() -> None:

@@ -171,7 +171,7 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path: Path) -> None:
     home, out = tmp_path / "flwr-home", tmp_path / "run"

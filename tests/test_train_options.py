@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL
-from inprocess import InProcessGrid
-from run_helpers import NODES, load_json, load_state, run_server
-from test_resume import CrashMidRound
+from helpers.inprocess import InProcessGrid
+from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from bench.prompt_drift import drift_from_files, summarize
 from client_app.app import app as client_app

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
-from inprocess import InProcessGrid, set_task_identity
-from plugin_app import write_plugin_app
+from helpers.inprocess import InProcessGrid, set_task_identity
+from helpers.plugin_app import write_plugin_app
 
 from pep_fedpt.config import ConfigError, RunConfig
 from strategies import PEPFedPT
@@ -139,7 +139,7 @@ def test_a_top_level_key_of_the_wrong_type_is_named_with_its_value(
 def test_the_server_app_gives_up_after_fed_wait_timeout(
     tiny_run_config: dict[str, bool | int | float | str], task_identity: None
 ) -> None:
-    from run_helpers import run_server
+    from helpers.run_helpers import run_server
 
     flat = {**tiny_run_config, "fed.wait-timeout": 1.0}
     one_node = {10: {"partition-id": 0, "num-partitions": 2}}

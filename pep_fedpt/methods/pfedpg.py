@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pep_fedpt.config import RunConfig
+from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
 from pep_fedpt.methods.common import PromptClient, initial_arrays
 from pep_fedpt.methods.registry import VPT_SHALLOW, Method, register
@@ -82,6 +82,14 @@ def _strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return {"generator_lr": cfg.fed.generator_lr, "descriptor_dim": cfg.prompt.descriptor_dim}
 
 
+def _check_config(cfg: RunConfig) -> None:
+    if cfg.prompt.shared_length < 1:
+        raise ConfigError(
+            f"method = 'pfedpg' needs prompt.shared-length >= 1 (got "
+            f"{cfg.prompt.shared_length}): its generator makes the VPT-shallow prompt"
+        )
+
+
 register(
     Method(
         name="pfedpg",
@@ -90,5 +98,6 @@ register(
         strategy_kwargs=_strategy_kwargs,
         layout=VPT_SHALLOW,  # the generated prompt is VPT-shallow, as in its paper
         personal=True,  # the node keeps its head (personal_arrays)
+        check_config=_check_config,
     )
 )

@@ -38,7 +38,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     """The prototype request: per-class sums of the features and per-class counts.
 
     Sums, not means, so that the server can pool them exactly: mu_c = sum_k s_kc / sum_k n_kc.
-    With ``config["counts-only"]`` (the baselines' census) only ``proto.count`` is needed.
+    With ``config["counts-only"]`` (the baselines' prototype round) only ``proto.count`` is needed.
     """
     assert msg.content["config"]["task"] == "prototypes"
     x, y = local_data(context)

@@ -1,0 +1,170 @@
+"""The strategy base's named override points: a method built from them alone runs through
+the real ``start`` loop, and the project's strategies override no private helper."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from helpers.inprocess import InProcessGrid, set_task_identity
+
+import strategies.base as base
+from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
+from strategies.aggregation import RunningMean
+
+HOOKS = (
+    "counts_only",
+    "has_prototypes",
+    "prototype_state",
+    "server_only",
+    "node_arrays",
+    "extra_content",
+    "check_train_metrics",
+    "merge_weight",
+    "prepare_merge",
+    "merge_result",
+    "aggregate_valid",
+    "checkpoint",
+    "restore",
+)
+
+toy = ClientApp()
+
+
+def _counts(context: Context) -> list[int]:
+    node = int(context.node_config["partition-id"]) + 1
+    return [5 * node, 5 * node]
+
+
+@toy.query()
+def _query(msg: Message, context: Context) -> Message:
+    counts = np.asarray(_counts(context), dtype=np.int64)
+    content = RecordDict(
+        {
+            wire.PROTO: ArrayRecord({wire.PROTO_COUNT: Array(counts)}),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(counts.sum())}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@toy.train()
+def _train(msg: Message, context: Context) -> Message:
+    """Every array + this node's tag (the method's extra record)."""
+    tag = int(msg.content["tag"]["node"].numpy()[0])
+    arrays = {k: v.numpy() + np.float32(tag) for k, v in msg.content[wire.ARRAYS].items()}
+    counts = _counts(context)
+    metrics = {wire.NUM_EXAMPLES: sum(counts), wire.CLASS_COUNTS: counts, wire.TRAIN_LOSS: 1.0}
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            wire.METRICS: MetricRecord(metrics),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@toy.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    context.state["seen"] = ConfigRecord({"arrays": wire.ARRAYS in msg.content})
+    metrics = {wire.NUM_EXAMPLES: 10, wire.CORRECT: 5, wire.ACCURACY: 0.5}
+    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+class Tagged(PromptFedAvg):
+    """A method of one's own, built from the named hooks only."""
+
+    def __init__(self, *, bonus: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.bonus = bonus
+
+    def node_arrays(
+        self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
+    ) -> ArrayRecord | None:
+        return None if message_type == MessageType.EVALUATE and node_id == 3 else trainable
+
+    def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
+        content["tag"] = ArrayRecord({"node": Array(np.array([node_id], dtype=np.int64))})
+
+    def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
+        return "node 2 is refused by the method" if node == 2 else None
+
+    def aggregate_valid(
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
+    ) -> ArrayRecord | None:
+        state = super().aggregate_valid(server_round, valid, metrics, running)
+        assert state is not None
+        state[wire.HEAD_BIAS] = Array(state[wire.HEAD_BIAS].numpy() + np.float32(self.bonus))
+        return state
+
+
+def test_a_method_built_from_the_hooks_alone_runs_through_start() -> None:
+    set_task_identity()
+    grid = InProcessGrid(toy, {n: {"partition-id": n - 1} for n in (1, 2, 3)}, {})
+    strategy = Tagged(bonus=0.5, min_train_nodes=2, min_evaluate_nodes=3, min_available_nodes=3)
+    initial = {
+        wire.SHARED_PROMPT: np.zeros((1, 3), np.float32),
+        wire.HEAD_WEIGHT: np.zeros((2, 3), np.float32),
+        wire.HEAD_BIAS: np.zeros(2, np.float32),
+    }
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+        num_rounds=1,
+        timeout=10.0,
+    )
+
+    # Node 2 was refused by check_train_metrics; nodes 1 (n=10) and 3 (n=30) merged by n_k:
+    # (10 * 1 + 30 * 3) / 40 = 2.5 on every trainable value, plus aggregate_valid's bonus.
+    assert [(node, why) for _, node, why in strategy.dropped] == [
+        (2, "node 2 is refused by the method")
+    ]
+    state = {k: v.numpy() for k, v in result.arrays.items()}
+    np.testing.assert_array_equal(state[wire.HEAD_BIAS], np.full(2, 3.0, np.float32))
+    np.testing.assert_array_equal(state[wire.HEAD_WEIGHT], np.full((2, 3), 2.5, np.float32))
+    np.testing.assert_array_equal(state[wire.PROTO_COUNT], [30, 30])  # server-only, kept
+    # node_arrays: node 3's evaluate message carried no arrays, the others theirs.
+    seen = {n: bool(grid.contexts[n].state["seen"]["arrays"]) for n in (1, 2, 3)}
+    assert seen == {1: True, 2: True, 3: False}
+
+
+def test_every_hook_is_documented_and_exists_on_the_base() -> None:
+    doc = inspect.getdoc(base) or ""
+    for hook in HOOKS:
+        assert f"``{hook}" in doc, hook
+        assert hasattr(PromptFedAvg, hook), hook
+
+
+def test_the_project_strategies_override_no_private_helper_of_the_base() -> None:
+    private = {
+        name
+        for name, _ in inspect.getmembers(PromptFedAvg, inspect.isfunction)
+        if name.startswith("_") and not name.startswith("__")
+    }
+    for cls in (PEPFedPT, SGPT, PFedPG, LocalOnly):
+        assert not private & set(vars(cls)), (cls.__name__, private & set(vars(cls)))
+    assert "aggregate_train" not in vars(PFedPG)  # its update is aggregate_valid
+
+
+def test_every_strategy_takes_its_own_arguments_by_keyword_and_the_base_s_as_kwargs() -> None:
+    for cls in (PEPFedPT, SGPT, PFedPG, LocalOnly):
+        params = inspect.signature(cls.__init__).parameters.values()
+        kinds = {p.kind for p in params if p.name != "self"}
+        assert kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}, cls
+        assert cls(seed=3, min_train_nodes=1).seed == 3  # type: ignore[call-arg]
