@@ -237,7 +237,8 @@ class PromptFedAvg(FedAvg):
     def census_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Ask every connected node for its class counts (and, unless ``counts_only``, its
         per-class feature sums); return the state with the census result."""
-        num_classes, dim = arrays[wire.HEAD_WEIGHT].shape
+        num_classes = self.num_classes(arrays)
+        dim = None if self.counts_only else int(arrays[wire.HEAD_WEIGHT].shape[1])
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
         config = ConfigRecord(
             {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
@@ -258,11 +259,10 @@ class PromptFedAvg(FedAvg):
         sums, counts = [], []
         held_out: set[int] = set()
         partitions: dict[int, dict[str, int | bool | list[int]]] = {}
-        expected_dim = None if self.counts_only else dim
         for msg in self._accepted(
             self._exchange(grid, messages, server_round, "query"),
             server_round,
-            lambda content, _: check_prototype_reply(content, num_classes, expected_dim),
+            lambda content, _: check_prototype_reply(content, num_classes, dim),
         ):
             node = self._sender(msg)
             proto = record_arrays(msg.content[wire.PROTO])
@@ -312,6 +312,11 @@ class PromptFedAvg(FedAvg):
         )
         self._proto_version += 1
         return state
+
+    def num_classes(self, arrays: ArrayRecord) -> int:
+        """C, the length of every reply's class counts: the head's rows (a method without
+        a classification head overrides this)."""
+        return int(arrays[wire.HEAD_WEIGHT].shape[0])
 
     def census_state(
         self,
@@ -364,7 +369,7 @@ class PromptFedAvg(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
         expected = {k: v.shape for k, v in previous.items() if k not in wire.GLOBAL_ONLY_KEYS}
-        num_classes = previous[wire.HEAD_WEIGHT].shape[0]
+        num_classes = self.num_classes(self._global)
         replies = list(replies)
 
         def check(content: RecordDict, node: int) -> str | None:
