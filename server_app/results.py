@@ -34,6 +34,14 @@ SUMMARY_COLUMNS = (
     ("evaluate/held-out-accuracy", "held-out acc"),
     ("server/accuracy", "server acc"),
 )
+# FedMVP's base->new columns: shown only when a run logs them, so that every other
+# method's summary stays as it was.
+BASE_NEW_COLUMNS = (
+    ("server/local-accuracy", "local acc"),
+    ("server/base-accuracy", "base acc"),
+    ("server/new-accuracy", "new acc"),
+    ("server/hm", "HM"),
+)
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -139,12 +147,16 @@ class RunRecorder:
         return out.getvalue()
 
     def summary_table(self) -> str:
-        """A Markdown table of the headline metrics, one line per round."""
-        header = "| " + " | ".join(title for _, title in SUMMARY_COLUMNS) + " |"
-        lines = [header, "|" + "---|" * len(SUMMARY_COLUMNS)]
+        """A Markdown table of the headline metrics, one line per round (and FedMVP's
+        Local / Base / New / HM where the rows hold them)."""
+        columns = SUMMARY_COLUMNS
+        if any(key in row for row in self.rows for key, _ in BASE_NEW_COLUMNS):
+            columns = SUMMARY_COLUMNS + BASE_NEW_COLUMNS
+        header = "| " + " | ".join(title for _, title in columns) + " |"
+        lines = [header, "|" + "---|" * len(columns)]
         for row in self.rows:
             cells = []
-            for key, _ in SUMMARY_COLUMNS:
+            for key, _ in columns:
                 value = row.get(key)
                 if key == "round":
                     cells.append(str(int(row["round"])))

@@ -1,0 +1,301 @@
+"""FedMVP's client routine and its server-side pieces (initial state, central Base/New
+evaluation) over the base->new protocol (``pep_fedpt.data.base_new``).
+
+The model is not a PromptedViT: a frozen open_clip CLIP with a trained PromptFormer
+(``pep_fedpt.fedmvp``). Each client holds ``fedmvp.shots`` examples of each of its
+disjoint base classes; it trains and evaluates with a text bank of its own classes only
+(Local). The server evaluates the global state on all base classes with the base bank
+(Base) and on all new classes with the new bank (New), so new classes need only their
+attribute phrases. The adapter switch comes from the server in every message's config
+(``adapters-on``) and goes back in the train metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.data import ImageSpec, LabeledDataset, load_central_data
+from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, split_base_new
+from pep_fedpt.data.client_data import client_pool
+from pep_fedpt.data.partition import class_counts, held_out_partitions
+from pep_fedpt.engine import pick_device
+from pep_fedpt.feature_cache import default_cache_dir
+from strategies import wire
+
+_LOG = logging.getLogger(__name__)
+
+# The project's own attribute phrases (conf/attributes/<dataset>.json, written for this
+# project), used when fedmvp.attributes-dir is empty: they ship in the app (fab-include).
+BUNDLED_ATTRIBUTES = Path(__file__).resolve().parents[2] / "conf" / "attributes"
+
+
+def attributes_dir(cfg: RunConfig) -> str:
+    """``fedmvp.attributes-dir``, or the bundled folder when that is empty and holds the
+    data set's file ("" otherwise: load_attributes then says what is missing)."""
+    if cfg.fedmvp.attributes_dir:
+        return cfg.fedmvp.attributes_dir
+    if (BUNDLED_ATTRIBUTES / f"{cfg.data.dataset}.json").is_file():
+        return str(BUNDLED_ATTRIBUTES)
+    return ""
+
+
+class ClassSubset(Dataset):
+    """Examples of some classes, labelled by their position in ``classes`` (the bank's
+    order), as the FedMVP model's text bank indexes them."""
+
+    def __init__(self, dataset: LabeledDataset, indices: np.ndarray, classes: tuple[int, ...]):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.classes = tuple(classes)
+        position = {c: i for i, c in enumerate(self.classes)}
+        labels = np.asarray(dataset.targets)[self.indices]
+        if not set(labels.tolist()) <= set(position):
+            raise ValueError(f"examples outside the classes {list(self.classes)}")
+        self.targets = np.array([position[int(c)] for c in labels], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, _ = self.dataset[int(self.indices[index])]
+        return image, int(self.targets[index])
+
+
+@dataclass
+class FedMVPClientData:
+    """One client's few-shot train set and Local test set, both over its own classes."""
+
+    partition_id: int
+    classes: tuple[int, ...]  # data set labels, in the bank's order
+    train: ClassSubset
+    test: ClassSubset
+    num_classes: int  # of the data set (the length of the census counts)
+    train_counts: np.ndarray  # (num_classes,) shots per class, 0 outside its classes
+    held_out: bool = False
+
+
+@functools.lru_cache(maxsize=4)
+def _protocol(
+    cfg: RunConfig, spec: ImageSpec, num_partitions: int
+) -> tuple[BaseNewSplit, LabeledDataset, LabeledDataset, list[str]]:
+    """The run's base->new split, the data sets its indices refer to, and class names."""
+    if cfg.fedmvp.protocol != "base-new":
+        raise ConfigError(
+            f"fedmvp.protocol = {cfg.fedmvp.protocol!r} is not built yet; use 'base-new'"
+        )
+    pool_data, pool = client_pool(cfg.data, spec)
+    central = load_central_data(cfg.data, spec)
+    test_data = central.test.dataset
+    test_idx = np.asarray(central.test.indices, dtype=np.int64)
+    split = base_new_split(
+        pool,
+        np.asarray(pool_data.targets),
+        test_idx,
+        np.asarray(test_data.targets),
+        central.num_classes,
+        num_partitions,
+        cfg.fedmvp.classes_per_client,
+        cfg.fedmvp.shots,
+        cfg.seed,
+    )
+    return split, pool_data, test_data, central.classes
+
+
+def client_data(
+    cfg: RunConfig, spec: ImageSpec, partition_id: int, num_partitions: int
+) -> FedMVPClientData:
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
+    split, pool_data, test_data, classes = _protocol(cfg, spec, num_partitions)
+    own = split.client_classes[partition_id]
+    train = ClassSubset(pool_data, split.client_train[partition_id], own)
+    counts = class_counts(np.asarray(pool_data.targets)[train.indices], len(classes))
+    held = held_out_partitions(num_partitions, cfg.data.held_out_fraction, cfg.seed)
+    return FedMVPClientData(
+        partition_id=partition_id,
+        classes=own,
+        train=train,
+        test=ClassSubset(test_data, split.client_test[partition_id], own),
+        num_classes=len(classes),
+        train_counts=counts.astype(np.int64),
+        held_out=partition_id in held,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
+    """The frozen CLIP of a run, once per process (a simulation worker serves many)."""
+    from pep_fedpt.fedmvp import build_clip
+
+    return build_clip(cfg.fedmvp, cfg.seed, device)
+
+
+def text_bank(cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path):  # -> TextBank
+    """The frozen text features of the sentences of ``classnames`` (disk-cached)."""
+    from pep_fedpt.fedmvp import build_text_bank, load_attributes
+
+    attributes = load_attributes(
+        attributes_dir(cfg), cfg.data.dataset, classnames, cfg.fedmvp.plain_template
+    )
+    return build_text_bank(bundle, classnames, attributes, cfg.fedmvp, cache_dir)
+
+
+def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] | None = None):
+    """A FedMVPModel on the bundle's device, with ``arrays`` loaded when given."""
+    from pep_fedpt.fedmvp import FedMVPModel
+
+    model = FedMVPModel(bundle, cfg.fedmvp).to(bundle.device)
+    if arrays is not None:
+        model.load_trainable_arrays(
+            {k: v for k, v in arrays.items() if k.startswith(wire.FEDMVP_PREFIX)}
+        )
+    return model
+
+
+def fedmvp_initial_arrays(cfg: RunConfig, bundle) -> dict[str, np.ndarray]:
+    """The seeded initial PromptFormer and adapters (the same in every process)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_fedmvp_model(cfg, bundle).trainable_arrays()
+
+
+class FedMVPClient:
+    """One partition's FedMVP routines: the frozen CLIP, its few-shot data, its class bank.
+
+    The interface of the other methods' clients (``data``, ``class_counts`` for the census,
+    ``train`` / ``evaluate``), with the adapter switch as an argument: it travels in the
+    messages' config, not in the arrays.
+    """
+
+    uses_prototypes = False
+    uses_group_counts = False
+    personal = False
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        partition_id: int,
+        num_partitions: int,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = pick_device()
+        self.bundle = cached_clip(cfg, str(self.device))
+        self.data = client_data(cfg, self.bundle.spec, partition_id, num_partitions)
+        self.num_partitions = num_partitions
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._bank = None
+
+    def class_counts(self) -> np.ndarray:
+        """Shots per class of the data set (0 outside this client's classes): the census."""
+        return self.data.train_counts
+
+    def bank(self):  # -> TextBank
+        """The text bank of this client's own classes, built once per process."""
+        if self._bank is None:
+            names = _protocol(self.cfg, self.bundle.spec, self.num_partitions)[3]
+            classnames = [names[c] for c in self.data.classes]
+            self._bank = text_bank(self.cfg, self.bundle, classnames, self.cache_dir)
+        return self._bank
+
+    def train(
+        self, arrays: Mapping[str, np.ndarray], adapters_on: bool, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
+        """Local training from the global ``arrays``: trained arrays and the train metrics
+        (with ``partition-id`` and the switch after training, ``adapters-on``)."""
+        from pep_fedpt.fedmvp import train_local
+
+        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
+        result = train_local(
+            model,
+            self.data.train,
+            self.bank(),
+            self.cfg,
+            self.device,
+            self.train_seed(server_round),
+            adapters_on,
+        )
+        metrics: dict[str, float | int | list[int]] = {
+            wire.NUM_EXAMPLES: int(result.num_examples),
+            wire.CLASS_COUNTS: [int(n) for n in self.data.train_counts],
+            wire.TRAIN_LOSS: float(result.loss),
+            "train-accuracy": float(result.accuracy),
+            wire.PARTITION_ID: self.data.partition_id,
+            wire.ADAPTERS_ON: int(bool(result.adapters_on)),
+        }
+        return model.trainable_arrays(), metrics
+
+    def evaluate(
+        self, arrays: Mapping[str, np.ndarray], adapters_on: bool
+    ) -> dict[str, float | int]:
+        """Local accuracy: this client's test examples of its own classes, its own bank,
+        with its adapters exactly when its switch is on."""
+        from pep_fedpt.fedmvp import evaluate_local
+
+        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
+        model.adapters_on = bool(adapters_on)
+        correct, total, loss = evaluate_local(model, self.data.test, self.bank(), self.device)
+        return {
+            wire.NUM_EXAMPLES: int(total),
+            wire.CORRECT: int(correct),
+            wire.ACCURACY: correct / total if total else 0.0,
+            "loss": float(loss),
+            wire.PARTITION_ID: self.data.partition_id,
+            wire.HELD_OUT: int(self.data.held_out),
+        }
+
+    def train_seed(self, server_round: int) -> int:
+        """Shuffling seed of one local training: fixed by run seed, round and partition."""
+        return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
+
+
+class CentralBaseNew:
+    """The server's Base and New evaluation of the global state (central test split)."""
+
+    def __init__(self, cfg: RunConfig, cache_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        device = pick_device()
+        self.bundle = cached_clip(cfg, str(device))
+        central = load_central_data(cfg.data, self.bundle.spec)
+        self.classes = central.classes
+        self.num_classes = central.num_classes
+        base, new = split_base_new(central.num_classes)
+        test_data = central.test.dataset
+        test_idx = np.asarray(central.test.indices, dtype=np.int64)
+        targets = np.asarray(test_data.targets)
+        self.sets = {
+            name: ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            for name, group in (("base", base), ("new", new))
+        }
+        cache = cache_dir or default_cache_dir()
+        self.banks = {
+            name: text_bank(cfg, self.bundle, [self.classes[c] for c in group], cache)
+            for name, group in (("base", base), ("new", new))
+        }
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        return fedmvp_initial_arrays(self.cfg, self.bundle)
+
+    def evaluate(self, arrays: Mapping[str, np.ndarray], adapters_on: bool) -> dict[str, float]:
+        """``base-accuracy``, ``new-accuracy`` (and their losses) of the global state."""
+        from pep_fedpt.fedmvp import evaluate_local
+
+        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
+        model.adapters_on = bool(adapters_on)
+        out: dict[str, float] = {}
+        for name, dataset in self.sets.items():
+            correct, total, loss = evaluate_local(
+                model, dataset, self.banks[name], self.bundle.device
+            )
+            out[f"{name}-accuracy"] = correct / total if total else 0.0
+            out[f"{name}-loss"] = float(loss)
+        return out
