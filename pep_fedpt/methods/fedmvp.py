@@ -39,12 +39,21 @@ _LOG = logging.getLogger(__name__)
 BUNDLED_ATTRIBUTES = Path(__file__).resolve().parents[2] / "conf" / "attributes"
 
 
+# Loaders of one data set under another name read the same attribute file.
+ATTRIBUTE_FILE_NAMES = {"cifar10-folder": "cifar10"}
+
+
+def attribute_set(cfg: RunConfig) -> str:
+    """The name of the data set's attribute file, ``<name>.json``."""
+    return ATTRIBUTE_FILE_NAMES.get(cfg.data.dataset, cfg.data.dataset)
+
+
 def attributes_dir(cfg: RunConfig) -> str:
     """``fedmvp.attributes-dir``, or the bundled folder when that is empty and holds the
     data set's file ("" otherwise: load_attributes then says what is missing)."""
     if cfg.fedmvp.attributes_dir:
         return cfg.fedmvp.attributes_dir
-    if (BUNDLED_ATTRIBUTES / f"{cfg.data.dataset}.json").is_file():
+    if (BUNDLED_ATTRIBUTES / f"{attribute_set(cfg)}.json").is_file():
         return str(BUNDLED_ATTRIBUTES)
     return ""
 
@@ -145,7 +154,7 @@ def text_bank(cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path):  
     from pep_fedpt.fedmvp import build_text_bank, load_attributes
 
     attributes = load_attributes(
-        attributes_dir(cfg), cfg.data.dataset, classnames, cfg.fedmvp.plain_template
+        attributes_dir(cfg), attribute_set(cfg), classnames, cfg.fedmvp.plain_template
     )
     return build_text_bank(bundle, classnames, attributes, cfg.fedmvp, cache_dir)
 
