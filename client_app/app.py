@@ -139,12 +139,9 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in record.items()}
 
 
-def _global_extra(msg: Message, context: Context, client: PromptClient) -> np.ndarray | bool | None:
+def _global_extra(msg: Message, context: Context, client: PromptClient) -> np.ndarray | None:
     """What beyond the arrays the method needs from the server: PEP-FedPT's prototypes,
-    SGPT's group selections so far (``group.count``, in every message), FedMVP's adapter
-    switch for this node's partition (``adapters-on`` in the config)."""
-    if getattr(client, "uses_adapter_switch", False):
-        return bool(msg.content[wire.CONFIG].get(wire.ADAPTERS_ON, 0))
+    SGPT's group selections so far (``group.count``, in every message)."""
     if client.uses_prototypes:
         return _prototypes(msg, context)
     if client.uses_group_counts:

@@ -27,7 +27,6 @@ METHODS = (
     "local",
     "sgpt",
     "pfedpg",
-    "fedmvp",
 )
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")

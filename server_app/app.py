@@ -10,7 +10,6 @@ its checkpoint at the next round, as if it had never stopped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from logging import INFO
 from pathlib import Path
 
@@ -32,21 +31,17 @@ from pep_fedpt.engine import (
     pick_device,
     unit_weights,
 )
-from pep_fedpt.feature_cache import resolve_cache_dir
 from pep_fedpt.methods import build_model, image_spec, initial_arrays
 from pep_fedpt.methods.baselines import PRIOR_CORRECTED_METHODS
-from pep_fedpt.methods.fedmvp import CentralBaseNew
 from pep_fedpt.methods.pep_fedpt import ccmp_weights_fn
 from pep_fedpt.methods.sgpt import group_weights_fn
 from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays
-from server_app.base_new import base_new_row
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
-from strategies import SGPT, FedMVP, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
+from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
 
 app = ServerApp()
-FEDMVP = "fedmvp"
 
 # The server side of every method: FedAvg-style baselines differ only on the client.
 STRATEGIES: dict[str, type[PromptFedAvg]] = {
@@ -59,13 +54,10 @@ STRATEGIES: dict[str, type[PromptFedAvg]] = {
     "local": LocalOnly,
     "sgpt": SGPT,
     "pfedpg": PFedPG,
-    "fedmvp": FedMVP,
 }
 
 
-def build_strategy(cfg: RunConfig, num_classes: int | None = None) -> PromptFedAvg:
-    """The strategy of ``cfg.method``; ``num_classes``: the data set's (FedMVP, which
-    has no classification head to read it from)."""
+def build_strategy(cfg: RunConfig) -> PromptFedAvg:
     fed = cfg.fed
     common = {
         "fraction_train": fed.fraction_train,
@@ -87,10 +79,6 @@ def build_strategy(cfg: RunConfig, num_classes: int | None = None) -> PromptFedA
         return PFedPG(
             generator_lr=fed.generator_lr, descriptor_dim=cfg.prompt.descriptor_dim, **common
         )
-    if cfg.method == FEDMVP:
-        if num_classes is None:
-            raise ValueError("FedMVP's strategy needs the data set's num_classes")
-        return FedMVP(num_classes=num_classes, aggregation=cfg.fedmvp.aggregation, **common)
     return STRATEGIES[cfg.method](**common)
 
 
@@ -109,31 +97,33 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
     return checkpoint
 
 
-EvaluateState = Callable[
-    [int, dict[str, np.ndarray], PromptFedAvg], tuple[MetricRecord, dict[str, float]]
-]
-Setup = tuple[PromptFedAvg, EvaluateState, Callable[[], dict[str, np.ndarray]], list[str]]
-
-
-def _prompted_vit_setup(cfg: RunConfig) -> Setup:
-    """PEP-FedPT and the baselines: a prompted timm ViT, central test with the global prior."""
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flat(context.run_config)
+    resume = load_resume_point(cfg)
+    if resume is not None and not cfg.output_dir:
+        out = Path(cfg.resume_from)  # continue in the run's own folder
+    else:
+        out = resolve_output_dir(cfg, context.run_id)
     device = pick_device()
     backbone = cached_backbone(cfg.model, cfg.seed, str(device), cfg.data)
     central = load_central_data(cfg.data, image_spec(backbone))
     model = build_model(backbone, cfg, central.num_classes).to(device)
     features = FeatureCache()
     strategy = build_strategy(cfg)
+    recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
+    log(INFO, "pep-fedpt: results go to %s", out)
+    recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
 
-    def evaluate_state(
-        server_round: int, state: dict[str, np.ndarray], strategy: PromptFedAvg
-    ) -> tuple[MetricRecord, dict[str, float]]:
-        """Central test split, global prior π(c) ∝ Σ_k n_{k,c}.
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Central test split, global prior π(c) ∝ Σ_k n_{k,c}; then record the round.
 
         PEP-FedPT mixes its class prompts with CCMP weights under the global prior; SGPT
         takes each sample's group by key matching; the other baselines have one prompt set
         (weights of one), and the prior-corrected one adds the global log prior to the
         logits.
         """
+        state = {key: array.numpy() for key, array in arrays.items()}
         load_trainable_arrays(model, state)
         prior = smoothed_prior(torch.as_tensor(state[wire.PROTO_COUNT]), cfg.prompt.prior_smoothing)
         log_prior = prior.log().to(device)
@@ -154,60 +144,16 @@ def _prompted_vit_setup(cfg: RunConfig) -> Setup:
         shift = log_prior if cfg.method in PRIOR_CORRECTED_METHODS else None
         result = evaluate(model, central.test, z, weights_fn, device, log_prior=shift)
         metrics = MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
-        return metrics, {f"server/{k}": float(v) for k, v in metrics.items()}
-
-    def initial() -> dict[str, np.ndarray]:
-        return initial_arrays(cfg, backbone, central.num_classes)
-
-    return strategy, evaluate_state, initial, central.classes
-
-
-def _fedmvp_setup(cfg: RunConfig) -> Setup:
-    """FedMVP: a frozen CLIP with a PromptFormer; Base and New accuracies on the central
-    test split (each with the bank of its own classes), Local from the clients, and HM."""
-    central = CentralBaseNew(cfg, resolve_cache_dir(cfg.cache_dir))
-    strategy = build_strategy(cfg, num_classes=central.num_classes)
-
-    def evaluate_state(
-        server_round: int, state: dict[str, np.ndarray], strategy: PromptFedAvg
-    ) -> tuple[MetricRecord, dict[str, float]]:
-        adapters_on = isinstance(strategy, FedMVP) and strategy.any_adapters_on
-        results = central.evaluate(state, adapters_on)
-        row = base_new_row(results, strategy.round_metrics.get(server_round, {}))
-        return MetricRecord({k.removeprefix("server/"): v for k, v in row.items()}), row
-
-    return strategy, evaluate_state, central.initial_arrays, central.classes
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flat(context.run_config)
-    resume = load_resume_point(cfg)
-    if resume is not None and not cfg.output_dir:
-        out = Path(cfg.resume_from)  # continue in the run's own folder
-    else:
-        out = resolve_output_dir(cfg, context.run_id)
-    if cfg.method == FEDMVP:
-        strategy, evaluate_state, initial, classes = _fedmvp_setup(cfg)
-    else:
-        strategy, evaluate_state, initial, classes = _prompted_vit_setup(cfg)
-    recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
-    log(INFO, "pep-fedpt: results go to %s", out)
-    recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
-
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """The method's central evaluation of the global state; then record the round."""
-        state = {key: array.numpy() for key, array in arrays.items()}
-        metrics, row = evaluate_state(server_round, state, strategy)
+        row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
         recorder.record_round(server_round, row, state, strategy.dropped, strategy.checkpoint())
         if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
-            recorder.record_partition(strategy.partitions, classes)
+            recorder.record_partition(strategy.partitions, central.classes)
             recorded_partitions[0] = strategy.partitions
         return metrics
 
     if resume is None:
-        start: dict[str, np.ndarray] = initial()
+        start: dict[str, np.ndarray] = initial_arrays(cfg, backbone, central.num_classes)
     else:
         start = resume.arrays
         strategy.restore(resume.strategy)

@@ -22,7 +22,7 @@ from pep_fedpt.state import trainable_arrays
 from server_app.app import STRATEGIES
 from strategies import LocalOnly, PromptFedAvg, wire
 
-BASELINES = [m for m in METHODS if m not in ("pep-fedpt", "fedmvp")]  # FedMVP: test_fedmvp_*
+BASELINES = [m for m in METHODS if m != "pep-fedpt"]
 # The tiny ViT has 3 blocks; prompt.ccmp-blocks = "2-L" puts a deep prompt in blocks 2, 3.
 DEEP = {wire.deep_prompt_key(1), wire.deep_prompt_key(2)}
 HEAD = {wire.HEAD_WEIGHT, wire.HEAD_BIAS}
@@ -41,7 +41,7 @@ TRAINABLE = {
 
 
 def test_every_method_has_a_client_and_a_strategy() -> None:
-    assert set(CLIENTS) == set(METHODS) == set(STRATEGIES) == {"pep-fedpt", "fedmvp", *TRAINABLE}
+    assert set(CLIENTS) == set(METHODS) == set(STRATEGIES) == {"pep-fedpt", *TRAINABLE}
     assert STRATEGIES["local"] is LocalOnly
     assert issubclass(STRATEGIES["pep-fedpt"], PromptFedAvg)
 

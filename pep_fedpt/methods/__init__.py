@@ -12,7 +12,6 @@ from pathlib import Path
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.baselines import BaselineClient
 from pep_fedpt.methods.common import PromptClient, build_model, image_spec, initial_arrays
-from pep_fedpt.methods.fedmvp import FedMVPClient
 from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
 from pep_fedpt.methods.pfedpg import PFedPGClient
 from pep_fedpt.methods.sgpt import SGPTClient
@@ -27,7 +26,6 @@ CLIENTS: dict[str, type[PromptClient]] = {
     "local": BaselineClient,
     "sgpt": SGPTClient,
     "pfedpg": PFedPGClient,
-    "fedmvp": FedMVPClient,  # type: ignore[dict-item]  # a CLIP client, not a PromptClient
 }
 
 
@@ -42,7 +40,6 @@ def client_for(
 __all__ = [
     "CLIENTS",
     "BaselineClient",
-    "FedMVPClient",
     "PEPFedPTClient",
     "PFedPGClient",
     "PromptClient",
