@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] 
     """A FedMVPModel on the bundle's device, with ``arrays`` loaded when given."""
     from pep_fedpt.fedmvp import FedMVPModel
 
-    model = FedMVPModel(bundle, cfg.fedmvp).to(bundle.device)
+    model = FedMVPModel(bundle, cfg.fedmvp, seed=cfg.seed).to(bundle.device)
     if arrays is not None:
         model.load_trainable_arrays(
             {k: v for k, v in arrays.items() if k.startswith(wire.FEDMVP_PREFIX)}
@@ -172,9 +173,15 @@ def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] 
 
 def fedmvp_initial_arrays(cfg: RunConfig, bundle) -> dict[str, np.ndarray]:
     """The seeded initial PromptFormer and adapters (the same in every process)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return build_fedmvp_model(cfg, bundle).trainable_arrays()
+    return build_fedmvp_model(cfg, bundle).trainable_arrays()
+
+
+def cosine_lr(base: float, server_round: int, num_rounds: int) -> float:
+    """The design's cosine schedule over rounds: ``base`` in round 1, decaying towards 0
+    by the last round, lr_t = base * (1 + cos(pi (t - 1) / T)) / 2. Computed on the client
+    from the round number, so a resumed run continues the same schedule."""
+    t = min(max(server_round, 1), num_rounds)
+    return base * 0.5 * (1.0 + math.cos(math.pi * (t - 1) / num_rounds))
 
 
 class FedMVPClient:
@@ -187,6 +194,7 @@ class FedMVPClient:
 
     uses_prototypes = False
     uses_group_counts = False
+    uses_adapter_switch = True  # the ClientApp passes the config's adapters-on
     personal = False
 
     def __init__(
@@ -232,6 +240,7 @@ class FedMVPClient:
             self.device,
             self.train_seed(server_round),
             adapters_on,
+            lr=cosine_lr(self.cfg.train.lr, server_round, self.cfg.fed.num_rounds),
         )
         metrics: dict[str, float | int | list[int]] = {
             wire.NUM_EXAMPLES: int(result.num_examples),
