@@ -63,8 +63,9 @@ def child(partition_id: int, num_partitions: int, cache_dir: str, checkpoint: st
     from pep_fedpt.data import load_client_data
     from pep_fedpt.engine import compute_query_features, pick_device, train_epochs
     from pep_fedpt.feature_cache import FeatureStore
-    from pep_fedpt.methods.pep_fedpt import build_model, ccmp_weights_fn, image_spec
-    from pep_fedpt.models import backbone_fingerprint, create_backbone
+    from pep_fedpt.methods.common import build_model
+    from pep_fedpt.methods.pep_fedpt import ccmp_weights_fn
+    from pep_fedpt.models import backbone_fingerprint, create_backbone, image_spec
 
     stage("imports")
     cfg = bench_config()

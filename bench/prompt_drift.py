@@ -16,8 +16,8 @@ import numpy as np
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data import load_central_data
-from pep_fedpt.methods import image_spec, initial_arrays
-from pep_fedpt.models import create_backbone
+from pep_fedpt.methods import initial_arrays
+from pep_fedpt.models import create_backbone, image_spec
 
 
 def drift(run_dir: Path) -> dict[str, tuple[float, float]]:

@@ -1,10 +1,11 @@
 """ClientApp for PEP-FedPT and the baselines (Message API).
 
-``cfg.method`` picks the client routine (``pep_fedpt.methods.CLIENTS``); the handlers
-below are the same for every method.
+``cfg.method``'s registration (``pep_fedpt.methods.registry``) gives the client routine
+and what its messages carry beyond the arrays; the handlers below are the same for every
+method and name none.
 
 ``@app.query``    prototype round: per-class feature sums and counts (only the counts when
-                  the query sets ``counts-only``: the baselines' census).
+                  the query sets ``counts-only``, as for the baselines).
 ``@app.train``    E local epochs on this node's partition; returns prompts, head, counts.
 ``@app.evaluate`` accuracy on this node's local test split with its own prior.
 
@@ -14,12 +15,13 @@ replies and refuses to train.
 The node learns its partition from ``node_config`` (``partition-id``, ``num-partitions``,
 and optionally ``data-dir``, which overrides the run config's ``data.data-dir``, and
 ``cache-dir``, the node-local z(x) cache folder, which overrides the run config's);
-the global prototypes arrive once per version and are kept in ``context.state``; SGPT's
-group selections so far (``group.count``) come with every message.
-A ``local`` (local-only) node keeps its own trained prompts and head in ``context.state``
-too: it trains and evaluates them, never the global state, once it has trained. A
-``pfedpg`` node keeps only its head there: the prompt is the one the server generated for
-it (``PromptClient.personal_arrays`` says which arrays a node keeps).
+a method's ``kept_record`` (PEP-FedPT's global prototypes) arrives once per prototype
+version and is kept in ``context.state``; its ``extra`` reads what the client gets besides
+the arrays (PEP-FedPT: the prototypes; SGPT: ``group.count``, in every message).
+A ``personal`` method's node (local-only) keeps its own trained prompts and head in
+``context.state`` too: it trains and evaluates them, never the global state, once it has
+trained. A ``pfedpg`` node keeps only its head there: the prompt is the one the server
+generated for it (the client's ``personal_arrays`` says which arrays a node keeps).
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ from flwr.clientapp import ClientApp
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.feature_cache import resolve_cache_dir
-from pep_fedpt.methods import PromptClient, client_for
+from pep_fedpt.methods.registry import Method, MethodClient, Received, client_for, get_method
 from strategies import wire
 
 app = ClientApp()
 
-_STATE_PROTO = "pep-fedpt.proto"
-_STATE_PROTO_VERSION = "pep-fedpt.proto-version"
+_STATE_KEPT = "pep-fedpt.{record}"  # a method's kept_record (pep-fedpt.proto)
+_STATE_KEPT_VERSION = "pep-fedpt.{record}-version"
 _STATE_PERSONAL = "pep-fedpt.personal"  # a local-only node's own trained state
 _STATE_PERSONAL_BEFORE = "pep-fedpt.personal-before"  # ... as its latest round began
 _STATE_PERSONAL_ROUND = "pep-fedpt.personal-round"
 
 
-def _client(context: Context) -> PromptClient:
+def _client(context: Context) -> tuple[Method, MethodClient]:
     node = context.node_config
     missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
@@ -59,29 +61,31 @@ def _client(context: Context) -> PromptClient:
         data = dataclasses.replace(cfg.data, data_dir=str(node["data-dir"]))
         cfg = dataclasses.replace(cfg, data=data)
     cache_dir = resolve_cache_dir(cfg.cache_dir, node.get("cache-dir"))
-    return client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
+    client = client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
+    return get_method(cfg.method), client
 
 
-def _prototypes(msg: Message, context: Context) -> np.ndarray:
-    """The global μ: from this message if it carries them, else from the node's state."""
+def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
+    """A kept record (the global prototypes): from this message if it carries it, else
+    from the node's state; refused if the node's is not the server's version."""
     config = msg.content[wire.CONFIG]
     version = int(config.get(wire.CFG_PROTO_VERSION, 0))
-    if wire.PROTO in msg.content:
-        context.state[_STATE_PROTO] = ArrayRecord(
-            {wire.PROTO_MEAN: msg.content[wire.PROTO][wire.PROTO_MEAN]}
-        )
-        context.state[_STATE_PROTO_VERSION] = ConfigRecord({"version": version})
-    stored = context.state.get(_STATE_PROTO_VERSION)
+    state_key = _STATE_KEPT.format(record=record)
+    version_key = _STATE_KEPT_VERSION.format(record=record)
+    if record in msg.content:
+        context.state[state_key] = msg.content[record]
+        context.state[version_key] = ConfigRecord({"version": version})
+    stored = context.state.get(version_key)
     if stored is None or int(stored["version"]) != version:
         have = None if stored is None else int(stored["version"])
         raise RuntimeError(f"this node holds prototypes v{have}, the server uses v{version}")
-    return context.state[_STATE_PROTO][wire.PROTO_MEAN].numpy()
+    return _numpy(context.state[state_key])
 
 
-def _arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
+def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
     if wire.ARRAYS not in msg.content:
         # local-only: the server sends no state to a node it believes holds its own
-        if client.personal and _STATE_PERSONAL in context.state:
+        if method.personal and _STATE_PERSONAL in context.state:
             return {}
         raise RuntimeError(
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
@@ -90,24 +94,24 @@ def _arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, n
     return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
 
 
-def _own_arrays(msg: Message, context: Context, client: PromptClient) -> dict[str, np.ndarray]:
+def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
     """The state to evaluate: the message's, with a personal node's own arrays in place of
     the message's once it has them."""
-    arrays = _arrays(msg, context, client)
-    if client.personal and _STATE_PERSONAL in context.state:
+    arrays = _arrays(msg, context, method)
+    if method.personal and _STATE_PERSONAL in context.state:
         arrays.update(_numpy(context.state[_STATE_PERSONAL]))
     return arrays
 
 
 def _start_of_round(
-    msg: Message, context: Context, client: PromptClient, server_round: int
+    msg: Message, context: Context, method: Method, server_round: int
 ) -> dict[str, np.ndarray]:
     """The state to train from: the message's, with a personal node's own arrays in their
     place. Asked again for a round it already trained (the server restarted mid-round), a
     personal node starts again from that round's starting point, so that a resumed run
     matches an uninterrupted one."""
-    arrays = _arrays(msg, context, client)
-    if not client.personal or _STATE_PERSONAL not in context.state:
+    arrays = _arrays(msg, context, method)
+    if not method.personal or _STATE_PERSONAL not in context.state:
         return arrays
     if int(context.state[_STATE_PERSONAL_ROUND]["round"]) == server_round:
         arrays.update(_numpy(context.state[_STATE_PERSONAL_BEFORE]))
@@ -118,7 +122,7 @@ def _start_of_round(
 
 def _keep_personal(
     context: Context,
-    client: PromptClient,
+    client: MethodClient,
     start: dict[str, np.ndarray],
     trained: dict[str, np.ndarray],
     server_round: int,
@@ -139,19 +143,19 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in record.items()}
 
 
-def _global_extra(msg: Message, context: Context, client: PromptClient) -> np.ndarray | None:
-    """What beyond the arrays the method needs from the server: PEP-FedPT's prototypes,
-    SGPT's group selections so far (``group.count``, in every message)."""
-    if client.uses_prototypes:
-        return _prototypes(msg, context)
-    if client.uses_group_counts:
-        if wire.GROUP not in msg.content:
-            raise ValueError(
-                f"method {client.cfg.method!r} needs the record {wire.GROUP!r} "
-                f"({wire.GROUP_COUNT}) in every message; is the server running SGPT?"
-            )
-        return msg.content[wire.GROUP][wire.GROUP_COUNT].numpy()
-    return None
+def _extra(msg: Message, context: Context, method: Method) -> object:
+    """What beyond the arrays the method's client needs from this message (its
+    registration's ``extra``; None without one)."""
+    if method.extra is None:
+        return None
+    records = {
+        name: _numpy(record)
+        for name, record in msg.content.array_records.items()
+        if name not in (wire.ARRAYS, method.kept_record)
+    }
+    if method.kept_record is not None:
+        records[method.kept_record] = _kept(msg, context, method.kept_record)
+    return method.extra(Received(config=dict(msg.content[wire.CONFIG]), records=records))
 
 
 @app.query()
@@ -159,7 +163,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
-    client = _client(context)
+    _, client = _client(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
         proto = ArrayRecord({wire.PROTO_COUNT: Array(counts)})
@@ -184,17 +188,17 @@ def prototypes(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    client = _client(context)
+    method, client = _client(context)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
             "it never trains, and the server should not have asked it to"
         )
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
-    start = _start_of_round(msg, context, client, server_round)
-    arrays, metrics = client.train(start, _global_extra(msg, context, client), server_round)
+    start = _start_of_round(msg, context, method, server_round)
+    arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    if client.personal:
+    if method.personal:
         _keep_personal(context, client, start, arrays, server_round)
     content = RecordDict(
         {
@@ -207,8 +211,6 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    client = _client(context)
-    metrics = client.evaluate(
-        _own_arrays(msg, context, client), _global_extra(msg, context, client)
-    )
+    method, client = _client(context)
+    metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)

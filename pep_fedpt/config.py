@@ -15,19 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pep_fedpt.methods.registry import METHOD_MODULES
+
 Scalar = bool | int | float | str
 
-METHODS = (
-    "pep-fedpt",
-    "fedavg-vpt-shallow",
-    "fedavg-vpt-deep",
-    "fedprox-vpt",
-    "head-only",
-    "fedavg-vpt-prior",
-    "local",
-    "sgpt",
-    "pfedpg",
-)
+# The accepted methods: the registry's torch-free name table (one line per method there).
+METHODS = tuple(METHOD_MODULES)
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")

@@ -108,8 +108,9 @@ def ensure_local_backbone(model: ModelConfig, data: DataConfig) -> Path:
 
 
 def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+    # Here, not at the top: pep_fedpt.models imports this module (models.backbone).
     from pep_fedpt.data.client_data import client_pool
-    from pep_fedpt.methods.pep_fedpt import image_spec
+    from pep_fedpt.models.image_spec import image_spec
 
     seed = model_cfg.pretrain_seed
     # The full pool: data.subsample shrinks the federated part, not the stand-in for hub

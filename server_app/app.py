@@ -1,11 +1,11 @@
 """ServerApp for PEP-FedPT and the baselines.
 
-Builds the seeded initial state from the run config, runs the strategy of ``cfg.method``
-(``STRATEGIES``: ``strategies.PEPFedPT``, or a ``PromptFedAvg`` subclass for a baseline),
-evaluates the global state on the data set's central test split with the global prior
-after every round, records each finished round on disk (with a checkpoint of the whole
-server state) and prints a summary table. With ``resume-from`` set it continues a run from
-its checkpoint at the next round, as if it had never stopped.
+Looks up ``cfg.method``'s registration (``pep_fedpt.methods.registry``), builds its seeded
+initial state and its strategy (a ``PromptFedAvg`` subclass), evaluates the global state
+on the data set's central test split after every round (the method's server side; the
+PromptedViT one uses the global prior), records each finished round on disk (with a
+checkpoint of the whole server state) and prints a summary table. With ``resume-from``
+set it continues a run from its checkpoint at the next round, as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -14,72 +14,24 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from pep_fedpt.ccmp import smoothed_prior
 from pep_fedpt.config import ConfigError, RunConfig
-from pep_fedpt.data import load_central_data
-from pep_fedpt.engine import (
-    FeatureCache,
-    WeightsFn,
-    compute_query_features,
-    evaluate,
-    no_features,
-    pick_device,
-    unit_weights,
-)
-from pep_fedpt.methods import build_model, image_spec, initial_arrays
-from pep_fedpt.methods.baselines import PRIOR_CORRECTED_METHODS
-from pep_fedpt.methods.pep_fedpt import ccmp_weights_fn
-from pep_fedpt.methods.sgpt import group_weights_fn
-from pep_fedpt.models import cached_backbone
-from pep_fedpt.state import load_trainable_arrays
+from pep_fedpt.engine import pick_device
+from pep_fedpt.methods.registry import method_for
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
-from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
+from strategies import PromptFedAvg
 
 app = ServerApp()
 
-# The server side of every method: FedAvg-style baselines differ only on the client.
-STRATEGIES: dict[str, type[PromptFedAvg]] = {
-    "pep-fedpt": PEPFedPT,
-    "fedavg-vpt-shallow": PromptFedAvg,
-    "fedavg-vpt-deep": PromptFedAvg,
-    "fedprox-vpt": PromptFedAvg,
-    "head-only": PromptFedAvg,
-    "fedavg-vpt-prior": PromptFedAvg,
-    "local": LocalOnly,
-    "sgpt": SGPT,
-    "pfedpg": PFedPG,
-}
-
 
 def build_strategy(cfg: RunConfig) -> PromptFedAvg:
-    fed = cfg.fed
-    common = {
-        "fraction_train": fed.fraction_train,
-        "fraction_evaluate": fed.fraction_evaluate,
-        "min_train_nodes": fed.min_train_nodes,
-        "min_evaluate_nodes": fed.min_evaluate_nodes,
-        "min_available_nodes": fed.min_available_nodes,
-        "seed": cfg.seed,
-    }
-    if cfg.method == "pep-fedpt":
-        return PEPFedPT(
-            class_prompt_aggregation=fed.class_prompt_aggregation,
-            prototype_refresh_every=fed.prototype_refresh_every,
-            **common,
-        )
-    if cfg.method == "sgpt":
-        return SGPT(group_momentum=fed.group_momentum, **common)
-    if cfg.method == "pfedpg":
-        return PFedPG(
-            generator_lr=fed.generator_lr, descriptor_dim=cfg.prompt.descriptor_dim, **common
-        )
-    return STRATEGIES[cfg.method](**common)
+    """The strategy of ``cfg.method``, from its registration."""
+    strategy: PromptFedAvg = method_for(cfg).build_strategy(cfg)
+    return strategy
 
 
 def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
@@ -106,54 +58,28 @@ def main(grid: Grid, context: Context) -> None:
     else:
         out = resolve_output_dir(cfg, context.run_id)
     device = pick_device()
-    backbone = cached_backbone(cfg.model, cfg.seed, str(device), cfg.data)
-    central = load_central_data(cfg.data, image_spec(backbone))
-    model = build_model(backbone, cfg, central.num_classes).to(device)
-    features = FeatureCache()
+    method = method_for(cfg)
+    server = method.build_server(cfg, device)  # the method's initial state and evaluation
     strategy = build_strategy(cfg)
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
     log(INFO, "pep-fedpt: results go to %s", out)
     recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Central test split, global prior π(c) ∝ Σ_k n_{k,c}; then record the round.
-
-        PEP-FedPT mixes its class prompts with CCMP weights under the global prior; SGPT
-        takes each sample's group by key matching; the other baselines have one prompt set
-        (weights of one), and the prior-corrected one adds the global log prior to the
-        logits.
-        """
+        """The method's central evaluation (``MethodServer.evaluate``); then record the
+        round."""
         state = {key: array.numpy() for key, array in arrays.items()}
-        load_trainable_arrays(model, state)
-        prior = smoothed_prior(torch.as_tensor(state[wire.PROTO_COUNT]), cfg.prompt.prior_smoothing)
-        log_prior = prior.log().to(device)
-        weights_fn: WeightsFn = unit_weights
-        if wire.PROTO_MEAN in state:
-            z = features.get("central", lambda: compute_query_features(model, central.test, device))
-            weights_fn = ccmp_weights_fn(
-                torch.as_tensor(state[wire.PROTO_MEAN], device=device),
-                log_prior,
-                cfg.prompt.tau,
-                onehot_in_training=False,
-            )
-        elif wire.GROUP_KEYS in state:  # SGPT: the group of the nearest key, as on clients
-            z = features.get("central", lambda: compute_query_features(model, central.test, device))
-            weights_fn = group_weights_fn(torch.as_tensor(state[wire.GROUP_KEYS], device=device))
-        else:
-            z = features.get("central-none", lambda: no_features(central.test))
-        shift = log_prior if cfg.method in PRIOR_CORRECTED_METHODS else None
-        result = evaluate(model, central.test, z, weights_fn, device, log_prior=shift)
-        metrics = MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+        metrics = MetricRecord(server.evaluate(state))
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
         recorder.record_round(server_round, row, state, strategy.dropped, strategy.checkpoint())
         if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
-            recorder.record_partition(strategy.partitions, central.classes)
+            recorder.record_partition(strategy.partitions, server.classes)
             recorded_partitions[0] = strategy.partitions
         return metrics
 
     if resume is None:
-        start: dict[str, np.ndarray] = initial_arrays(cfg, backbone, central.num_classes)
+        start: dict[str, np.ndarray] = server.initial_arrays()
     else:
         start = resume.arrays
         strategy.restore(resume.strategy)

@@ -16,10 +16,10 @@ from pep_fedpt.config import METHODS, RunConfig
 from pep_fedpt.corrections import prior_corrected_logits, proximal_term
 from pep_fedpt.data import load_central_data
 from pep_fedpt.data.client_data import subset_targets
-from pep_fedpt.methods import CLIENTS, build_model, client_for, image_spec, initial_arrays
-from pep_fedpt.models import cached_backbone
+from pep_fedpt.methods import build_model, client_for, initial_arrays
+from pep_fedpt.methods.registry import all_methods, get_method
+from pep_fedpt.models import cached_backbone, image_spec
 from pep_fedpt.state import trainable_arrays
-from server_app.app import STRATEGIES
 from strategies import LocalOnly, PromptFedAvg, wire
 
 BASELINES = [m for m in METHODS if m != "pep-fedpt"]
@@ -41,9 +41,10 @@ TRAINABLE = {
 
 
 def test_every_method_has_a_client_and_a_strategy() -> None:
-    assert set(CLIENTS) == set(METHODS) == set(STRATEGIES) == {"pep-fedpt", *TRAINABLE}
-    assert STRATEGIES["local"] is LocalOnly
-    assert issubclass(STRATEGIES["pep-fedpt"], PromptFedAvg)
+    registered = {m.name for m in all_methods() if m.client and m.strategy}
+    assert registered == set(METHODS) == {"pep-fedpt", *TRAINABLE}
+    assert get_method("local").strategy_class() is LocalOnly
+    assert issubclass(get_method("pep-fedpt").strategy_class(), PromptFedAvg)
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -237,8 +237,8 @@ def test_image_folder_tree(tmp_path: Path) -> None:
 def test_inputs_follow_the_backbone_224px(tmp_path: Path) -> None:
     """A 224 px ViT gets 224 px inputs normalised with its pretrained mean/std."""
     from pep_fedpt.config import ModelConfig
-    from pep_fedpt.methods import image_spec
     from pep_fedpt.models.backbone import create_backbone
+    from pep_fedpt.models.image_spec import image_spec
 
     backbone = create_backbone(
         ModelConfig(

@@ -12,8 +12,7 @@ import torch
 import pep_fedpt.pretrain as pretrain
 from pep_fedpt.config import ConfigError, DataConfig, ModelConfig
 from pep_fedpt.data.client_data import client_pool
-from pep_fedpt.methods.pep_fedpt import image_spec
-from pep_fedpt.models import backbone_fingerprint, create_backbone
+from pep_fedpt.models import backbone_fingerprint, create_backbone, image_spec
 
 TINY = ModelConfig(
     pretrained="local:0-1",

@@ -1,51 +1,52 @@
-"""Client-side routines, one module per method, and the registry that picks one.
+"""The methods: one client module per method, each registering itself (``registry``).
 
-``CLIENTS`` maps every ``method`` of the run config to its client class;
-``client_for`` builds (once per process and partition) the client of ``cfg.method``.
+``get_method(name)`` gives a method's registration (``registry.Method``), importing its
+module on first use; ``client_for`` builds (once per process and partition) the client of
+``cfg.method``. The names below load lazily, so that ``pep_fedpt.config`` can read the
+torch-free name table (``registry.METHOD_MODULES``) without importing torch.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from pep_fedpt.config import RunConfig
-from pep_fedpt.methods.baselines import BaselineClient
-from pep_fedpt.methods.common import PromptClient, build_model, image_spec, initial_arrays
-from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
-from pep_fedpt.methods.pfedpg import PFedPGClient
-from pep_fedpt.methods.sgpt import SGPTClient
+if TYPE_CHECKING:
+    from pep_fedpt.methods.baselines import BaselineClient
+    from pep_fedpt.methods.common import PromptClient, build_model, initial_arrays
+    from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
+    from pep_fedpt.methods.pfedpg import PFedPGClient
+    from pep_fedpt.methods.registry import Method, client_for, get_method
+    from pep_fedpt.methods.sgpt import SGPTClient
 
-CLIENTS: dict[str, type[PromptClient]] = {
-    "pep-fedpt": PEPFedPTClient,
-    "fedavg-vpt-shallow": BaselineClient,
-    "fedavg-vpt-deep": BaselineClient,
-    "fedprox-vpt": BaselineClient,
-    "head-only": BaselineClient,
-    "fedavg-vpt-prior": BaselineClient,
-    "local": BaselineClient,
-    "sgpt": SGPTClient,
-    "pfedpg": PFedPGClient,
+_HOMES = {
+    "BaselineClient": "pep_fedpt.methods.baselines",
+    "PromptClient": "pep_fedpt.methods.common",
+    "build_model": "pep_fedpt.methods.common",
+    "initial_arrays": "pep_fedpt.methods.common",
+    "PEPFedPTClient": "pep_fedpt.methods.pep_fedpt",
+    "PFedPGClient": "pep_fedpt.methods.pfedpg",
+    "SGPTClient": "pep_fedpt.methods.sgpt",
+    "Method": "pep_fedpt.methods.registry",
+    "client_for": "pep_fedpt.methods.registry",
+    "get_method": "pep_fedpt.methods.registry",
 }
 
-
-@functools.lru_cache(maxsize=64)
-def client_for(
-    cfg: RunConfig, partition_id: int, num_partitions: int, cache_dir: Path | None = None
-) -> PromptClient:
-    """The per-process client of one partition (a simulation worker serves many)."""
-    return CLIENTS[cfg.method](cfg, partition_id, num_partitions, cache_dir)
-
-
 __all__ = [
-    "CLIENTS",
     "BaselineClient",
+    "Method",
     "PEPFedPTClient",
     "PFedPGClient",
     "PromptClient",
     "SGPTClient",
     "build_model",
     "client_for",
-    "image_spec",
+    "get_method",
     "initial_arrays",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'pep_fedpt.methods' has no attribute {name!r}")

@@ -1,6 +1,9 @@
 """The baselines' client side (method doc §7): VPT-shallow/deep, FedProx, head-only, prior
-correction, local-only. One class: the method decides the model (``build_model``), the
-loss (FedProx's proximal term) and the logits at evaluation (the client's own log prior).
+correction, local-only. One class: each name's registration (at the end) decides the
+model (``layout``), the loss (``proximal``: FedProx's term) and the logits at evaluation
+(``prior_correction``: the client's own log prior); local-only is ``personal``. Their
+server is ``PromptFedAvg`` (``strategies/base.py``), local-only's ``LocalOnly``
+(``strategies/baselines.py``).
 
 None of them uses CCMP or z(x): the weights are one (a single prompt set) and no frozen
 query pass is run.
@@ -16,20 +19,12 @@ import torch
 from pep_fedpt.corrections import proximal_term
 from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
 from pep_fedpt.methods.common import PromptClient
+from pep_fedpt.methods.registry import NO_PROMPT, VPT_DEEP, VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
-
-PRIOR_CORRECTED_METHODS = ("fedavg-vpt-prior",)
-PROXIMAL_METHODS = ("fedprox-vpt",)
-PERSONAL_METHODS = ("local",)
 
 
 class BaselineClient(PromptClient):
     """One client's routines for a baseline ``cfg.method`` over its partition."""
-
-    @property
-    def personal(self) -> bool:  # type: ignore[override]
-        """Local-only: the node keeps (and evaluates) its own trained state."""
-        return self.cfg.method in PERSONAL_METHODS
 
     def train(
         self,
@@ -40,7 +35,7 @@ class BaselineClient(PromptClient):
         model = self._model(arrays)
         regularizer = None
         mu = self.cfg.train.proximal_mu
-        if self.cfg.method in PROXIMAL_METHODS and mu > 0:
+        if self.method.proximal and mu > 0:
             params = [p for p in model.parameters() if p.requires_grad]
             anchors = [p.detach().clone() for p in params]  # θ_global, as received
 
@@ -63,7 +58,7 @@ class BaselineClient(PromptClient):
         self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None = None
     ) -> dict[str, float | int]:
         model = self._model(arrays)
-        shift = self.log_prior if self.cfg.method in PRIOR_CORRECTED_METHODS else None
+        shift = self.log_prior if self.method.prior_correction else None
         result = evaluate(
             model,
             self.data.test,
@@ -73,3 +68,19 @@ class BaselineClient(PromptClient):
             log_prior=shift,
         )
         return self.evaluate_metrics(result)
+
+
+FEDAVG = "strategies.base:PromptFedAvg"  # FedAvg by n_k: they differ only on the client
+
+for _method in (
+    Method("fedavg-vpt-shallow", BaselineClient, FEDAVG, layout=VPT_SHALLOW),
+    Method("fedavg-vpt-deep", BaselineClient, FEDAVG, layout=VPT_DEEP),
+    Method("fedprox-vpt", BaselineClient, FEDAVG, layout=VPT_DEEP, proximal=True),
+    Method("head-only", BaselineClient, FEDAVG, layout=NO_PROMPT),
+    Method("fedavg-vpt-prior", BaselineClient, FEDAVG, layout=VPT_DEEP, prior_correction=True),
+    # Local-only: the node trains and evaluates its own state; the server shares nothing.
+    Method(
+        "local", BaselineClient, "strategies.baselines:LocalOnly", layout=VPT_DEEP, personal=True
+    ),
+):
+    register(_method)

@@ -1,5 +1,5 @@
-"""What the clients of every method share: the model per method, the initial state and
-the per-partition client (backbone, data, z(x) cache, own prior)."""
+"""What the PromptedViT methods share: the model of a method's prompt layout, the initial
+state and the per-partition client (backbone, data, z(x) cache, own prior)."""
 
 from __future__ import annotations
 
@@ -9,40 +9,23 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from timm.data import resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 
 from pep_fedpt.ccmp import smoothed_prior
 from pep_fedpt.config import RunConfig, parse_block_spec
-from pep_fedpt.data import ClientData, ImageSpec, load_client_data
+from pep_fedpt.data import ClientData, load_client_data
 from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.engine import EvalResult, TrainResult, compute_query_features, pick_device
 from pep_fedpt.feature_cache import default_cache_dir, examples_digest, feature_store
-from pep_fedpt.models import PromptedViT, backbone_fingerprint, cached_backbone
+from pep_fedpt.methods.registry import Method, get_method
+from pep_fedpt.models import PromptedViT, backbone_fingerprint, cached_backbone, image_spec
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
-
-
-def image_spec(backbone: VisionTransformer) -> ImageSpec:
-    """Normalisation from the backbone's pretrained config (timm), size from the model.
-
-    The model's own input size wins over its pretrained config's, so that a ViT built with
-    ``img_size=32`` gets 32 px inputs and a 224 px ViT-B/16 gets 224 px.
-    """
-    data_cfg = resolve_data_config({}, model=backbone)
-    size = int(backbone.patch_embed.img_size[0])
-    return ImageSpec(size=size, mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
-
-
-# Which prompts each method's model has (the backbone and head are the same for all).
-# pFedPG generates a VPT-shallow prompt, as in its paper.
-SHALLOW_METHODS = ("fedavg-vpt-shallow", "pfedpg")
-HEAD_ONLY_METHODS = ("head-only",)
-DEEP_METHODS = ("fedavg-vpt-deep", "fedprox-vpt", "fedavg-vpt-prior", "local")
-GROUP_METHODS = ("sgpt",)
+from strategies import wire
 
 
 def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -> PromptedViT:
-    """The prompted ViT that ``cfg`` (its ``method``) describes, around a frozen backbone.
+    """The prompted ViT of ``cfg.method`` (its registration's ``layout``) around a frozen
+    backbone.
 
     PEP-FedPT: shared prompt + class prompts in the CCMP blocks. VPT-deep baselines: shared
     prompt + one prompt per block (the same blocks and token counts). VPT-shallow: shared
@@ -50,16 +33,16 @@ def build_model(backbone: VisionTransformer, cfg: RunConfig, num_classes: int) -
     ``prompt.num-groups`` keyed group prompts in ``prompt.group-blocks`` (default: the
     CCMP blocks), one group picked per sample.
     """
+    layout = get_method(cfg.method).layout
+    if layout is None:
+        raise ValueError(f"method {cfg.method!r} does not build a PromptedViT")
     depth = len(backbone.blocks)
-    blocks = parse_block_spec(cfg.prompt.ccmp_blocks, depth)
-    shared, sets = cfg.prompt.shared_length, None
-    if cfg.method in SHALLOW_METHODS + HEAD_ONLY_METHODS:
-        blocks = ()
-    if cfg.method in HEAD_ONLY_METHODS:
-        shared = 0
-    if cfg.method in DEEP_METHODS:
+    blocks = parse_block_spec(cfg.prompt.ccmp_blocks, depth) if layout.blocks else ()
+    shared = cfg.prompt.shared_length if layout.shared else 0
+    sets: int | None = None  # one set per class
+    keyed = layout.per_block == "group"
+    if layout.per_block == "one":
         sets = 1
-    keyed = cfg.method in GROUP_METHODS
     if keyed:
         sets = cfg.prompt.num_groups
         if cfg.prompt.group_blocks:
@@ -86,19 +69,15 @@ def initial_arrays(
 
 
 class PromptClient:
-    """What every method's client holds: backbone, partition, z(x) cache, own log prior.
+    """What every PromptedViT method's client holds: backbone, partition, z(x) cache, own
+    log prior, and its method's registration (``method``).
 
-    Subclasses add ``train(arrays, prototypes, server_round)`` and ``evaluate(arrays,
-    prototypes)``; ``uses_prototypes`` says whether the ClientApp must pass the global
-    prototypes (as ``prototypes``), ``uses_group_counts`` whether it must pass SGPT's group
-    selections so far in their place, ``personal`` whether the node keeps (part of) its own
-    trained state: ``personal_arrays`` picks that part (local-only: all of it; pFedPG: the
-    head).
+    Subclasses add ``train(arrays, extra, server_round)`` and ``evaluate(arrays, extra)``,
+    where ``extra`` is what the registration's ``extra`` reads from the message (PEP-FedPT:
+    the global prototypes; SGPT: the group selections so far). A personal method's node
+    keeps the part of its trained state that ``personal_arrays`` picks (local-only: all of
+    it; pFedPG: the head).
     """
-
-    uses_prototypes = False
-    uses_group_counts = False
-    personal = False
 
     def __init__(
         self,
@@ -109,6 +88,7 @@ class PromptClient:
     ) -> None:
         """``cache_dir``: this node's z(x) cache folder (None: ~/.cache/pep-fedpt/features)."""
         self.cfg = cfg
+        self.method: Method = get_method(cfg.method)
         self.device = pick_device()
         self.backbone = cached_backbone(cfg.model, cfg.seed, str(self.device), cfg.data)
         self.data: ClientData = load_client_data(
@@ -118,6 +98,11 @@ class PromptClient:
         self.features_store = feature_store(cache_dir or default_cache_dir())
         prior = smoothed_prior(torch.as_tensor(self.data.train_counts), cfg.prompt.prior_smoothing)
         self.log_prior = prior.log().to(self.device)
+
+    @property
+    def personal(self) -> bool:
+        """Whether the node keeps (part of) its trained state: the registration says."""
+        return self.method.personal
 
     def features_key(self, split: str) -> str:
         """What z(x) of a split depends on: backbone weights and timm's code, the examples
@@ -162,31 +147,31 @@ class PromptClient:
         return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
 
     def train_metrics(self, result: TrainResult) -> dict[str, float | int | list[int]]:
-        """The train reply's metrics (wire names; counts as in the census)."""
+        """The train reply's metrics (wire names; counts as in the prototype round)."""
         return {
-            "num-examples": result.num_examples,
-            "class-counts": [int(n) for n in self.data.train_counts],
-            "train-loss": result.loss,
-            "train-accuracy": result.accuracy,
+            wire.NUM_EXAMPLES: result.num_examples,
+            wire.CLASS_COUNTS: [int(n) for n in self.data.train_counts],
+            wire.TRAIN_LOSS: result.loss,
+            wire.TRAIN_ACCURACY: result.accuracy,
         }
 
     def evaluate_metrics(self, result: EvalResult) -> dict[str, float | int]:
         """The evaluate reply's metrics (wire names)."""
         return {
-            "num-examples": result.total,
-            "correct": result.correct,
-            "accuracy": result.accuracy,
-            "loss": result.loss,
-            "partition-id": self.data.partition_id,
-            "held-out": int(self.data.held_out),
+            wire.NUM_EXAMPLES: result.total,
+            wire.CORRECT: result.correct,
+            wire.ACCURACY: result.accuracy,
+            wire.LOSS: result.loss,
+            wire.PARTITION_ID: self.data.partition_id,
+            wire.HELD_OUT: int(self.data.held_out),
         }
 
     def class_counts(self) -> np.ndarray:
-        """n_{k,c} of the local train split (the counts-only census)."""
+        """n_{k,c} of the local train split (a counts-only prototype round)."""
         return self.data.train_counts.astype(np.int64)
 
     def _model(self, arrays: Mapping[str, np.ndarray]) -> PromptedViT:
-        num_classes = int(np.asarray(arrays["head.weight"]).shape[0])
+        num_classes = int(np.asarray(arrays[wire.HEAD_WEIGHT]).shape[0])
         if num_classes != self.data.num_classes:
             raise ValueError(
                 f"the global head has {num_classes} classes, but data set "

@@ -1,4 +1,5 @@
-"""PEP-FedPT's client side: prototype statistics, local prompt tuning, local evaluation.
+"""PEP-FedPT's client side: prototype statistics, local prompt tuning, local evaluation;
+and its registration (server: ``strategies/pep_fedpt.py``).
 
 Flower-free: the ClientApp decodes a message into numpy arrays, calls one of these
 methods and encodes what comes back. One ``PEPFedPTClient`` lives per worker process and
@@ -9,21 +10,20 @@ node-local disk cache, which outlives the process (deployment starts one per mes
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pep_fedpt.ccmp import mixing_weights
+from pep_fedpt.config import RunConfig
 from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.engine import WeightsFn, evaluate, train_epochs
-from pep_fedpt.methods.common import (  # noqa: F401  (re-exported: the old home)
-    PromptClient,
-    build_model,
-    image_spec,
-    initial_arrays,
-)
+from pep_fedpt.methods.common import PromptClient
+from pep_fedpt.methods.registry import Method, Received, register
 from pep_fedpt.state import trainable_arrays
+from strategies import wire
 
 
 def ccmp_weights_fn(
@@ -83,3 +83,38 @@ class PEPFedPTClient(PromptClient):
             model, self.data.test, self.features("test"), self._weights(prototypes), self.device
         )
         return self.evaluate_metrics(result)
+
+
+def central_weights(
+    cfg: RunConfig, state: Mapping[str, np.ndarray], log_prior: torch.Tensor, device: torch.device
+) -> WeightsFn | None:
+    """The server's CCMP weights: the global prototypes under the global prior (soft
+    weights, as at a client's evaluation)."""
+    if wire.PROTO_MEAN not in state:
+        return None
+    prototypes = torch.as_tensor(state[wire.PROTO_MEAN], device=device)
+    return ccmp_weights_fn(prototypes, log_prior, cfg.prompt.tau, onehot_in_training=False)
+
+
+def _prototypes(received: Received) -> np.ndarray:
+    return received.records[wire.PROTO][wire.PROTO_MEAN]
+
+
+def _strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "class_prompt_aggregation": cfg.fed.class_prompt_aggregation,
+        "prototype_refresh_every": cfg.fed.prototype_refresh_every,
+    }
+
+
+register(
+    Method(
+        name="pep-fedpt",
+        client=PEPFedPTClient,
+        strategy="strategies.pep_fedpt:PEPFedPT",
+        strategy_kwargs=_strategy_kwargs,
+        central_weights=central_weights,
+        kept_record=wire.PROTO,  # prototypes: once per version, kept by the node
+        extra=_prototypes,
+    )
+)

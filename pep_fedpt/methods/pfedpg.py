@@ -7,17 +7,21 @@ head never comes back from the server: the node keeps it (``personal_arrays``, i
 ``context.state``) and evaluates the prompt the server generates for it with that head.
 A node that has not trained yet starts from the run's seeded initial head; one that never
 trains (held out) evaluates with the head in the message, the mean of the uploaded heads.
+Its server is ``strategies/pfedpg.py``; its registration is at the end.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from pep_fedpt.config import RunConfig
 from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
 from pep_fedpt.methods.common import PromptClient, initial_arrays
+from pep_fedpt.methods.registry import VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
 from strategies import wire
 
@@ -26,8 +30,6 @@ HEAD_KEYS = (wire.HEAD_WEIGHT, wire.HEAD_BIAS)
 
 class PFedPGClient(PromptClient):
     """One client's pFedPG routines: local prompt + head tuning, own head kept."""
-
-    personal = True
 
     def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The head only: the prompt is the server's (its generator's) every round."""
@@ -68,3 +70,19 @@ class PFedPGClient(PromptClient):
             model, self.data.test, no_features(self.data.test), unit_weights, self.device
         )
         return self.evaluate_metrics(result)
+
+
+def _strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    return {"generator_lr": cfg.fed.generator_lr, "descriptor_dim": cfg.prompt.descriptor_dim}
+
+
+register(
+    Method(
+        name="pfedpg",
+        client=PFedPGClient,
+        strategy="strategies.pfedpg:PFedPG",
+        strategy_kwargs=_strategy_kwargs,
+        layout=VPT_SHALLOW,  # the generated prompt is VPT-shallow, as in its paper
+        personal=True,  # the node keeps its head (personal_arrays)
+    )
+)

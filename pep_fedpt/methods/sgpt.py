@@ -8,19 +8,23 @@ picked from its cached z(x) by key matching (``pep_fedpt.groups``): balanced by 
 server's ``group.count`` while training, the nearest key at evaluation. The train reply
 adds the group counts: how many local train examples the trained keys assign to each
 group (the training-time rule), the server's weights for the group rows. See
-docs/baselines.md for what follows SGPT's code and what this project decided.
+docs/baselines.md for what follows SGPT's code and what this project decided. Its server
+is ``strategies/sgpt.py``; its registration is at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from pep_fedpt.config import RunConfig
 from pep_fedpt.engine import WeightsFn, evaluate, train_epochs
 from pep_fedpt.groups import group_counts, group_weights, key_loss
 from pep_fedpt.methods.common import PromptClient
+from pep_fedpt.methods.registry import Method, PromptLayout, from_record, register
 from pep_fedpt.models import PromptedViT
 from pep_fedpt.state import trainable_arrays
 from strategies import wire
@@ -48,8 +52,6 @@ def _group_keys(model: PromptedViT) -> torch.nn.Parameter:
 
 class SGPTClient(PromptClient):
     """One client's SGPT routines over its partition."""
-
-    uses_group_counts = True
 
     def train(
         self,
@@ -112,3 +114,27 @@ class SGPTClient(PromptClient):
             self.device,
         )
         return self.evaluate_metrics(result)
+
+
+def central_weights(
+    cfg: RunConfig, state: Mapping[str, np.ndarray], log_prior: torch.Tensor, device: torch.device
+) -> WeightsFn:
+    """The server's weights: each sample's group by key matching, as on clients."""
+    return group_weights_fn(torch.as_tensor(state[wire.GROUP_KEYS], device=device))
+
+
+def _strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    return {"group_momentum": cfg.fed.group_momentum}
+
+
+register(
+    Method(
+        name="sgpt",
+        client=SGPTClient,
+        strategy="strategies.sgpt:SGPT",
+        strategy_kwargs=_strategy_kwargs,
+        layout=PromptLayout(per_block="group"),
+        central_weights=central_weights,
+        extra=from_record(wire.GROUP, wire.GROUP_COUNT, "SGPT"),  # every message
+    )
+)
