@@ -22,6 +22,7 @@ import numpy as np
 
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
+from server_app.base_new import base_new_metrics
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.plots import accuracy_plot, partition_heatmap
 
@@ -83,7 +84,8 @@ class RunRecorder:
         """
         # A round recorded again (a run resumed from its round-0 checkpoint) replaces its row.
         self.rows = [row for row in self.rows if row["round"] < server_round]
-        self.rows.append({"round": float(server_round), **metrics})
+        # Base->new runs (FedMVP): Local and HM from the row's Base, New and client results.
+        self.rows.append({"round": float(server_round), **metrics, **base_new_metrics(metrics)})
         atomic_write(self.directory / "metrics.json", json.dumps(self.rows, indent=2).encode())
         atomic_write(self.directory / "metrics.csv", self._csv().encode())
         buffer = io.BytesIO()

@@ -197,8 +197,3 @@ class FedMVP(PromptFedAvg):
                     del self.node_partitions[other]
                 self.node_partitions[node] = pid
         return super().aggregate_evaluate(server_round, replies)
-
-    @property
-    def any_adapters_on(self) -> bool:
-        """Whether any client trains its adapters: the central evaluation then uses them."""
-        return any(self.adapters_on.values())

@@ -105,12 +105,18 @@ def test_hm_by_hand() -> None:
 
 
 def test_the_round_row_has_local_base_new_and_hm_by_hand() -> None:
-    from server_app.base_new import base_new_row
+    from server_app.base_new import base_new_metrics
 
-    central = {"base-accuracy": 0.6, "new-accuracy": 0.75, "base-loss": 1.0, "new-loss": 2.0}
-    row = base_new_row(central, {"evaluate/mean-client-accuracy": 0.5, "train/x": 1.0})
-    assert row["server/local-accuracy"] == 0.5
-    assert row["server/base-accuracy"] == 0.6 and row["server/new-accuracy"] == 0.75
-    assert row["server/hm"] == pytest.approx(0.6)  # 3 / (2 + 5/3 + 4/3)
-    # round 0: no client evaluated yet, so no Local and no HM
-    assert set(base_new_row(central, {})) == {f"server/{k}" for k in central}
+    row = {
+        "server/base-accuracy": 0.6,
+        "server/new-accuracy": 0.75,
+        "evaluate/mean-client-accuracy": 0.5,
+        "evaluate/global-accuracy": 0.9,
+    }
+    derived = base_new_metrics(row)
+    assert derived["server/local-accuracy"] == 0.5
+    assert derived["server/hm"] == pytest.approx(0.6)  # 3 / (2 + 5/3 + 4/3)
+    # round 0: no client evaluated yet, so no Local and no HM; other methods: nothing
+    del row["evaluate/mean-client-accuracy"]
+    assert base_new_metrics(row) == {}
+    assert base_new_metrics({"server/accuracy": 0.5, "evaluate/mean-client-accuracy": 0.4}) == {}

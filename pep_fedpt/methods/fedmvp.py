@@ -29,7 +29,8 @@ from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, sp
 from pep_fedpt.data.client_data import client_pool
 from pep_fedpt.data.partition import class_counts, held_out_partitions
 from pep_fedpt.engine import pick_device
-from pep_fedpt.feature_cache import default_cache_dir
+from pep_fedpt.feature_cache import default_cache_dir, resolve_cache_dir
+from pep_fedpt.methods.registry import Method, Received, register
 from strategies import wire
 
 _LOG = logging.getLogger(__name__)
@@ -98,10 +99,7 @@ def _protocol(
     cfg: RunConfig, spec: ImageSpec, num_partitions: int
 ) -> tuple[BaseNewSplit, LabeledDataset, LabeledDataset, list[str]]:
     """The run's base->new split, the data sets its indices refer to, and class names."""
-    if cfg.fedmvp.protocol != "base-new":
-        raise ConfigError(
-            f"fedmvp.protocol = {cfg.fedmvp.protocol!r} is not built yet; use 'base-new'"
-        )
+    _check_config(cfg)
     pool_data, pool = client_pool(cfg.data, spec)
     central = load_central_data(cfg.data, spec)
     test_data = central.test.dataset
@@ -187,15 +185,10 @@ def cosine_lr(base: float, server_round: int, num_rounds: int) -> float:
 class FedMVPClient:
     """One partition's FedMVP routines: the frozen CLIP, its few-shot data, its class bank.
 
-    The interface of the other methods' clients (``data``, ``class_counts`` for the census,
-    ``train`` / ``evaluate``), with the adapter switch as an argument: it travels in the
-    messages' config, not in the arrays.
+    The registry's ``MethodClient`` (``data``, ``class_counts`` for the census, ``train`` /
+    ``evaluate``); its ``extra`` is the adapter switch, which travels in the messages'
+    config (``adapters-on``), not in the arrays.
     """
-
-    uses_prototypes = False
-    uses_group_counts = False
-    uses_adapter_switch = True  # the ClientApp passes the config's adapters-on
-    personal = False
 
     def __init__(
         self,
@@ -211,6 +204,10 @@ class FedMVPClient:
         self.num_partitions = num_partitions
         self.cache_dir = cache_dir or default_cache_dir()
         self._bank = None
+
+    def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Nothing personal: every FedMVP array is the server's."""
+        return {}
 
     def class_counts(self) -> np.ndarray:
         """Shots per class of the data set (0 outside this client's classes): the census."""
@@ -276,39 +273,41 @@ class FedMVPClient:
         return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
 
 
-class CentralBaseNew:
-    """The server's Base and New evaluation of the global state (central test split)."""
+class FedMVPServer:
+    """FedMVP's server side: the seeded initial state and the central Base and New
+    evaluation of the global state, each on the central test examples of its classes with
+    the text bank of those classes (so new classes need only their phrases).
 
-    def __init__(self, cfg: RunConfig, cache_dir: Path | None = None) -> None:
+    The adapters are applied: a client that never switched them on leaves them as
+    initialised, and their up-projection starts at zero, so untrained adapters add exactly
+    nothing; trained ones are used wherever they were trained, here too.
+    """
+
+    def __init__(self, method: Method, cfg: RunConfig, device: torch.device) -> None:
         self.cfg = cfg
-        device = pick_device()
         self.bundle = cached_clip(cfg, str(device))
         central = load_central_data(cfg.data, self.bundle.spec)
         self.classes = central.classes
-        self.num_classes = central.num_classes
         base, new = split_base_new(central.num_classes)
         test_data = central.test.dataset
         test_idx = np.asarray(central.test.indices, dtype=np.int64)
         targets = np.asarray(test_data.targets)
-        self.sets = {
-            name: ClassSubset(test_data, of_classes(test_idx, targets, group), group)
-            for name, group in (("base", base), ("new", new))
-        }
-        cache = cache_dir or default_cache_dir()
-        self.banks = {
-            name: text_bank(cfg, self.bundle, [self.classes[c] for c in group], cache)
-            for name, group in (("base", base), ("new", new))
-        }
+        cache = resolve_cache_dir(cfg.cache_dir)
+        self.sets = {}
+        self.banks = {}
+        for name, group in (("base", base), ("new", new)):
+            self.sets[name] = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            self.banks[name] = text_bank(cfg, self.bundle, [self.classes[c] for c in group], cache)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return fedmvp_initial_arrays(self.cfg, self.bundle)
 
-    def evaluate(self, arrays: Mapping[str, np.ndarray], adapters_on: bool) -> dict[str, float]:
-        """``base-accuracy``, ``new-accuracy`` (and their losses) of the global state."""
+    def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """``base-accuracy``, ``new-accuracy`` and their losses (mean cross-entropy)."""
         from pep_fedpt.fedmvp import evaluate_local
 
-        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
-        model.adapters_on = bool(adapters_on)
+        model = build_fedmvp_model(self.cfg, self.bundle, state)
+        model.adapters_on = True
         out: dict[str, float] = {}
         for name, dataset in self.sets.items():
             correct, total, loss = evaluate_local(
@@ -317,3 +316,36 @@ class CentralBaseNew:
             out[f"{name}-accuracy"] = correct / total if total else 0.0
             out[f"{name}-loss"] = float(loss)
         return out
+
+
+def _strategy_kwargs(cfg: RunConfig) -> dict[str, object]:
+    """The data set's class count (FedMVP has no head to read it from) and the weights."""
+    spec = cached_clip(cfg, str(pick_device())).spec
+    num_classes = load_central_data(cfg.data, spec).num_classes
+    return {"num_classes": num_classes, "aggregation": cfg.fedmvp.aggregation}
+
+
+def _adapter_switch(received: Received) -> bool:
+    """The switch the server holds for this node's partition (off if not sent)."""
+    return bool(int(received.config.get(wire.ADAPTERS_ON, 0)))
+
+
+def _check_config(cfg: RunConfig) -> None:
+    if cfg.fedmvp.protocol != "base-new":
+        raise ConfigError(
+            f"fedmvp.protocol = {cfg.fedmvp.protocol!r} is not built yet; use 'base-new'"
+        )
+
+
+register(
+    Method(
+        name="fedmvp",
+        client=FedMVPClient,
+        strategy="strategies.fedmvp:FedMVP",
+        strategy_kwargs=_strategy_kwargs,
+        layout=None,  # a CLIP with a PromptFormer, not a PromptedViT
+        server=FedMVPServer,
+        extra=_adapter_switch,
+        check_config=_check_config,
+    )
+)

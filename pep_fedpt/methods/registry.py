@@ -42,6 +42,7 @@ METHOD_MODULES: dict[str, str] = {
     "local": "pep_fedpt.methods.baselines",
     "sgpt": "pep_fedpt.methods.sgpt",
     "pfedpg": "pep_fedpt.methods.pfedpg",
+    "fedmvp": "pep_fedpt.methods.fedmvp",
 }
 
 
