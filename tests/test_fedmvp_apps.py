@@ -142,3 +142,19 @@ def test_a_resumed_fedmvp_run_ends_as_an_uninterrupted_one(
     assert load_json(broken_dir / "metrics.json") == load_json(tmp_path / "whole" / "metrics.json")
     assert resumed.sent == uninterrupted.sent[-len(resumed.sent) :]
     assert ("query", 10) not in resumed.sent
+
+
+def test_zero_shot_clip_scores_the_same_bank_without_training(
+    flat: dict, tmp_path: Path, task_identity
+) -> None:
+    """zeroshot-clip: no trainable state; every round scores the same, Local/Base/New/HM."""
+    flat.update({"method": "zeroshot-clip", "num-server-rounds": 2})
+    grid = run_server(flat, nodes=TWO)
+    assert [kind for kind, _ in grid.sent].count("train") == 4
+    out = tmp_path / "run"
+    assert set(load_state(out)) == {wire.PROTO_COUNT}
+    rows = load_json(out / "metrics.json")
+    assert rows[0]["server/base-accuracy"] == rows[1]["server/base-accuracy"]
+    assert rows[1]["server/new-accuracy"] == rows[2]["server/new-accuracy"]
+    assert rows[1]["server/hm"] == rows[2]["server/hm"]
+    assert rows[1]["train/bytes-up"] == 0 and rows[1]["train/valid-replies"] == 2

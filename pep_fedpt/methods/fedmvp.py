@@ -256,8 +256,7 @@ class FedMVPClient:
         with its adapters exactly when its switch is on."""
         from pep_fedpt.fedmvp import evaluate_local
 
-        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
-        model.adapters_on = bool(adapters_on)
+        model = self.eval_model(arrays, adapters_on)
         correct, total, loss = evaluate_local(model, self.data.test, self.bank(), self.device)
         return {
             wire.NUM_EXAMPLES: int(total),
@@ -267,6 +266,12 @@ class FedMVPClient:
             wire.PARTITION_ID: self.data.partition_id,
             wire.HELD_OUT: int(self.data.held_out),
         }
+
+    def eval_model(self, arrays: Mapping[str, np.ndarray], adapters_on: bool):  # -> FedMVPModel
+        """The model the evaluation runs: the global state, adapters per the switch."""
+        model = build_fedmvp_model(self.cfg, self.bundle, arrays)
+        model.adapters_on = bool(adapters_on)
+        return model
 
     def train_seed(self, server_round: int) -> int:
         """Shuffling seed of one local training: fixed by run seed, round and partition."""
@@ -302,12 +307,17 @@ class FedMVPServer:
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return fedmvp_initial_arrays(self.cfg, self.bundle)
 
+    def eval_model(self, state: Mapping[str, np.ndarray]):  # -> FedMVPModel
+        """The global state's model, its adapters applied (see the class docstring)."""
+        model = build_fedmvp_model(self.cfg, self.bundle, state)
+        model.adapters_on = True
+        return model
+
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
         """``base-accuracy``, ``new-accuracy`` and their losses (mean cross-entropy)."""
         from pep_fedpt.fedmvp import evaluate_local
 
-        model = build_fedmvp_model(self.cfg, self.bundle, state)
-        model.adapters_on = True
+        model = self.eval_model(state)
         out: dict[str, float] = {}
         for name, dataset in self.sets.items():
             correct, total, loss = evaluate_local(

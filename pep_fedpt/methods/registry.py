@@ -43,6 +43,7 @@ METHOD_MODULES: dict[str, str] = {
     "sgpt": "pep_fedpt.methods.sgpt",
     "pfedpg": "pep_fedpt.methods.pfedpg",
     "fedmvp": "pep_fedpt.methods.fedmvp",
+    "zeroshot-clip": "pep_fedpt.methods.zeroshot_clip",
 }
 
 
