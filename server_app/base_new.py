@@ -17,11 +17,16 @@ from pep_fedpt.data.base_new import harmonic_mean
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
 BASE, NEW = "server/base-accuracy", "server/new-accuracy"
 LOCAL, HM = "server/local-accuracy", "server/hm"
+TARGET = "server/target-accuracy"  # the domain protocol's held-out domain
 
 
 def base_new_metrics(row: Mapping[str, object]) -> dict[str, float]:
     """``server/local-accuracy`` and ``server/hm`` of a round's metrics row, when the row
-    holds Base, New and the clients' accuracies; nothing otherwise."""
+    holds Base, New and the clients' accuracies (the domain protocol: Local beside the
+    Target accuracy); nothing otherwise."""
+    local_value = row.get(LOCAL_SOURCE)
+    if TARGET in row and isinstance(local_value, int | float):
+        return {LOCAL: float(local_value)}
     values = [row.get(key) for key in (LOCAL_SOURCE, BASE, NEW)]
     if not all(isinstance(v, int | float) for v in values):
         return {}

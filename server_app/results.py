@@ -43,6 +43,11 @@ BASE_NEW_COLUMNS = (
     ("server/new-accuracy", "new acc"),
     ("server/hm", "HM"),
 )
+# FedMVP's leave-one-domain-out columns, likewise.
+DOMAIN_COLUMNS = (
+    ("server/local-accuracy", "local acc"),
+    ("server/target-accuracy", "target acc"),
+)
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -152,8 +157,9 @@ class RunRecorder:
         """A Markdown table of the headline metrics, one line per round (and FedMVP's
         Local / Base / New / HM where the rows hold them)."""
         columns = SUMMARY_COLUMNS
-        if any(key in row for row in self.rows for key, _ in BASE_NEW_COLUMNS):
-            columns = SUMMARY_COLUMNS + BASE_NEW_COLUMNS
+        for extra in (BASE_NEW_COLUMNS, DOMAIN_COLUMNS):
+            if any(key in row for row in self.rows for key, _ in extra[1:]):
+                columns = SUMMARY_COLUMNS + extra
         header = "| " + " | ".join(title for _, title in columns) + " |"
         lines = [header, "|" + "---|" * len(columns)]
         for row in self.rows:

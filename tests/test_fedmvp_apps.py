@@ -5,6 +5,7 @@ uninterrupted one. The tiny seeded CLIP on digits: the numbers mean nothing, the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -158,3 +159,41 @@ def test_zero_shot_clip_scores_the_same_bank_without_training(
     assert rows[1]["server/new-accuracy"] == rows[2]["server/new-accuracy"]
     assert rows[1]["server/hm"] == rows[2]["server/hm"]
     assert rows[1]["train/bytes-up"] == 0 and rows[1]["train/valid-replies"] == 2
+
+
+def test_one_leave_one_domain_out_round_on_a_fake_pacs(
+    flat: dict, tmp_path: Path, task_identity
+) -> None:
+    """Sketch held out; one client per source domain, each with its domain's template;
+    the server scores the sketch examples of the central test split (Target)."""
+    from test_fedmvp_dg_datasets import fake_tree
+
+    from pep_fedpt.data.domainbed import DOMAIN_SETS
+
+    data = tmp_path / "pacs"
+    fake_tree(data, DOMAIN_SETS["pacs"].domains, ("dog", "elephant", "guitar"))
+    flat.update(
+        {
+            "data.dataset": "pacs",
+            "data.data-dir": str(data),
+            "data.central-test-fraction": 0.5,
+            "fedmvp.protocol": "domain",
+            "fedmvp.target-domain": "sketch",
+            "fedmvp.shots": 1,
+            "fedmvp.attributes-dir": str(tmp_path / "attributes"),
+        }
+    )
+    (tmp_path / "attributes").mkdir()
+    phrases = {"dog": ["a wagging tail"], "elephant": ["a trunk"], "guitar": ["six strings"]}
+    (tmp_path / "attributes" / "pacs.json").write_text(json.dumps(phrases))
+    nodes = {10 + p: {"partition-id": p, "num-partitions": 3} for p in range(3)}
+    run_server(flat, nodes=nodes)
+    rows = load_json(tmp_path / "run" / "metrics.json")
+    assert 0.0 <= rows[1]["server/target-accuracy"] <= 1.0
+    assert rows[1]["server/local-accuracy"] == rows[1]["evaluate/mean-client-accuracy"]
+    assert rows[1]["evaluate/num-clients"] == 3 and "server/hm" not in rows[1]
+    assert "| local acc | target acc |" in (tmp_path / "run" / "summary.md").read_text()
+    counts = load_state(tmp_path / "run")[wire.PROTO_COUNT]
+    # 1 shot of each class a client's share holds: "dog" has one image per domain, and
+    # the central carve takes half of them, so not every source domain keeps one
+    assert counts[1:].tolist() == [3, 3] and 1 <= counts[0] <= 3

@@ -120,3 +120,31 @@ def test_the_round_row_has_local_base_new_and_hm_by_hand() -> None:
     del row["evaluate/mean-client-accuracy"]
     assert base_new_metrics(row) == {}
     assert base_new_metrics({"server/accuracy": 0.5, "evaluate/mean-client-accuracy": 0.4}) == {}
+
+
+def test_leave_one_domain_out_by_hand() -> None:
+    from pep_fedpt.data.leave_one_domain_out import leave_one_domain_out, target_index
+
+    # 3 domains x 2 classes x 4 examples; test: indices 0..11, domain = index // 4
+    domains = np.repeat([0, 1, 2], 8)
+    targets = np.tile(np.repeat([0, 1], 4), 3)
+    test_domains = np.repeat([0, 1, 2], 4)
+    assert target_index(("photo", "sketch", "cartoon"), "sketch") == 1
+    with pytest.raises(ConfigError, match=r"target-domain = 'art' is not one of"):
+        target_index(("photo", "sketch"), "art")
+    split = leave_one_domain_out(
+        np.arange(24), domains, targets, np.arange(12), test_domains,
+        num_domains=3, target=1, num_partitions=4, num_classes=2, shots=1, seed=0,
+    )  # fmt: skip
+    assert split.client_domains == (0, 0, 2, 2)  # two clients per source domain
+    for d, train, test in zip(
+        split.client_domains, split.client_train, split.client_test, strict=True
+    ):
+        assert set(domains[train]) == {d} and sorted(targets[train]) == [0, 1]  # 1 shot each
+        assert set(test_domains[test]) == {d}
+    assert not set(split.client_train[0]) & set(split.client_train[1])  # disjoint shares
+    np.testing.assert_array_equal(split.target_test, [4, 5, 6, 7])
+    with pytest.raises(ConfigError, match="not a multiple of the 2 source domains"):
+        leave_one_domain_out(
+            np.arange(24), domains, targets, np.arange(12), test_domains, 3, 1, 3, 2, 1, 0
+        )

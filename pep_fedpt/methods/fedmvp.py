@@ -12,6 +12,7 @@ attribute phrases. The adapter switch comes from the server in every message's c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.config import ConfigError, FedMVPConfig, RunConfig
 from pep_fedpt.data import ImageSpec, LabeledDataset, load_central_data
 from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, split_base_new
 from pep_fedpt.data.client_data import client_pool
+from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
 from pep_fedpt.engine import pick_device
 from pep_fedpt.feature_cache import default_cache_dir, resolve_cache_dir
@@ -92,6 +94,7 @@ class FedMVPClientData:
     num_classes: int  # of the data set (the length of the census counts)
     train_counts: np.ndarray  # (num_classes,) shots per class, 0 outside its classes
     held_out: bool = False
+    domain: str | None = None  # protocol = "domain": its source domain
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,11 +121,79 @@ def _protocol(
     return split, pool_data, test_data, central.classes
 
 
+def run_domains(cfg: RunConfig) -> tuple[str, ...]:
+    """The names of the run's domains, in the order of the examples' domain ids."""
+    from pep_fedpt.data.domainbed import DOMAIN_SETS, selected
+    from pep_fedpt.data.domainnet import selected_domains
+
+    if cfg.data.dataset in DOMAIN_SETS:
+        return selected(cfg.data.domains, DOMAIN_SETS[cfg.data.dataset])
+    if cfg.data.dataset in ("domainnet", "domainnet-10"):
+        return selected_domains(cfg.data.domains)
+    raise ConfigError(
+        f"fedmvp.protocol = 'domain' needs a data set of several domains; "
+        f"data.dataset = {cfg.data.dataset!r} has none (use pacs, officehome, vlcs, "
+        "terraincognita, domainnet or domainnet-10)"
+    )
+
+
+def domain_words(domain: str) -> str:
+    return domain.replace("_", " ").strip()
+
+
+@functools.lru_cache(maxsize=4)
+def _domain_protocol(
+    cfg: RunConfig, spec: ImageSpec, num_partitions: int
+) -> tuple[DomainSplit, LabeledDataset, LabeledDataset, list[str], tuple[str, ...]]:
+    """The run's leave-one-domain-out split, its data sets, class and domain names."""
+    _check_config(cfg)
+    names = run_domains(cfg)
+    pool_data, pool = client_pool(cfg.data, spec)
+    central = load_central_data(cfg.data, spec)
+    test_data = central.test.dataset
+    split = leave_one_domain_out(
+        pool,
+        np.asarray(pool_data.domains),
+        np.asarray(pool_data.targets),
+        np.asarray(central.test.indices, dtype=np.int64),
+        np.asarray(test_data.domains),
+        len(names),
+        target_index(names, cfg.fedmvp.target_domain),
+        num_partitions,
+        central.num_classes,
+        cfg.fedmvp.shots,
+        cfg.seed,
+    )
+    return split, pool_data, test_data, central.classes, names
+
+
+def _domain_client_data(
+    cfg: RunConfig, spec: ImageSpec, partition_id: int, num_partitions: int
+) -> FedMVPClientData:
+    split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
+    every = tuple(range(len(classes)))
+    train = ClassSubset(pool_data, split.client_train[partition_id], every)
+    counts = class_counts(np.asarray(pool_data.targets)[train.indices], len(classes))
+    held = held_out_partitions(num_partitions, cfg.data.held_out_fraction, cfg.seed)
+    return FedMVPClientData(
+        partition_id=partition_id,
+        classes=every,
+        train=train,
+        test=ClassSubset(test_data, split.client_test[partition_id], every),
+        num_classes=len(classes),
+        train_counts=counts.astype(np.int64),
+        held_out=partition_id in held,
+        domain=names[split.client_domains[partition_id]],
+    )
+
+
 def client_data(
     cfg: RunConfig, spec: ImageSpec, partition_id: int, num_partitions: int
 ) -> FedMVPClientData:
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
+    if cfg.fedmvp.protocol == "domain":
+        return _domain_client_data(cfg, spec, partition_id, num_partitions)
     split, pool_data, test_data, classes = _protocol(cfg, spec, num_partitions)
     own = split.client_classes[partition_id]
     train = ClassSubset(pool_data, split.client_train[partition_id], own)
@@ -147,14 +218,31 @@ def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
     return build_clip(cfg.fedmvp, cfg.seed, device)
 
 
-def text_bank(cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path):  # -> TextBank
-    """The frozen text features of the sentences of ``classnames`` (disk-cached)."""
+DOMAIN_SUFFIX = "{domain} style"
+
+
+def domain_template(cfg: RunConfig, domain: str) -> FedMVPConfig:
+    """The sentence settings of one domain: ``fedmvp.prompt-suffix`` with ``{domain}``
+    replaced by the domain's words (default "{domain} style": "a photo of a dog, sketch
+    style, which has ...")."""
+    suffix = cfg.fedmvp.prompt_suffix or DOMAIN_SUFFIX
+    return dataclasses.replace(
+        cfg.fedmvp, prompt_suffix=suffix.replace("{domain}", domain_words(domain))
+    )
+
+
+def text_bank(
+    cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path, domain: str | None = None
+):  # -> TextBank
+    """The frozen text features of the sentences of ``classnames`` (disk-cached), in
+    ``domain``'s template when given (the domain protocol)."""
     from pep_fedpt.fedmvp import build_text_bank, load_attributes
 
     attributes = load_attributes(
         attributes_dir(cfg), attribute_set(cfg), classnames, cfg.fedmvp.plain_template
     )
-    return build_text_bank(bundle, classnames, attributes, cfg.fedmvp, cache_dir)
+    sentences = cfg.fedmvp if domain is None else domain_template(cfg, domain)
+    return build_text_bank(bundle, classnames, attributes, sentences, cache_dir)
 
 
 def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] | None = None):
@@ -216,9 +304,11 @@ class FedMVPClient:
     def bank(self):  # -> TextBank
         """The text bank of this client's own classes, built once per process."""
         if self._bank is None:
-            names = _protocol(self.cfg, self.bundle.spec, self.num_partitions)[3]
+            names = load_central_data(self.cfg.data, self.bundle.spec).classes
             classnames = [names[c] for c in self.data.classes]
-            self._bank = text_bank(self.cfg, self.bundle, classnames, self.cache_dir)
+            self._bank = text_bank(
+                self.cfg, self.bundle, classnames, self.cache_dir, self.data.domain
+            )
         return self._bank
 
     def train(
@@ -293,13 +383,23 @@ class FedMVPServer:
         self.bundle = cached_clip(cfg, str(device))
         central = load_central_data(cfg.data, self.bundle.spec)
         self.classes = central.classes
-        base, new = split_base_new(central.num_classes)
         test_data = central.test.dataset
         test_idx = np.asarray(central.test.indices, dtype=np.int64)
         targets = np.asarray(test_data.targets)
         cache = resolve_cache_dir(cfg.cache_dir)
-        self.sets = {}
-        self.banks = {}
+        self.sets: dict[str, ClassSubset] = {}
+        self.banks: dict[str, object] = {}
+        if cfg.fedmvp.protocol == "domain":  # Target: the held-out domain, its template
+            names = run_domains(cfg)
+            target = target_index(names, cfg.fedmvp.target_domain)
+            every = tuple(range(central.num_classes))
+            in_target = test_idx[np.asarray(test_data.domains)[test_idx] == target]
+            self.sets["target"] = ClassSubset(test_data, in_target, every)
+            self.banks["target"] = text_bank(
+                cfg, self.bundle, list(self.classes), cache, names[target]
+            )
+            return
+        base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
             self.sets[name] = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
             self.banks[name] = text_bank(cfg, self.bundle, [self.classes[c] for c in group], cache)
@@ -314,7 +414,8 @@ class FedMVPServer:
         return model
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """``base-accuracy``, ``new-accuracy`` and their losses (mean cross-entropy)."""
+        """``base-accuracy``, ``new-accuracy`` (domain protocol: ``target-accuracy``) and
+        their losses (mean cross-entropy)."""
         from pep_fedpt.fedmvp import evaluate_local
 
         model = self.eval_model(state)
@@ -341,9 +442,9 @@ def _adapter_switch(received: Received) -> bool:
 
 
 def _check_config(cfg: RunConfig) -> None:
-    if cfg.fedmvp.protocol != "base-new":
+    if cfg.fedmvp.protocol == "domain" and not cfg.fedmvp.target_domain:
         raise ConfigError(
-            f"fedmvp.protocol = {cfg.fedmvp.protocol!r} is not built yet; use 'base-new'"
+            "fedmvp.protocol = 'domain' needs fedmvp.target-domain: the domain to hold out"
         )
 
 
