@@ -465,8 +465,8 @@ def test_the_round_step_follows_the_mean_gradient_of_the_round(
     start = model.trainable_arrays()
     data = _toy_data(8)
     cfg = _run_config(step_every="round")
-    cfg = replace(cfg, train=replace(cfg.train, momentum=0.0, weight_decay=0.0, lr=0.1))
-    train_local(model, data, bank, cfg, CPU, seed=0, adapters_on=False)
+    cfg = replace(cfg, train=replace(cfg.train, momentum=0.0, weight_decay=0.0))
+    train_local(model, data, bank, cfg, CPU, seed=0, adapters_on=False, lr=0.1)  # the round's lr
     stepped = model.trainable_arrays()["fedmvp.proj.weight"]
     model.load_trainable_arrays(start)
     model.zero_grad(set_to_none=True)
