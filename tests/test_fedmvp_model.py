@@ -27,6 +27,7 @@ from pep_fedpt.fedmvp import (
     build_clip,
     build_text_bank,
     evaluate_local,
+    flipped_features,
     load_attributes,
     sentences,
     train_local,
@@ -499,6 +500,27 @@ def test_adapters_switch_on_below_the_threshold_and_stay_on(
     assert np.array_equal(after["fedmvp.ffn.fc1.weight"], before["fedmvp.ffn.fc1.weight"])
     assert not np.array_equal(after["fedmvp.adapter.q.up"], before["fedmvp.adapter.q.up"])
     assert not np.array_equal(after["fedmvp.proj.weight"], before["fedmvp.proj.weight"])
+
+
+def test_precomputed_flipped_features_train_exactly_as_computing_them_per_step(
+    model: FedMVPModel, bank: TextBank
+) -> None:
+    data, cfg = _toy_data(), _run_config()
+    flipped = flipped_features(model, data, CPU, batch_size=3)
+    images = data.tensors[0]
+    assert flipped.shape == (10, model.clip.text_projection.shape[1])
+    reference = model.clip.encode_image(images.flip(-1), normalize=True)
+    assert torch.allclose(flipped, reference, atol=1e-5)
+    start = model.trainable_arrays()
+    per_step = train_local(model, data, bank, cfg, CPU, 0, adapters_on=False)
+    trained = model.trainable_arrays()
+    model.load_trainable_arrays(start)
+    cached = train_local(model, data, bank, cfg, CPU, 0, adapters_on=False, flipped=flipped)
+    assert cached.loss == pytest.approx(per_step.loss, rel=1e-5)
+    for key, value in model.trainable_arrays().items():
+        assert np.allclose(value, trained[key], atol=1e-6), key
+    with pytest.raises(ValueError, match="4 features for 10 examples"):
+        train_local(model, data, bank, cfg, CPU, 0, adapters_on=False, flipped=flipped[:4])
 
 
 def test_an_empty_training_split_is_refused(model: FedMVPModel, bank: TextBank) -> None:
