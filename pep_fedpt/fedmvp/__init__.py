@@ -8,10 +8,17 @@ from pep_fedpt.fedmvp.clip import ClipBundle, build_clip
 from pep_fedpt.fedmvp.model import FedMVPModel
 from pep_fedpt.fedmvp.promptformer import PromptFormer
 from pep_fedpt.fedmvp.text_bank import TextBank, build_text_bank
-from pep_fedpt.fedmvp.train import FedMVPTrainResult, evaluate_local, train_local
+from pep_fedpt.fedmvp.train import (
+    FedMVPEval,
+    FedMVPTrainResult,
+    evaluate_local,
+    flipped_features,
+    train_local,
+)
 
 __all__ = [
     "ClipBundle",
+    "FedMVPEval",
     "FedMVPModel",
     "FedMVPTrainResult",
     "PromptFormer",
@@ -19,6 +26,7 @@ __all__ = [
     "build_clip",
     "build_text_bank",
     "evaluate_local",
+    "flipped_features",
     "load_attributes",
     "sentences",
     "train_local",

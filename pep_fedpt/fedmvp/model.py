@@ -105,10 +105,17 @@ class FedMVPModel(nn.Module):
     def logits(self, images: torch.Tensor, bank: TextBank) -> torch.Tensor:
         return self.logits_from_features(self.encode_image(images, bank), bank)
 
-    def consistency_loss(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Mean of 1 - cos(f(x), g(x')), x' the horizontally flipped view."""
-        target = self.frozen_features(images.flip(-1)).to(features.dtype)
-        return (1.0 - (features * target).sum(dim=-1)).mean()
+    def consistency_loss(
+        self, features: torch.Tensor, images: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean of 1 - cos(f(x), g(x')), x' the horizontally flipped view.
+
+        ``target``: g(x') computed earlier (it never changes: the flip is deterministic and
+        g is frozen); None computes it here.
+        """
+        if target is None:
+            target = self.frozen_features(images.flip(-1))
+        return (1.0 - (features * target.to(features.dtype)).sum(dim=-1)).mean()
 
     # ------------------------------------------------------------------ the wire format
     def trainable_arrays(self) -> dict[str, np.ndarray]:

@@ -51,18 +51,48 @@ class FedMVPEval(NamedTuple):
         return self.correct / self.total if self.total else 0.0
 
 
+class _Indexed(Dataset):
+    """(image, label, position): a batch can look up its precomputed g(x')."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
 def _batches(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     loader = DataLoader(
-        dataset,
+        _Indexed(dataset),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device)
+    for images, labels, positions in loader:
+        yield images.to(device, non_blocking=True), labels.to(device), positions
+
+
+@torch.no_grad()
+def flipped_features(
+    model: FedMVPModel, dataset: Dataset, device: torch.device, batch_size: int = 128
+) -> torch.Tensor:
+    """g(x') of every example, in dataset order: (N, D) float32 on the CPU.
+
+    The consistency target never changes (frozen encoder, deterministic flip): computed once
+    (and cached by the caller like z(x)), it saves the frozen forward of every step.
+    """
+    chunks = [torch.zeros(0, model.clip.visual.output_dim)]
+    for images, _, _ in _batches(dataset, batch_size, False, 0, device):
+        with autocast(device):
+            chunks.append(model.frozen_features(images.flip(-1)).float().cpu())
+    return torch.cat(chunks)
 
 
 def _optimizer(model: FedMVPModel, cfg: RunConfig, lr: float) -> torch.optim.SGD:
@@ -81,11 +111,18 @@ def train_local(
     seed: int,
     adapters_on: bool,
     lr: float | None = None,
+    flipped: torch.Tensor | None = None,
 ) -> FedMVPTrainResult:
-    """``train.local-epochs`` epochs over ``dataset`` (labels index ``bank``'s classes)."""
+    """``train.local-epochs`` epochs over ``dataset`` (labels index ``bank``'s classes).
+
+    ``lr`` overrides ``train.lr`` (the round's value of a schedule); ``flipped``: g(x') of
+    every example (``flipped_features``), else computed in every step.
+    """
     size = len(dataset)  # type: ignore[arg-type]
     if size == 0:
         raise ValueError("the local training split is empty")
+    if flipped is not None and flipped.shape[0] != size:
+        raise ValueError(f"flipped holds {flipped.shape[0]} features for {size} examples")
     per_round = cfg.fedmvp.step_every == "round"
     epochs, alpha = cfg.train.local_epochs, cfg.fedmvp.consistency_weight
     model.adapters_on = adapters_on
@@ -95,12 +132,14 @@ def train_local(
     total, ce_total, cons_total, correct, steps = 0.0, 0.0, 0.0, 0, 0
     for epoch in range(epochs):
         epoch_loss = 0.0
-        for images, labels in _batches(dataset, cfg.train.batch_size, True, seed + epoch, device):
+        batches = _batches(dataset, cfg.train.batch_size, True, seed + epoch, device)
+        for images, labels, positions in batches:
+            target = None if flipped is None else flipped[positions].to(device)
             with autocast(device):
                 features = model.encode_image(images, bank)
                 logits = model.logits_from_features(features, bank)
                 ce = F.cross_entropy(logits.float(), labels)
-                cons = model.consistency_loss(features.float(), images)
+                cons = model.consistency_loss(features.float(), images, target)
             loss = ce + alpha * cons
             if per_round:
                 (loss * (len(labels) / (size * epochs))).backward()
@@ -147,7 +186,7 @@ def evaluate_local(
     """Accuracy and cross-entropy over ``bank``'s classes, adapters as ``model.adapters_on``."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for images, labels in _batches(dataset, batch_size, False, 0, device):
+    for images, labels, _ in _batches(dataset, batch_size, False, 0, device):
         with autocast(device):
             logits = model.logits(images, bank).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
