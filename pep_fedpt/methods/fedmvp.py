@@ -31,7 +31,12 @@ from pep_fedpt.data.client_data import client_pool
 from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
 from pep_fedpt.engine import pick_device
-from pep_fedpt.feature_cache import default_cache_dir, resolve_cache_dir
+from pep_fedpt.feature_cache import (
+    default_cache_dir,
+    examples_digest,
+    feature_store,
+    resolve_cache_dir,
+)
 from pep_fedpt.methods.registry import Method, Received, register
 from strategies import wire
 
@@ -319,6 +324,7 @@ class FedMVPClient:
         from pep_fedpt.fedmvp import train_local
 
         model = build_fedmvp_model(self.cfg, self.bundle, arrays)
+        flipped = self.flipped(model)
         result = train_local(
             model,
             self.data.train,
@@ -328,6 +334,7 @@ class FedMVPClient:
             self.train_seed(server_round),
             adapters_on,
             lr=cosine_lr(self.cfg.train.lr, server_round, self.cfg.fed.num_rounds),
+            flipped=flipped,
         )
         metrics: dict[str, float | int | list[int]] = {
             wire.NUM_EXAMPLES: int(result.num_examples),
@@ -356,6 +363,20 @@ class FedMVPClient:
             wire.PARTITION_ID: self.data.partition_id,
             wire.HELD_OUT: int(self.data.held_out),
         }
+
+    def flipped(self, model) -> torch.Tensor:
+        """g(x') of the training examples (the consistency target: frozen encoder, fixed
+        flip), computed once per node and kept in its feature cache like z(x)."""
+        from pep_fedpt.fedmvp import flipped_features
+
+        train = self.data.train
+        examples = examples_digest(train.indices, train.targets)
+        key = (
+            f"fedmvp-flipped|{self.bundle.fingerprint}|{self.bundle.spec}|{self.cfg.data!r}|"
+            f"{examples}|{self.device.type}"
+        )
+        store = feature_store(self.cache_dir)
+        return store.get(key, lambda: flipped_features(model, train, self.device))
 
     def eval_model(self, arrays: Mapping[str, np.ndarray], adapters_on: bool):  # -> FedMVPModel
         """The model the evaluation runs: the global state, adapters per the switch."""
