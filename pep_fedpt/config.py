@@ -31,6 +31,7 @@ HEAD_INITS = ("zeros", "normal")
 FEDMVP_PROTOCOLS = ("base-new", "domain")
 FEDMVP_AGGREGATIONS = ("equal", "num-examples")
 FEDMVP_STEPS = ("batch", "round")
+FEDMVP_WIRE_DTYPES = ("float32", "float16")
 
 
 class ConfigError(ValueError):
@@ -279,6 +280,9 @@ class FedMVPConfig:
     classes_per_client: int = 20  # base classes per client, disjoint across clients
     shots: int = 8  # training examples per class, drawn with the seed
     target_domain: str = ""  # protocol = "domain": the held-out test domain
+    # The arrays' type in messages: "float16" halves the bytes (the authors train in fp16);
+    # the server keeps and averages float32.
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.clip_model:
@@ -304,6 +308,7 @@ class FedMVPConfig:
         _choice("fedmvp.aggregation", self.aggregation, FEDMVP_AGGREGATIONS)
         _choice("fedmvp.step-every", self.step_every, FEDMVP_STEPS)
         _choice("fedmvp.protocol", self.protocol, FEDMVP_PROTOCOLS)
+        _choice("fedmvp.wire-dtype", self.wire_dtype, FEDMVP_WIRE_DTYPES)
 
 
 @dataclass(frozen=True)

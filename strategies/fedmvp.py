@@ -30,7 +30,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
@@ -38,6 +38,7 @@ from strategies.aggregation import weighted_mean
 from strategies.base import PromptFedAvg
 
 AGGREGATIONS = ("equal", "num-examples")
+WIRE_DTYPES = ("float32", "float16")
 
 
 class FedMVP(PromptFedAvg):
@@ -49,10 +50,25 @@ class FedMVP(PromptFedAvg):
         C, the data set's classes: the length of every reply's class counts.
     aggregation : str (default "equal")
         "equal": every valid reply weighs the same (the paper); "num-examples": by n_k.
+    wire_dtype : str (default "float32")
+        "float16": the arrays travel in half precision both ways (half the bytes); the
+        state is kept and averaged in float32 here, and clients reply in the type they got.
     """
 
-    def __init__(self, num_classes: int, aggregation: str = "equal", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        aggregation: str = "equal",
+        wire_dtype: str = "float32",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
+            )
+        self.wire_dtype = wire_dtype
+        self._wire_cache: tuple[int, ArrayRecord] | None = None
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes = {num_classes!r} must be an integer >= 1")
         if aggregation not in AGGREGATIONS:
@@ -72,6 +88,7 @@ class FedMVP(PromptFedAvg):
         super().summary()
         weights = "equal weights" if self.aggregation == "equal" else "n_k weights"
         log(INFO, "\t└──> FedMVP: PromptFormer and adapters averaged with %s", weights)
+        log(INFO, "\t└──> FedMVP: arrays travel as %s", self.wire_dtype)
 
     # ------------------------------------------------------------------ state
     def num_classes(self, arrays: ArrayRecord) -> int:
@@ -116,10 +133,20 @@ class FedMVP(PromptFedAvg):
         return self.adapters_on.get(pid, False)
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
-        """This node's adapter switch, in a config of its own (the base shares one)."""
+        """This node's adapter switch, in a config of its own (the base shares one); with
+        ``wire_dtype = "float16"`` the arrays in half precision (one copy per phase)."""
         config = ConfigRecord(dict(content[wire.CONFIG]))
         config[wire.ADAPTERS_ON] = int(self.switch_for(node_id))
         content[wire.CONFIG] = config
+        if self.wire_dtype != "float32" and wire.ARRAYS in content:
+            record = content[wire.ARRAYS]
+            if self._wire_cache is None or self._wire_cache[0] != id(record):
+                cast = {
+                    k: Array(np.asarray(v.numpy(), dtype=self.wire_dtype))
+                    for k, v in record.items()
+                }
+                self._wire_cache = (id(record), ArrayRecord(cast))
+            content[wire.ARRAYS] = self._wire_cache[1]
 
     # ------------------------------------------------------------------ train
     def check_train_metrics(self, metrics: MetricRecord) -> str | None:

@@ -197,3 +197,20 @@ def test_one_leave_one_domain_out_round_on_a_fake_pacs(
     # 1 shot of each class a client's share holds: "dog" has one image per domain, and
     # the central carve takes half of them, so not every source domain keeps one
     assert counts[1:].tolist() == [3, 3] and 1 <= counts[0] <= 3
+
+
+def test_float16_messages_halve_the_bytes_each_way(
+    flat: dict, tmp_path: Path, task_identity
+) -> None:
+    """fedmvp.wire-dtype = "float16": the server sends half precision, the clients reply in
+    it; the state on disk stays float32."""
+    rows = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        run_server({**flat, "output-dir": str(out), "fedmvp.wire-dtype": dtype}, nodes=TWO)
+        rows[dtype] = load_json(out / "metrics.json")[1]
+        assert all(
+            v.dtype == np.float32 for k, v in load_state(out).items() if k != wire.PROTO_COUNT
+        )
+    for key in ("train/bytes-down", "train/bytes-up", "evaluate/bytes-down"):
+        assert rows["float16"][key] * 2 == rows["float32"][key], key

@@ -238,3 +238,19 @@ def test_bytes_are_counted_per_round(task_identity) -> None:
     assert strategy.round_metrics[1]["train/bytes-down"] == 3 * per_message
     assert strategy.round_metrics[1]["train/bytes-up"] == 3 * per_message
     assert strategy.round_metrics[1]["evaluate/bytes-up"] == 0
+
+
+def test_float16_messages_carry_half_the_bytes_and_the_state_stays_float32(
+    task_identity,
+) -> None:
+    seen: list = []
+    half = FedMVP(num_classes=NUM_CLASSES, wire_dtype="float16", min_train_nodes=2)
+    strategy, state, _ = run(strategy=half, seen=seen)
+    per_message = sum(int(np.prod(s)) * 2 for s in KEYS.values())
+    assert strategy.round_metrics[1]["train/bytes-down"] == 3 * per_message
+    assert strategy.round_metrics[1]["evaluate/bytes-down"] == 3 * per_message
+    for key, expected in by_hand({0: 1.0, 1: 1.0, 2: 1.0}, 1).items():
+        assert state[key].numpy().dtype == np.float32
+        np.testing.assert_allclose(state[key].numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="wire_dtype = 'bfloat16'"):
+        FedMVP(num_classes=3, wire_dtype="bfloat16")
