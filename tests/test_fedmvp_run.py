@@ -145,3 +145,25 @@ def test_the_offline_fedmvp_run_finishes_completed_with_local_base_new_hm(
     assert "| local acc | base acc | new acc | HM |" in summary
     last = summary.strip().splitlines()[-1].split("|")[1:-1]
     assert last[0].strip() == "3" and all(c.strip() != "-" for c in last[-4:])
+
+
+DG_FILES = sorted((ROOT / "conf").glob("fedmvp-dg-*.toml"))
+
+
+@pytest.mark.parametrize("path", DG_FILES, ids=lambda p: p.name)
+def test_the_domain_generalisation_confs_are_at_the_paper_scale(path: Path) -> None:
+    from pep_fedpt.data import dataset_names
+    from pep_fedpt.methods.fedmvp import run_domains
+
+    cfg = RunConfig.from_flat(get_fused_config_from_dir(ROOT, parse_config_args([str(path)])))
+    assert cfg.method == "fedmvp" and cfg.data.dataset in dataset_names()
+    assert (cfg.fedmvp.clip_model, cfg.fedmvp.clip_pretrained) == ("ViT-B-16", "openai")
+    assert (cfg.fed.num_rounds, cfg.train.batch_size, cfg.train.lr) == (100, 128, 0.003)
+    domains = run_domains(cfg)
+    assert cfg.fedmvp.protocol == "domain" and cfg.fedmvp.target_domain in domains
+    match = re.search(
+        r'flwr run \. --run-config conf/(\S+) .*"num-supernodes=(\d+) ', path.read_text()
+    )
+    assert match and match[1] == path.name
+    sources = len(domains) - 1
+    assert int(match[2]) == sources == cfg.fed.min_available_nodes == cfg.fed.min_train_nodes
