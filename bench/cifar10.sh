@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU accuracy benchmark (README "Benchmark"): every method on CIFAR-10, Dirichlet(0.1),
+# The CPU accuracy benchmark (docs/benchmark.md): every method on CIFAR-10, Dirichlet(0.1),
 # 10 training clients + 2 held out, three seeds, on a small ViT pre-trained here on classes
 # 0-4 (cached under ~/.cache/pep-fedpt/backbones, never in git), via scripts/compare.sh.
 #   bench/cifar10.sh [OUT]    # OUT defaults to ~/.cache/pep-fedpt/bench/cifar10

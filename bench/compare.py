@@ -1,42 +1,45 @@
-"""Compare methods on one run config and seed set: one `flwr run` per (method, seed), then
-one table (Markdown and CSV) and one plot of accuracy against rounds.
+"""Compare methods on one run config and seed set: one `flwr run` per (method, seed), with
+an optional grid search per method first; the tables and the plot are ``bench/report.py``'s.
 
     scripts/compare.sh --run-config conf/X.toml --methods pep-fedpt,fedavg-vpt-deep \\
-        --seeds 0,1,2 --out /abs/dir [--num-supernodes 10] [-c "num-server-rounds=20"]
+        --seeds 0,1,2 --out /abs/dir [--num-supernodes 10] [-c "num-server-rounds=20"] \\
+        [--grid "train.lr=0.01,0.05,0.25,1"] [--val-fraction 0.1]
 
-Under ``--out``: ``runs/<method>-s<seed>/`` (the run's own output folder, as the ServerApp
-writes it), ``runs/<method>-s<seed>.toml`` (the merged run config it ran with),
+Under ``--out``: ``comparison.json`` (what was asked: methods, seeds, grid), and per final
+run ``runs/<method>-s<seed>/`` (the run's own output folder, as the ServerApp writes it),
+``runs/<method>-s<seed>.toml`` (the merged run config it ran with),
 ``runs/<method>-s<seed>.log`` (flwr's output) and ``runs/<method>-s<seed>.json`` (how it
-ended: status, run id, wall time); then ``results.csv`` (one row per run),
-``results.md`` (one row per method: mean ± sample std over the seeds) and
-``accuracy.png``. A run that does not end ``finished:completed`` is reported as failed and
-the comparison goes on; the exit status is then 1. Invoked again with the same settings,
-it skips the runs that completed, so an interrupted comparison resumes.
+ended: status, run id, wall time, config); then ``results.csv``, ``results.md`` and
+``accuracy.png`` (``bench/report.py``, which regenerates them from these files alone).
 
-Everything from reading the recorded rounds to the table and the plot is pure functions
-over ``metrics.json`` rows (``server_app/results.py``), tested without Flower.
+With ``--grid`` (``bench/grid.py``), each method first runs every grid point on the first
+seed, with ``data.val-fraction`` (``--val-fraction``, default 0.1) carving a validation
+split out of each client's training split, into ``grid/<method>-g<i>-s<seed>...``; it keeps
+the point with the best last-round validation mean client accuracy (on a tie, the earlier
+point), then runs that point on every seed, scored on test. The final runs keep the same
+validation carve, so the first seed's final run is the chosen grid run itself (copied into
+``runs/``, not run twice: a run is deterministic given its config).
+
+A run that does not end ``finished:completed`` is reported as failed and the comparison
+goes on; the exit status is then 1. Invoked again with the same settings, it skips the runs
+that completed with the same config, so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
-import math
 import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 import tomli_w
@@ -46,28 +49,26 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
+from bench.grid import Grid, Point, grid_points, parse_grid  # noqa: E402
+from bench.report import (  # noqa: E402
+    COMPARISON,
+    COMPLETED,
+    FINAL,
+    GRID,
+    Outcome,
+    Selection,
+    comparison_document,
+    read_outcome,
+    row_labels,
+    run_name,
+    write_results,
+)
 from pep_fedpt.atomic import atomic_write  # noqa: E402
 from pep_fedpt.config import METHODS, ConfigError, RunConfig  # noqa: E402
 
 Scalar = bool | int | float | str
-Row = Mapping[str, Any]
-
-COMPLETED = "finished:completed"
-# Final-round accuracies of the table: (metrics.json key, column title).
-ACCURACIES = (
-    ("evaluate/global-accuracy", "global acc"),
-    ("evaluate/mean-client-accuracy", "mean client acc"),
-    ("evaluate/worst-client-accuracy", "worst client acc"),
-    ("evaluate/held-out-accuracy", "held-out acc"),
-    ("server/accuracy", "server acc"),
-)
-# The plot's curve: the first of these that the runs recorded.
-PLOT_KEYS = (
-    ("evaluate/mean-client-accuracy", "mean client accuracy"),
-    ("evaluate/global-accuracy", "global accuracy"),
-    ("server/accuracy", "server accuracy"),
-)
-BYTES_DOWN, BYTES_UP = "bytes-down", "bytes-up"  # strategies/traffic.py
+VAL_FRACTION_KEY = "data.val-fraction"
+DEFAULT_VAL_FRACTION = 0.1  # with --grid and no --val-fraction
 
 
 # ---------------------------------------------------------------------- arguments
@@ -119,38 +120,46 @@ def base_config(run_config: Path | None, overrides: str) -> dict[str, Scalar]:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One (method, seed) run and where its files go."""
+    """One run (method, seed, and a grid point for the grid's runs) and where its files go."""
 
     method: str
     seed: int
     out: Path
+    point: Point = ()  # run-config values on top of the base config
+    grid_index: int | None = None  # a selection run: its index in the grid
+    variant: int | None = None  # a sweep's run: its point's index in the sweep
 
     @property
     def name(self) -> str:
-        return f"{self.method}-s{self.seed}"
+        return run_name(self.method, self.seed, self.grid_index, self.variant)
+
+    @property
+    def stage(self) -> str:
+        return FINAL if self.grid_index is None else GRID
 
     @property
     def run_dir(self) -> Path:
-        return self.out / "runs" / self.name
+        return self.out / self.stage / self.name
 
     @property
     def config_path(self) -> Path:
-        return self.out / "runs" / f"{self.name}.toml"
+        return self.out / self.stage / f"{self.name}.toml"
 
     @property
     def log_path(self) -> Path:
-        return self.out / "runs" / f"{self.name}.log"
+        return self.out / self.stage / f"{self.name}.log"
 
     @property
     def status_path(self) -> Path:
-        return self.out / "runs" / f"{self.name}.json"
+        return self.out / self.stage / f"{self.name}.json"
 
 
 def run_config_for(base: Mapping[str, Scalar], spec: RunSpec) -> dict[str, Scalar]:
-    """``base`` with this run's method, seed and output folder, checked by ``RunConfig``
-    (so that a typo fails before the first run, not after hours)."""
+    """``base`` with this run's grid point, method, seed and output folder, checked by
+    ``RunConfig`` (so that a typo fails before the first run, not after hours)."""
     flat = {
         **base,
+        **dict(spec.point),
         "method": spec.method,
         "seed": spec.seed,
         "output-dir": str(spec.run_dir),
@@ -166,23 +175,6 @@ def config_toml(flat: Mapping[str, Scalar]) -> str:
 
 
 # ---------------------------------------------------------------------- resume
-@dataclass
-class Outcome:
-    """How one run ended, and its recorded rounds (``metrics.json``)."""
-
-    method: str
-    seed: int
-    status: str
-    wall_s: float | None = None
-    run_id: str = ""
-    log: str = ""
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def completed(self) -> bool:
-        return self.status == COMPLETED
-
-
 def already_completed(spec: RunSpec, flat: Mapping[str, Scalar]) -> bool:
     """Whether an earlier invocation completed this run with this exact config."""
     try:
@@ -198,22 +190,33 @@ def already_completed(spec: RunSpec, flat: Mapping[str, Scalar]) -> bool:
 
 def load_outcome(spec: RunSpec) -> Outcome:
     """The outcome recorded for ``spec`` (``missing`` if it never ran)."""
-    try:
-        status = json.loads(spec.status_path.read_text())
-    except (OSError, ValueError):
-        return Outcome(spec.method, spec.seed, "missing")
-    rows: list[dict[str, Any]] = []
-    with contextlib.suppress(OSError, ValueError):
-        rows = json.loads((spec.run_dir / "metrics.json").read_text())
-    return Outcome(
+    return read_outcome(
+        spec.out,
+        spec.stage,
+        spec.name,
         spec.method,
         spec.seed,
-        str(status["status"]),
-        status.get("wall-s"),
-        str(status.get("run-id", "")),
-        str(status.get("log", "")),
-        rows,
+        spec.point,
+        variant=spec.variant is not None,
     )
+
+
+def adopt(source: RunSpec, spec: RunSpec, flat: Mapping[str, Scalar]) -> Outcome:
+    """Record the completed run ``source`` as ``spec`` (the same config but its folder):
+    the chosen grid run becomes the first seed's final run without running again."""
+    spec.status_path.unlink(missing_ok=True)
+    if spec.run_dir.exists():
+        shutil.rmtree(spec.run_dir)
+    spec.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source.run_dir, spec.run_dir)
+    if source.log_path.is_file():
+        shutil.copyfile(source.log_path, spec.log_path)
+    atomic_write(spec.config_path, config_toml(flat).encode())
+    record = json.loads(source.status_path.read_text())
+    record.update({"log": str(spec.log_path), "config": dict(flat), "copied-from": source.name})
+    atomic_write(spec.status_path, json.dumps(record, indent=2).encode())
+    print(f"compare: {spec.name}: the chosen grid run {source.name}, copied", flush=True)
+    return load_outcome(spec)
 
 
 # ---------------------------------------------------------------------- running
@@ -305,238 +308,57 @@ def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -
     return load_outcome(spec)
 
 
-# ---------------------------------------------------------------------- the table
-def final_value(rows: Sequence[Row], key: str) -> float:
-    """``key`` in the last round that recorded it (NaN if none did)."""
-    for row in reversed(rows):
-        value = row.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return math.nan
-
-
-def bytes_per_round(rows: Sequence[Row], key: str) -> float:
-    """All bytes of ``key`` (census in round 0 included) over the federated rounds (≥ 1)."""
-    rounds = [row for row in rows if row["round"] >= 1]
-    if not rounds or not any(key in row for row in rows):
-        return math.nan
-    return sum(float(row.get(key, 0)) for row in rows) / len(rounds)
-
-
-def run_row(outcome: Outcome) -> dict[str, Any]:
-    """One line of results.csv: the run's final accuracies, bytes, wall time and status."""
-    row: dict[str, Any] = {
-        "method": outcome.method,
-        "seed": outcome.seed,
-        "status": outcome.status,
-        "rounds": max((int(r["round"]) for r in outcome.rows), default=0),
-    }
-    for key, _ in ACCURACIES:
-        row[key] = final_value(outcome.rows, key)
-    for key in (BYTES_DOWN, BYTES_UP):
-        row[f"{key}-per-round"] = bytes_per_round(outcome.rows, key)
-        row[f"{key}-total"] = sum(float(r.get(key, 0)) for r in outcome.rows)
-    row["wall-s"] = outcome.wall_s if outcome.wall_s is not None else math.nan
-    row["log"] = outcome.log
-    return row
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the finite values (std NaN below two)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    std = statistics.stdev(finite) if len(finite) > 1 else math.nan
-    return statistics.fmean(finite), std
-
-
-@dataclass
-class MethodRow:
-    """One method's line of results.md: (mean, std) over its completed seeds per column."""
-
-    method: str
-    completed: int
-    runs: int
-    stats: dict[str, tuple[float, float]]
-
-
-TABLE_KEYS = (
-    *(key for key, _ in ACCURACIES),
-    f"{BYTES_DOWN}-per-round",
-    f"{BYTES_UP}-per-round",
-    "wall-s",
-)
-
-
-def method_rows(outcomes: Sequence[Outcome], methods: Sequence[str]) -> list[MethodRow]:
-    """Per method (in ``methods`` order), mean ± std over its completed runs."""
-    table = []
-    for method in methods:
-        mine = [o for o in outcomes if o.method == method]
-        done = [run_row(o) for o in mine if o.completed]
-        stats = {key: mean_std([float(r[key]) for r in done]) for key in TABLE_KEYS}
-        table.append(MethodRow(method, len(done), len(mine), stats))
-    return table
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (binary units)."""
-    if not math.isfinite(n):
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _cell(stat: tuple[float, float], fmt: str) -> str:
-    mean, std = stat
-    if not math.isfinite(mean):
-        return "-"
-    return format(mean, fmt) if not math.isfinite(std) else f"{mean:{fmt}} ± {std:{fmt}}"
-
-
-def markdown_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
-    """results.md: one row per method, then every run that failed with its log."""
-    titles = [
-        "method",
-        "runs",
-        *(title for _, title in ACCURACIES),
-        "down / round",
-        "up / round",
-        "wall time (s)",
-    ]
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-    for row in method_rows(outcomes, methods):
-        if row.completed == 0:
-            cells = ["failed"] * (len(titles) - 2)
-        else:
-            cells = [_cell(row.stats[key], ".4f") for key, _ in ACCURACIES]
-            for key in (f"{BYTES_DOWN}-per-round", f"{BYTES_UP}-per-round"):
-                mean, _ = row.stats[key]
-                cells.append(human_bytes(mean))
-            cells.append(_cell(row.stats["wall-s"], ".1f"))
-        lines.append(f"| {row.method} | {row.completed}/{row.runs} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        "Final-round accuracies, mean ± sample std over the completed seeds; bytes: array "
-        "payloads per federated round (the census before round 1 included), mean over seeds; "
-        "wall time: the whole `flwr run`, simulation start-up included."
-    )
-    failed = [o for o in outcomes if not o.completed]
-    if failed:
-        lines += ["", "Failed runs:", ""]
-        lines += [f"- {o.method} seed {o.seed}: {o.status} (log: {o.log or '-'})" for o in failed]
-    return "\n".join(lines) + "\n"
-
-
-def results_csv(outcomes: Sequence[Outcome]) -> str:
-    """results.csv: one row per run, raw numbers (bytes in bytes), empty where unrecorded."""
-    rows = [run_row(o) for o in outcomes]
-    columns = list(rows[0]) if rows else ["method", "seed", "status"]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(
-            ["" if isinstance(v, float) and not math.isfinite(v) else v for v in row.values()]
-        )
-    return out.getvalue()
-
-
-# ---------------------------------------------------------------------- the plot
-@dataclass
-class Curve:
-    rounds: list[int]
-    mean: list[float]
-    std: list[float]  # 0 where fewer than two seeds recorded the round
-
-
-def plot_key(outcomes: Sequence[Outcome]) -> tuple[str, str] | None:
-    """The first of ``PLOT_KEYS`` that some completed run recorded."""
-    for key, label in PLOT_KEYS:
-        if any(key in row for o in outcomes if o.completed for row in o.rows):
-            return key, label
-    return None
-
-
-def accuracy_curves(
-    outcomes: Sequence[Outcome], methods: Sequence[str], key: str
-) -> dict[str, Curve]:
-    """Per method, ``key`` against the round: mean and sample std over completed seeds."""
-    curves = {}
-    for method in methods:
-        by_round: dict[int, list[float]] = {}
-        for o in outcomes:
-            if o.method == method and o.completed:
-                for row in o.rows:
-                    if isinstance(row.get(key), int | float):
-                        by_round.setdefault(int(row["round"]), []).append(float(row[key]))
-        if by_round:
-            rounds = sorted(by_round)
-            stats = [mean_std(by_round[r]) for r in rounds]
-            curves[method] = Curve(
-                rounds,
-                [m for m, _ in stats],
-                [s if math.isfinite(s) else 0.0 for _, s in stats],
-            )
-    return curves
-
-
-def comparison_plot(curves: Mapping[str, Curve], ylabel: str, title: str) -> bytes:
-    """PNG: one line per method with a ± std band."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(7, 4.5))
-    ax = figure.add_subplot()
-    for method, curve in curves.items():
-        (line,) = ax.plot(curve.rounds, curve.mean, marker="o", label=method)
-        low = [m - s for m, s in zip(curve.mean, curve.std, strict=True)]
-        high = [m + s for m, s in zip(curve.mean, curve.std, strict=True)]
-        ax.fill_between(curve.rounds, low, high, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    rounds = sorted({r for curve in curves.values() for r in curve.rounds})
-    if len(rounds) == 1:  # a lone point: integer ticks around it, not a zoom to ±0.05
-        ax.set_xlim(rounds[0] - 1, rounds[0] + 1)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0.0, 1.0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    if ax.lines:
-        ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def write_results(out: Path, outcomes: Sequence[Outcome], methods: Sequence[str]) -> None:
-    """results.csv, results.md and accuracy.png under ``out``."""
-    atomic_write(out / "results.csv", results_csv(outcomes).encode())
-    atomic_write(out / "results.md", markdown_table(outcomes, methods).encode())
-    chosen = plot_key(outcomes)
-    if chosen is not None:
-        key, label = chosen
-        seeds = sorted({o.seed for o in outcomes})
-        which = f"seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-        title = f"{label}, mean ± std over {which}"
-        png = comparison_plot(accuracy_curves(outcomes, methods, key), label, title)
-        atomic_write(out / "accuracy.png", png)
-
-
 # ---------------------------------------------------------------------- main
 def plan(
-    methods: Sequence[str], seeds: Sequence[int], out: Path, base: Mapping[str, Scalar]
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    base: Mapping[str, Scalar],
+    point: Point = (),
 ) -> list[tuple[RunSpec, dict[str, Scalar]]]:
     """Every (method, seed) with its merged config, all checked before anything runs."""
     return [
         (spec, run_config_for(base, spec))
         for method in methods
         for seed in seeds
-        for spec in [RunSpec(method, seed, out)]
+        for spec in [RunSpec(method, seed, out, point)]
     ]
+
+
+def grid_plan(
+    method: str, seed: int, out: Path, base: Mapping[str, Scalar], grid: Grid
+) -> list[tuple[RunSpec, dict[str, Scalar]]]:
+    """One method's selection runs: every grid point on ``seed``, in grid order."""
+    return [
+        (spec, run_config_for(base, spec))
+        for index, point in enumerate(grid_points(grid))
+        for spec in [RunSpec(method, seed, out, point, index)]
+    ]
+
+
+def sweep_plan(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    base: Mapping[str, Scalar],
+    sweep: Grid,
+) -> list[tuple[RunSpec, dict[str, Scalar]]]:
+    """Every (method, sweep point, seed): each point a row of its own (ablations)."""
+    return [
+        (spec, run_config_for(base, spec))
+        for method in methods
+        for index, point in enumerate(grid_points(sweep))
+        for seed in seeds
+        for spec in [RunSpec(method, seed, out, point, variant=index)]
+    ]
+
+
+def run_or_skip(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -> Outcome:
+    """The run's outcome: from its files if it completed earlier with this config."""
+    if already_completed(spec, flat):
+        print(f"compare: {spec.name}: completed earlier, skipped", flush=True)
+        return load_outcome(spec)
+    return execute(spec, flat, federation_config)
 
 
 def compare(
@@ -545,21 +367,78 @@ def compare(
     out: Path,
     base: Mapping[str, Scalar],
     federation_config: str,
+    grid: Grid | None = None,
+    sweep: Grid | None = None,
 ) -> list[Outcome]:
-    """Run what is not completed yet, then write the results; the SuperLinks this started
-    are stopped at the end."""
-    runs = plan(methods, seeds, out, base)
+    """Per method: its grid (if any) on the first seed, then the chosen point (or the base
+    config) on every seed; with a sweep instead, every sweep point on every seed. Only what
+    has not completed yet runs. The results are rewritten after every run; the SuperLinks
+    this started are stopped at the end."""
+    if grid and sweep:
+        raise ConfigError("--grid and --sweep do not combine: select first, then sweep")
     out.mkdir(parents=True, exist_ok=True)
+    value = base.get(VAL_FRACTION_KEY)
+    val_fraction = float(value) if isinstance(value, int | float) else None
+    document = comparison_document(methods, seeds, grid, val_fraction, sweep)
+    atomic_write(out / COMPARISON, json.dumps(document, indent=2).encode())
+    if sweep:
+        return _run_sweep(
+            out,
+            federation_config,
+            sweep_plan(methods, seeds, out, base, sweep),
+            row_labels(methods, sweep),
+        )
+    selection = None
+    if grid:
+        selection = Selection(grid, seeds[0], val_fraction or 0.0, {})
+    points = grid_points(grid) if grid else []
     before = superlink_pids()
-    outcomes = []
+    outcomes: list[Outcome] = []
+    try:
+        for method in methods:
+            point: Point = ()
+            if selection is not None:
+                selection.outcomes[method] = runs = []
+                for spec, flat in grid_plan(method, seeds[0], out, base, selection.grid):
+                    runs.append(run_or_skip(spec, flat, federation_config))
+                    write_results(out, outcomes, methods, selection)
+                chosen = selection.chosen(method)
+                if chosen is None:
+                    reason = "not run (no grid point completed with a validation score)"
+                    outcomes += [Outcome(method, seed, reason) for seed in seeds]
+                    continue
+                point = points[chosen]
+            for spec, flat in plan([method], seeds, out, base, point):
+                if selection is not None and spec.seed == seeds[0]:
+                    source = RunSpec(method, spec.seed, out, point, points.index(point))
+                    outcome = (
+                        load_outcome(spec)
+                        if already_completed(spec, flat)
+                        else adopt(source, spec, flat)
+                    )
+                else:
+                    outcome = run_or_skip(spec, flat, federation_config)
+                outcomes.append(outcome)
+                write_results(out, outcomes, methods, selection)
+    finally:
+        stop_processes(superlink_pids() - before)
+    write_results(out, outcomes, methods, selection)
+    return outcomes
+
+
+def _run_sweep(
+    out: Path,
+    federation_config: str,
+    runs: Sequence[tuple[RunSpec, dict[str, Scalar]]],
+    labels: Sequence[str],
+) -> list[Outcome]:
+    """Every run of a sweep, in order; the table has a row per (method, point)."""
+    before = superlink_pids()
+    outcomes: list[Outcome] = []
     try:
         for spec, flat in runs:
-            if already_completed(spec, flat):
-                print(f"compare: {spec.name}: completed earlier, skipped", flush=True)
-                outcomes.append(load_outcome(spec))
-            else:
-                outcomes.append(execute(spec, flat, federation_config))
-            write_results(out, outcomes, methods)  # a partial table while it runs
+            outcomes.append(run_or_skip(spec, flat, federation_config))
+            write_results(out, outcomes, labels)
     finally:
         stop_processes(superlink_pids() - before)
     return outcomes
@@ -586,6 +465,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--overrides", default="", help='run-config overrides, e.g. "num-server-rounds=20"'
     )
+    parser.add_argument(
+        "--grid",
+        default="",
+        help='per-method selection grid, e.g. "train.lr=0.01,0.05 train.prompt-lr=1,5" '
+        "(a Cartesian product, run on the first seed, scored on validation)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="every point on every seed, a table row each (ablations), e.g. "
+        '"prompt.tau=0.05,0.1,0.3"',
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"data.val-fraction of every run (default: {DEFAULT_VAL_FRACTION} with --grid, "
+        "else the run config's)",
+    )
     return parser
 
 
@@ -597,13 +495,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.num_supernodes < 1:
             raise ConfigError(f"--num-supernodes {args.num_supernodes}: must be >= 1")
         base = base_config(args.run_config, args.overrides)
+        grid = parse_grid(args.grid) if args.grid.strip() else None
+        sweep = parse_grid(args.sweep, "--sweep") if args.sweep.strip() else None
+        if grid and sweep:
+            raise ConfigError("--grid and --sweep do not combine: select first, then sweep")
+        val_fraction = args.val_fraction
+        if val_fraction is None and grid:
+            val_fraction = DEFAULT_VAL_FRACTION
+        if val_fraction is not None:
+            if grid and not 0.0 < val_fraction < 1.0:
+                raise ConfigError(
+                    f"--val-fraction {val_fraction}: a grid is scored on validation, so it "
+                    "must be in (0, 1)"
+                )
+            base[VAL_FRACTION_KEY] = val_fraction
         out = args.out.resolve()
         plan(methods, seeds, out, base)  # fail on a bad config before any run
+        for method in methods:
+            if grid:
+                grid_plan(method, seeds[0], out, base, grid)
+        if sweep:
+            sweep_plan(methods, seeds, out, base, sweep)
     except ConfigError as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     federation = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
-    outcomes = compare(methods, seeds, out, base, federation)
+    outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
     failed = [o for o in outcomes if not o.completed]
     print(f"compare: {len(outcomes) - len(failed)}/{len(outcomes)} runs completed; see {out}")
     print((out / "results.md").read_text(), flush=True)

@@ -32,6 +32,8 @@ FEDMVP_PROTOCOLS = ("base-new", "domain")
 FEDMVP_AGGREGATIONS = ("equal", "num-examples")
 FEDMVP_STEPS = ("batch", "round")
 FEDMVP_WIRE_DTYPES = ("float32", "float16")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -132,6 +134,9 @@ class DataConfig:
     test_fraction: float = 0.2
     central_test_fraction: float = 0.2
     held_out_fraction: float = 0.0  # clients that never train, evaluated at the end
+    # Fraction of each client's training partition kept apart as its validation split
+    # (stratified, never trained on, never the test split): hyper-parameter selection.
+    val_fraction: float = 0.0
     # Fraction of the client pool and of the central test split kept (stratified by class):
     # CPU-sized benchmarks on a full data set. A "local:" backbone still sees the full pool.
     subsample: float = 1.0
@@ -152,6 +157,8 @@ class DataConfig:
             value = getattr(self, key)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"data.{key.replace('_', '-')} = {value!r} must be in (0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val-fraction = {self.val_fraction!r} must be in [0, 1)")
         if not 0.0 < self.subsample <= 1.0:
             raise ConfigError(f"data.subsample = {self.subsample!r} must be in (0, 1]")
         if not 0.0 <= self.held_out_fraction < 1.0:
@@ -198,11 +205,23 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local optimisation on each client (SGD, as in SGPT's protocol)."""
+    """Local optimisation on each client (SGD by default, as in SGPT's protocol).
+
+    The learning rate of round t is ``lr`` (or ``prompt-lr`` / ``head-lr`` for that
+    parameter group) times ``pep_fedpt.schedule.lr_factor(t, ...)``: the server round
+    drives the schedule, so a resumed run trains exactly as an uninterrupted one.
+    """
 
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.01
+    # Learning rates of the prompts (every trainable tensor but the head: SGPT's keys and
+    # pFedPG's prompt included) and of the head; 0 = the same as ``lr``.
+    prompt_lr: float = 0.0
+    head_lr: float = 0.0
+    optimizer: str = "sgd"  # "sgd" (momentum, weight-decay) | "adamw" (weight-decay)
+    lr_schedule: str = "constant"  # over the server rounds: "constant" | "cosine"
+    warmup_rounds: int = 0  # linear warm-up over the first rounds (either schedule)
     momentum: float = 0.9
     weight_decay: float = 1e-5
     proximal_mu: float = 0.01  # fedprox-vpt: mu of (mu/2) ||theta - theta_global||^2
@@ -211,9 +230,25 @@ class TrainConfig:
         if self.local_epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.local-epochs and train.batch-size must be >= 1")
         _positive("train.lr", self.lr)
+        _positive("train.prompt-lr", self.prompt_lr, allow_zero=True)
+        _positive("train.head-lr", self.head_lr, allow_zero=True)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.warmup_rounds < 0:
+            raise ConfigError(f"train.warmup-rounds = {self.warmup_rounds} must be >= 0")
         _positive("train.momentum", self.momentum, allow_zero=True)
         _positive("train.weight-decay", self.weight_decay, allow_zero=True)
         _positive("train.proximal-mu", self.proximal_mu, allow_zero=True)
+
+    @property
+    def prompt_base_lr(self) -> float:
+        """The prompts' learning rate before the schedule (``prompt-lr``, else ``lr``)."""
+        return self.prompt_lr or self.lr
+
+    @property
+    def head_base_lr(self) -> float:
+        """The head's learning rate before the schedule (``head-lr``, else ``lr``)."""
+        return self.head_lr or self.lr
 
 
 @dataclass(frozen=True)
@@ -230,6 +265,9 @@ class FedConfig:
     prototype_refresh_every: int = 0
     group_momentum: float = 0.5  # SGPT: new = m * previous + (1 - m) * group-weighted mean
     round_timeout: float = 3600.0
+    # Deployment: how long a round waits for min-available/min-train nodes to connect
+    # before the run fails with what it waited for (connected vs required).
+    wait_timeout: float = 600.0
     generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
 
     def __post_init__(self) -> None:
@@ -249,6 +287,7 @@ class FedConfig:
         if not (math.isfinite(self.group_momentum) and 0.0 <= self.group_momentum < 1.0):
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
         _positive("fed.generator-lr", self.generator_lr)
+        _positive("fed.wait-timeout", self.wait_timeout)
 
 
 @dataclass(frozen=True)
@@ -366,10 +405,11 @@ class RunConfig:
         section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
         for key, value in flat.items():
             if key == "num-server-rounds":
-                section_kwargs["fed"]["num_rounds"] = value
+                section_kwargs["fed"]["num_rounds"] = _coerce(key, value, "int")
                 continue
             if key in top_keys:
-                kwargs[top_keys[key]] = value
+                attr = top_keys[key]
+                kwargs[attr] = _coerce(key, value, _TOP_TYPES[attr])
                 continue
             section, _, name = key.partition(".")
             if section not in sections:
@@ -401,6 +441,9 @@ class RunConfig:
                     getattr(self, section), f.name
                 )
         return flat
+
+
+_TOP_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 
 
 def _coerce(key: str, value: Scalar, annotation: object) -> Scalar:

@@ -105,6 +105,37 @@ class TrainResult:
     num_examples: int
 
 
+HEAD_PREFIX = "head."  # PromptedViT's linear head; every other trainable tensor is a prompt
+
+
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """``train.optimizer`` over the parameters that require a gradient, in two parameter
+    groups: ``"prompts"`` (everything but the head: SGPT's keys, pFedPG's prompt) at
+    ``prompt-lr`` and ``"head"`` at ``head-lr``, both times ``lr_scale`` (the schedule's
+    factor for this round). A group without a trainable tensor is left out.
+
+    A fresh optimiser per local training, as the clients of FedAvg-style methods use:
+    no momentum or Adam moments are carried from one round to the next.
+    """
+    # Empty tensors (a model without a shared prompt has a (0, D) one) never move.
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.numel() > 0]
+    groups = [
+        {"name": group, "params": params, "lr": base * lr_scale}
+        for group, base, params in (
+            ("prompts", cfg.prompt_base_lr, [p for n, p in named if not n.startswith(HEAD_PREFIX)]),
+            ("head", cfg.head_base_lr, [p for n, p in named if n.startswith(HEAD_PREFIX)]),
+        )
+        if params
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
 def train_epochs(
     model: PromptedViT,
     dataset: Dataset,
@@ -115,17 +146,17 @@ def train_epochs(
     seed: int,
     regularizer: Callable[[], torch.Tensor] | None = None,
     query_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lr_scale: float = 1.0,
 ) -> TrainResult:
-    """E epochs of SGD on cross-entropy over the parameters that require a gradient.
+    """E epochs of ``train.optimizer`` on cross-entropy over the parameters that require
+    a gradient (``build_optimizer``).
 
     ``regularizer``: a term added to every batch's loss (FedProx's proximal term).
     ``query_loss``: a term of the batch's z(x) added to its loss (SGPT's key loss).
+    ``lr_scale``: the schedule's factor for this round (``PromptClient.lr_scale``).
     The reported loss is the cross-entropy alone.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    optimizer = build_optimizer(model, cfg, lr_scale)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for epoch in range(cfg.local_epochs):

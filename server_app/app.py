@@ -44,7 +44,7 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
         raise ConfigError(
             f"resume-from = {cfg.resume_from!r}: the run config differs from the checkpoint's "
             f"in {'; '.join(changed)}; resume with the same config (only num-server-rounds, "
-            "output-dir, cache-dir and fed.round-timeout may change)"
+            "output-dir, cache-dir, fed.round-timeout and fed.wait-timeout may change)"
         )
     return checkpoint
 
@@ -61,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     method = method_for(cfg)
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
     strategy = build_strategy(cfg)
+    strategy.wait_timeout = cfg.fed.wait_timeout
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
     log(INFO, "pep-fedpt: results go to %s", out)
     recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn

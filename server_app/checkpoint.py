@@ -26,7 +26,14 @@ FORMAT = 1
 
 # Keys a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = frozenset(
-    {"num-server-rounds", "resume-from", "output-dir", "cache-dir", "fed.round-timeout"}
+    {
+        "num-server-rounds",
+        "resume-from",
+        "output-dir",
+        "cache-dir",
+        "fed.round-timeout",
+        "fed.wait-timeout",
+    }
 )
 
 

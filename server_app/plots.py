@@ -14,18 +14,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-ACCURACY_CURVES = (
-    ("evaluate/global-accuracy", "global (pooled clients)"),
-    ("evaluate/mean-client-accuracy", "mean client"),
-    ("evaluate/worst-client-accuracy", "worst client"),
-    ("evaluate/held-out-accuracy", "held-out clients"),
-    ("server/accuracy", "server (central test)"),
-)
+from server_app.metric_keys import ACCURACIES, VALIDATION
+
+ACCURACY_CURVES = tuple((a.key, a.label) for a in (*ACCURACIES, VALIDATION))
 MAX_TICK_LABELS = 40
 MAX_ANNOTATED_CELLS = 400
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes (120 dpi, tight): every picture of the project is written so."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     return buffer.getvalue()
@@ -66,7 +63,7 @@ def partition_heatmap(
             if n:
                 color = "black" if n > bright else "white"
                 ax.text(c, r, str(int(n)), ha="center", va="center", fontsize=6, color=color)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def accuracy_plot(rows: Sequence[Mapping[str, object]], title: str) -> bytes:
@@ -86,4 +83,4 @@ def accuracy_plot(rows: Sequence[Mapping[str, object]], title: str) -> bytes:
     ax.set_title(title)
     if ax.lines:
         ax.legend(fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)

@@ -2,7 +2,8 @@
 
 ``<output-dir>/``: ``config.json`` (the run config), ``metrics.json`` and ``metrics.csv``
 (one row per round), ``state.npz`` (the latest global state: prompts, head, prototypes,
-counts), ``dropped.json`` (every refused reply and why) and ``summary.md``;
+counts), ``initial-state.npz`` (the state of round 0: the seeded start), ``dropped.json``
+(every refused reply and why) and ``summary.md``;
 ``partition.json`` and ``partition.png`` (each client's training class counts, as the
 clients reported them in the prototype round), at the end ``accuracy.png``, and, written
 last each round, ``checkpoint.npz`` (what a resumed run needs; see ``checkpoint.py``).
@@ -24,16 +25,13 @@ from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
 from server_app.base_new import base_new_metrics
 from server_app.checkpoint import Checkpoint, write_checkpoint
+from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
 
 SUMMARY_COLUMNS = (
     ("round", "round"),
     ("train/train-loss", "train loss"),
-    ("evaluate/global-accuracy", "global acc"),
-    ("evaluate/mean-client-accuracy", "mean client acc"),
-    ("evaluate/worst-client-accuracy", "worst client acc"),
-    ("evaluate/held-out-accuracy", "held-out acc"),
-    ("server/accuracy", "server acc"),
+    *((a.key, a.column) for a in ACCURACIES),
 )
 # FedMVP's base->new columns: shown only when a run logs them, so that every other
 # method's summary stays as it was.
@@ -48,6 +46,7 @@ DOMAIN_COLUMNS = (
     ("server/local-accuracy", "local acc"),
     ("server/target-accuracy", "target acc"),
 )
+INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -96,6 +95,8 @@ class RunRecorder:
         buffer = io.BytesIO()
         np.savez(buffer, **state)
         atomic_write(self.directory / "state.npz", buffer.getvalue())
+        if server_round == 0:  # the initial state, so that a run's drift needs no rebuild
+            atomic_write(self.directory / INITIAL_STATE, buffer.getvalue())
         reasons = [{"round": r, "node": n, "reason": why} for r, n, why in dropped]
         atomic_write(self.directory / "dropped.json", json.dumps(reasons, indent=2).encode())
         if strategy_state is not None:

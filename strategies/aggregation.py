@@ -118,3 +118,28 @@ def evaluation_summary(
     if not summary:
         raise ValueError("no client reported any test example")
     return summary
+
+
+def validation_summary(
+    correct: Sequence[int | None], totals: Sequence[int | None], held_out: Sequence[bool]
+) -> dict[str, float]:
+    """``val-global-accuracy``, ``val-mean-client-accuracy`` and ``val-worst-client-accuracy``
+    over the training clients that scored a validation split (None: no split); {} if none.
+
+    Only training clients count: the selection they serve picks what trains best on the
+    clients that train, and held-out clients keep their own, test-only, numbers.
+    """
+    if not len(correct) == len(totals) == len(held_out):
+        raise ValueError(
+            f"need one flag per client: {len(correct)} correct, {len(totals)} totals, "
+            f"{len(held_out)} held-out flags"
+        )
+    pairs = [
+        (int(c), int(n))
+        for c, n, h in zip(correct, totals, held_out, strict=True)
+        if not h and c is not None and n is not None and n > 0
+    ]
+    if not pairs:
+        return {}
+    part = accuracy_summary([c for c, _ in pairs], [n for _, n in pairs])
+    return {f"val-{key}": value for key, value in part.items()}

@@ -28,6 +28,7 @@ beyond the trainable arrays (``extra_content``), what a train reply must also ca
 from __future__ import annotations
 
 import io
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,7 +51,7 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import traffic, wire
-from strategies.aggregation import evaluation_summary, weighted_mean
+from strategies.aggregation import evaluation_summary, validation_summary, weighted_mean
 from strategies.validation import (
     check_evaluate_reply,
     check_known_counts,
@@ -72,6 +73,8 @@ class PromptFedAvg(FedAvg):
     # The census asks only for class counts; PEP-FedPT also wants the feature sums.
     counts_only = True
     census_name = "census round"
+    # Seconds a round waits for its minimum of connected nodes before it fails.
+    wait_timeout: float = 600.0
 
     def __init__(
         self,
@@ -432,6 +435,13 @@ class PromptFedAvg(FedAvg):
             for m, msg in zip(metrics, valid, strict=True)
         ]
         summary = evaluation_summary(correct, totals, held_out)
+        summary.update(
+            validation_summary(
+                [m.get(wire.VAL_CORRECT) for m in metrics],  # type: ignore[misc]
+                [m.get(wire.VAL_NUM_EXAMPLES) for m in metrics],  # type: ignore[misc]
+                held_out,
+            )
+        )
         record = MetricRecord({key: float(value) for key, value in summary.items()})
         # Per client, in partition-id order where the replies carry it, so that e.g. one
         # client per DomainNet domain gives the per-domain accuracies.
@@ -567,9 +577,39 @@ class PromptFedAvg(FedAvg):
         return None, metrics
 
     def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
+        """The connected node ids, once at least ``minimum`` are connected.
+
+        Logs progress (at once, when the count changes, every 10 s) and gives up after
+        ``wait_timeout`` seconds with a TimeoutError that says what it waited for, so that
+        a deployment short of SuperNodes fails instead of waiting forever.
+        """
+        start = time.monotonic()
+        logged_at, logged_count = -math.inf, -1
         while len(nodes := sorted(grid.get_node_ids())) < minimum:
-            log(INFO, "waiting for nodes: %d connected, %d required", len(nodes), minimum)
-            time.sleep(1.0)
+            waited = time.monotonic() - start
+            keys = ", ".join(
+                f"{name}={getattr(self, name)}"
+                for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+                if getattr(self, name) == minimum
+            )
+            if waited >= self.wait_timeout:
+                raise TimeoutError(
+                    f"waited {waited:.0f} s for nodes: {len(nodes)} connected, {minimum} "
+                    f"required ({keys}); start more SuperNodes, lower those minimums or "
+                    f"raise the wait timeout (wait_timeout = {self.wait_timeout:g} s)"
+                )
+            if len(nodes) != logged_count or waited - logged_at >= 10.0:
+                log(
+                    INFO,
+                    "waiting for nodes: %d connected, %d required (%s); %.0f of %.0f s",
+                    len(nodes),
+                    minimum,
+                    keys,
+                    waited,
+                    self.wait_timeout,
+                )
+                logged_at, logged_count = waited, len(nodes)
+            time.sleep(min(1.0, max(self.wait_timeout - waited, 0.01)))
         return nodes
 
     def _sample(

@@ -139,4 +139,23 @@ def check_evaluate_reply(content: RecordDict) -> str | None:
     assert isinstance(total, int) and isinstance(correct, int)
     if not 0 <= correct <= total <= MAX_EXAMPLES_PER_CLIENT:
         return f"{wire.CORRECT} = {correct} with {wire.NUM_EXAMPLES} = {total} is impossible"
+    return check_validation_counts(metrics)
+
+
+def check_validation_counts(metrics: MetricRecord) -> str | None:
+    """The optional validation counts of an evaluate reply: both absent (no validation
+    split), or two integers with 0 <= val-correct <= val-num-examples."""
+    present = [key in metrics for key in (wire.VAL_NUM_EXAMPLES, wire.VAL_CORRECT)]
+    if not any(present):
+        return None
+    if not all(present):
+        return f"{wire.VAL_NUM_EXAMPLES} and {wire.VAL_CORRECT} come together or not at all"
+    total, correct = metrics[wire.VAL_NUM_EXAMPLES], metrics[wire.VAL_CORRECT]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (total, correct)):
+        return f"{wire.VAL_NUM_EXAMPLES} and {wire.VAL_CORRECT} must be integers"
+    assert isinstance(total, int) and isinstance(correct, int)
+    if not 0 <= correct <= total <= MAX_EXAMPLES_PER_CLIENT:
+        return (
+            f"{wire.VAL_CORRECT} = {correct} with {wire.VAL_NUM_EXAMPLES} = {total} is impossible"
+        )
     return None

@@ -35,7 +35,9 @@ or only ``proto.count`` when the query's config sets ``counts-only`` (the baseli
 census), and ``metrics`` with ``num-examples`` and, optionally, ``partition-id`` and ``held-out``
 (1: this client never trains; its sums stay out of the prototypes).
 Evaluate reply: ``metrics`` with ``num-examples``, ``correct`` and ``accuracy``, and
-optionally ``held-out`` (held-out clients are summarised apart).
+optionally ``held-out`` (held-out clients are summarised apart) and, when the run carves a
+validation split from each training split (``data.val-fraction``), ``val-num-examples`` and
+``val-correct`` (both or neither): the same state scored on that split.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ CORRECT = "correct"
 ACCURACY = "accuracy"
 PARTITION_ID = "partition-id"
 HELD_OUT = "held-out"
+VAL_NUM_EXAMPLES = "val-num-examples"
+VAL_CORRECT = "val-correct"
 
 # Config keys the strategy sets in every message it sends.
 CFG_SERVER_ROUND = "server-round"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny run config, Flower's task identity, the shared CIFAR-10 archive."""
+"""Shared fixtures (a tiny run config, Flower's task identity) and the test tiers' hooks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from inprocess import set_task_identity
+from helpers.inprocess import set_task_identity
+from helpers.tiers import pytest_collection_modifyitems, pytest_report_header
 
 from pep_fedpt.config import RunConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+__all__ = ["pytest_collection_modifyitems", "pytest_report_header"]  # hooks, for pytest
 
 # A ViT small enough for 2 CPU cores: width 64, depth 3, 16 px, patch 4.
 TINY_MODEL = {

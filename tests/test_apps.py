@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
-from inprocess import InProcessGrid, incoming_message
+from helpers.inprocess import InProcessGrid, incoming_message
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
@@ -92,6 +92,7 @@ def test_client_app_names_missing_node_config(tiny_run_config: dict, task_identi
         client_app(incoming_message(query, MessageType.QUERY), ctx)
 
 
+@pytest.mark.integration
 def test_server_app_runs_rounds_and_writes_results(
     tiny_run_config: dict, task_identity, tmp_path, monkeypatch
 ) -> None:

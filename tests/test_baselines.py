@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MessageType
-from run_helpers import load_json, load_state, recorder, run_server
+from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from pep_fedpt.ccmp import smoothed_prior
 from pep_fedpt.config import METHODS, RunConfig
@@ -196,6 +196,7 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
     assert corrected["loss"] == pytest.approx(-np.mean(np.log(prior[labels])), rel=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("method", "restart"),
     [
@@ -210,9 +211,8 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
 def test_a_baseline_resumes_as_if_never_stopped(
     method: str, restart: str, tiny_run_config: dict, tmp_path, task_identity
 ) -> None:
-    from inprocess import InProcessGrid
-    from run_helpers import NODES
-    from test_resume import CrashMidRound
+    from helpers.inprocess import InProcessGrid
+    from helpers.run_helpers import NODES, CrashMidRound
 
     from client_app.app import app as client_app
     from server_app.checkpoint import load_checkpoint
@@ -246,7 +246,7 @@ def test_a_baseline_resumes_as_if_never_stopped(
 def test_local_held_out_clients_evaluate_the_initial_state(
     tiny_run_config: dict, task_identity
 ) -> None:
-    from run_helpers import NODES
+    from helpers.run_helpers import NODES
 
     nodes = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}  # 6 is held out
     flat = {**tiny_run_config, "method": "local", "data.held-out-fraction": 0.125}

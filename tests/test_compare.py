@@ -1,5 +1,6 @@
-"""The comparison runner (bench/compare.py) without Flower: arguments, merged configs,
-resume-skip, and the table and plot from hand-made recorded rounds."""
+"""The comparison runner (bench/compare.py) and its report (bench/report.py) without
+Flower: arguments, merged configs, resume-skip, grid selection on fake result folders, and
+the tables and plot from hand-made recorded rounds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.common.config import parse_config_args
 
-from bench import compare
+from bench import compare, report
 from bench.compare import COMPLETED, Outcome, RunSpec
+from bench.grid import grid_points, parse_grid, point_label, select
+from bench.prompt_drift import DriftSummary
 from pep_fedpt.config import METHODS, ConfigError
 
 FAILED = "failed (flwr run exited 1, no run id)"
@@ -43,8 +47,26 @@ def _rows(acc: list[float], down: float, census_up: float = 240.0) -> list[dict]
 @pytest.fixture
 def outcomes() -> list[Outcome]:
     return [
-        Outcome("a", 0, COMPLETED, 10.0, "1", "/o/a-s0.log", _rows([0.4, 0.6], 1000.0)),
-        Outcome("a", 1, COMPLETED, 14.0, "2", "/o/a-s1.log", _rows([0.6, 0.8], 2048.0)),
+        Outcome(
+            "a",
+            0,
+            COMPLETED,
+            10.0,
+            "1",
+            "/o/a-s0.log",
+            _rows([0.4, 0.6], 1000.0),
+            drift=DriftSummary(0.01, 0.05, 0.2),
+        ),
+        Outcome(
+            "a",
+            1,
+            COMPLETED,
+            14.0,
+            "2",
+            "/o/a-s1.log",
+            _rows([0.6, 0.8], 2048.0),
+            drift=DriftSummary(0.03, 0.07, 0.4),
+        ),
         Outcome("b", 0, COMPLETED, 5.0, "3", "/o/b-s0.log", _rows([0.3, 0.5], 100.0)),
         Outcome("b", 1, FAILED, 1.0, "", "/o/b-s1.log", []),
         Outcome("c", 0, FAILED, 1.0, "", "/o/c-s0.log", []),
@@ -128,7 +150,7 @@ def test_compare_runs_only_what_did_not_complete(tmp_path: Path, monkeypatch) ->
 
 
 def test_run_row_final_values_and_bytes_per_round(outcomes: list[Outcome]) -> None:
-    row = compare.run_row(outcomes[0])
+    row = report.run_row(outcomes[0])
     assert row["rounds"] == 2
     assert row["evaluate/mean-client-accuracy"] == pytest.approx(0.6)
     assert row["evaluate/global-accuracy"] == pytest.approx(0.7)
@@ -140,7 +162,7 @@ def test_run_row_final_values_and_bytes_per_round(outcomes: list[Outcome]) -> No
 
 
 def test_method_rows_mean_and_sample_std(outcomes: list[Outcome]) -> None:
-    a, b, c = compare.method_rows(outcomes, ["a", "b", "c"])
+    a, b, c = report.method_rows(outcomes, ["a", "b", "c"])
     assert (a.completed, a.runs, b.completed, b.runs, c.completed) == (2, 2, 1, 2, 0)
     mean, std = a.stats["evaluate/mean-client-accuracy"]
     assert mean == pytest.approx(0.7)  # (0.6 + 0.8) / 2
@@ -152,14 +174,14 @@ def test_method_rows_mean_and_sample_std(outcomes: list[Outcome]) -> None:
 
 
 def test_markdown_table(outcomes: list[Outcome]) -> None:
-    md = compare.markdown_table(outcomes, ["a", "b", "c"])
+    md = report.markdown_table(outcomes, ["a", "b", "c"])
     lines = md.splitlines()
     assert lines[0].startswith("| method | runs | global acc | mean client acc |")
     a_line = next(line for line in lines if line.startswith("| a |"))
     cells = [cell.strip() for cell in a_line.strip("|").split("|")]
     assert cells == [
         "a", "2/2", "0.8000 ± 0.1414", "0.7000 ± 0.1414", "0.4000 ± 0.1414", "-",
-        "0.7500 ± 0.1414", "1.5 KiB", "1.1 KiB", "12.0 ± 2.8",
+        "0.7500 ± 0.1414", "2.0%", "6.0%", "0.300", "1.5 KiB", "1.1 KiB", "12.0 ± 2.8",
     ]  # fmt: skip
     assert "| b | 1/2 | 0.6000 | 0.5000 |" in md
     assert "| c | 0/1 | failed |" in md
@@ -168,14 +190,14 @@ def test_markdown_table(outcomes: list[Outcome]) -> None:
 
 
 def test_human_bytes() -> None:
-    assert compare.human_bytes(512) == "512 B"
-    assert compare.human_bytes(1536) == "1.5 KiB"
-    assert compare.human_bytes(3 * 1024**2) == "3.0 MiB"
-    assert compare.human_bytes(math.nan) == "-"
+    assert report.human_bytes(512) == "512 B"
+    assert report.human_bytes(1536) == "1.5 KiB"
+    assert report.human_bytes(3 * 1024**2) == "3.0 MiB"
+    assert report.human_bytes(math.nan) == "-"
 
 
 def test_results_csv_one_raw_row_per_run(outcomes: list[Outcome]) -> None:
-    rows = list(csv.DictReader(io.StringIO(compare.results_csv(outcomes))))
+    rows = list(csv.DictReader(io.StringIO(report.results_csv(outcomes))))
     assert [(r["method"], r["seed"], r["status"]) for r in rows] == [
         ("a", "0", COMPLETED), ("a", "1", COMPLETED), ("b", "0", COMPLETED),
         ("b", "1", FAILED), ("c", "0", FAILED),
@@ -187,49 +209,38 @@ def test_results_csv_one_raw_row_per_run(outcomes: list[Outcome]) -> None:
 
 
 def test_accuracy_curves_and_plot(outcomes: list[Outcome], tmp_path: Path) -> None:
-    assert compare.plot_key(outcomes) == (
+    assert report.plot_key(outcomes) == (
         "evaluate/mean-client-accuracy",
         "mean client accuracy",
     )
-    curves = compare.accuracy_curves(outcomes, ["a", "b", "c"], "evaluate/mean-client-accuracy")
+    curves = report.accuracy_curves(outcomes, ["a", "b", "c"], "evaluate/mean-client-accuracy")
     assert set(curves) == {"a", "b"}  # c never completed
     assert curves["a"].rounds == [1, 2]
     assert curves["a"].mean == pytest.approx([0.5, 0.7])
     assert curves["a"].std == pytest.approx([math.sqrt(0.02)] * 2)
     assert curves["b"].std == [0.0, 0.0]  # one seed: no band
-    server = compare.accuracy_curves(outcomes, ["b"], "server/accuracy")
+    server = report.accuracy_curves(outcomes, ["b"], "server/accuracy")
     assert server["b"].rounds == [0, 1, 2]
-    png = compare.comparison_plot(curves, "mean client accuracy", "t")
+    png = report.comparison_plot(curves, "mean client accuracy", "t")
     assert png.startswith(b"\x89PNG")
-    compare.write_results(tmp_path, outcomes, ["a", "b", "c"])
+    report.write_results(tmp_path, outcomes, ["a", "b", "c"])
     assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "results.md").read_text() == compare.markdown_table(
-        outcomes, ["a", "b", "c"]
-    )
+    assert (tmp_path / "results.md").read_text() == report.markdown_table(outcomes, ["a", "b", "c"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
     """Two methods, one seed, 2 supernodes, 1 round of a random tiny ViT on digits through
     real `flwr run`s; invoked again, it runs nothing."""
-    import os
     import subprocess
     import sys
 
-    from test_simulation import BIN, ROOT, _stop_superlink, free_port
+    from helpers.flwr_run import ROOT, flwr_env, stop_superlink
 
     home = tmp_path / "flwr-home"
     out = tmp_path / "cmp"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        # A SuperLink of our own, never one that another run left behind.
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = flwr_env(home)
     overrides = (
         f"num-server-rounds=1 model.pretrained='random' model.depth=2 model.embed-dim=64 "
         f"model.num-heads=2 model.img-size=16 cache-dir='{tmp_path / 'features'}'"
@@ -268,7 +279,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         assert again.stdout.count("completed earlier, skipped") == 2
         assert (out / "results.md").read_text() == md
     finally:
-        _stop_superlink(home)
+        stop_superlink(home)
 
 
 def compare_superlinks(home: Path) -> list[str]:
@@ -278,3 +289,239 @@ def compare_superlinks(home: Path) -> list[str]:
         ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
     )
     return found.stdout.split()
+
+
+# ---------------------------------------------------------------------- grid selection
+def test_a_grid_is_the_product_of_its_keys_in_the_order_given() -> None:
+    grid = parse_grid("train.lr=0.05,0.25 train.prompt-lr=1,5")
+    assert grid == [("train.lr", [0.05, 0.25]), ("train.prompt-lr", [1, 5])]
+    assert [point_label(p) for p in grid_points(grid)] == [
+        "train.lr=0.05, train.prompt-lr=1",
+        "train.lr=0.05, train.prompt-lr=5",
+        "train.lr=0.25, train.prompt-lr=1",
+        "train.lr=0.25, train.prompt-lr=5",
+    ]
+    assert parse_grid("train.optimizer='sgd','adamw'") == [("train.optimizer", ["sgd", "adamw"])]
+    for bad, why in [
+        ("train.lr", "not key=value"),
+        ("train.lr=", "not key=value"),
+        ("train.lr=1 train.lr=2", "twice"),
+        ("train.lr=1,1", "twice"),
+        ("train.optimizer=adamw", "train.optimizer=adamw"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_grid(bad)
+
+
+def test_selection_picks_the_best_validation_score_and_on_a_tie_the_earlier_point() -> None:
+    assert select([0.5, 0.7, 0.7, 0.6]) == 1
+    assert select([math.nan, 0.2, 0.1]) == 1  # a failed point never wins
+    assert select([math.nan, math.nan]) is None
+
+
+def _val_rows(val: float, test: float) -> list[dict]:
+    rows = _rows([test], 10.0)
+    rows[-1]["evaluate/val-mean-client-accuracy"] = val
+    return rows
+
+
+class FakeRuns:
+    """Plays ``compare.execute``: writes the files a completed (or failed) run leaves, with
+    the validation score ``scores[(method, train.lr)]`` (None: the run fails)."""
+
+    def __init__(self, scores: dict[tuple[str, float], float | None]) -> None:
+        self.scores = scores
+        self.executed: list[str] = []
+
+    def __call__(self, spec: RunSpec, flat: dict, federation: str) -> Outcome:
+        self.executed.append(spec.name)
+        score = self.scores[(spec.method, flat["train.lr"])]
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = _val_rows(score or 0.0, 0.5 + spec.seed / 10)
+        (spec.run_dir / "metrics.json").write_text(json.dumps(rows))
+        spec.log_path.write_text("log\n")
+        status = COMPLETED if score is not None else FAILED
+        record = {"status": status, "run-id": "9", "wall-s": 2.0, "log": str(spec.log_path),
+                  "config": flat}  # fmt: skip
+        spec.status_path.write_text(json.dumps(record))
+        return compare.load_outcome(spec)
+
+
+def test_grid_selection_on_fake_result_folders(tmp_path: Path, monkeypatch) -> None:
+    scores = {
+        ("local", 0.01): 0.5, ("local", 0.05): 0.7, ("local", 0.25): 0.7,  # a tie: 0.05
+        ("head-only", 0.01): 0.4, ("head-only", 0.05): None, ("head-only", 0.25): 0.2,
+    }  # fmt: skip
+    fake = FakeRuns(scores)
+    monkeypatch.setattr(compare, "execute", fake)
+    grid = parse_grid("train.lr=0.01,0.05,0.25")
+    base = {"data.val-fraction": 0.1}
+    outcomes = compare.compare(["local", "head-only"], [0, 1], tmp_path, base, "", grid)
+    assert fake.executed == [
+        "local-g0-s0", "local-g1-s0", "local-g2-s0", "local-s1",
+        "head-only-g0-s0", "head-only-g1-s0", "head-only-g2-s0", "head-only-s1",
+    ]  # fmt: skip
+    # the first seed's final run is the chosen grid run, copied, with its own config
+    final = json.loads((tmp_path / "runs" / "local-s0.json").read_text())
+    assert final["copied-from"] == "local-g1-s0"
+    assert final["config"]["train.lr"] == 0.05 and final["config"]["data.val-fraction"] == 0.1
+    assert final["config"]["output-dir"] == str(tmp_path / "runs" / "local-s0")
+    assert (tmp_path / "runs" / "local-s0" / "metrics.json").is_file()
+    ran = json.loads((tmp_path / "runs" / "head-only-s1.json").read_text())
+    assert ran["config"]["train.lr"] == 0.01
+    assert [(o.method, o.seed, o.point) for o in outcomes] == [
+        ("local", 0, (("train.lr", 0.05),)), ("local", 1, (("train.lr", 0.05),)),
+        ("head-only", 0, (("train.lr", 0.01),)), ("head-only", 1, (("train.lr", 0.01),)),
+    ]  # fmt: skip
+    md = (tmp_path / "results.md").read_text()
+    assert "| method | train.lr=0.01 | train.lr=0.05 | train.lr=0.25 | chosen |" in md
+    assert "| local | 0.5000 | **0.7000** | 0.7000 | train.lr=0.05 |" in md
+    assert "| head-only | **0.4000** | failed | 0.2000 | train.lr=0.01 |" in md
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    grid_rows = [(r["method"], r["point"], r["chosen"]) for r in rows if r["stage"] == "grid"]
+    assert ("local", "train.lr=0.05", "1") in grid_rows and len(grid_rows) == 6
+    assert [r["point"] for r in rows if r["stage"] == "final"] == ["train.lr=0.05"] * 2 + [
+        "train.lr=0.01"
+    ] * 2
+    # the report regenerates the same files from the folder alone
+    before = md
+    (tmp_path / "results.md").unlink()
+    assert report.regenerate(tmp_path) == before
+    # invoked again: only the failed grid run runs again
+    fake.executed.clear()
+    compare.compare(["local", "head-only"], [0, 1], tmp_path, base, "", grid)
+    assert fake.executed == ["head-only-g1-s0"]
+    assert (tmp_path / "results.md").read_text() == before
+
+
+def test_a_method_without_a_scored_grid_point_gets_no_final_runs(
+    tmp_path: Path, monkeypatch
+) -> None:
+    fake = FakeRuns({("local", 0.01): None, ("local", 0.05): None})
+    monkeypatch.setattr(compare, "execute", fake)
+    grid = parse_grid("train.lr=0.01,0.05")
+    outcomes = compare.compare(["local"], [0, 1], tmp_path, {"data.val-fraction": 0.1}, "", grid)
+    assert fake.executed == ["local-g0-s0", "local-g1-s0"]
+    assert [o.status for o in outcomes] == [
+        "not run (no grid point completed with a validation score)"
+    ] * 2
+    assert "| local | failed | failed | none |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_runner_refuses_a_bad_grid_before_any_run(tmp_path: Path, capsys) -> None:
+    code = compare.main(["--out", str(tmp_path), "--methods", "local", "--grid", "train.lrr=1,2"])
+    assert code == 2 and "train.lrr" in capsys.readouterr().err
+    code = compare.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--methods",
+            "local",
+            "--grid",
+            "train.lr=1",
+            "--val-fraction",
+            "0",
+        ]
+    )
+    assert code == 2 and "--val-fraction 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------- the report
+def _write_run(out: Path, name: str, rows: list[dict], wall: float) -> None:
+    """A completed final run as bench/compare.py and the ServerApp leave it."""
+    run = out / "runs" / name
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(rows))
+    initial = {
+        "prompt.shared": np.ones((2, 2), np.float32),  # norm 2
+        "prompt.class.1": np.ones((1, 4), np.float32),  # norm 2
+        "head.weight": np.zeros((2, 2), np.float32),
+        "head.bias": np.zeros(2, np.float32),
+        "proto.count": np.array([3, 4]),  # not trainable: no drift
+    }
+    final = {
+        **initial,
+        "prompt.shared": np.full((2, 2), 1.1, np.float32),  # change 0.2: 10%
+        "prompt.class.1": np.full((1, 4), 1.5, np.float32),  # change 1.0: 50%
+        "head.weight": np.array([[0.3, 0.0], [0.0, 0.4]], np.float32),  # change 0.5
+    }
+    np.savez(run / "initial-state.npz", **initial)
+    np.savez(run / "state.npz", **final)
+    record = {"status": COMPLETED, "run-id": "7", "wall-s": wall, "log": f"/x/runs/{name}.log"}
+    (out / "runs" / f"{name}.json").write_text(json.dumps(record))
+
+
+def _round(acc: float, global_acc: float) -> dict:
+    return {
+        "round": 1.0,
+        "evaluate/global-accuracy": global_acc,
+        "evaluate/mean-client-accuracy": acc,
+        "evaluate/worst-client-accuracy": acc - 0.2,
+        "server/accuracy": acc + 0.05,
+        "bytes-down": 1024,
+        "bytes-up": 1024,
+    }
+
+
+EXPECTED_REPORT = """\
+| method | runs | global acc | mean client acc | worst client acc | held-out acc | server acc | prompt drift (median) | prompt drift (max) | head ‖Δ‖ | down / round | up / round | wall time (s) |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| pep-fedpt | 2/2 | 0.6000 ± 0.1414 | 0.5000 ± 0.1414 | 0.3000 ± 0.1414 | - | 0.5500 ± 0.1414 | 30.0% | 50.0% | 0.500 | 1.0 KiB | 1.1 KiB | 12.0 ± 2.8 |
+| local | 0/2 | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed |
+
+Final-round accuracies, mean ± sample std over the completed seeds; prompt drift: relative change ‖final − initial‖ / ‖initial‖ of each prompt tensor, median and max over the run's tensors, mean over seeds (near 0%: the prompts did not learn, and the method is in effect a linear probe); head ‖Δ‖: the norm of the head's change from its initial value; bytes: array payloads per federated round (the census before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation start-up included.
+
+## Runs
+
+| method | seed | status | mean client acc | prompt drift (median) | files |
+|---|---|---|---|---|---|
+| pep-fedpt | 0 | finished:completed | 0.4000 | 30.0% | [config](runs/pep-fedpt-s0.toml) · [log](runs/pep-fedpt-s0.log) · [folder](runs/pep-fedpt-s0/) |
+| pep-fedpt | 1 | finished:completed | 0.6000 | 30.0% | [config](runs/pep-fedpt-s1.toml) · [log](runs/pep-fedpt-s1.log) · [folder](runs/pep-fedpt-s1/) |
+| local | 0 | missing | - | - | - |
+| local | 1 | missing | - | - | - |
+
+Failed runs:
+
+- local seed 0: missing (log: -)
+- local seed 1: missing (log: -)
+"""  # noqa: E501
+
+
+def test_the_report_regenerates_the_expected_markdown_from_a_results_folder(
+    tmp_path: Path,
+) -> None:
+    census = {"round": 0.0, "server/accuracy": 0.1, "bytes-down": 0, "bytes-up": 100}
+    _write_run(tmp_path, "pep-fedpt-s0", [census, _round(0.4, 0.5)], 10.0)
+    _write_run(tmp_path, "pep-fedpt-s1", [census, _round(0.6, 0.7)], 14.0)
+    (tmp_path / "comparison.json").write_text(
+        json.dumps(report.comparison_document(["pep-fedpt", "local"], [0, 1], None, None))
+    )
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_text() == EXPECTED_REPORT
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert float(rows[0]["prompt-drift-median"]) == pytest.approx(0.3)
+    assert float(rows[0]["head-change"]) == pytest.approx(0.5)
+    assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_report_of_a_folder_without_a_comparison_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"comparison\.json"):
+        report.main([str(tmp_path)])
+
+
+def test_a_sweep_runs_every_point_on_every_seed_as_rows_of_their_own(
+    tmp_path: Path, monkeypatch
+) -> None:
+    fake = FakeRuns({("local", 0.01): 0.5, ("local", 0.05): 0.6})
+    monkeypatch.setattr(compare, "execute", fake)
+    sweep = parse_grid("train.lr=0.01,0.05", "--sweep")
+    compare.compare(["local"], [0, 1], tmp_path, {}, "", sweep=sweep)
+    assert fake.executed == ["local-v0-s0", "local-v0-s1", "local-v1-s0", "local-v1-s1"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| local [train.lr=0.01] | 2/2 |" in md and "| local [train.lr=0.05] | 2/2 |" in md
+    assert "## Selection" not in md
+    (tmp_path / "results.md").unlink()
+    assert report.regenerate(tmp_path) == md
+    with pytest.raises(ConfigError, match="do not combine"):
+        compare.compare(["local"], [0], tmp_path, {}, "", grid=sweep, sweep=sweep)

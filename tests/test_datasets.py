@@ -10,20 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
-from PIL import Image
+from helpers.data import CIFAR10_ARCHIVE, SPEC, fake_domainnet, write_image
 
 from pep_fedpt.config import ConfigError, DataConfig
-from pep_fedpt.data import DatasetNotFoundError, ImageSpec, load_dataset
+from pep_fedpt.data import DatasetNotFoundError, load_dataset
 from pep_fedpt.data.domainnet import DOMAINNET10_CLASSES
-
-SPEC = ImageSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-CIFAR10_ARCHIVE = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
-
-
-def write_image(path: Path, value: int, size: int = 8, mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, (size, size), value if mode == "L" else (value, value, value)).save(path)
 
 
 def load(dataset: str, data_dir: Path | str = "", **kwargs: object):
@@ -78,20 +69,6 @@ def test_tinyimagenet_missing_and_malformed(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- DomainNet
-def fake_domainnet(root: Path) -> None:
-    """Two domains; 'bird' (label 24) and 'zebra' (344) are in the 10-class subset."""
-    classes = {"aircraft_carrier": 1, "bird": 24, "zebra": 344}
-    for d, domain in enumerate(("clipart", "sketch")):
-        for split, per_class in (("train", 2), ("test", 1)):
-            lines = []
-            for name, label in classes.items():
-                for i in range(per_class):
-                    relative = f"{domain}/{name}/{domain}_{split}_{i}.jpg"
-                    write_image(root / relative, 50 * d + 10 * i)
-                    lines.append(f"{relative} {label}")
-            (root / f"{domain}_{split}.txt").write_text("\n".join(lines) + "\n")
-
-
 def test_domainnet10_subset_relabelled_with_domains(tmp_path: Path) -> None:
     fake_domainnet(tmp_path)
     splits = load("domainnet-10", tmp_path, domains="sketch,clipart")

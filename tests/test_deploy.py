@@ -1,8 +1,8 @@
 """The app outside simulation: real SuperLink and SuperNodes on 127.0.0.1.
 
 Every process comes from ``scripts/deploy/`` and is ended by process group in teardown
-(``tests/deployment.py``). Marked ``deploy``: ``pytest -m deploy`` runs only these,
-``-m 'not deploy'`` skips them. Ports 19000-19099.
+(``tests/helpers/deployment.py``). The ``deploy`` tier: ``scripts/test.sh deploy`` (or
+``pytest -m deploy``) runs these. Ports 19000-19099.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deployment import REPO, SCRIPTS, TINY_RUN, MakeDeployment, make_deployment
+from helpers.deployment import REPO, SCRIPTS, TINY_RUN, MakeDeployment, make_deployment
 
 pytestmark = pytest.mark.deploy
 __all__ = ["make_deployment"]  # the fixture, imported for pytest

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from inprocess import InProcessGrid
-from test_datasets import CIFAR10_ARCHIVE
+from helpers.data import CIFAR10_ARCHIVE
+from helpers.inprocess import InProcessGrid
 
 from client_app.app import app as client_app
 from pep_fedpt.data.partition import held_out_partitions
@@ -59,6 +59,7 @@ def test_evaluation_summary_hand_computed() -> None:
 HAND_TRAIN_COUNTS = [114, 117, 114, 117]
 
 
+@pytest.mark.integration
 def test_held_out_clients_end_to_end(
     task_identity: None, tiny_run_config: dict, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Array, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.error import Error
 from flwr.common import Metadata
-from run_helpers import load_json, load_state, on, recorder, run_server
+from helpers.run_helpers import load_json, load_state, on, recorder, run_server
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods import initial_arrays
@@ -380,6 +380,7 @@ class ErrorsInRound:
         return reply
 
 
+@pytest.mark.integration
 def test_a_round_below_min_train_nodes_keeps_the_previous_rounds_state(
     flat: dict, tmp_path: Path, task_identity: None
 ) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from inprocess import incoming_message
+from helpers.inprocess import incoming_message
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig

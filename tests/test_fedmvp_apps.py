@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Message, MessageType
-from inprocess import InProcessGrid
-from run_helpers import load_json, load_state, on, recorder, run_server
-from test_resume import CrashMidRound
+from helpers.data import fake_domain_tree
+from helpers.inprocess import InProcessGrid
+from helpers.run_helpers import CrashMidRound, load_json, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data.base_new import harmonic_mean
 from server_app.checkpoint import load_checkpoint
 from strategies import wire
+
+pytestmark = pytest.mark.integration  # whole in-process runs
 
 # Two clients with two of digits' five base classes each (0-4 base, 5-9 new).
 TWO = {10 + p: {"partition-id": p, "num-partitions": 2} for p in range(2)}
@@ -166,12 +168,10 @@ def test_one_leave_one_domain_out_round_on_a_fake_pacs(
 ) -> None:
     """Sketch held out; one client per source domain, each with its domain's template;
     the server scores the sketch examples of the central test split (Target)."""
-    from test_fedmvp_dg_datasets import fake_tree
-
     from pep_fedpt.data.domainbed import DOMAIN_SETS
 
     data = tmp_path / "pacs"
-    fake_tree(data, DOMAIN_SETS["pacs"].domains, ("dog", "elephant", "guitar"))
+    fake_domain_tree(data, DOMAIN_SETS["pacs"].domains, ("dog", "elephant", "guitar"))
     flat.update(
         {
             "data.dataset": "pacs",

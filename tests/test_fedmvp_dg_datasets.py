@@ -7,30 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import check_item, load, write_image
+import torch
+from helpers.data import SPEC, fake_domain_tree, write_image
 
 from pep_fedpt.config import ConfigError, DataConfig
-from pep_fedpt.data import DatasetNotFoundError, dataset_names
+from pep_fedpt.data import DatasetNotFoundError, dataset_names, load_dataset
 from pep_fedpt.data.client_data import load_client_data
 from pep_fedpt.data.domainbed import DOMAIN_SETS
 
-from test_datasets import SPEC  # isort: skip
+
+def load(dataset: str, data_dir: Path | str = "", **kwargs: object):
+    return load_dataset(DataConfig(dataset=dataset, data_dir=str(data_dir), **kwargs), SPEC)
 
 
-def fake_tree(root: Path, domains: tuple[str, ...], classes: tuple[str, ...]) -> None:
-    """Domain d, class c: c + 1 images of grey 40 d + 10 i (sorted by name)."""
-    for d, domain in enumerate(domains):
-        for c, name in enumerate(classes):
-            for i in range(c + 1):
-                write_image(root / domain / name / f"img_{i}.jpg", 40 * d + 10 * i)
-        (root / domain / classes[0] / "notes.txt").write_text("not an image")
+def check_item(item: tuple[torch.Tensor, int], value: int, label: int) -> None:
+    """A uniform image of grey ``value`` comes out at 16 px, normalised with SPEC."""
+    image, y = item
+    assert image.shape == (3, 16, 16) and y == label
+    assert torch.allclose(image, torch.full_like(image, (value / 255 - 0.5) / 0.5), atol=0.02)
 
 
 @pytest.mark.parametrize("name", sorted(DOMAIN_SETS))
 def test_each_set_reads_its_published_layout_with_domains(name: str, tmp_path: Path) -> None:
     assert name in dataset_names()
     domains = DOMAIN_SETS[name].domains
-    fake_tree(tmp_path, domains, ("zebra", "dog"))
+    fake_domain_tree(tmp_path, domains, ("zebra", "dog"))
     splits = load(name, tmp_path)
     assert splits.classes == ["dog", "zebra"]  # sorted class names
     assert splits.test is None  # no official split: the central test is carved
@@ -41,7 +42,7 @@ def test_each_set_reads_its_published_layout_with_domains(name: str, tmp_path: P
 
 
 def test_some_domains_and_leave_one_out_partitions(tmp_path: Path) -> None:
-    fake_tree(tmp_path, DOMAIN_SETS["pacs"].domains, ("dog", "horse"))
+    fake_domain_tree(tmp_path, DOMAIN_SETS["pacs"].domains, ("dog", "horse"))
     splits = load("pacs", tmp_path, domains="sketch,cartoon")
     assert splits.train.domains.tolist() == [0, 0, 0, 1, 1, 1]  # cartoon, then sketch
     with pytest.raises(ConfigError, match=r"\['painting'\] unknown for pacs"):
@@ -67,13 +68,13 @@ def test_some_domains_and_leave_one_out_partitions(tmp_path: Path) -> None:
 
 
 def test_officehome_accepts_either_real_world_folder(tmp_path: Path) -> None:
-    fake_tree(tmp_path, ("Art", "Clipart", "Product", "Real_World"), ("Alarm_Clock",))
+    fake_domain_tree(tmp_path, ("Art", "Clipart", "Product", "Real_World"), ("Alarm_Clock",))
     splits = load("officehome", tmp_path)
     assert splits.classes == ["Alarm_Clock"] and len(splits.train) == 4
 
 
 def test_a_missing_domain_names_the_path_and_the_layout(tmp_path: Path) -> None:
-    fake_tree(tmp_path, ("Caltech101", "LabelMe", "SUN09"), ("bird",))
+    fake_domain_tree(tmp_path, ("Caltech101", "LabelMe", "SUN09"), ("bird",))
     with pytest.raises(
         DatasetNotFoundError, match=r"VOC2007: no such folder.*<domain>/<class>/<image>"
     ):
@@ -83,7 +84,7 @@ def test_a_missing_domain_names_the_path_and_the_layout(tmp_path: Path) -> None:
 
 
 def test_domains_with_other_classes_are_refused(tmp_path: Path) -> None:
-    fake_tree(tmp_path, DOMAIN_SETS["terraincognita"].domains, ("bobcat", "coyote"))
+    fake_domain_tree(tmp_path, DOMAIN_SETS["terraincognita"].domains, ("bobcat", "coyote"))
     write_image(tmp_path / "location_43" / "rabbit" / "x.jpg", 0)
     with pytest.raises(DatasetNotFoundError, match=r"location_43 holds other classes.*'rabbit'"):
         load("terraincognita", tmp_path)

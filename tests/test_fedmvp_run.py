@@ -9,20 +9,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
-from test_simulation import free_port
+from helpers.flwr_run import BIN, ROOT, flwr_env
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 OFFLINE = ROOT / "conf" / "fedmvp-offline.toml"
 
 
@@ -85,21 +82,14 @@ def local_superlink(home: Path, env: dict[str, str]):
                 break
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_the_offline_fedmvp_run_finishes_completed_with_local_base_new_hm(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "flwr-home"
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = {**flwr_env(home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
     # The conf file as it is, plus where to write (flwr run takes one TOML or key=values).
     conf = tmp_path / "offline.toml"
     conf.write_text(f"output-dir = '{out}'\n" + OFFLINE.read_text())

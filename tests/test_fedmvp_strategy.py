@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from inprocess import InProcessGrid
+from helpers.inprocess import InProcessGrid
 
 from strategies import FedMVP, wire
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import SPEC, fake_domainnet
+from helpers.data import SPEC, fake_domainnet
 
 from pep_fedpt.config import ConfigError, DataConfig
 from pep_fedpt.data import load_client_data, partition_indices

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from inprocess import InProcessGrid, incoming_message
-from run_helpers import NODES, load_json, load_state, on, recorder, run_server
+from helpers.inprocess import InProcessGrid, incoming_message
+from helpers.run_helpers import NODES, load_json, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
@@ -226,6 +226,7 @@ def _run(flat: dict, tamper: dict[int, Callable[[Message], Message]] | None = No
     return app, grid
 
 
+@pytest.mark.integration
 def test_two_rounds_personal_prompts_and_the_exact_generator_update(
     flat: dict, tmp_path, task_identity
 ) -> None:

@@ -1,7 +1,7 @@
 """PEPFedPT plugged into someone else's Flower app (docs/using-the-strategy.md).
 
-The app is written into tmp_path by ``plugin_app.py``: its own pyproject, ServerApp and a
-numpy-only ClientApp that follows ``strategies/wire.py``; none of this project's apps.
+The app is written into tmp_path by ``helpers/plugin_app.py``: its own pyproject, ServerApp
+and a numpy-only ClientApp that follows ``strategies/wire.py``; none of this project's apps.
 """
 
 from __future__ import annotations
@@ -14,14 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deployment import MakeDeployment, make_deployment
 from flwr.app import Context, RecordDict
-from inprocess import InProcessGrid, set_task_identity
-from plugin_app import write_plugin_app
+from helpers.deployment import MakeDeployment, make_deployment
+from helpers.inprocess import InProcessGrid, set_task_identity
+from helpers.plugin_app import write_plugin_app
 
 __all__ = ["make_deployment"]  # the fixture, imported for pytest
 
-RUN_CONFIG = {"num-server-rounds": 2, "num-classes": 3, "dim": 8, "round-timeout": 60.0}
+RUN_CONFIG = {
+    "num-server-rounds": 2,
+    "num-classes": 3,
+    "dim": 8,
+    "min-nodes": 2,
+    "round-timeout": 60.0,
+    "wait-timeout": 60.0,
+}
 
 
 @pytest.fixture

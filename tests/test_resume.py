@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MessageType
-from inprocess import InProcessGrid
-from run_helpers import NODES, load_json, load_state, run_server
+from helpers.inprocess import InProcessGrid
+from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.atomic import atomic_write
@@ -26,29 +25,6 @@ from server_app.checkpoint import (
     write_checkpoint,
 )
 from strategies import PEPFedPT
-
-
-class CrashMidRound:
-    """Plays a ServerApp process that dies in round ``crash_round``, after one node trained.
-
-    Rounds are told apart by the evaluate replies seen so far (every node evaluates each
-    round); raising from the grid is what a killed server looks like to the strategy.
-    """
-
-    def __init__(self, crash_round: int, num_nodes: int) -> None:
-        self.evaluates_before = num_nodes * (crash_round - 1)
-        self.evaluated = 0
-        self.trained = 0
-
-    def __call__(self, reply: Message) -> Message:
-        kind = reply.metadata.message_type
-        if kind == MessageType.EVALUATE:
-            self.evaluated += 1
-        elif kind == MessageType.TRAIN and self.evaluated == self.evaluates_before:
-            self.trained += 1
-            if self.trained == 2:
-                raise RuntimeError("server process killed mid-round")
-        return reply
 
 
 @pytest.fixture
@@ -70,6 +46,7 @@ def flat(tiny_run_config: dict, tmp_path: Path) -> dict:
 WITH_HELD_OUT = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("restart", "extra"),
     [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MessageType
-from run_helpers import load_json, load_state, on, recorder, run_server
+from helpers.run_helpers import load_json, load_state, on, recorder, run_server
 
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.groups import (
@@ -200,6 +200,7 @@ def flat(tiny_run_config: dict) -> dict:
     }
 
 
+@pytest.mark.integration
 def test_one_round_of_sgpt_aggregates_group_rows_by_group_counts(
     flat: dict, task_identity: None
 ) -> None:
@@ -255,6 +256,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fault", sorted(MALFORMED))
 def test_malformed_group_counts_are_refused_and_change_nothing(
     fault: str, flat: dict, task_identity: None, caplog: pytest.LogCaptureFixture
@@ -282,6 +284,7 @@ def test_malformed_group_counts_are_refused_and_change_nothing(
         np.testing.assert_allclose(state[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.integration
 def test_with_every_group_count_malformed_the_global_state_stays_as_it_was(
     flat: dict, task_identity: None
 ) -> None:

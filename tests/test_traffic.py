@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -16,7 +17,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from run_helpers import load_json, load_state, recorder, run_server
+from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from strategies import wire
 from strategies.traffic import content_nbytes, record_nbytes
@@ -78,6 +79,7 @@ def test_bytes_per_round_of_fedavg_vpt_deep(tiny_run_config: dict, task_identity
     assert {"bytes-down", "bytes-up", "train/bytes-down"} <= set(header)
 
 
+@pytest.mark.integration
 def test_local_only_sends_the_state_only_to_nodes_without_their_own(
     tiny_run_config: dict, task_identity
 ) -> None:

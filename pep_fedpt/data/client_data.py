@@ -22,10 +22,14 @@ from pep_fedpt.data.partition import (
 )
 from pep_fedpt.data.registry import DatasetSplits, ImageSpec, LabeledDataset, load_dataset
 
+# The validation carve's seed is the test split's plus this: another, fixed permutation.
+VAL_SEED_OFFSET = 7_919
+
 
 @dataclass
 class ClientData:
-    """A client's local train and test split (same class proportions) and its counts."""
+    """A client's local train, validation and test splits (same class proportions) and its
+    train counts. ``val`` is empty unless ``data.val-fraction`` > 0."""
 
     partition_id: int
     train: Subset
@@ -34,6 +38,14 @@ class ClientData:
     train_counts: np.ndarray  # n_{k,c}
     cache_key: str  # identifies the exact examples, for the z(x) cache
     held_out: bool = False  # never trains; evaluated with the global state only
+    val: Subset | None = None
+
+    def split(self, name: str) -> Subset:
+        """The ``"train"``, ``"val"`` or ``"test"`` split."""
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        if name not in splits or splits[name] is None:
+            raise ValueError(f"split {name!r}: use one of train, val, test")
+        return splits[name]  # type: ignore[return-value]
 
 
 @dataclass
@@ -100,12 +112,20 @@ def load_client_data(
     indices = _partitions(cfg, spec, seed, num_partitions)[partition_id]
     targets = splits.train.targets
     train_idx, test_idx = stratified_split(indices, targets, cfg.test_fraction, seed + partition_id)
+    # Validation comes out of the training split (never the test split), stratified, with
+    # its own fixed seed: the same examples for a given (split, seed, partition).
+    val_idx = np.zeros(0, dtype=train_idx.dtype)
+    if cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(
+            train_idx, targets, cfg.val_fraction, seed + partition_id + VAL_SEED_OFFSET
+        )
     num_classes = len(splits.classes)
     key = f"{cfg!r}:{seed}:{num_partitions}:{partition_id}:{spec}"
     return ClientData(
         partition_id=partition_id,
         train=Subset(splits.train, train_idx.tolist()),
         test=Subset(splits.train, test_idx.tolist()),
+        val=Subset(splits.train, val_idx.tolist()),
         num_classes=num_classes,
         train_counts=class_counts(targets[train_idx], num_classes),
         cache_key=key,

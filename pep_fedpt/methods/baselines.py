@@ -50,6 +50,7 @@ class BaselineClient(PromptClient):
             self.cfg.train,
             self.device,
             self.train_seed(server_round),
+            lr_scale=self.lr_scale(server_round),
             regularizer=regularizer,
         )
         return trainable_arrays(model), self.train_metrics(result)
@@ -59,15 +60,16 @@ class BaselineClient(PromptClient):
     ) -> dict[str, float | int]:
         model = self._model(arrays)
         shift = self.log_prior if self.method.prior_correction else None
-        result = evaluate(
-            model,
-            self.data.test,
-            no_features(self.data.test),
-            unit_weights,
-            self.device,
-            log_prior=shift,
+        return self.evaluated(
+            lambda split: evaluate(
+                model,
+                self.data.split(split),
+                no_features(self.data.split(split)),
+                unit_weights,
+                self.device,
+                log_prior=shift,
+            )
         )
-        return self.evaluate_metrics(result)
 
 
 FEDAVG = "strategies.base:PromptFedAvg"  # FedAvg by n_k: they differ only on the client

@@ -3,7 +3,7 @@ state and the per-partition client (backbone, data, z(x) cache, own prior)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from pep_fedpt.engine import EvalResult, TrainResult, compute_query_features, pi
 from pep_fedpt.feature_cache import default_cache_dir, examples_digest, feature_store
 from pep_fedpt.methods.registry import Method, get_method
 from pep_fedpt.models import PromptedViT, backbone_fingerprint, cached_backbone, image_spec
+from pep_fedpt.schedule import lr_factor
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
 from strategies import wire
 
@@ -108,7 +109,7 @@ class PromptClient:
         """What z(x) of a split depends on: backbone weights and timm's code, the examples
         (config and the exact indices) and transform, and the device (bf16 autocast on
         CUDA gives other values than float32 on the CPU)."""
-        subset = self.data.train if split == "train" else self.data.test
+        subset = self.data.split(split)
         examples = examples_digest(np.asarray(subset.indices), subset_targets(subset))
         return (
             f"{self._fingerprint}|timm-{timm.__version__}|{self.data.cache_key}|{split}|"
@@ -116,8 +117,8 @@ class PromptClient:
         )
 
     def features(self, split: str) -> torch.Tensor:
-        """z(x) of the local train or test split: memory, else this node's disk cache."""
-        dataset = self.data.train if split == "train" else self.data.test
+        """z(x) of the local train, val or test split: memory, else this node's disk cache."""
+        dataset = self.data.split(split)
 
         def compute() -> torch.Tensor:
             model = build_model(self.backbone, self.cfg, self.data.num_classes)
@@ -146,6 +147,15 @@ class PromptClient:
         """Shuffling seed of one local training: fixed by run seed, round and partition."""
         return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
 
+    def lr_scale(self, server_round: int) -> float:
+        """The schedule's factor of the learning rates in ``server_round`` (the round the
+        server names in its train message, so that a resumed run trains as one that never
+        stopped)."""
+        train = self.cfg.train
+        return lr_factor(
+            server_round, self.cfg.fed.num_rounds, train.lr_schedule, train.warmup_rounds
+        )
+
     def train_metrics(self, result: TrainResult) -> dict[str, float | int | list[int]]:
         """The train reply's metrics (wire names; counts as in the prototype round)."""
         return {
@@ -165,6 +175,17 @@ class PromptClient:
             wire.PARTITION_ID: self.data.partition_id,
             wire.HELD_OUT: int(self.data.held_out),
         }
+
+    def evaluated(self, run: Callable[[str], EvalResult]) -> dict[str, float | int]:
+        """The evaluate reply's metrics from ``run(split)``: the test split's, and with
+        ``data.val-fraction`` > 0 also the validation split's counts (hyper-parameter
+        selection reads those, never the test split's)."""
+        metrics = self.evaluate_metrics(run("test"))
+        if self.data.val is not None and len(self.data.val) > 0:
+            val = run("val")
+            metrics[wire.VAL_NUM_EXAMPLES] = val.total
+            metrics[wire.VAL_CORRECT] = val.correct
+        return metrics
 
     def class_counts(self) -> np.ndarray:
         """n_{k,c} of the local train split (a counts-only prototype round)."""

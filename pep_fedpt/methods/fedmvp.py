@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from pep_fedpt.feature_cache import (
     resolve_cache_dir,
 )
 from pep_fedpt.methods.registry import Method, Received, register
+from pep_fedpt.schedule import lr_factor
 from strategies import wire
 
 _LOG = logging.getLogger(__name__)
@@ -267,14 +267,6 @@ def fedmvp_initial_arrays(cfg: RunConfig, bundle) -> dict[str, np.ndarray]:
     return build_fedmvp_model(cfg, bundle).trainable_arrays()
 
 
-def cosine_lr(base: float, server_round: int, num_rounds: int) -> float:
-    """The design's cosine schedule over rounds: ``base`` in round 1, decaying towards 0
-    by the last round, lr_t = base * (1 + cos(pi (t - 1) / T)) / 2. Computed on the client
-    from the round number, so a resumed run continues the same schedule."""
-    t = min(max(server_round, 1), num_rounds)
-    return base * 0.5 * (1.0 + math.cos(math.pi * (t - 1) / num_rounds))
-
-
 class FedMVPClient:
     """One partition's FedMVP routines: the frozen CLIP, its few-shot data, its class bank.
 
@@ -333,7 +325,7 @@ class FedMVPClient:
             self.device,
             self.train_seed(server_round),
             adapters_on,
-            lr=cosine_lr(self.cfg.train.lr, server_round, self.cfg.fed.num_rounds),
+            lr=self.round_lr(server_round),
             flipped=flipped,
         )
         metrics: dict[str, float | int | list[int]] = {
@@ -366,6 +358,15 @@ class FedMVPClient:
             wire.PARTITION_ID: self.data.partition_id,
             wire.HELD_OUT: int(self.data.held_out),
         }
+
+    def round_lr(self, server_round: int) -> float:
+        """``train.lr`` under ``train.lr-schedule`` (the design: "cosine") in the round the
+        server names, so that a resumed run continues the same schedule."""
+        train = self.cfg.train
+        factor = lr_factor(
+            server_round, self.cfg.fed.num_rounds, train.lr_schedule, train.warmup_rounds
+        )
+        return train.lr * factor
 
     def flipped(self, model) -> torch.Tensor:
         """g(x') of the training examples (the consistency target: frozen encoder, fixed
@@ -470,6 +471,11 @@ def _adapter_switch(received: Received) -> bool:
 
 
 def _check_config(cfg: RunConfig) -> None:
+    if cfg.train.optimizer != "sgd":
+        raise ConfigError(
+            f"train.optimizer = {cfg.train.optimizer!r}: FedMVP trains with SGD (the design's "
+            "lr, momentum and weight decay); use 'sgd'"
+        )
     if cfg.fedmvp.protocol == "domain" and not cfg.fedmvp.target_domain:
         raise ConfigError(
             "fedmvp.protocol = 'domain' needs fedmvp.target-domain: the domain to hold out"

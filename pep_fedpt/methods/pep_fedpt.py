@@ -72,6 +72,7 @@ class PEPFedPTClient(PromptClient):
             self.cfg.train,
             self.device,
             self.train_seed(server_round),
+            lr_scale=self.lr_scale(server_round),
         )
         return trainable_arrays(model), self.train_metrics(result)
 
@@ -79,10 +80,12 @@ class PEPFedPTClient(PromptClient):
         self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray
     ) -> dict[str, float | int]:
         model = self._model(arrays)
-        result = evaluate(
-            model, self.data.test, self.features("test"), self._weights(prototypes), self.device
+        weights = self._weights(prototypes)
+        return self.evaluated(
+            lambda split: evaluate(
+                model, self.data.split(split), self.features(split), weights, self.device
+            )
         )
-        return self.evaluate_metrics(result)
 
 
 def central_weights(

@@ -56,6 +56,7 @@ class PFedPGClient(PromptClient):
             self.cfg.train,
             self.device,
             self.train_seed(server_round),
+            lr_scale=self.lr_scale(server_round),
         )
         metrics = self.train_metrics(result)
         # The server checks that the reply comes from the partition the prompt was made for.
@@ -66,10 +67,15 @@ class PFedPGClient(PromptClient):
         self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None = None
     ) -> dict[str, float | int]:
         model = self._model(arrays)
-        result = evaluate(
-            model, self.data.test, no_features(self.data.test), unit_weights, self.device
+        return self.evaluated(
+            lambda split: evaluate(
+                model,
+                self.data.split(split),
+                no_features(self.data.split(split)),
+                unit_weights,
+                self.device,
+            )
         )
-        return self.evaluate_metrics(result)
 
 
 def _strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:

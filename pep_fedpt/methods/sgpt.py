@@ -78,7 +78,17 @@ class SGPTClient(PromptClient):
         # Block 1: the shared prompt and head; the group prompts and keys stay fixed.
         for p in group_params:
             p.requires_grad_(False)
-        train_epochs(model, self.data.train, features, weights, self.cfg.train, self.device, seed)
+        scale = self.lr_scale(server_round)
+        train_epochs(
+            model,
+            self.data.train,
+            features,
+            weights,
+            self.cfg.train,
+            self.device,
+            seed,
+            lr_scale=scale,
+        )
         # Block 2: the group prompts, keys and head, with the key loss; shared fixed.
         for p in group_params:
             p.requires_grad_(True)
@@ -93,6 +103,7 @@ class SGPTClient(PromptClient):
             self.device,
             seed + self.cfg.train.local_epochs,  # other shuffles than block 1's
             query_loss=lambda query: weight * key_loss(query, keys, history),
+            lr_scale=scale,
         )
         model.shared_prompt.requires_grad_(True)
 
@@ -106,14 +117,12 @@ class SGPTClient(PromptClient):
     ) -> dict[str, float | int]:
         """Accuracy with each test sample's nearest key (``selected`` is not used)."""
         model = self._model(arrays)
-        result = evaluate(
-            model,
-            self.data.test,
-            self.features("test"),
-            group_weights_fn(_group_keys(model)),
-            self.device,
+        weights = group_weights_fn(_group_keys(model))
+        return self.evaluated(
+            lambda split: evaluate(
+                model, self.data.split(split), self.features(split), weights, self.device
+            )
         )
-        return self.evaluate_metrics(result)
 
 
 def central_weights(

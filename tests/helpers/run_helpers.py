@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
-from inprocess import InProcessGrid, Scalar
 
 from client_app.app import app as client_app
+from helpers.inprocess import InProcessGrid, Scalar
 from server_app.app import app as server_app
 
 # Three nodes with ids unlike their partition ids, so that a mix-up would show. They hold
@@ -80,3 +80,26 @@ def load_state(out: Path) -> dict[str, np.ndarray]:
 
 def load_json(path: Path) -> list[dict]:
     return json.loads(path.read_text())
+
+
+class CrashMidRound:
+    """Plays a ServerApp process that dies in round ``crash_round``, after one node trained.
+
+    Rounds are told apart by the evaluate replies seen so far (every node evaluates each
+    round); raising from the grid is what a killed server looks like to the strategy.
+    """
+
+    def __init__(self, crash_round: int, num_nodes: int) -> None:
+        self.evaluates_before = num_nodes * (crash_round - 1)
+        self.evaluated = 0
+        self.trained = 0
+
+    def __call__(self, reply: Message) -> Message:
+        kind = reply.metadata.message_type
+        if kind == MessageType.EVALUATE:
+            self.evaluated += 1
+        elif kind == MessageType.TRAIN and self.evaluated == self.evaluates_before:
+            self.trained += 1
+            if self.trained == 2:
+                raise RuntimeError("server process killed mid-round")
+        return reply
