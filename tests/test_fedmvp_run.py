@@ -157,3 +157,27 @@ def test_the_domain_generalisation_confs_are_at_the_paper_scale(path: Path) -> N
     assert match and match[1] == path.name
     sources = len(domains) - 1
     assert int(match[2]) == sources == cfg.fed.min_available_nodes == cfg.fed.min_train_nodes
+
+
+B2N_FILES = sorted((ROOT / "conf").glob("fedmvp-b2n-*.toml"))
+
+
+@pytest.mark.parametrize("path", B2N_FILES, ids=lambda p: p.name)
+def test_the_base_to_new_confs_are_at_the_paper_scale(path: Path) -> None:
+    from pep_fedpt.data import dataset_names
+    from pep_fedpt.data.coop import COOP_SETS
+
+    cfg = RunConfig.from_flat(get_fused_config_from_dir(ROOT, parse_config_args([str(path)])))
+    assert cfg.method == "fedmvp" and cfg.data.dataset in COOP_SETS
+    assert cfg.data.dataset in dataset_names()
+    assert (cfg.fedmvp.clip_model, cfg.fedmvp.clip_pretrained) == ("ViT-B-16", "openai")
+    assert (cfg.fed.num_rounds, cfg.train.batch_size, cfg.train.lr) == (100, 128, 0.003)
+    assert cfg.train.lr_schedule == "cosine" and cfg.fedmvp.shots == 8
+    match = re.search(
+        r'flwr run \. --run-config conf/(\S+) .*"num-supernodes=(\d+) ', path.read_text()
+    )
+    assert match and match[1] == path.name
+    clients = int(match[2])
+    assert clients == cfg.fed.min_available_nodes == cfg.fed.min_train_nodes
+    base = int(re.search(r"base =\n# the first (\d+)", path.read_text())[1])
+    assert clients * cfg.fedmvp.classes_per_client <= base  # disjoint base classes
