@@ -67,9 +67,9 @@ def test_every_method_builds_its_strategy_client_and_server_through_the_registry
     assert client.data.partition_id == 0
     server = method.build_server(cfg, pick_device())
     state = server.initial_arrays()
-    if method.layout is None:  # FedMVP (zero-shot CLIP: nothing to train), no head
-        assert all(key.startswith(wire.FEDMVP_PREFIX) for key in state)
-        assert bool(state) == (name == "fedmvp")
+    if method.layout is None:  # CLIP methods, no head (zero-shot CLIP: nothing to train)
+        assert all(key.startswith((wire.FEDMVP_PREFIX, "promptfl.")) for key in state)
+        assert bool(state) == (name != "zeroshot-clip")
         return
     assert wire.HEAD_WEIGHT in state
     assert len(server.classes) == state[wire.HEAD_WEIGHT].shape[0]

@@ -420,14 +420,16 @@ class FedMVPServer:
             every = tuple(range(central.num_classes))
             in_target = test_idx[np.asarray(test_data.domains)[test_idx] == target]
             self.sets["target"] = ClassSubset(test_data, in_target, every)
-            self.banks["target"] = text_bank(
-                cfg, self.bundle, list(self.classes), cache, names[target]
-            )
+            self.banks["target"] = self.make_bank(list(self.classes), cache, names[target])
             return
         base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
             self.sets[name] = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
-            self.banks[name] = text_bank(cfg, self.bundle, [self.classes[c] for c in group], cache)
+            self.banks[name] = self.make_bank([self.classes[c] for c in group], cache)
+
+    def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None):
+        """The text bank of ``classnames`` (a method without attribute banks: None)."""
+        return text_bank(self.cfg, self.bundle, classnames, cache, domain)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return fedmvp_initial_arrays(self.cfg, self.bundle)

@@ -44,6 +44,7 @@ METHOD_MODULES: dict[str, str] = {
     "pfedpg": "pep_fedpt.methods.pfedpg",
     "fedmvp": "pep_fedpt.methods.fedmvp",
     "zeroshot-clip": "pep_fedpt.methods.zeroshot_clip",
+    "promptfl": "pep_fedpt.methods.promptfl",
 }
 
 
