@@ -288,6 +288,8 @@ def test_the_promptformer_makes_m_tokens_and_projects_the_bank_once() -> None:
     remove()
     assert prompts.shape == (3, 4, 32)
     assert [tuple(x.shape) for x in seen] == [(10, 16)]  # once, the bank alone: no batch axis
+    with pytest.raises(ValueError, match="num-prompts = 4 exceeds the 3 patches"):
+        former(torch.randn(2, 3, 32), torch.randn(10, 16))
 
 
 def test_the_promptformer_computes_the_designs_cross_attention_by_hand() -> None:
@@ -446,6 +448,7 @@ def test_training_steps_once_per_batch_and_is_seeded(model: FedMVPModel, bank: T
     start = model.trainable_arrays()
     result = train_local(model, _toy_data(), bank, _run_config(), CPU, seed=7, adapters_on=False)
     assert (result.steps, result.num_examples) == (3, 10)  # 10 examples in batches of 4
+    assert model.promptformer.training and not model.clip.training  # CLIP stays in eval mode
     assert result.loss == pytest.approx(result.ce_loss + 10 * result.consistency_loss, rel=1e-5)
     after = model.trainable_arrays()
     model.load_trainable_arrays(start)

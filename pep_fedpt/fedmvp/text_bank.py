@@ -73,10 +73,11 @@ def bank_sentences(
     ]
 
 
-def text_bank_key(fingerprint: str, per_class: list[list[str]]) -> str:
-    """The cache key: the CLIP weights and the exact sentences, class by class."""
+def text_bank_key(fingerprint: str, device: str, per_class: list[list[str]]) -> str:
+    """The cache key: the CLIP weights, the device type that encodes (as for z(x): CUDA and
+    CPU kernels differ in the last bits) and the exact sentences, class by class."""
     digest = hashlib.sha256(json.dumps(per_class, ensure_ascii=False).encode()).hexdigest()
-    return f"fedmvp-text|{fingerprint}|{digest}"
+    return f"fedmvp-text|{fingerprint}|{device}|{digest}"
 
 
 @torch.no_grad()
@@ -106,7 +107,8 @@ def build_text_bank(
     flat = [text for group in per_class for text in group]
     store = feature_store(cache_dir if cache_dir is not None else default_cache_dir())
     features = store.get(
-        text_bank_key(bundle.fingerprint, per_class), lambda: encode_sentences(bundle, flat)
+        text_bank_key(bundle.fingerprint, bundle.device.type, per_class),
+        lambda: encode_sentences(bundle, flat),
     )
     index = torch.cat(
         [torch.full((len(group),), k, dtype=torch.long) for k, group in enumerate(per_class)]
