@@ -82,6 +82,20 @@ def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
     return _numpy(context.state[state_key])
 
 
+def _from_wire(value: np.ndarray) -> np.ndarray:
+    """A received float array as float32, whatever ``fed.wire-dtype`` it travelled in."""
+    if value.dtype.kind == "f" and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
+def _to_wire(value: np.ndarray, wire_dtype: str) -> Array:
+    """A float array to send, in ``fed.wire-dtype`` (integer arrays as they are)."""
+    if value.dtype.kind == "f" and value.dtype != np.dtype(wire_dtype):
+        value = value.astype(wire_dtype)
+    return Array(value)
+
+
 def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
     if wire.ARRAYS not in msg.content:
         # local-only: the server sends no state to a node it believes holds its own
@@ -91,7 +105,7 @@ def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndar
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
         )
-    return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+    return {key: _from_wire(array.numpy()) for key, array in msg.content[wire.ARRAYS].items()}
 
 
 def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
@@ -140,7 +154,8 @@ def _keep_personal(
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
+    """A record's arrays, floats as float32 (``_from_wire``)."""
+    return {key: _from_wire(array.numpy()) for key, array in record.items()}
 
 
 def _extra(msg: Message, context: Context, method: Method) -> object:
@@ -197,7 +212,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
-    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     if method.personal:
         _keep_personal(context, client, start, arrays, server_round)
     content = RecordDict(

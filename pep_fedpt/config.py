@@ -24,6 +24,7 @@ METHODS = tuple(METHOD_MODULES)
 PRETRAINED_SOURCES = ("random", "hub")  # or "local:<classes>", or an absolute checkpoint path
 TRAIN_WEIGHTS = ("soft", "onehot")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
+WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -31,7 +32,6 @@ HEAD_INITS = ("zeros", "normal")
 FEDMVP_PROTOCOLS = ("base-new", "domain")
 FEDMVP_AGGREGATIONS = ("equal", "num-examples")
 FEDMVP_STEPS = ("batch", "round")
-FEDMVP_WIRE_DTYPES = ("float32", "float16")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -269,6 +269,9 @@ class FedConfig:
     # before the run fails with what it waited for (connected vs required).
     wait_timeout: float = 600.0
     generator_lr: float = 1.0  # pfedpg: step size of the server's prompt-generator update
+    # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
+    # server still aggregates in float64 and keeps its state float32.
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -288,6 +291,7 @@ class FedConfig:
             raise ConfigError(f"fed.group-momentum = {self.group_momentum!r} must be in [0, 1)")
         _positive("fed.generator-lr", self.generator_lr)
         _positive("fed.wait-timeout", self.wait_timeout)
+        _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -319,9 +323,6 @@ class FedMVPConfig:
     classes_per_client: int = 20  # base classes per client, disjoint across clients
     shots: int = 8  # training examples per class, drawn with the seed
     target_domain: str = ""  # protocol = "domain": the held-out test domain
-    # The arrays' type in messages: "float16" halves the bytes (the authors train in fp16);
-    # the server keeps and averages float32.
-    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.clip_model:
@@ -347,7 +348,6 @@ class FedMVPConfig:
         _choice("fedmvp.aggregation", self.aggregation, FEDMVP_AGGREGATIONS)
         _choice("fedmvp.step-every", self.step_every, FEDMVP_STEPS)
         _choice("fedmvp.protocol", self.protocol, FEDMVP_PROTOCOLS)
-        _choice("fedmvp.wire-dtype", self.wire_dtype, FEDMVP_WIRE_DTYPES)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.output_dir import refuse_to_overwrite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -293,6 +294,11 @@ def preflight(app: Path, args: Sequence[str]) -> Preflight:
     check_data(config)
     if config.resume_from and not Path(config.resume_from).is_dir():
         raise PreflightError(f"resume-from = {config.resume_from!r}: no such folder")
+    if config.output_dir:  # an earlier run's results are refused here too, in a second
+        try:
+            refuse_to_overwrite(Path(config.output_dir), config)
+        except ConfigError as exc:
+            raise PreflightError(str(exc)) from None
     federation: dict[str, Scalar] = {}
     for value in federation_args:
         federation.update(parse_config_args([value], "--federation-config"))

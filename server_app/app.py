@@ -10,7 +10,7 @@ set it continues a run from its checkpoint at the next round, as if it had never
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from flwr.supercore import log
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import method_for
+from pep_fedpt.output_dir import refuse_to_overwrite
 from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
 from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
@@ -57,6 +58,7 @@ def main(grid: Grid, context: Context) -> None:
         out = Path(cfg.resume_from)  # continue in the run's own folder
     else:
         out = resolve_output_dir(cfg, context.run_id)
+    refuse_to_overwrite(out, cfg)
     device = pick_device()
     method = method_for(cfg)
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
@@ -73,7 +75,17 @@ def main(grid: Grid, context: Context) -> None:
         metrics = MetricRecord(server.evaluate(state))
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
-        recorder.record_round(server_round, row, state, strategy.dropped, strategy.checkpoint())
+        recorder.record_round(
+            server_round,
+            row,
+            state,
+            strategy.dropped,
+            strategy.checkpoint(),
+            node_replies=strategy.node_replies,
+            partitions=strategy.partitions,
+        )
+        for line in recorder.newly_failing_lines():
+            log(WARNING, "pep-fedpt: %s", line)
         if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
             recorder.record_partition(strategy.partitions, server.classes)
             recorded_partitions[0] = strategy.partitions
@@ -96,12 +108,12 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=evaluate_global,
         start_round=1 if resume is None else resume.server_round + 1,
     )
-    recorder.plot_accuracy()
+    # summary.md and accuracy.png are already written, after every round; the table once.
     table = recorder.summary_table()
     print(
         f"\npep-fedpt summary ({cfg.method}, {cfg.data.dataset}):\n{table}\nresults: {out}\n",
         flush=True,
     )
-    for line in table.splitlines():
-        log(INFO, "%s", line)
-    log(INFO, "pep-fedpt: results written to %s", out)
+    for line in recorder.failing_lines():
+        log(WARNING, "pep-fedpt: %s", line)
+    log(INFO, "pep-fedpt: results written to %s (summary.md, accuracy.png)", out)

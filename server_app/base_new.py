@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from pep_fedpt.data.base_new import harmonic_mean
 
+# The methods on a CLIP (FedMVP and its baselines): their own model and protocol keys.
+CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl")
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
 BASE, NEW = "server/base-accuracy", "server/new-accuracy"
 LOCAL, HM = "server/local-accuracy", "server/hm"
@@ -32,3 +34,13 @@ def base_new_metrics(row: Mapping[str, object]) -> dict[str, float]:
         return {}
     local, base, new = (float(v) for v in values)  # type: ignore[arg-type]
     return {LOCAL: local, HM: harmonic_mean(local, base, new)}
+
+
+def clip_description(cfg) -> tuple[str, str]:  # cfg: RunConfig
+    """(model, partition) lines of summary.md for a CLIP method."""
+    mvp = cfg.fedmvp
+    if mvp.protocol == "domain":
+        protocol = f"leave one domain out (target {mvp.target_domain}), {mvp.shots} shots"
+    else:
+        protocol = f"base->new, {mvp.classes_per_client} base classes per client, {mvp.shots} shots"
+    return f"CLIP {mvp.clip_model} ({mvp.clip_pretrained} weights)", protocol

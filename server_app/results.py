@@ -3,10 +3,12 @@
 ``<output-dir>/``: ``config.json`` (the run config), ``metrics.json`` and ``metrics.csv``
 (one row per round), ``state.npz`` (the latest global state: prompts, head, prototypes,
 counts), ``initial-state.npz`` (the state of round 0: the seeded start), ``dropped.json``
-(every refused reply and why) and ``summary.md``;
-``partition.json`` and ``partition.png`` (each client's training class counts, as the
-clients reported them in the prototype round), at the end ``accuracy.png``, and, written
-last each round, ``checkpoint.npz`` (what a resumed run needs; see ``checkpoint.py``).
+(every refused reply and why), ``summary.md`` (what ran, the clients that failed, a table
+of rounds) and ``accuracy.png``; ``partition.json`` and ``partition.png`` (each client's
+training class counts, as the clients reported them in the prototype round), and, written
+last each round, ``checkpoint.npz`` (what a resumed run needs; see ``checkpoint.py``). A
+fresh run never writes into a folder that already holds files (``pep_fedpt.output_dir``).
+See docs/results.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
-from server_app.base_new import base_new_metrics
+from server_app.base_new import CLIP_METHODS, base_new_metrics, clip_description
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
@@ -70,6 +72,10 @@ class RunRecorder:
         self.cfg = cfg
         self.config = cfg.to_flat()
         self.rows: list[dict[str, float | list[float]]] = list(rows or [])
+        self.dropped: list[tuple[int, int, str]] = []
+        self.node_replies: dict[int, dict[str, Any]] = {}
+        self.partitions: dict[int, dict[str, Any]] = {}
+        self._announced: set[int] = set()  # nodes newly_failing_lines has named
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / "config.json", json.dumps(self.config, indent=2).encode())
 
@@ -80,9 +86,15 @@ class RunRecorder:
         state: Mapping[str, np.ndarray],
         dropped: list[tuple[int, int, str]],
         strategy_state: dict[str, Any] | None = None,
+        node_replies: Mapping[int, Mapping[str, Any]] | None = None,
+        partitions: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Write every result file; then, if given the strategy's state, the checkpoint.
+        """Write every result file (``summary.md`` and ``accuracy.png`` included, so that a
+        stopped run has both); then, if given the strategy's state, the checkpoint.
 
+        ``node_replies``: per node, messages ``sent``, how many ``failed`` and the
+        ``last-failure`` (``PromptFedAvg.node_replies``); ``partitions``: the census's
+        partition id -> ``node-id``, to name a failing node's partition.
         The checkpoint goes last and alone carries what a resume reads, so a crash between
         two of these writes never mixes rounds in a resumed run.
         """
@@ -90,6 +102,9 @@ class RunRecorder:
         self.rows = [row for row in self.rows if row["round"] < server_round]
         # Base->new runs (FedMVP): Local and HM from the row's Base, New and client results.
         self.rows.append({"round": float(server_round), **metrics, **base_new_metrics(metrics)})
+        self.dropped = list(dropped)
+        self.node_replies = {int(n): dict(e) for n, e in (node_replies or {}).items()}
+        self.partitions = {int(p): dict(e) for p, e in (partitions or {}).items()}
         atomic_write(self.directory / "metrics.json", json.dumps(self.rows, indent=2).encode())
         atomic_write(self.directory / "metrics.csv", self._csv().encode())
         buffer = io.BytesIO()
@@ -99,6 +114,8 @@ class RunRecorder:
             atomic_write(self.directory / INITIAL_STATE, buffer.getvalue())
         reasons = [{"round": r, "node": n, "reason": why} for r, n, why in dropped]
         atomic_write(self.directory / "dropped.json", json.dumps(reasons, indent=2).encode())
+        self.write_summary()
+        self.plot_accuracy()
         if strategy_state is not None:
             checkpoint = Checkpoint(
                 server_round, dict(state), strategy_state, self.rows, self.config
@@ -156,11 +173,15 @@ class RunRecorder:
 
     def summary_table(self) -> str:
         """A Markdown table of the headline metrics, one line per round (and FedMVP's
-        Local / Base / New / HM where the rows hold them)."""
-        columns = SUMMARY_COLUMNS
+        Local / Base / New / HM, or Local / Target, where the rows hold them)."""
+        columns = [*SUMMARY_COLUMNS]
         for extra in (BASE_NEW_COLUMNS, DOMAIN_COLUMNS):
             if any(key in row for row in self.rows for key, _ in extra[1:]):
-                columns = SUMMARY_COLUMNS + extra
+                columns += extra
+        columns.append(("dropped", "dropped replies"))
+        dropped_in: dict[int, int] = {}
+        for server_round, _, _ in self.dropped:
+            dropped_in[server_round] = dropped_in.get(server_round, 0) + 1
         header = "| " + " | ".join(title for _, title in columns) + " |"
         lines = [header, "|" + "---|" * len(columns)]
         for row in self.rows:
@@ -169,11 +190,131 @@ class RunRecorder:
                 value = row.get(key)
                 if key == "round":
                     cells.append(str(int(row["round"])))
+                elif key == "dropped":
+                    cells.append(str(dropped_in.get(int(row["round"]), 0)))
                 elif isinstance(value, float | int):
                     cells.append(f"{value:.4f}")
                 else:
                     cells.append("-")
             lines.append("| " + " | ".join(cells) + " |")
-        table = "\n".join(lines)
-        atomic_write(self.directory / "summary.md", (table + "\n").encode())
-        return table
+        return "\n".join(lines)
+
+    def failing_clients(self) -> list[dict[str, Any]]:
+        """Every node with a failed message (error reply or none), the useless ones first.
+
+        ``never-worked``: it failed messages and never answered a train or evaluate
+        message with content, so it never contributed to the run.
+        """
+        partition_of = {int(e["node-id"]): pid for pid, e in self.partitions.items()}
+        failing = [
+            {
+                "node": node,
+                "partition-id": partition_of.get(node),
+                "sent": int(entry["sent"]),
+                "failed": int(entry["failed"]),
+                "never-worked": int(entry.get("answered-work", 0)) == 0,
+                "last-failure": str(entry["last-failure"]),
+            }
+            for node, entry in sorted(self.node_replies.items())
+            if int(entry["failed"]) > 0
+        ]
+        return sorted(failing, key=lambda f: (not f["never-worked"], f["node"]))
+
+    def failing_lines(self) -> list[str]:
+        """One console line per node that never answered a train or evaluate message."""
+        return [
+            f"node {f['node']} ({_partition_text(f['partition-id'])}) never trained or "
+            f"evaluated: {f['failed']} of {f['sent']} messages failed; "
+            f"last: {f['last-failure']}"
+            for f in self.failing_clients()
+            if f["never-worked"]
+        ]
+
+    def newly_failing_lines(self) -> list[str]:
+        """For the console during a run: each node that has not yet trained or evaluated
+        although sent work, said once (the end of the run names them again)."""
+        lines = []
+        for f in self.failing_clients():
+            if f["never-worked"] and f["node"] not in self._announced:
+                self._announced.add(f["node"])
+                lines.append(
+                    f"node {f['node']} ({_partition_text(f['partition-id'])}) has not trained "
+                    f"or evaluated so far: {f['failed']} of {f['sent']} messages failed; "
+                    f"last: {f['last-failure']}"
+                )
+        return lines
+
+    def write_summary(self) -> None:
+        """summary.md: what ran (method, data, partition, seeds), where, how it went."""
+        cfg, data = self.cfg, self.cfg.data
+        done = int(self.rows[-1]["round"]) if self.rows else 0
+        lines = [
+            f"# {cfg.method} on {data.dataset}",
+            "",
+            f"- method: {cfg.method}",
+            f"- data set: {data.dataset}"
+            + (f" ({data.data_dir})" if data.data_dir else "")
+            + (f", subsample {data.subsample:g}" if data.subsample < 1.0 else ""),
+            f"- partition: {partition_description(cfg)}"
+            + (f", {len(self.partitions)} clients reported" if self.partitions else ""),
+            f"- seeds: run seed {cfg.seed}, data split seed {data.split_seed}"
+            + (
+                f", pre-training seed {cfg.model.pretrain_seed}"
+                if cfg.model.pretrained.startswith("local:")
+                else ""
+            ),
+            f"- model: {_model_description(cfg)}",
+            f"- rounds: {done} of {cfg.fed.num_rounds} done",
+            f"- dropped replies: {len(self.dropped)}"
+            + (" (reasons in dropped.json)" if self.dropped else ""),
+            f"- results: {self.directory}",
+            "",
+        ]
+        failing = self.failing_clients()
+        if failing:
+            lines += [
+                "## Clients with failed messages",
+                "",
+                "A client that never trained or evaluated did not contribute to this run.",
+                "",
+                "| node | partition | failed / sent | never trained or evaluated | last failure |",
+                "|---|---|---|---|---|",
+            ]
+            for f in failing:
+                reason = f["last-failure"].replace("|", "\\|").replace("\n", " ")
+                lines.append(
+                    f"| {f['node']} | {_partition_text(f['partition-id'])} | "
+                    f"{f['failed']} / {f['sent']} | {'**yes**' if f['never-worked'] else 'no'} "
+                    f"| {reason} |"
+                )
+            lines.append("")
+        lines += ["## Rounds", "", self.summary_table(), ""]
+        atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
+
+
+def _model_description(cfg: RunConfig) -> str:
+    if cfg.method in CLIP_METHODS:
+        return clip_description(cfg)[0]
+    return f"{cfg.model.name} ({cfg.model.pretrained} weights)"
+
+
+def _partition_text(partition_id: int | None) -> str:
+    return "partition unknown" if partition_id is None else f"partition {partition_id}"
+
+
+def partition_description(cfg: RunConfig) -> str:
+    """The partitioner and its parameters, in words."""
+    data = cfg.data
+    if cfg.method in CLIP_METHODS:  # the protocol decides who holds what
+        return clip_description(cfg)[1]
+    if data.partitioner == "dirichlet":
+        text = f"dirichlet, alpha {data.alpha:g}"
+    elif data.partitioner == "pathological":
+        text = (
+            f"pathological, {data.classes_per_client} classes per client ({data.class_assignment})"
+        )
+    else:
+        text = data.partitioner
+    if data.held_out_fraction:
+        text += f", {data.held_out_fraction:g} of clients held out"
+    return text

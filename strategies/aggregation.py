@@ -6,16 +6,144 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Elements per step of ``RunningMean.add``: the float64 product of one step (1 MiB at
+# most) stays in the cache between the multiply and the add.
+_CHUNK = 1 << 17
+
+
+def scratch_buffer(size: int = _CHUNK) -> np.ndarray:
+    """A float64 work array for ``RunningMean``s of arrays of up to ``size`` elements (any
+    size for the default: ``add`` works in steps of at most that many)."""
+    return np.empty(min(max(size, 1), _CHUNK), dtype=np.float64)
+
+
+class RunningMean:
+    """Σ_k w_k x_k / Σ_k w_k, row by row, one reply at a time (a running sum).
+
+    ``add(x, w)`` takes a number w (FedAvg's n_k: every row weighs w) or one weight per
+    row, i.e. along the first axis (PEP-FedPT's n_{k,c}, SGPT's n_{k,g}). Rows whose
+    weights add up to 0 keep ``previous``. Sums are kept in float64, one array of the
+    state's shape, so memory does not grow with the number of replies; the result is
+    float32. The sum is exact up to float64 rounding, so the result depends on the order
+    of the replies only below float32 rounding (callers that need bit-identical results
+    add in a fixed order: the strategies add by node id).
+    """
+
+    def __init__(self, previous: np.ndarray, scratch: np.ndarray | None = None) -> None:
+        self.previous = np.asarray(previous)
+        self.shape = self.previous.shape
+        self._sum = np.zeros(self.shape, dtype=np.float64)
+        rows = self.shape[0] if self.shape else 1
+        self._weight = np.zeros(rows, dtype=np.float64)
+        # Where w·x is formed before it is added; running means that are never used at
+        # the same time may share one (``scratch_buffer``).
+        size = min(max(self._sum.size, 1), _CHUNK)
+        if scratch is None or scratch.dtype != np.float64 or scratch.size < size:
+            scratch = scratch_buffer(size)
+        self._buffer = scratch.reshape(-1)
+        self.count = 0
+
+    def check(self, value: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+        """Raise ValueError unless ``add(value, weight)`` would succeed; the weight as
+        float64. Callers that add several arrays of one reply check them all first, so
+        that a refused one leaves every sum as it was."""
+        shape = np.shape(value)
+        if shape != self.shape:
+            raise ValueError(f"value has shape {shape}, expected {self.shape}")
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim == 0:
+            if not (np.isfinite(w) and w >= 0):
+                raise ValueError(f"weight = {float(w)!r} must be a finite number >= 0")
+            return w
+        if w.shape != self._weight.shape or not self.shape:
+            raise ValueError(
+                f"row weights have shape {w.shape}, expected ({self._weight.size},) "
+                f"for values of shape {self.shape}"
+            )
+        # NaN fails ">= 0"; then a finite sum of non-negative numbers rules out inf.
+        if not ((w >= 0).all() and np.isfinite(w.sum())):
+            raise ValueError(f"row weights must be finite and >= 0, got {w.tolist()}")
+        return w
+
+    def add(self, value: np.ndarray, weight: float | np.ndarray) -> None:
+        """Add w·x to the sum (x of the state's shape, any float dtype, never copied)."""
+        self.add_checked(value, self.check(value, weight))
+
+    def add_checked(self, value: np.ndarray, w: np.ndarray) -> None:
+        """``add`` with a weight that ``check(value, weight)`` returned."""
+        x = np.asarray(value)
+        if w.ndim == 0:
+            self._add_scaled(x, float(w))
+        else:
+            self._add_row_scaled(x, w)
+        self._weight += w
+        self.count += 1
+
+    def _add_scaled(self, x: np.ndarray, w: float) -> None:
+        self._add_scaled_into(x.reshape(-1), w, self._sum.reshape(-1))
+
+    def _add_scaled_into(self, flat: np.ndarray, w: float, total: np.ndarray) -> None:
+        for start in range(0, flat.size, _CHUNK):
+            part = flat[start : start + _CHUNK]
+            product = self._buffer[: part.size]
+            np.copyto(product, part)  # float32 -> float64: exact
+            np.multiply(product, w, out=product)
+            np.add(total[start : start + _CHUNK], product, out=total[start : start + _CHUNK])
+
+    def _add_row_scaled(self, x: np.ndarray, w: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        rows = x.reshape(self.shape[0], -1)
+        total = self._sum.reshape(rows.shape)
+        if rows.shape[1] > _CHUNK:  # long rows: one row at a time, in steps
+            for row in np.flatnonzero(w):
+                self._add_scaled_into(rows[row], float(w[row]), total[row])
+            return
+        step = max(_CHUNK // max(rows.shape[1], 1), 1)
+        for first in range(0, rows.shape[0], step):
+            part = rows[first : first + step]
+            product = self._buffer[: part.size].reshape(part.shape)
+            np.copyto(product, part)
+            np.multiply(product, w[first : first + step, None], out=product)
+            np.add(total[first : first + step], product, out=total[first : first + step])
+
+    def result(self, momentum: float = 0.0) -> np.ndarray:
+        """The mean as float32: m · previous + (1 − m) · mean on rows with weight, and
+        ``previous`` on rows without (m = 0: the plain mean)."""
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum = {momentum!r} must be in [0, 1)")
+        held = self._weight > 0
+        if not held.any():
+            return np.array(self.previous, dtype=np.float32)
+        extra = (1,) * (len(self.shape) - 1)
+        weight = self._weight.reshape(-1, *extra) if self.shape else self._weight[0]
+        if held.all():
+            mean = self._sum / weight
+        else:  # rows nobody weighed: previous (never divided by their zero weight)
+            mean = np.array(self.previous, dtype=np.float64)
+            np.divide(self._sum, weight, out=mean, where=held.reshape(-1, *extra))
+        if momentum:
+            previous = np.asarray(self.previous, dtype=np.float64)
+            mixed = momentum * previous + (1.0 - momentum) * mean
+            mean = mixed if held.all() else np.where(held.reshape(-1, *extra), mixed, previous)
+        return mean.astype(np.float32)
+
+    def total_weight(self) -> np.ndarray:
+        """Σ_k w_k per row (float64)."""
+        return self._weight.copy()
+
 
 def weighted_mean(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Σ_k w_k θ_k / Σ_k w_k, computed in float64 and returned as float32."""
+    """Σ_k w_k θ_k / Σ_k w_k, summed in float64 and returned as float32."""
     w = np.asarray(weights, dtype=np.float64)
     if len(arrays) != len(w) or len(w) == 0:
         raise ValueError(f"need one weight per array, got {len(arrays)} arrays, {len(w)} weights")
     if np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be >= 0 with a positive sum, got {w.tolist()}")
-    stacked = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
-    return np.tensordot(w / w.sum(), stacked, axes=1).astype(np.float32)
+    running = RunningMean(np.zeros(np.shape(arrays[0]), dtype=np.float32))
+    for array, weight in zip(arrays, w, strict=True):
+        running.add(array, float(weight))
+    return running.result()
 
 
 def per_class_weighted_mean(
@@ -28,15 +156,12 @@ def per_class_weighted_mean(
     arrays: K arrays of shape (C, ...); class_counts: K arrays of shape (C,).
     Plain FedAvg would dilute class c's update by every client that never saw class c.
     """
-    counts = np.stack([np.asarray(n, dtype=np.float64) for n in class_counts])  # (K, C)
-    stacked = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])  # (K, C, ...)
-    totals = counts.sum(axis=0)  # (C,)
-    extra = (1,) * (stacked.ndim - 2)
-    summed = (counts.reshape(*counts.shape, *extra) * stacked).sum(axis=0)
-    held = totals > 0
-    out = np.asarray(previous, dtype=np.float64).copy()
-    out[held] = summed[held] / totals[held].reshape(-1, *extra)
-    return out.astype(np.float32)
+    if len(arrays) != len(class_counts):
+        raise ValueError(f"need counts per array, got {len(arrays)} arrays, {len(class_counts)}")
+    running = RunningMean(previous)
+    for array, counts in zip(arrays, class_counts, strict=True):
+        running.add(array, np.asarray(counts, dtype=np.float64))
+    return running.result()
 
 
 def group_weighted_mean(
@@ -53,9 +178,10 @@ def group_weighted_mean(
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum = {momentum!r} must be in [0, 1)")
-    mean = per_class_weighted_mean(arrays, group_counts, previous).astype(np.float64)
-    old = np.asarray(previous, dtype=np.float64)
-    return (momentum * old + (1.0 - momentum) * mean).astype(np.float32)
+    running = RunningMean(previous)
+    for array, counts in zip(arrays, group_counts, strict=True):
+        running.add(array, np.asarray(counts, dtype=np.float64))
+    return running.result(momentum)
 
 
 def prototype_means(

@@ -12,8 +12,10 @@ What it adds to Flower's FedAvg (Message API), for every method:
 3. Every reply is checked (error, keys, shapes, finiteness, counts) before it is used; a
    bad one is dropped with a log line naming the node (``_sender``) and the reason. Below
    ``min_train_nodes`` valid replies the round keeps the previous global state.
-4. Aggregation key by key through ``merge(key, values, sizes, class_counts, previous)``,
-   by default the n_k-weighted mean (FedAvg).
+4. Aggregation key by key into running float64 sums (``merge``): each valid reply weighs
+   ``merge_weight(key, metrics)`` (by default n_k: FedAvg; or one weight per row), and
+   ``merge_result`` turns the sum into the new value. Replies are checked and merged in
+   node-id order, so the result depends on the set of replies, not their arrival order.
 5. ``checkpoint()`` / ``restore()`` and ``start(..., start_round=t)`` resume a run.
 6. Communicated bytes (``strategies.traffic``: the arrays' nbytes) per round in
    ``round_metrics``: ``bytes-down`` / ``bytes-up`` and per phase ``query/``, ``train/``,
@@ -22,7 +24,8 @@ What it adds to Flower's FedAvg (Message API), for every method:
 
 Subclasses change what the census collects (``census_state``), what a message carries
 beyond the trainable arrays (``extra_content``), what a train reply must also carry
-(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged (``merge``).
+(``check_train_metrics``, read by ``prepare_merge``) and how a key is merged
+(``merge_weight``, ``merge_result``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import io
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -51,14 +54,27 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import traffic, wire
-from strategies.aggregation import evaluation_summary, validation_summary, weighted_mean
+from strategies.aggregation import (
+    RunningMean,
+    evaluation_summary,
+    scratch_buffer,
+    validation_summary,
+)
 from strategies.validation import (
+    array_view,
     check_evaluate_reply,
     check_known_counts,
     check_prototype_reply,
     check_train_reply,
     record_arrays,
 )
+
+# What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
+WIRE_DTYPES = ("float32", "float16")
+REPLY_DTYPES = {
+    "float32": (np.dtype(np.float32), np.dtype(np.float64)),
+    "float16": (np.dtype(np.float16),),
+}
 
 
 class PromptFedAvg(FedAvg):
@@ -68,6 +84,10 @@ class PromptFedAvg(FedAvg):
     --------------------------
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages, both ways: the server casts what
+        it sends and accepts replies in this dtype only (float32 also accepts float64).
+        It still sums in float64 and keeps its state float32.
     """
 
     # The census asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -75,6 +95,10 @@ class PromptFedAvg(FedAvg):
     census_name = "census round"
     # Seconds a round waits for its minimum of connected nodes before it fails.
     wait_timeout: float = 600.0
+    # Replies are polled every poll_seconds[0] s while they arrive, backing off to [1] s;
+    # a progress line every progress_seconds while a phase waits.
+    poll_seconds = (0.05, 1.0)
+    progress_seconds = 10.0
 
     def __init__(
         self,
@@ -84,7 +108,12 @@ class PromptFedAvg(FedAvg):
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
+            )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -96,6 +125,7 @@ class PromptFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
+        self.wire_dtype = np.dtype(wire_dtype)
         self._rng = random.Random(seed)
         # Version of the census result (the prototypes, for PEP-FedPT) and, per node, the
         # version it holds.
@@ -113,6 +143,9 @@ class PromptFedAvg(FedAvg):
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
         self.partitions: dict[int, dict[str, int | bool | list[int]]] = {}
+        # Per node: messages sent, how many failed (error reply or none), how many train or
+        # evaluate messages it answered with content, and the last failure.
+        self.node_replies: dict[int, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -218,6 +251,7 @@ class PromptFedAvg(FedAvg):
             "partitions": {str(pid): entry for pid, entry in self.partitions.items()},
             "dropped": [list(entry) for entry in self.dropped],
             "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
+            "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -231,6 +265,7 @@ class PromptFedAvg(FedAvg):
         self._node_proto_version = {}
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
+        self.node_replies = {int(n): dict(e) for n, e in state.get("node-replies", {}).items()}
 
     # ------------------------------------------------------------------ census
     def has_census(self, arrays: ArrayRecord) -> bool:
@@ -351,59 +386,116 @@ class PromptFedAvg(FedAvg):
         return None
 
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
-        """Hook: read what ``merge`` needs beyond the counts from the valid replies' metrics
-        (in the order of the values ``merge`` gets)."""
+        """Hook: read what the method needs beyond the merged arrays from the valid
+        replies' metrics (in node-id order, the order they were merged in); called once
+        every valid reply is in the running sums, before ``merge_result``."""
+
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Hook: how much one valid reply's value of ``key`` weighs in its new global
+        value: a number (every row alike; FedAvg's n_k, the default) or one weight per row
+        (PEP-FedPT's n_{k,c} for class prompts)."""
+        return float(metrics[wire.NUM_EXAMPLES])
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Hook: the new global value of ``key`` from the running weighted sum of the valid
+        replies (default: the weighted mean; rows nobody weighed keep their value)."""
+        return running.result()
 
     def merge(
         self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """The new global value of ``key`` from the valid replies: FedAvg by n_k."""
-        return weighted_mean(values, sizes)
+        previous: Mapping[str, np.ndarray],
+        updates: Sequence[Mapping[str, np.ndarray]],
+        metrics: Sequence[MetricRecord],
+    ) -> dict[str, np.ndarray]:
+        """The new global value of every key of ``updates`` from these valid replies, as
+        ``aggregate_train`` computes it (which adds each reply as soon as it is checked)."""
+        running = self._running_sums(previous, list(updates[0]) if updates else [])
+        for update, reply_metrics in zip(updates, metrics, strict=True):
+            self._add_to_sums(running, update, reply_metrics)
+        self.prepare_merge(metrics)
+        return {key: self.merge_result(key, sums) for key, sums in running.items()}
+
+    @staticmethod
+    def _running_sums(
+        previous: Mapping[str, np.ndarray], keys: Iterable[str]
+    ) -> dict[str, RunningMean]:
+        """One float64 running sum per key: memory is one state whatever the replies."""
+        keys = list(keys)
+        scratch = scratch_buffer(max((previous[key].size for key in keys), default=1))
+        return {key: RunningMean(previous[key], scratch) for key in keys}
+
+    def _add_to_sums(
+        self,
+        running: Mapping[str, RunningMean],
+        update: Mapping[str, np.ndarray],
+        metrics: MetricRecord,
+    ) -> None:
+        """Add one valid reply's arrays (views of its bytes, never copied) to the sums:
+        all of them or, if any shape or weight is refused (ValueError), none."""
+        pending = [
+            (sums, update[key], self.merge_weight(key, metrics)) for key, sums in running.items()
+        ]
+        checked = [(sums, value, sums.check(value, weight)) for sums, value, weight in pending]
+        for sums, value, weight in checked:
+            sums.add_checked(value, weight)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each reply and, if valid, add it to the running sums at once (while its
+        bytes are still in the CPU cache), in node-id order: the result depends on the
+        set of valid replies only, and no reply is ever copied or stacked."""
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
         expected = {k: v.shape for k, v in previous.items() if k not in wire.GLOBAL_ONLY_KEYS}
         num_classes = self.num_classes(self._global)
-        replies = list(replies)
+        replies = self._in_node_order(replies)
+        running = self._running_sums(previous, expected)
 
         def check(content: RecordDict, node: int) -> str | None:
-            reason = check_train_reply(content, expected, num_classes)
+            arrays: dict[str, np.ndarray] = {}
+            reason = check_train_reply(
+                content, expected, num_classes, decoded=arrays, dtypes=self.reply_dtypes
+            )
             if reason:  # only a reply that passes has the records read below
                 return reason
             metrics = content[wire.METRICS]
-            return check_known_counts(
+            reason = check_known_counts(
                 metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
             ) or self.check_train_metrics(metrics)
+            if reason is None:  # valid: into the sums while it is in the cache
+                self._add_to_sums(running, arrays, metrics)
+            return reason
 
         valid, metrics = self._accepted_train(server_round, replies, check, "the global state")
         if valid is None:
             return self._global, metrics
 
-        updates = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
         client_metrics = [msg.content[wire.METRICS] for msg in valid]
         sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
-        class_counts = [np.asarray(m[wire.CLASS_COUNTS]) for m in client_metrics]
         state = ArrayRecord(
             {key: self._global[key] for key in wire.GLOBAL_ONLY_KEYS if key in previous}
         )
         self.prepare_merge(client_metrics)
-        for key in expected:
-            values = [u[key] for u in updates]
-            state[key] = Array(self.merge(key, values, sizes, class_counts, previous[key]))
+        for key, sums in running.items():
+            state[key] = Array(self.merge_result(key, sums))
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         self._remember(server_round, "train", metrics)
         return state, metrics
+
+    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies sorted by the node they answer for (stable), so that checks, logs
+        and sums run in the same order however the replies arrived."""
+        replies = list(replies)
+        sent = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._outgoing}
+
+        def node(reply: Message) -> int:
+            return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+        return sorted(replies, key=node)
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -461,11 +553,126 @@ class PromptFedAvg(FedAvg):
     def _exchange(
         self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
     ) -> list[Message]:
-        """``grid.send_and_receive``, counting the array bytes each way for the round."""
-        messages = list(messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        """Send one phase's messages and wait for the replies, counting the array bytes.
+
+        As ``grid.send_and_receive`` (every reply, or what came within ``self.timeout``),
+        but by ``push_messages`` and polling ``pull_messages``, so that a person watching
+        sees the replies arrive (``round 3 train: 2/3 replies, 41 s``) instead of a silent
+        minute. Each node's failures (error replies, no reply) are kept in
+        ``node_replies``, so that a node that never once answered can be named.
+        """
+        messages = self._to_wire_dtype(list(messages))
+        replies = self._push_and_pull(grid, messages, server_round, phase)
         self._count_bytes(server_round, phase, messages, replies)
+        self._note_node_replies(server_round, phase, messages, replies)
         return replies
+
+    @property
+    def reply_dtypes(self) -> tuple[np.dtype, ...]:
+        """The float dtypes a train reply's arrays may have (``wire_dtype``)."""
+        return REPLY_DTYPES[str(self.wire_dtype)]
+
+    def _to_wire_dtype(self, messages: list[Message]) -> list[Message]:
+        """Every float32 array of the messages in ``wire_dtype`` (no-op for float32).
+
+        In place, in the messages' own records (never the global state's): an array
+        that several messages share (the trainable state, the prototypes) is cast once.
+        """
+        if self.wire_dtype == np.float32:
+            return messages
+        cast: dict[int, Array] = {}
+        for msg in messages:
+            if not msg.has_content():
+                continue
+            for record in msg.content.array_records.values():
+                for key, array in list(record.items()):
+                    if array.dtype != "float32":
+                        continue
+                    if id(array) not in cast:
+                        value = array_view(array).astype(self.wire_dtype)
+                        cast[id(array)] = Array(value)
+                    record[key] = cast[id(array)]
+        return messages
+
+    def _push_and_pull(
+        self, grid: Grid, messages: list[Message], server_round: int, phase: str
+    ) -> list[Message]:
+        if not messages:
+            return []
+        pushed = [message_id for message_id in grid.push_messages(messages) if message_id]
+        pending = set(pushed)
+        start = last_line = time.monotonic()
+        deadline = start + self.timeout
+        replies: list[Message] = []
+        pause = self.poll_seconds[0]
+        while pending:
+            got = list(grid.pull_messages([i for i in pushed if i in pending]))
+            for reply in got:
+                pending.discard(reply.metadata.reply_to_message_id)
+            replies.extend(got)
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            if now - last_line >= self.progress_seconds:
+                log(
+                    INFO,
+                    "round %d %s: %d/%d replies, %.0f s",
+                    server_round,
+                    phase,
+                    len(replies),
+                    len(messages),
+                    now - start,
+                )
+                last_line = now
+            # Poll fast while replies come in, then back off to the slowest poll.
+            pause = self.poll_seconds[0] if got else min(pause * 2, self.poll_seconds[1])
+            time.sleep(min(pause, deadline - now))
+        elapsed = time.monotonic() - start
+        log(
+            INFO if not pending else WARNING,
+            "round %d %s: %d/%d replies in %.1f s%s",
+            server_round,
+            phase,
+            len(replies),
+            len(messages),
+            elapsed,
+            f" (fed.round-timeout = {self.timeout:g} s; the others are dropped)" if pending else "",
+        )
+        # In the order sent, not of arrival: aggregation sums in a fixed order, so that a
+        # run (and a resumed one) is repeatable to the bit.
+        order = {message_id: i for i, message_id in enumerate(pushed)}
+        replies.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
+        return replies
+
+    def _note_node_replies(
+        self, server_round: int, phase: str, sent: list[Message], replies: list[Message]
+    ) -> None:
+        """Per node: messages sent, how many failed (error or no reply), how many train or
+        evaluate messages it answered with content, and its last failure."""
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        answered: set[int] = set()
+        for reply in replies:
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            answered.add(node)
+            entry = self._node_entry(node)
+            if reply.has_error():
+                entry["failed"] += 1
+                entry["last-failure"] = f"round {server_round} {phase}: {reply.error.reason}"
+            elif phase in ("train", "evaluate"):
+                entry["answered-work"] += 1
+        for node in set(node_of.values()) - answered:
+            entry = self._node_entry(node)
+            entry["failed"] += 1
+            entry["last-failure"] = (
+                f"round {server_round} {phase}: no reply within {self.timeout:g} s"
+            )
+        for node in node_of.values():
+            self._node_entry(node)["sent"] += 1
+
+    def _node_entry(self, node: int) -> dict[str, Any]:
+        return self.node_replies.setdefault(
+            node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
+        )
 
     def _count_bytes(
         self, server_round: int, phase: str, sent: list[Message], received: list[Message]

@@ -30,15 +30,13 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import weighted_mean
 from strategies.base import PromptFedAvg
 
 AGGREGATIONS = ("equal", "num-examples")
-WIRE_DTYPES = ("float32", "float16")
 
 
 class FedMVP(PromptFedAvg):
@@ -50,25 +48,12 @@ class FedMVP(PromptFedAvg):
         C, the data set's classes: the length of every reply's class counts.
     aggregation : str (default "equal")
         "equal": every valid reply weighs the same (the paper); "num-examples": by n_k.
-    wire_dtype : str (default "float32")
-        "float16": the arrays travel in half precision both ways (half the bytes); the
-        state is kept and averaged in float32 here, and clients reply in the type they got.
+    The base's ``wire_dtype`` ("float16": half the bytes each way) applies as for every
+    method; the state is kept and averaged in float32.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        aggregation: str = "equal",
-        wire_dtype: str = "float32",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, num_classes: int, aggregation: str = "equal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if wire_dtype not in WIRE_DTYPES:
-            raise ValueError(
-                f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
-            )
-        self.wire_dtype = wire_dtype
-        self._wire_cache: tuple[int, ArrayRecord] | None = None
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes = {num_classes!r} must be an integer >= 1")
         if aggregation not in AGGREGATIONS:
@@ -88,7 +73,6 @@ class FedMVP(PromptFedAvg):
         super().summary()
         weights = "equal weights" if self.aggregation == "equal" else "n_k weights"
         log(INFO, "\t└──> FedMVP: PromptFormer and adapters averaged with %s", weights)
-        log(INFO, "\t└──> FedMVP: arrays travel as %s", self.wire_dtype)
 
     # ------------------------------------------------------------------ state
     def num_classes(self, arrays: ArrayRecord) -> int:
@@ -133,20 +117,10 @@ class FedMVP(PromptFedAvg):
         return self.adapters_on.get(pid, False)
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
-        """This node's adapter switch, in a config of its own (the base shares one); with
-        ``wire_dtype = "float16"`` the arrays in half precision (one copy per phase)."""
+        """This node's adapter switch, in a config of its own (the base shares one)."""
         config = ConfigRecord(dict(content[wire.CONFIG]))
         config[wire.ADAPTERS_ON] = int(self.switch_for(node_id))
         content[wire.CONFIG] = config
-        if self.wire_dtype != "float32" and wire.ARRAYS in content:
-            record = content[wire.ARRAYS]
-            if self._wire_cache is None or self._wire_cache[0] != id(record):
-                cast = {
-                    k: Array(np.asarray(v.numpy(), dtype=self.wire_dtype))
-                    for k, v in record.items()
-                }
-                self._wire_cache = (id(record), ArrayRecord(cast))
-            content[wire.ARRAYS] = self._wire_cache[1]
 
     # ------------------------------------------------------------------ train
     def check_train_metrics(self, metrics: MetricRecord) -> str | None:
@@ -169,17 +143,11 @@ class FedMVP(PromptFedAvg):
             for m in metrics
         ]
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """The mean of the replies: equal weights, or n_k (``aggregation``)."""
-        weights = [1.0] * len(values) if self.aggregation == "equal" else list(sizes)
-        return weighted_mean(values, weights)
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float:
+        """Every valid reply alike (equal weights), or its n_k (``aggregation``)."""
+        if self.aggregation == "equal":
+            return 1.0
+        return super().merge_weight(key, metrics)  # type: ignore[return-value]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -27,12 +27,12 @@ from collections.abc import Iterable, Sequence
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import per_class_weighted_mean, prototype_means
+from strategies.aggregation import prototype_means
 from strategies.base import PromptFedAvg
 
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
@@ -53,6 +53,8 @@ class PEPFedPT(PromptFedAvg):
         that join late contribute.
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages (``PromptFedAvg``).
     """
 
     counts_only = False  # the census also collects the per-class feature sums
@@ -68,6 +70,7 @@ class PEPFedPT(PromptFedAvg):
         class_prompt_aggregation: str = "per-class",
         prototype_refresh_every: int = 0,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -76,6 +79,7 @@ class PEPFedPT(PromptFedAvg):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
             seed=seed,
+            wire_dtype=wire_dtype,
         )
         if class_prompt_aggregation not in CLASS_PROMPT_AGGREGATIONS:
             raise ValueError(
@@ -129,15 +133,8 @@ class PEPFedPT(PromptFedAvg):
             arrays = self.prototype_round(grid, arrays, server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg by n_k."""
         if wire.is_class_prompt(key) and self.class_prompt_aggregation == "per-class":
-            return per_class_weighted_mean(values, class_counts, previous)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)

@@ -222,11 +222,15 @@ class PFedPG(PromptFedAvg):
             if k not in wire.GLOBAL_ONLY_KEYS and not k.startswith(PREFIX)
         }
         num_classes = previous[wire.HEAD_WEIGHT].shape[0]
-        replies = list(replies)
+        replies = self._in_node_order(replies)
+        decoded: dict[int, dict[str, np.ndarray]] = {}  # id(content) -> its arrays (views)
 
         def check(content: RecordDict, node: int) -> str | None:
+            arrays = decoded.setdefault(id(content), {})
             return (
-                check_train_reply(content, expected, num_classes)
+                check_train_reply(
+                    content, expected, num_classes, decoded=arrays, dtypes=self.reply_dtypes
+                )
                 or check_known_counts(
                     content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
                 )
@@ -241,7 +245,7 @@ class PFedPG(PromptFedAvg):
         deltas: dict[int, np.ndarray] = {}
         for msg in valid:
             pid, sent = self._sent[self._sender(msg)]
-            trained = np.concatenate([msg.content[wire.ARRAYS][k].numpy() for k in keys])
+            trained = np.concatenate([decoded[id(msg.content)][k] for k in keys])
             deltas[pid] = trained.astype(np.float64) - sent
         params, descriptors = gen.round_update(
             self.generator(previous), self.descriptors(previous), deltas, self.generator_lr
@@ -264,7 +268,7 @@ class PFedPG(PromptFedAvg):
         for pid, descriptor in descriptors.items():
             state[descriptor_key(pid)] = Array(descriptor)
         for key in HEAD_KEYS:
-            heads = [msg.content[wire.ARRAYS][key].numpy() for msg in valid]
+            heads = [decoded[id(msg.content)][key] for msg in valid]
             state[key] = Array(weighted_mean(heads, sizes))
         fallback = gen.forward(params, gen.mean_descriptor(descriptors))
         for key, value in self.split(previous, fallback).items():

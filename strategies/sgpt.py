@@ -23,7 +23,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import group_weighted_mean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import check_group_counts
 
@@ -37,6 +37,8 @@ class SGPT(PromptFedAvg):
         Weight of the previous global group prompts and keys in the new ones.
     seed : int (default 0)
         Seeds client sampling, so that a run can be repeated.
+    wire_dtype : "float32" (default) or "float16"
+        The float arrays of train and evaluate messages (``PromptFedAvg``).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SGPT(PromptFedAvg):
         min_available_nodes: int = 2,
         group_momentum: float = 0.5,
         seed: int = 0,
+        wire_dtype: str = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -56,6 +59,7 @@ class SGPT(PromptFedAvg):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
             seed=seed,
+            wire_dtype=wire_dtype,
         )
         if not (np.isfinite(group_momentum) and 0.0 <= group_momentum < 1.0):
             raise ValueError(f"group_momentum = {group_momentum!r} must be in [0, 1)")
@@ -108,17 +112,14 @@ class SGPT(PromptFedAvg):
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
         self._group_counts = [np.asarray(m[wire.GROUP_COUNTS], dtype=np.int64) for m in metrics]
 
-    def merge(
-        self,
-        key: str,
-        values: Sequence[np.ndarray],
-        sizes: Sequence[float],
-        class_counts: Sequence[np.ndarray],
-        previous: np.ndarray,
-    ) -> np.ndarray:
-        """Group prompts and keys per group by n_{k,g}, with momentum; the rest FedAvg."""
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
+        """Group prompts and keys per group by n_{k,g}; the rest FedAvg by n_k."""
         if wire.is_grouped(key):
-            if len(self._group_counts) != len(values):
-                raise RuntimeError("merge of group rows without the replies' group counts")
-            return group_weighted_mean(values, self._group_counts, previous, self.group_momentum)
-        return super().merge(key, values, sizes, class_counts, previous)
+            return np.asarray(metrics[wire.GROUP_COUNTS], dtype=np.float64)
+        return super().merge_weight(key, metrics)
+
+    def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
+        """Group rows: m · previous + (1 − m) · their group-weighted mean."""
+        if wire.is_grouped(key):
+            return running.result(self.group_momentum)
+        return super().merge_result(key, running)

@@ -5,10 +5,14 @@ A reply that fails any check is dropped whole: the global state never sees any p
 
 from __future__ import annotations
 
+import functools
+import io
+import math
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 
 from strategies import wire
 
@@ -17,9 +21,12 @@ MAX_EXAMPLES_PER_CLIENT = 10**9
 
 
 def check_arrays(
-    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    dtypes: tuple[np.dtype, ...] | None = None,
 ) -> str | None:
-    """Exactly the expected keys, each with the expected shape, float, all finite."""
+    """Exactly the expected keys, each with the expected shape, float (one of ``dtypes``
+    if given: the strategy's ``fed.wire-dtype``), all finite."""
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
@@ -28,11 +35,34 @@ def check_arrays(
         value = arrays[key]
         if tuple(value.shape) != tuple(shape):
             return f"{key} has shape {tuple(value.shape)}, expected {tuple(shape)}"
-        if not np.issubdtype(value.dtype, np.floating):
+        if value.dtype.kind != "f":
             return f"{key} has dtype {value.dtype}, expected a float type"
-        if not np.all(np.isfinite(value)):
+        if dtypes is not None and value.dtype not in dtypes:
+            return (
+                f"{key} has dtype {value.dtype}, but the wire dtype (fed.wire-dtype) accepts "
+                f"{', '.join(str(d) for d in dtypes)}"
+            )
+        if not all_finite(value):
             return f"{key} holds non-finite values (NaN or inf)"
     return None
+
+
+def all_finite(value: np.ndarray) -> bool:
+    """Whether every element is finite, in one read of the array and without a copy.
+
+    A sum of floats is non-finite when any term is (NaN and ±inf propagate through
+    addition), so a finite sum settles it; a non-finite one (or one that overflowed) is
+    confirmed element by element.
+    """
+    if value.size == 0:
+        return True
+    # Half floats summed in float32: their own sum overflows past 65504.
+    wide = np.float32 if value.dtype.kind == "f" and value.dtype.itemsize < 4 else None
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(value, axis=None, dtype=wide)
+    if np.isfinite(total):
+        return True
+    return bool(np.isfinite(value).all())
 
 
 def check_class_counts(counts: object, num_examples: object, num_classes: int) -> str | None:
@@ -83,19 +113,67 @@ def check_known_counts(counts: object, known: list[int] | None) -> str | None:
     return None
 
 
+def array_view(array: Array) -> np.ndarray:
+    """What ``array.numpy()`` returns, as a read-only view of the array's bytes (no copy).
+
+    The .npy header Flower wrote is parsed by numpy's own (safe, never unpickling) header
+    reader, once per distinct header: every reply of a round repeats the same few.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"unsupported serialization type {array.stype!r} (expected numpy)")
+    data = array.data
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        raise ValueError("not a .npy payload (no numpy magic string)")
+    major, size_bytes = data[6], 2 if data[6] == 1 else 4
+    start = 8 + size_bytes
+    header_end = start + int.from_bytes(data[8:start], "little")
+    if major not in (1, 2) or len(data) < header_end:
+        return array.numpy()  # version 3 (structured dtypes) or cut short: numpy decides
+    shape, fortran_order, dtype = _npy_header(bytes(data[:header_end]))
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_end)
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of a .npy header (magic, length and header bytes)."""
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    if dtype.hasobject:
+        raise ValueError(f"dtype {dtype} holds Python objects; refused")
+    return tuple(shape), bool(fortran_order), dtype
+
+
 def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
+    """Every array of a record as a read-only view (``array_view``)."""
+    return {key: array_view(array) for key, array in record.items()}
 
 
 def check_train_reply(
-    content: RecordDict, expected: Mapping[str, tuple[int, ...]], num_classes: int
+    content: RecordDict,
+    expected: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    decoded: dict[str, np.ndarray] | None = None,
+    dtypes: tuple[np.dtype, ...] | None = None,
 ) -> str | None:
-    """A train reply: trainable arrays as in the global state, and consistent counts."""
+    """A train reply: trainable arrays as in the global state, and consistent counts.
+
+    ``decoded``, if given, receives the reply's arrays (views, decoded once here) so that
+    the caller merges what was checked without decoding it again; ``dtypes``, if given,
+    the float dtypes the arrays may have.
+    """
     arrays = content.get(wire.ARRAYS)
     metrics = content.get(wire.METRICS)
     if not isinstance(arrays, ArrayRecord) or not isinstance(metrics, MetricRecord):
         return f"reply needs an ArrayRecord {wire.ARRAYS!r} and a MetricRecord {wire.METRICS!r}"
-    reason = check_arrays(record_arrays(arrays), expected)
+    values = record_arrays(arrays)
+    if decoded is not None:
+        decoded.update(values)
+    reason = check_arrays(values, expected, dtypes)
     if reason:
         return reason
     loss = metrics.get(wire.TRAIN_LOSS, 0.0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.reference import stacked_mean
 
 from strategies.aggregation import (
+    RunningMean,
     accuracy_summary,
     per_class_weighted_mean,
     prototype_means,
+    scratch_buffer,
     weighted_mean,
 )
 
@@ -60,3 +63,93 @@ def test_accuracy_summary() -> None:
     assert summary["mean-client-accuracy"] == pytest.approx((0.5 + 0.75) / 2)
     assert summary["worst-client-accuracy"] == pytest.approx(0.5)
     assert summary["num-clients"] == 2
+
+
+# ---------------------------------------------------------------- running (streamed) means
+
+
+def test_a_running_mean_by_numbers_is_the_weighted_mean() -> None:
+    running = RunningMean(np.zeros(2, dtype=np.float32))
+    running.add(np.array([1.0, 0.0], dtype=np.float32), 1)
+    running.add(np.array([3.0, 4.0], dtype=np.float32), 3)
+    out = running.result()
+    assert out.dtype == np.float32
+    assert out.tolist() == [2.5, 3.0]  # (1·1 + 3·3)/4, (0 + 3·4)/4
+    assert running.count == 2
+    assert running.total_weight().tolist() == [4.0, 4.0]
+
+
+def test_a_running_mean_by_rows_weighs_each_row_and_keeps_rows_nobody_weighed() -> None:
+    previous = np.array([[0.0], [0.0], [-1.0], [42.0]], dtype=np.float32)
+    running = RunningMean(previous)
+    running.add(np.array([[1.0], [10.0], [5.0], [0.0]], dtype=np.float32), np.array([2, 0, 1, 0]))
+    running.add(np.array([[3.0], [20.0], [7.0], [0.0]], dtype=np.float32), np.array([2, 1, 0, 0]))
+    # class 0: (2·1 + 2·3)/4 = 2; class 1: only the second; class 2: only the first; 3: nobody
+    assert running.result()[:, 0].tolist() == [2.0, 20.0, 5.0, 42.0]
+    # momentum 0.5 on the rows with weight only: 0.5·previous + 0.5·mean
+    assert running.result(momentum=0.5)[:, 0].tolist() == [1.0, 10.0, 2.0, 42.0]
+
+
+def test_a_running_mean_equals_the_stacked_float64_mean_within_float32_rounding() -> None:
+    rng = np.random.default_rng(3)
+    previous = rng.standard_normal((7, 3, 5)).astype(np.float32)
+    arrays = [rng.standard_normal((7, 3, 5)).astype(np.float32) for _ in range(9)]
+    counts = [rng.integers(0, 4, size=7) * rng.integers(0, 2, size=7) for _ in range(9)]
+    sizes = [int(rng.integers(1, 500)) for _ in range(9)]
+    for weights in (counts, sizes):
+        running = RunningMean(previous)
+        for array, weight in zip(arrays, weights, strict=True):
+            running.add(array, weight)
+        np.testing.assert_array_max_ulp(running.result(), stacked_mean(arrays, weights, previous))
+
+
+def test_a_running_mean_is_the_same_in_any_order_when_the_sums_are_exact() -> None:
+    # Integers and power-of-two weights: every partial sum is exact in float64, so any
+    # order gives the same bits (the strategies fix the order for the general case).
+    rng = np.random.default_rng(4)
+    arrays = [rng.integers(-50, 50, size=(6, 4)).astype(np.float32) for _ in range(8)]
+    weights = [np.array([1, 2, 4, 0, 8, 16]) * (k + 1) for k in range(8)]
+    results = []
+    for order in (range(8), reversed(range(8)), rng.permutation(8)):
+        running = RunningMean(np.zeros((6, 4), dtype=np.float32))
+        for k in order:
+            running.add(arrays[k], weights[k])
+        results.append(running.result())
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    np.testing.assert_array_equal(results[0][3], np.zeros(4))  # nobody weighed row 3
+
+
+def test_a_running_mean_reads_its_inputs_in_place_and_in_steps() -> None:
+    # Read-only inputs (views of a reply's bytes) and rows longer than one step of
+    # the shared scratch buffer: the same mean as the stacked formula.
+    rng = np.random.default_rng(5)
+    previous = np.zeros((2, 200_000), dtype=np.float32)
+    arrays = [rng.standard_normal((2, 200_000)).astype(np.float32) for _ in range(3)]
+    for array in arrays:
+        array.flags.writeable = False
+    by_rows, by_number = RunningMean(previous, scratch_buffer()), RunningMean(previous)
+    for k, array in enumerate(arrays):
+        by_rows.add(array, np.array([k + 1, 0]))
+        by_number.add(array, k + 1)
+    np.testing.assert_array_max_ulp(
+        by_rows.result(), stacked_mean(arrays, [[1, 0], [2, 0], [3, 0]], previous)
+    )
+    np.testing.assert_array_max_ulp(by_number.result(), stacked_mean(arrays, [1, 2, 3], previous))
+
+
+def test_a_running_mean_refuses_a_wrong_shape_or_weight_naming_it() -> None:
+    running = RunningMean(np.zeros((3, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 2\), expected \(3, 2\)"):
+        running.add(np.zeros((2, 2)), 1)
+    with pytest.raises(ValueError, match=r"weight = -1\.0"):
+        running.add(np.zeros((3, 2)), -1)
+    with pytest.raises(ValueError, match="weight = nan"):
+        running.add(np.zeros((3, 2)), float("nan"))
+    with pytest.raises(ValueError, match=r"row weights have shape \(2,\), expected \(3,\)"):
+        running.add(np.zeros((3, 2)), np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"finite and >= 0, got \[1.0, -2.0, 0.0\]"):
+        running.add(np.zeros((3, 2)), np.array([1, -2, 0]))
+    with pytest.raises(ValueError, match=r"momentum = 1\.0"):
+        running.result(momentum=1.0)
+    assert running.count == 0

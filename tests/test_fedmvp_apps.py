@@ -202,12 +202,12 @@ def test_one_leave_one_domain_out_round_on_a_fake_pacs(
 def test_float16_messages_halve_the_bytes_each_way(
     flat: dict, tmp_path: Path, task_identity
 ) -> None:
-    """fedmvp.wire-dtype = "float16": the server sends half precision, the clients reply in
-    it; the state on disk stays float32."""
+    """fed.wire-dtype = "float16" (every method's): the server sends half precision, FedMVP's
+    clients reply in it; the state on disk stays float32."""
     rows = {}
     for dtype in ("float32", "float16"):
         out = tmp_path / dtype
-        run_server({**flat, "output-dir": str(out), "fedmvp.wire-dtype": dtype}, nodes=TWO)
+        run_server({**flat, "output-dir": str(out), "fed.wire-dtype": dtype}, nodes=TWO)
         rows[dtype] = load_json(out / "metrics.json")[1]
         assert all(
             v.dtype == np.float32 for k, v in load_state(out).items() if k != wire.PROTO_COUNT

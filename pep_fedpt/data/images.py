@@ -19,6 +19,26 @@ from torchvision import transforms
 from pep_fedpt.data.registry import DatasetNotFoundError, ImageSpec
 
 
+class UnreadableImageError(OSError):
+    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
+
+
+def decode_image(path: str | Path) -> Image.Image:
+    """Open and fully decode one file as RGB; a file PIL cannot read is named in the error.
+
+    PIL's own messages (``Truncated File Read``, ``image file is truncated``) name no file,
+    and in a data set of 10^5 images that leaves the user nothing to fix.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # convert() loads every pixel: truncation fails here
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises all three on bad files
+        raise UnreadableImageError(
+            f"{path}: cannot read this image ({type(exc).__name__}: {exc}); replace or "
+            "delete the file (it is truncated or corrupt)"
+        ) from exc
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -56,7 +76,20 @@ class Labeled(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, _ = self.base[index]
+        try:
+            image, _ = self.base[index]
+        except UnreadableImageError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:
+            # torchvision's ImageFolder lists its files in ``samples``: name the bad one.
+            samples = getattr(self.base, "samples", None)
+            if samples is None:
+                raise
+            path = samples[index][0]
+            raise UnreadableImageError(
+                f"{path}: cannot read this image ({type(exc).__name__}: {exc}); replace or "
+                "delete the file (it is truncated or corrupt)"
+            ) from exc
         return image, int(self.targets[index])
 
 
@@ -81,8 +114,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image), int(self.targets[index])
+        return self.transform(decode_image(self.paths[index])), int(self.targets[index])
 
 
 class ArrayImages(torch.utils.data.Dataset):
@@ -109,6 +141,15 @@ def require_path(path: Path, what: str, where: str, *, is_dir: bool = True) -> P
         kind = "folder" if is_dir else "file"
         raise DatasetNotFoundError(f"{path}: no such {kind}; expected {what} there. {where}")
     return path
+
+
+def require_images(folder: Path, suffixes: Sequence[str], what: str, where: str) -> None:
+    """Refuse a class folder without a single image file, naming the folder itself."""
+    if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
+        raise DatasetNotFoundError(
+            f"{folder}: no image files ({', '.join(suffixes)}) in this folder; expected "
+            f"{what}. Add images or remove the folder. {where}"
+        )
 
 
 def data_root(data_dir: str, dataset: str, where: str) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pep_fedpt.config import DataConfig
-from pep_fedpt.data.images import ImageFiles, data_root, require_path
+from pep_fedpt.data.images import ImageFiles, data_root, require_images, require_path
 from pep_fedpt.data.registry import DatasetNotFoundError, DatasetSplits, ImageSpec, register_dataset
 
 WHERE = (
@@ -50,6 +50,7 @@ def load_tinyimagenet(cfg: DataConfig, spec: ImageSpec) -> DatasetSplits:
         folder = require_path(
             root / "train" / wnid / "images", f"the training images of {wnid}", WHERE
         )
+        require_images(folder, IMAGE_SUFFIXES, f"the training images of {wnid}", WHERE)
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [index[wnid]] * len(files)

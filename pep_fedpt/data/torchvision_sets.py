@@ -7,12 +7,23 @@ with a message naming the path and where to get it) and wraps the result lazily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
+from PIL import Image
 from torchvision import datasets
 
 from pep_fedpt.config import DataConfig
-from pep_fedpt.data.images import Labeled, data_root, image_transform, require_path
+from pep_fedpt.data.images import (
+    Labeled,
+    data_root,
+    decode_image,
+    image_transform,
+    require_images,
+    require_path,
+)
 from pep_fedpt.data.registry import DatasetNotFoundError, DatasetSplits, ImageSpec, register_dataset
 
 DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "pep-fedpt" / "data"
@@ -92,6 +103,14 @@ def load_cifar100(cfg: DataConfig, spec: ImageSpec) -> DatasetSplits:
     )
 
 
+IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
+
+
+def _image_folder(root: Path, transform: Callable[[Image.Image], torch.Tensor]) -> Any:
+    """torchvision's ImageFolder whose loader names the file it cannot read."""
+    return datasets.ImageFolder(str(root), transform=transform, loader=decode_image)
+
+
 def image_folder_splits(
     root: Path, spec: ImageSpec, where: str, expected_classes: tuple[str, ...] | None = None
 ) -> DatasetSplits:
@@ -107,8 +126,12 @@ def image_folder_splits(
             f"{root / 'train'} holds classes {classes}; expected {sorted(expected_classes)}. "
             f"{where}"
         )
+    for name in classes:
+        require_images(
+            root / "train" / name, IMG_EXTENSIONS, f"the images of class {name!r}", where
+        )
     transform = image_transform(spec)
-    train = datasets.ImageFolder(str(root / "train"), transform=transform)
+    train = _image_folder(root / "train", transform)
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     test = None
     if test_dir is not None:
@@ -118,7 +141,9 @@ def image_folder_splits(
                 f"{test_dir} holds classes {test_classes}, but {root / 'train'} holds "
                 f"{classes}: both splits need the same class folders. {where}"
             )
-        folder = datasets.ImageFolder(str(test_dir), transform=transform)
+        for name in test_classes:
+            require_images(test_dir / name, IMG_EXTENSIONS, f"the images of class {name!r}", where)
+        folder = _image_folder(test_dir, transform)
         test = Labeled(folder, folder.targets)
     return DatasetSplits(train=Labeled(train, train.targets), test=test, classes=classes)
 

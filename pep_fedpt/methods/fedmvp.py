@@ -336,7 +336,7 @@ class FedMVPClient:
             wire.PARTITION_ID: self.data.partition_id,
             wire.ADAPTERS_ON: int(bool(result.adapters_on)),
         }
-        # Reply in the type the state came in (fedmvp.wire-dtype: float16 halves the bytes).
+        # Reply in the type the state came in (fed.wire-dtype: float16 halves the bytes).
         dtype = next((np.asarray(v).dtype for v in arrays.values()), np.dtype(np.float32))
         trained = {k: v.astype(dtype, copy=False) for k, v in model.trainable_arrays().items()}
         return trained, metrics
@@ -460,11 +460,7 @@ def _strategy_kwargs(cfg: RunConfig) -> dict[str, object]:
     """The data set's class count (FedMVP has no head to read it from) and the weights."""
     spec = cached_clip(cfg, str(pick_device())).spec
     num_classes = load_central_data(cfg.data, spec).num_classes
-    return {
-        "num_classes": num_classes,
-        "aggregation": cfg.fedmvp.aggregation,
-        "wire_dtype": cfg.fedmvp.wire_dtype,
-    }
+    return {"num_classes": num_classes, "aggregation": cfg.fedmvp.aggregation}
 
 
 def _adapter_switch(received: Received) -> bool:

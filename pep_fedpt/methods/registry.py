@@ -199,6 +199,7 @@ class Method:
             min_evaluate_nodes=fed.min_evaluate_nodes,
             min_available_nodes=fed.min_available_nodes,
             seed=cfg.seed,
+            wire_dtype=fed.wire_dtype,
             **self.strategy_kwargs(cfg),
         )
 

@@ -10,6 +10,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from pep_fedpt.config import ConfigError, DataConfig, ModelConfig
+from pep_fedpt.models.prompted_vit import check_pooling
 from pep_fedpt.pretrain import LOCAL_PREFIX, ensure_local_backbone, local_backbone_path
 
 
@@ -62,6 +63,7 @@ def create_backbone(
             f"model.name = {cfg.name!r} builds a {type(model).__name__} without a class "
             "token; PEP-FedPT needs a timm VisionTransformer with a [CLS] token"
         )
+    check_pooling(model, cfg.name)
     model.requires_grad_(False)
     return model.eval()
 

@@ -18,11 +18,46 @@ import math
 from collections.abc import Sequence
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 from torch import nn
 
 from pep_fedpt.ccmp import mix_prompts
+from pep_fedpt.config import ConfigError
 from pep_fedpt.groups import orthonormal_keys
+
+# Poolings that read either the [CLS] token or the image patch tokens alone, so that they
+# mean the same with prompts inserted; "map" (attention pooling) and "" (none) do not.
+POOLINGS = ("token", "avg", "avgmax", "max")
+
+
+def check_pooling(backbone: VisionTransformer, name: str = "") -> str:
+    """The backbone's ``global_pool``, if z(x) and the prompted classifier can share it."""
+    pool = getattr(backbone, "global_pool", "token")
+    what = f"model.name = {name!r}" if name else f"this {type(backbone).__name__}"
+    if pool not in POOLINGS:
+        raise ConfigError(
+            f"{what} pools its features with global_pool = {pool!r}; z(x) and the prompted "
+            f"classifier need one of {list(POOLINGS)} (the [CLS] token, or a pooling of the "
+            "image patch tokens); build it with global_pool='token'"
+        )
+    if pool != "token" and getattr(backbone, "pool_include_prefix", False):
+        raise ConfigError(
+            f"{what} pools the prefix tokens with the patches (pool_include_prefix); z(x) "
+            "and the prompted classifier need the patch tokens alone: build it with "
+            "pool_include_prefix=False or global_pool='token'"
+        )
+    return pool
+
+
+def pooled_feature(backbone: VisionTransformer, tokens: torch.Tensor, skip: int) -> torch.Tensor:
+    """The one feature both z(x) and the classifier read, from the final normed tokens.
+
+    The backbone's own pooling (timm's ``global_pool_nlc``) over the [CLS] token, or over
+    the image patch tokens after the first ``skip`` (prefix and prompt tokens), then its
+    ``fc_norm``: without prompts this is exactly ``forward_head(pre_logits=True)``.
+    """
+    pooled = global_pool_nlc(tokens, pool_type=backbone.global_pool, num_prefix_tokens=skip)
+    return backbone.fc_norm(pooled)
 
 
 def vpt_init_bound(patch_size: int, embed_dim: int) -> float:
@@ -46,6 +81,7 @@ class PromptedViT(nn.Module):
         head_init: str = "zeros",
     ) -> None:
         super().__init__()
+        check_pooling(backbone)
         self.backbone = backbone.requires_grad_(False).eval()
         dim = backbone.embed_dim
         depth = len(backbone.blocks)
@@ -87,12 +123,14 @@ class PromptedViT(nn.Module):
 
     @torch.no_grad()
     def query_features(self, images: torch.Tensor) -> torch.Tensor:
-        """z(x): the final normed [CLS] feature of the backbone run without prompts."""
+        """z(x): the backbone's pooled feature without prompts (the final normed [CLS] for
+        ``global_pool = "token"``), by the same ``pooled_feature`` as the classifier's."""
         tokens = self.backbone.forward_features(images)
-        return self.backbone.forward_head(tokens, pre_logits=True)
+        return pooled_feature(self.backbone, tokens, self.backbone.num_prefix_tokens)
 
     def forward_features(self, images: torch.Tensor, mix_weights: torch.Tensor) -> torch.Tensor:
-        """The prompted, normed [CLS] feature. mix_weights: (B, num_prompt_sets)."""
+        """The prompted feature, pooled as z(x) is (``pooled_feature``: the normed [CLS]
+        for ``global_pool = "token"``; prompts never pooled). mix_weights: (B, sets)."""
         bb = self.backbone
         x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
         batch, prefix = x.shape[0], bb.num_prefix_tokens
@@ -108,8 +146,8 @@ class PromptedViT(nn.Module):
                 rest = slot if i == 0 else slot + self.class_length
                 x = torch.cat([x[:, :slot], mixed[i].to(x.dtype), x[:, rest:]], dim=1)
             x = block(x)
-        x = bb.norm(x)
-        return bb.fc_norm(x[:, 0])
+        inserted = self.class_length if mixed is not None else 0
+        return pooled_feature(bb, bb.norm(x), slot + inserted)
 
     def forward(self, images: torch.Tensor, mix_weights: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images, mix_weights))

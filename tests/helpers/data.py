@@ -6,6 +6,7 @@ need it skip when it is absent. Nothing from there is copied into the project.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from PIL import Image
@@ -46,3 +47,19 @@ def fake_domain_tree(root: Path, domains: tuple[str, ...], classes: tuple[str, .
             for i in range(c + 1):
                 write_image(root / domain / name / f"img_{i}.jpg", 40 * d + 10 * i)
         (root / domain / classes[0] / "notes.txt").write_text("not an image")
+
+
+def write_truncated_jpeg(path: Path) -> None:
+    """The first half of a valid JPEG: PIL opens it and fails mid-decode."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buffer, "JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def fake_image_tree(root: Path, classes: int = 10, train: int = 20, test: int = 4) -> None:
+    """An ImageFolder tree: ``{train,test}/class<c>/<i>.png``, 8 px greys."""
+    for split, count in (("train", train), ("test", test)):
+        for c in range(classes):
+            for i in range(count):
+                write_image(root / split / f"class{c}" / f"{i}.png", (25 * c + 7 * i) % 256)

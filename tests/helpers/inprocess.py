@@ -1,9 +1,10 @@
 """Run a real ServerApp/strategy against real ClientApps in one process (no simulation).
 
-``InProcessGrid`` is a Flower ``Grid`` whose ``send_and_receive`` hands each message to
-the ClientApp of its destination node, each node keeping its own ``Context`` (and so its
-``context.state``) across rounds, as a SuperNode does. ``tamper`` lets a test replace a
-node's reply, to play a faulty or hostile client.
+``InProcessGrid`` is a Flower ``Grid`` whose ``push_messages`` hands each message to
+the ClientApp of its destination node (``pull_messages`` then returns the replies), each
+node keeping its own ``Context`` (and so its ``context.state``) across rounds, as a
+SuperNode does. ``tamper`` lets a test replace a
+node's reply, to play a faulty or hostile client (``None``: a node that never answers).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class InProcessGrid(Grid):
         client_app: ClientApp,
         node_configs: Mapping[int, Mapping[str, Scalar]],
         run_config: Mapping[str, Scalar],
-        tamper: Mapping[int, Callable[[Message], Message]] | None = None,
+        tamper: Mapping[int, Callable[[Message], Message | None]] | None = None,
     ) -> None:
         self.client_app = client_app
         self.contexts = {
@@ -75,6 +76,7 @@ class InProcessGrid(Grid):
         }
         self.tamper = dict(tamper or {})
         self.sent: list[tuple[str, int]] = []  # (message type, node id), in order
+        self._replies: dict[str, Message] = {}  # pushed, not yet pulled, by message id
 
     # Grid's abstract surface; only what strategies use is real.
     def set_run(self, run_id: int) -> None:  # pragma: no cover - not used in-process
@@ -93,16 +95,9 @@ class InProcessGrid(Grid):
     def get_nodes(self):  # type: ignore[override]  # pragma: no cover
         raise NotImplementedError
 
-    def push_messages(self, messages):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run each message's ClientApp now; its reply waits for ``pull_messages``."""
+        message_ids = []
         for message in messages:
             node_id = message.metadata.dst_node_id
             self.sent.append((message.metadata.message_type, node_id))
@@ -122,5 +117,15 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=0, reason=repr(exc)), reply_to=incoming)
             if node_id in self.tamper:
                 reply = self.tamper[node_id](reply)
-            replies.append(reply)
-        return replies
+            if reply is not None:  # None: a node that never answers
+                self._replies[message_id] = reply
+            message_ids.append(message_id)
+        return message_ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return list(self.pull_messages(list(self.push_messages(messages))))
