@@ -77,7 +77,10 @@ def scripted_app(seen: list[tuple[str, int, int]]) -> ClientApp:
             wire.PARTITION_ID: pid,
             wire.ADAPTERS_ON: 1 if pid == 1 else switch,
         }
-        arrays = ArrayRecord({k: Array(v) for k, v in trained(pid, server_round).items()})
+        sent = next(iter(msg.content[wire.ARRAYS].values())).numpy().dtype
+        arrays = ArrayRecord(  # replies in the type the state came in, as FedMVP's client
+            {k: Array(v.astype(sent)) for k, v in trained(pid, server_round).items()}
+        )
         content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
