@@ -25,6 +25,7 @@ import numpy as np
 
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
+from server_app.base_new import CLIP_METHODS, base_new_metrics, clip_description
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
@@ -33,6 +34,19 @@ SUMMARY_COLUMNS = (
     ("round", "round"),
     ("train/train-loss", "train loss"),
     *((a.key, a.column) for a in ACCURACIES),
+)
+# FedMVP's base->new columns: shown only when a run logs them, so that every other
+# method's summary stays as it was.
+BASE_NEW_COLUMNS = (
+    ("server/local-accuracy", "local acc"),
+    ("server/base-accuracy", "base acc"),
+    ("server/new-accuracy", "new acc"),
+    ("server/hm", "HM"),
+)
+# FedMVP's leave-one-domain-out columns, likewise.
+DOMAIN_COLUMNS = (
+    ("server/local-accuracy", "local acc"),
+    ("server/target-accuracy", "target acc"),
 )
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 
@@ -79,14 +93,15 @@ class RunRecorder:
         stopped run has both); then, if given the strategy's state, the checkpoint.
 
         ``node_replies``: per node, messages ``sent``, how many ``failed`` and the
-        ``last-failure`` (``PromptFedAvg.node_replies``); ``partitions``: the census's
+        ``last-failure`` (``PromptFedAvg.node_replies``); ``partitions``: the prototype round's
         partition id -> ``node-id``, to name a failing node's partition.
         The checkpoint goes last and alone carries what a resume reads, so a crash between
         two of these writes never mixes rounds in a resumed run.
         """
         # A round recorded again (a run resumed from its round-0 checkpoint) replaces its row.
         self.rows = [row for row in self.rows if row["round"] < server_round]
-        self.rows.append({"round": float(server_round), **metrics})
+        # Base->new runs (FedMVP): Local and HM from the row's Base, New and client results.
+        self.rows.append({"round": float(server_round), **metrics, **base_new_metrics(metrics)})
         self.dropped = list(dropped)
         self.node_replies = {int(n): dict(e) for n, e in (node_replies or {}).items()}
         self.partitions = {int(p): dict(e) for p, e in (partitions or {}).items()}
@@ -157,8 +172,13 @@ class RunRecorder:
         return out.getvalue()
 
     def summary_table(self) -> str:
-        """A Markdown table of the headline metrics, one line per round."""
-        columns = [*SUMMARY_COLUMNS, ("dropped", "dropped replies")]
+        """A Markdown table of the headline metrics, one line per round (and FedMVP's
+        Local / Base / New / HM, or Local / Target, where the rows hold them)."""
+        columns = [*SUMMARY_COLUMNS]
+        for extra in (BASE_NEW_COLUMNS, DOMAIN_COLUMNS):
+            if any(key in row for row in self.rows for key, _ in extra[1:]):
+                columns += extra
+        columns.append(("dropped", "dropped replies"))
         dropped_in: dict[int, int] = {}
         for server_round, _, _ in self.dropped:
             dropped_in[server_round] = dropped_in.get(server_round, 0) + 1
@@ -243,7 +263,7 @@ class RunRecorder:
                 if cfg.model.pretrained.startswith("local:")
                 else ""
             ),
-            f"- model: {cfg.model.name} ({cfg.model.pretrained} weights)",
+            f"- model: {_model_description(cfg)}",
             f"- rounds: {done} of {cfg.fed.num_rounds} done",
             f"- dropped replies: {len(self.dropped)}"
             + (" (reasons in dropped.json)" if self.dropped else ""),
@@ -272,6 +292,12 @@ class RunRecorder:
         atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
 
 
+def _model_description(cfg: RunConfig) -> str:
+    if cfg.method in CLIP_METHODS:
+        return clip_description(cfg)[0]
+    return f"{cfg.model.name} ({cfg.model.pretrained} weights)"
+
+
 def _partition_text(partition_id: int | None) -> str:
     return "partition unknown" if partition_id is None else f"partition {partition_id}"
 
@@ -279,6 +305,8 @@ def _partition_text(partition_id: int | None) -> str:
 def partition_description(cfg: RunConfig) -> str:
     """The partitioner and its parameters, in words."""
     data = cfg.data
+    if cfg.method in CLIP_METHODS:  # the protocol decides who holds what
+        return clip_description(cfg)[1]
     if data.partitioner == "dirichlet":
         text = f"dirichlet, alpha {data.alpha:g}"
     elif data.partitioner == "pathological":

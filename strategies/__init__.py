@@ -5,7 +5,8 @@ share it without pulling Flower in; the strategies are loaded on first use.
 
 ``PromptFedAvg`` is the FedAvg base of every method (prototype round, seeded sampling,
 reply checks, resume, and the named hooks a method overrides); ``PEPFedPT`` and the
-baselines' ``LocalOnly``, ``SGPT`` and ``PFedPG`` subclass it.
+baselines' ``LocalOnly``, ``SGPT`` and ``PFedPG`` subclass it, and so does
+FedMVP's ``FedMVP``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from strategies.base import PromptFedAvg
     from strategies.baselines import LocalOnly
+    from strategies.fedmvp import FedMVP
     from strategies.pep_fedpt import PEPFedPT
     from strategies.pfedpg import PFedPG
     from strategies.sgpt import SGPT
 
-__all__ = ["SGPT", "LocalOnly", "PEPFedPT", "PFedPG", "PromptFedAvg"]
+__all__ = ["SGPT", "FedMVP", "LocalOnly", "PEPFedPT", "PFedPG", "PromptFedAvg"]
 
 _HOMES = {
     "PEPFedPT": "strategies.pep_fedpt",
@@ -27,6 +29,7 @@ _HOMES = {
     "LocalOnly": "strategies.baselines",
     "SGPT": "strategies.sgpt",
     "PFedPG": "strategies.pfedpg",
+    "FedMVP": "strategies.fedmvp",
 }
 
 

@@ -346,7 +346,7 @@ class PromptFedAvg(FedAvg):
     def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Ask every connected node for its class counts (and, unless ``counts_only``, its
         per-class feature sums); return the state with the round's result."""
-        num_classes = arrays[wire.HEAD_WEIGHT].shape[0]
+        num_classes = self.num_classes(arrays)
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
         sums, counts = [], []
         held_out: set[int] = set()
@@ -480,7 +480,8 @@ class PromptFedAvg(FedAvg):
     ) -> list[tuple[int, int | None, bool, dict[str, np.ndarray]]]:
         """Send the prototype QUERY to ``node_ids``; per valid reply (node id, partition id
         or None, held out, its ``proto`` arrays). Invalid replies are dropped and logged."""
-        num_classes, dim = arrays[wire.HEAD_WEIGHT].shape
+        num_classes = self.num_classes(arrays)
+        dim = None if self.counts_only else int(arrays[wire.HEAD_WEIGHT].shape[1])
         config = ConfigRecord(
             {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
         )
@@ -497,12 +498,11 @@ class PromptFedAvg(FedAvg):
         self._outgoing = messages
         what = "class counts" if self.counts_only else "class feature sums"
         log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
-        expected_dim = None if self.counts_only else dim
         answers = []
         for msg in self._accepted(
             self._exchange(grid, messages, server_round, "query"),
             server_round,
-            lambda content, _: check_prototype_reply(content, num_classes, expected_dim),
+            lambda content, _: check_prototype_reply(content, num_classes, dim),
         ):
             metrics = msg.content[wire.METRICS]
             pid = int(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
@@ -515,6 +515,11 @@ class PromptFedAvg(FedAvg):
                 )
             )
         return answers
+
+    def num_classes(self, arrays: ArrayRecord) -> int:
+        """Hook: C, the length of every reply's class counts: the head's rows (a method
+        without a classification head overrides this)."""
+        return int(arrays[wire.HEAD_WEIGHT].shape[0])
 
     def prototype_state(
         self,
@@ -622,7 +627,7 @@ class PromptFedAvg(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
         expected = {k: v.shape for k, v in previous.items() if not self.server_only(k)}
-        num_classes = previous[wire.HEAD_WEIGHT].shape[0]
+        num_classes = self.num_classes(self._global)
         replies = self._in_node_order(replies)
         running = self._running_sums(previous, expected)
 

@@ -106,3 +106,12 @@ def group_prompt_key(block: int) -> str:
 def is_grouped(key: str) -> bool:
     """Whether ``key`` holds one row per SGPT group (group prompts or keys)."""
     return key == GROUP_KEYS or key.startswith(GROUP_PROMPT_PREFIX)
+
+
+# FedMVP (method = "fedmvp"): every trainable array is ``fedmvp.*`` (PromptFormer and
+# adapters). ``adapters-on`` (0 | 1) is both a train-reply metric (the client's adapter
+# switch after its training) and a config key of every train/evaluate message (the switch
+# the server holds for the destination's partition); train replies also carry
+# ``partition-id``.
+FEDMVP_PREFIX = "fedmvp."
+ADAPTERS_ON = "adapters-on"

@@ -22,7 +22,9 @@ from pep_fedpt.models import cached_backbone, image_spec
 from pep_fedpt.state import trainable_arrays
 from strategies import LocalOnly, PromptFedAvg, wire
 
-BASELINES = [m for m in METHODS if m != "pep-fedpt"]
+# FedMVP, zero-shot CLIP and PromptFL (CLIP models): tests/test_fedmvp_*
+CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl")
+BASELINES = [m for m in METHODS if m not in ("pep-fedpt", *CLIP_METHODS)]
 # The tiny ViT has 3 blocks; prompt.ccmp-blocks = "2-L" puts a deep prompt in blocks 2, 3.
 DEEP = {wire.deep_prompt_key(1), wire.deep_prompt_key(2)}
 HEAD = {wire.HEAD_WEIGHT, wire.HEAD_BIAS}
@@ -42,7 +44,7 @@ TRAINABLE = {
 
 def test_every_method_has_a_client_and_a_strategy() -> None:
     registered = {m.name for m in all_methods() if m.client and m.strategy}
-    assert registered == set(METHODS) == {"pep-fedpt", *TRAINABLE}
+    assert registered == set(METHODS) == {"pep-fedpt", *CLIP_METHODS, *TRAINABLE}
     assert get_method("local").strategy_class() is LocalOnly
     assert issubclass(get_method("pep-fedpt").strategy_class(), PromptFedAvg)
 

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_FILES = sorted((ROOT / "conf").glob("*.toml"))
 # The papers' settings (GPU scale); *-bench.toml are this project's CPU benchmarks,
 # *-bench-<backbone>.toml the same on another backbone.
-PAPER_FILES = [p for p in CONF_FILES if "-bench" not in p.stem]
+# fedmvp-*.toml are FedMVP's (CLIP, not a timm ViT), checked in tests/test_fedmvp_run.py.
+PAPER_FILES = [p for p in CONF_FILES if "-bench" not in p.stem and not p.stem.startswith("fedmvp-")]
 BENCH_FILES = [p for p in CONF_FILES if p.stem.endswith("-bench")]
 OTHER_BACKBONE_BENCH_FILES = [p for p in CONF_FILES if "-bench-" in p.stem]
 COMMAND = re.compile(

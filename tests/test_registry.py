@@ -68,6 +68,10 @@ def test_every_method_builds_its_strategy_client_and_server_through_the_registry
     assert client.data.partition_id == 0
     server = method.build_server(cfg, pick_device())
     state = server.initial_arrays()
+    if method.layout is None:  # CLIP methods, no head (zero-shot CLIP: nothing to train)
+        assert all(key.startswith((wire.FEDMVP_PREFIX, "promptfl.")) for key in state)
+        assert bool(state) == (name != "zeroshot-clip")
+        return
     assert wire.HEAD_WEIGHT in state
     assert len(server.classes) == state[wire.HEAD_WEIGHT].shape[0]
 
@@ -93,8 +97,8 @@ def test_a_method_s_own_config_check_runs_before_anything_is_built() -> None:
 
 
 def test_an_unknown_name_is_refused_with_the_accepted_ones() -> None:
-    with pytest.raises(ValueError, match=r"method = 'fedmvp' is not accepted; use one of: pep-"):
-        get_method("fedmvp")
+    with pytest.raises(ValueError, match=r"method = 'fedtpg' is not accepted; use one of: pep-"):
+        get_method("fedtpg")
 
 
 def test_a_registration_without_module_class_strategy_is_refused() -> None:

@@ -2,6 +2,8 @@
 
 # Importing a loader module registers its data sets.
 from pep_fedpt.data import builtin as _builtin  # noqa: F401
+from pep_fedpt.data import coop as _coop  # noqa: F401
+from pep_fedpt.data import domainbed as _domainbed  # noqa: F401
 from pep_fedpt.data import domainnet as _domainnet  # noqa: F401
 from pep_fedpt.data import idx as _idx  # noqa: F401
 from pep_fedpt.data import tinyimagenet as _tinyimagenet  # noqa: F401

@@ -42,6 +42,9 @@ METHOD_MODULES: dict[str, str] = {
     "local": "pep_fedpt.methods.baselines",
     "sgpt": "pep_fedpt.methods.sgpt",
     "pfedpg": "pep_fedpt.methods.pfedpg",
+    "fedmvp": "pep_fedpt.methods.fedmvp",
+    "zeroshot-clip": "pep_fedpt.methods.zeroshot_clip",
+    "promptfl": "pep_fedpt.methods.promptfl",
 }
 
 

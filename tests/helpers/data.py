@@ -39,6 +39,16 @@ def fake_domainnet(root: Path) -> None:
             (root / f"{domain}_{split}.txt").write_text("\n".join(lines) + "\n")
 
 
+def fake_domain_tree(root: Path, domains: tuple[str, ...], classes: tuple[str, ...]) -> None:
+    """A DomainBed layout <domain>/<class>/<image>: domain d, class c has c + 1 images of
+    grey 40 d + 10 i (sorted by name), and a stray text file that is not an image."""
+    for d, domain in enumerate(domains):
+        for c, name in enumerate(classes):
+            for i in range(c + 1):
+                write_image(root / domain / name / f"img_{i}.jpg", 40 * d + 10 * i)
+        (root / domain / classes[0] / "notes.txt").write_text("not an image")
+
+
 def write_truncated_jpeg(path: Path) -> None:
     """The first half of a valid JPEG: PIL opens it and fails mid-decode."""
     buffer = io.BytesIO()

@@ -1,0 +1,159 @@
+"""The base->new protocol of CoOp, CoCoOp and FedTPG, as FedMVP evaluates it (numpy only).
+
+A data set's classes split in two by label: base (the first half, ceil(C/2) classes) and
+new (the rest). Clients hold disjoint sets of ``classes-per-client`` base classes and
+``shots`` training examples of each, drawn with the seed from the client pool (the train
+split); no client ever sees a new class. Tests come from the central test split:
+
+- Local: each client's own classes (evaluated on the client, its own class bank);
+- Base: every base class; New: every new class (evaluated on the server, with the bank
+  of the classes being evaluated, so new classes need only their attribute phrases).
+
+HM = 3 / (1/L + 1/B + 1/N), the three-way harmonic mean the FedMVP paper reports.
+
+Every process derives the same split from (targets, seed, num-partitions, config), so no
+index list travels over the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pep_fedpt.config import ConfigError
+
+_LOG = logging.getLogger(__name__)
+
+
+def split_base_new(num_classes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Base = labels 0..ceil(C/2)-1, new = the rest (CoOp's ``subsample_classes``)."""
+    if num_classes < 2:
+        raise ConfigError(
+            f"the base->new protocol needs a data set of at least 2 classes, not {num_classes}"
+        )
+    cut = math.ceil(num_classes / 2)
+    return tuple(range(cut)), tuple(range(cut, num_classes))
+
+
+def assign_classes(
+    base: Sequence[int], num_clients: int, classes_per_client: int, seed: int
+) -> list[tuple[int, ...]]:
+    """Disjoint sets of base classes, one per client, in a seeded order of the classes.
+
+    Each client gets ``classes_per_client`` classes, or fewer when the base classes do not
+    suffice for every client (said in a log line); too few base classes to give every
+    client one is an error naming the numbers.
+    """
+    if num_clients < 1:
+        raise ConfigError(f"num-partitions = {num_clients} must be >= 1")
+    if classes_per_client < 1:
+        raise ConfigError(f"fedmvp.classes-per-client = {classes_per_client} must be >= 1")
+    per_client = min(classes_per_client, len(base) // num_clients)
+    if per_client < 1:
+        raise ConfigError(
+            f"base->new: {len(base)} base classes cannot give each of {num_clients} clients "
+            "a disjoint class of its own; use fewer clients (num-partitions) or a data set "
+            "with more classes"
+        )
+    if per_client < classes_per_client:
+        _LOG.warning(
+            "base->new: fedmvp.classes-per-client = %d, but %d base classes over %d clients "
+            "give each client only %d disjoint classes; using %d",
+            classes_per_client,
+            len(base),
+            num_clients,
+            per_client,
+            per_client,
+        )
+    order = np.random.default_rng(seed).permutation(np.asarray(base, dtype=np.int64))
+    return [
+        tuple(sorted(int(c) for c in order[k * per_client : (k + 1) * per_client]))
+        for k in range(num_clients)
+    ]
+
+
+def draw_shots(
+    indices: np.ndarray, targets: np.ndarray, classes: Sequence[int], shots: int, seed: int
+) -> np.ndarray:
+    """``shots`` examples of each class among ``indices`` (all of a class with fewer),
+    drawn with the seed; each class's draw depends only on (seed, class), so a client's
+    examples do not change with the classes of the others. Sorted indices."""
+    if shots < 1:
+        raise ConfigError(f"fedmvp.shots = {shots} must be >= 1")
+    indices = np.asarray(indices, dtype=np.int64)
+    labels = np.asarray(targets)[indices]
+    chosen = []
+    for c in classes:
+        of_class = indices[labels == c]
+        rng = np.random.default_rng([seed, int(c)])
+        take = min(shots, len(of_class))
+        chosen.append(rng.choice(of_class, size=take, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def of_classes(indices: np.ndarray, targets: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """The indices whose label is one of ``classes`` (order kept)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    keep = np.isin(np.asarray(targets)[indices], np.asarray(classes, dtype=np.int64))
+    return indices[keep]
+
+
+@dataclass(frozen=True)
+class BaseNewSplit:
+    """Who holds which classes and examples. Indices refer to the data set they came from
+    (train: the client pool's data set; tests: the central test split's)."""
+
+    base: tuple[int, ...]
+    new: tuple[int, ...]
+    client_classes: tuple[tuple[int, ...], ...]  # per partition id
+    client_train: tuple[np.ndarray, ...]  # per partition id: the few-shot examples
+    client_test: tuple[np.ndarray, ...]  # per partition id: central test of its classes
+    base_test: np.ndarray
+    new_test: np.ndarray
+
+
+def base_new_split(
+    train_indices: np.ndarray,
+    train_targets: np.ndarray,
+    test_indices: np.ndarray,
+    test_targets: np.ndarray,
+    num_classes: int,
+    num_partitions: int,
+    classes_per_client: int,
+    shots: int,
+    seed: int,
+) -> BaseNewSplit:
+    """The whole base->new split of one run (see the module docstring)."""
+    base, new = split_base_new(num_classes)
+    classes = assign_classes(base, num_partitions, classes_per_client, seed)
+    train = tuple(draw_shots(train_indices, train_targets, c, shots, seed) for c in classes)
+    for pid, (own, idx) in enumerate(zip(classes, train, strict=True)):
+        if len(idx) == 0:
+            raise ConfigError(
+                f"base->new: partition {pid}'s classes {list(own)} have no training example "
+                "in the client pool"
+            )
+    return BaseNewSplit(
+        base=base,
+        new=new,
+        client_classes=tuple(classes),
+        client_train=train,
+        client_test=tuple(of_classes(test_indices, test_targets, c) for c in classes),
+        base_test=of_classes(test_indices, test_targets, base),
+        new_test=of_classes(test_indices, test_targets, new),
+    )
+
+
+def harmonic_mean(local: float, base: float, new: float) -> float:
+    """HM = 3 / (1/L + 1/B + 1/N); 0 when any of the three is 0."""
+    values = (local, base, new)
+    for name, value in zip(("local", "base", "new"), values, strict=True):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} accuracy = {value!r} must be in [0, 1]")
+    if min(values) == 0.0:
+        return 0.0
+    return 3.0 / sum(1.0 / v for v in values)

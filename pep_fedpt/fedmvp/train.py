@@ -1,0 +1,195 @@
+"""FedMVP's local training and evaluation on one client.
+
+Objective per batch: CE(logits, y) + alpha (1 - cos(f(x), g(x'))), alpha =
+``fedmvp.consistency-weight``. SGD with ``train.lr`` / momentum / weight-decay, a fresh
+optimiser per call (as for every method of the project); the server's cosine schedule over
+rounds arrives as ``lr``. One optimiser step per batch (the design); ``fedmvp.step-every =
+"round"`` reproduces the authors' code, which steps once per round: the batch gradients are
+accumulated (weighted by batch size, so the one step follows the round's mean loss) and
+applied once at the end, at no extra memory.
+
+The adapter switch: at the end of each epoch (with ``step-every = "round"``: at the end of
+the round) a client whose mean training objective fell below ``fedmvp.adapter-threshold``
+switches to training the adapters, and stays switched; the switch is returned so that it can
+travel with the client's reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pep_fedpt.config import RunConfig
+from pep_fedpt.engine import autocast
+from pep_fedpt.fedmvp.model import FedMVPModel
+from pep_fedpt.fedmvp.text_bank import TextBank
+
+
+@dataclass
+class FedMVPTrainResult:
+    loss: float  # mean training objective per example (CE + alpha * consistency)
+    accuracy: float  # of the training predictions
+    num_examples: int  # examples in the local training set
+    adapters_on: bool  # the switch after this call (it persists)
+    ce_loss: float
+    consistency_loss: float
+    steps: int  # optimiser steps taken
+
+
+class FedMVPEval(NamedTuple):
+    correct: int
+    total: int
+    loss: float  # mean cross-entropy
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+class _Indexed(Dataset):
+    """(image, label, position): a batch can look up its precomputed g(x')."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+def _batches(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(
+        _Indexed(dataset),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+    )
+    for images, labels, positions in loader:
+        yield images.to(device, non_blocking=True), labels.to(device), positions
+
+
+@torch.no_grad()
+def flipped_features(
+    model: FedMVPModel, dataset: Dataset, device: torch.device, batch_size: int = 128
+) -> torch.Tensor:
+    """g(x') of every example, in dataset order: (N, D) float32 on the CPU.
+
+    The consistency target never changes (frozen encoder, deterministic flip): computed once
+    (and cached by the caller like z(x)), it saves the frozen forward of every step.
+    """
+    chunks = [torch.zeros(0, model.clip.visual.output_dim)]
+    for images, _, _ in _batches(dataset, batch_size, False, 0, device):
+        with autocast(device):
+            chunks.append(model.frozen_features(images.flip(-1)).float().cpu())
+    return torch.cat(chunks)
+
+
+def _optimizer(model: FedMVPModel, cfg: RunConfig, lr: float) -> torch.optim.SGD:
+    params = [p for p in model.promptformer.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params, lr=lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+    )
+
+
+def train_local(
+    model: FedMVPModel,
+    dataset: Dataset,
+    bank: TextBank,
+    cfg: RunConfig,
+    device: torch.device,
+    seed: int,
+    adapters_on: bool,
+    lr: float | None = None,
+    flipped: torch.Tensor | None = None,
+) -> FedMVPTrainResult:
+    """``train.local-epochs`` epochs over ``dataset`` (labels index ``bank``'s classes).
+
+    ``lr`` overrides ``train.lr`` (the round's value of a schedule); ``flipped``: g(x') of
+    every example (``flipped_features``), else computed in every step.
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError("the local training split is empty")
+    if flipped is not None and flipped.shape[0] != size:
+        raise ValueError(f"flipped holds {flipped.shape[0]} features for {size} examples")
+    per_round = cfg.fedmvp.step_every == "round"
+    epochs, alpha = cfg.train.local_epochs, cfg.fedmvp.consistency_weight
+    model.adapters_on = adapters_on
+    model.train()
+    optimizer = _optimizer(model, cfg, cfg.train.lr if lr is None else lr)
+    optimizer.zero_grad(set_to_none=True)
+    total, ce_total, cons_total, correct, steps = 0.0, 0.0, 0.0, 0, 0
+    for epoch in range(epochs):
+        epoch_loss = 0.0
+        batches = _batches(dataset, cfg.train.batch_size, True, seed + epoch, device)
+        for images, labels, positions in batches:
+            target = None if flipped is None else flipped[positions].to(device)
+            with autocast(device):
+                features = model.encode_image(images, bank)
+                logits = model.logits_from_features(features, bank)
+                ce = F.cross_entropy(logits.float(), labels)
+                cons = model.consistency_loss(features.float(), images, target)
+            loss = ce + alpha * cons
+            if per_round:
+                (loss * (len(labels) / (size * epochs))).backward()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+            n = len(labels)
+            epoch_loss += loss.item() * n
+            ce_total += ce.item() * n
+            cons_total += cons.item() * n
+            correct += int((logits.argmax(dim=-1) == labels).sum())
+        total += epoch_loss
+        below = epoch_loss / size < cfg.fedmvp.adapter_threshold
+        if not per_round and below and not model.adapters_on:
+            model.adapters_on = True  # from the next epoch on, the adapters alone train
+            optimizer = _optimizer(model, cfg, cfg.train.lr if lr is None else lr)
+    if per_round:
+        optimizer.step()
+        steps += 1
+        if total / (size * epochs) < cfg.fedmvp.adapter_threshold:
+            model.adapters_on = True
+    seen = size * epochs
+    return FedMVPTrainResult(
+        loss=total / seen,
+        accuracy=correct / seen,
+        num_examples=size,
+        adapters_on=model.adapters_on,
+        ce_loss=ce_total / seen,
+        consistency_loss=cons_total / seen,
+        steps=steps,
+    )
+
+
+@torch.no_grad()
+def evaluate_local(
+    model: FedMVPModel,
+    dataset: Dataset,
+    bank: TextBank,
+    device: torch.device,
+    batch_size: int = 128,
+) -> FedMVPEval:
+    """Accuracy and cross-entropy over ``bank``'s classes, adapters as ``model.adapters_on``."""
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels, _ in _batches(dataset, batch_size, False, 0, device):
+        with autocast(device):
+            logits = model.logits(images, bank).float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        total += len(labels)
+    return FedMVPEval(correct=correct, total=total, loss=loss_sum / max(total, 1))
