@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
-from inprocess import InProcessGrid
+from helpers.inprocess import InProcessGrid
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 

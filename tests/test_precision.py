@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
-from inprocess import InProcessGrid
+from helpers.inprocess import InProcessGrid
 
 from client_app.app import app as client_app
 from pep_fedpt.config import ConfigError, RunConfig
@@ -83,7 +83,7 @@ def train_updates(grid: RecordingGrid) -> dict[int, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RecordingGrid]:
     from conftest import TINY_MODEL
-    from inprocess import set_task_identity
+    from helpers.inprocess import set_task_identity
 
     set_task_identity()
     tmp = tmp_path_factory.mktemp("precision")
