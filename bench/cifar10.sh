@@ -18,8 +18,9 @@ if [ ! -d "$data/train" ]; then
   tar -xzf "$archive" -C "$cache/data"
 fi
 out="${1:-$cache/bench/cifar10}"
-methods_arg=()
-[ -n "${METHODS:-}" ] && methods_arg=(--methods "$METHODS")
+# The ViT methods (FedMVP and its CLIP baselines have their own protocol: docs/fedmvp.md).
+vit_methods="pep-fedpt,fedavg-vpt-shallow,fedavg-vpt-deep,fedprox-vpt,head-only,fedavg-vpt-prior,local,sgpt,pfedpg"
+methods_arg=(--methods "${METHODS:-$vit_methods}")
 exec "$root/scripts/compare.sh" --run-config "${CONF:-$root/conf/cifar10-bench.toml}" \
   "${methods_arg[@]}" --seeds "${SEEDS:-0,1,2}" --num-supernodes 12 --out "$out" \
   -c "data.data-dir='$data'"

@@ -70,7 +70,7 @@ class _Indexed(Dataset):
         return image, label, index
 
 
-def _batches(
+def indexed_batches(
     dataset: Dataset,
     batch_size: int,
     shuffle: bool,
@@ -113,7 +113,7 @@ def compute_query_features(
     float32 on every device (the node caches it; a cached value must not depend on a
     training option)."""
     chunks = []
-    for images, _, _ in _batches(dataset, batch_size, False, 0, device, num_workers):
+    for images, _, _ in indexed_batches(dataset, batch_size, False, 0, device, num_workers):
         chunks.append(model.query_features(images).float().cpu())
     if not chunks:
         return torch.zeros(0, model.backbone.embed_dim)
@@ -203,7 +203,7 @@ def train_epochs(
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for epoch in range(cfg.local_epochs):
-        for images, labels, positions in _batches(
+        for images, labels, positions in indexed_batches(
             dataset, cfg.batch_size, True, seed + epoch, device, num_workers
         ):
             query = features[positions].to(device)
@@ -254,7 +254,9 @@ def evaluate(
     Always float32: reported accuracies do not depend on the training precision."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for images, labels, positions in _batches(dataset, batch_size, False, 0, device, num_workers):
+    for images, labels, positions in indexed_batches(
+        dataset, batch_size, False, 0, device, num_workers
+    ):
         weights = weights_fn(features[positions].to(device), labels, False)
         logits = model(images, weights).float()
         if log_prior is not None:

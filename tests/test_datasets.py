@@ -249,6 +249,7 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target / "cifar10"
 
 
+@pytest.mark.integration
 def test_cifar10_folder_from_shared_archive(cifar10_dir: Path) -> None:
     splits = load("cifar10-folder", cifar10_dir)
     assert splits.classes[:2] == ["airplane", "automobile"] and len(splits.classes) == 10

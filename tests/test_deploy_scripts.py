@@ -37,6 +37,7 @@ def test_write_connection_replaces_a_table(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 def test_gen_certs_names_every_host(tmp_path: Path) -> None:
     done = run("gen-certs.sh", str(tmp_path), "superlink.example.org", "10.0.0.5", "localhost")

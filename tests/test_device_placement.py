@@ -39,6 +39,10 @@ READOUTS = {"item", "__int__", "__float__", "__bool__", "__index__", "tolist"}
 TRANSFERS = {"to", "cpu", "copy_", "cuda", "numpy", "_has_compatible_shallow_copy_type"}
 
 
+# A whole in-process round per case: seconds each on 2 cores.
+pytestmark = pytest.mark.integration
+
+
 class MixedDevices(AssertionError):
     """A torch call got tensors on two devices."""
 

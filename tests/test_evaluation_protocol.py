@@ -165,6 +165,7 @@ def extract_cifar10_subset(target: Path, per_class: dict[str, int]) -> Path:
     return target / "cifar10"
 
 
+@pytest.mark.integration
 def test_cifar10_jpeg_run_with_held_out_client(
     task_identity: None, tiny_run_config: dict, tmp_path: Path
 ) -> None:

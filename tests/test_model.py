@@ -113,6 +113,7 @@ def test_prompt_init_follows_vpt_bound(backbone) -> None:
     assert torch.count_nonzero(model.head.weight) == 0  # zero-initialised head (default)
 
 
+@pytest.mark.integration
 def test_hub_weights_that_cannot_be_fetched_fail_with_the_way_out() -> None:
     """Offline, 'hub' names the key and the alternatives instead of a bare hub error."""
     code = (

@@ -26,6 +26,10 @@ UPDATE_TOLERANCE = 0.15  # ||delta_bf16 - delta_fp32|| / ||delta_fp32||, per arr
 ACCURACY_TOLERANCE = 0.10
 
 
+# A whole in-process round per case: seconds each on 2 cores.
+pytestmark = pytest.mark.integration
+
+
 class RecordingGrid(InProcessGrid):
     """Keeps every array that crosses the wire, both ways (dtype and values)."""
 
@@ -45,15 +49,21 @@ class RecordingGrid(InProcessGrid):
         kind, node = message.metadata.message_type, message.metadata.dst_node_id
         self.arrays.append((direction, kind, node, arrays))
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         for message in messages:
             self._keep("out", message)
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        for message, reply in zip(messages, replies, strict=True):
-            reply.metadata.__dict__["_dst_node_id"] = message.metadata.dst_node_id
+        self._sent_to = getattr(self, "_sent_to", {})
+        ids = list(super().push_messages(messages))
+        for message_id, message in zip(ids, messages, strict=True):
+            self._sent_to[message_id] = message.metadata.dst_node_id
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(super().pull_messages(message_ids))
+        for reply in replies:
+            node = self._sent_to[reply.metadata.reply_to_message_id]
+            reply.metadata.__dict__["_dst_node_id"] = node
             self._keep("back", reply)
         return replies
 

@@ -130,6 +130,7 @@ def checkouts(tmp_path: Path) -> Iterator[list[Checkout]]:
             os.kill(checkout.pid, signal.SIGKILL)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_two_checkouts_get_their_own_superlinks_and_each_stops_only_its_own(
     tmp_path: Path, checkouts: list[Checkout]

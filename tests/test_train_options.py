@@ -161,6 +161,7 @@ def test_every_client_trains_round_t_at_the_rate_of_round_t(
     ]
 
 
+@pytest.mark.integration
 def test_a_run_resumed_mid_schedule_ends_as_an_uninterrupted_one(
     schedule_run: dict, tmp_path: Path, task_identity: None
 ) -> None:

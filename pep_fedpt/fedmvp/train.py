@@ -16,16 +16,15 @@ travel with the client's reply.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.engine import autocast
+from pep_fedpt.engine import autocast, indexed_batches
 from pep_fedpt.fedmvp.model import FedMVPModel
 from pep_fedpt.fedmvp.text_bank import TextBank
 
@@ -51,34 +50,6 @@ class FedMVPEval(NamedTuple):
         return self.correct / self.total if self.total else 0.0
 
 
-class _Indexed(Dataset):
-    """(image, label, position): a batch can look up its precomputed g(x')."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.dataset[index]
-        return image, label, index
-
-
-def _batches(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(
-        _Indexed(dataset),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=device.type == "cuda",
-    )
-    for images, labels, positions in loader:
-        yield images.to(device, non_blocking=True), labels.to(device), positions
-
-
 @torch.no_grad()
 def flipped_features(
     model: FedMVPModel, dataset: Dataset, device: torch.device, batch_size: int = 128
@@ -89,7 +60,7 @@ def flipped_features(
     (and cached by the caller like z(x)), it saves the frozen forward of every step.
     """
     chunks = [torch.zeros(0, model.clip.visual.output_dim)]
-    for images, _, _ in _batches(dataset, batch_size, False, 0, device):
+    for images, _, _ in indexed_batches(dataset, batch_size, False, 0, device):
         with autocast(device):
             chunks.append(model.frozen_features(images.flip(-1)).float().cpu())
     return torch.cat(chunks)
@@ -132,7 +103,7 @@ def train_local(
     total, ce_total, cons_total, correct, steps = 0.0, 0.0, 0.0, 0, 0
     for epoch in range(epochs):
         epoch_loss = 0.0
-        batches = _batches(dataset, cfg.train.batch_size, True, seed + epoch, device)
+        batches = indexed_batches(dataset, cfg.train.batch_size, True, seed + epoch, device)
         for images, labels, positions in batches:
             target = None if flipped is None else flipped[positions].to(device)
             with autocast(device):
@@ -186,7 +157,7 @@ def evaluate_local(
     """Accuracy and cross-entropy over ``bank``'s classes, adapters as ``model.adapters_on``."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for images, labels, _ in _batches(dataset, batch_size, False, 0, device):
+    for images, labels, _ in indexed_batches(dataset, batch_size, False, 0, device):
         with autocast(device):
             logits = model.logits(images, bank).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
