@@ -64,31 +64,9 @@ DATASETS = (
     "ucf101",
     "vlcs",
 )
-NEEDS_DATA_DIR = frozenset(
-    {
-        "caltech101",
-        "cifar10-folder",
-        "domainnet",
-        "domainnet-10",
-        "dtd",
-        "fgvc_aircraft",
-        "food101",
-        "imagefolder",
-        "inaturalist-folder",
-        "mnist",
-        "officehome",
-        "oxford_flowers",
-        "oxford_pets",
-        "pacs",
-        "stanford_cars",
-        "sun397",
-        "terraincognita",
-        "tinyimagenet",
-        "ucf101",
-        "vlcs",
-    }
-)
 DOWNLOADABLE = frozenset({"cifar10", "cifar100", "inaturalist"})
+# digits ships with scikit-learn; fashion-mnist has a system folder (Debian's package).
+NEEDS_DATA_DIR = frozenset(DATASETS) - DOWNLOADABLE - {"digits", "fashion-mnist"}
 DEFAULT_NUM_SUPERNODES = 2  # Flower's simulation default
 
 # flwr.common.config.parse_config_args: key=value pairs, values TOML (quoted or bare).
