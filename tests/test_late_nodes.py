@@ -111,3 +111,31 @@ def test_a_node_whose_prototype_reply_was_dropped_is_asked_again_and_cannot_infl
     assert refused[0]["round"] == 0 and "non-finite" in refused[0]["reason"]
     assert [d["round"] for d in refused[1:]] == [1, 2]
     assert all("differ from the counts" in d["reason"] for d in refused[1:])
+
+
+class RestartGrid(InProcessGrid):
+    """Node 12 comes back as node 22 (same partition) once round 1 has trained."""
+
+    def get_node_ids(self) -> Iterable[int]:
+        trained = any(kind == MessageType.TRAIN for kind, _ in self.sent)
+        gone = 12 if trained else 22
+        return [node for node in self.contexts if node != gone]
+
+
+@pytest.mark.integration
+def test_a_node_back_under_a_new_id_repeats_its_partitions_counts_and_adds_nothing(
+    flat: dict, task_identity: None
+) -> None:
+    queries: list[Message] = []
+    nodes = {**NODES, 22: dict(NODES[12])}
+    tamper = {node: recorder(queries, MessageType.QUERY) for node in nodes}
+    grid = RestartGrid(client_app, nodes, flat, tamper)
+    run_server(flat, tamper, grid=grid)
+
+    sent = grid.sent
+    assert ("query", 22) in sent[: sent.index(("train", 22))]
+    first_round = [q for q in queries if q.metadata.src_node_id != 22]
+    counts = sum(q.content[wire.PROTO][wire.PROTO_COUNT].numpy() for q in first_round)
+    state = load_state(Path(flat["output-dir"]))
+    np.testing.assert_array_equal(state[wire.PROTO_COUNT], counts)  # not counted twice
+    assert not [d for d in _dropped(flat) if d["node"] == 22]
