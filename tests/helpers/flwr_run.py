@@ -6,14 +6,13 @@ gives it free ports (never one another run left behind) and stops it by its FLWR
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench.compare import stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -43,19 +42,4 @@ def stop_superlink(home: Path) -> None:
     found = subprocess.run(
         ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
     )
-    pids = [int(pid) for pid in found.stdout.split()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    stop_processes({int(pid) for pid in found.stdout.split()})
