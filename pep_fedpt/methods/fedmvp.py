@@ -172,23 +172,30 @@ def _domain_protocol(
     return split, pool_data, test_data, central.classes, names
 
 
-def _domain_client_data(
-    cfg: RunConfig, spec: ImageSpec, partition_id: int, num_partitions: int
+def _client_data(
+    cfg: RunConfig,
+    split: BaseNewSplit | DomainSplit,
+    pool_data: LabeledDataset,
+    test_data: LabeledDataset,
+    num_classes: int,
+    own: tuple[int, ...],
+    partition_id: int,
+    num_partitions: int,
+    domain: str | None = None,
 ) -> FedMVPClientData:
-    split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
-    every = tuple(range(len(classes)))
-    train = ClassSubset(pool_data, split.client_train[partition_id], every)
-    counts = class_counts(np.asarray(pool_data.targets)[train.indices], len(classes))
+    """One client's train and Local-test subsets of ``own`` classes, either protocol."""
+    train = ClassSubset(pool_data, split.client_train[partition_id], own)
+    counts = class_counts(np.asarray(pool_data.targets)[train.indices], num_classes)
     held = held_out_partitions(num_partitions, cfg.data.held_out_fraction, cfg.seed)
     return FedMVPClientData(
         partition_id=partition_id,
-        classes=every,
+        classes=own,
         train=train,
-        test=ClassSubset(test_data, split.client_test[partition_id], every),
-        num_classes=len(classes),
+        test=ClassSubset(test_data, split.client_test[partition_id], own),
+        num_classes=num_classes,
         train_counts=counts.astype(np.int64),
         held_out=partition_id in held,
-        domain=names[split.client_domains[partition_id]],
+        domain=domain,
     )
 
 
@@ -198,20 +205,24 @@ def client_data(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
     if cfg.fedmvp.protocol == "domain":
-        return _domain_client_data(cfg, spec, partition_id, num_partitions)
+        split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
+        every = tuple(range(len(classes)))
+        domain = names[split.client_domains[partition_id]]
+        return _client_data(
+            cfg,
+            split,
+            pool_data,
+            test_data,
+            len(classes),
+            every,
+            partition_id,
+            num_partitions,
+            domain,
+        )
     split, pool_data, test_data, classes = _protocol(cfg, spec, num_partitions)
     own = split.client_classes[partition_id]
-    train = ClassSubset(pool_data, split.client_train[partition_id], own)
-    counts = class_counts(np.asarray(pool_data.targets)[train.indices], len(classes))
-    held = held_out_partitions(num_partitions, cfg.data.held_out_fraction, cfg.seed)
-    return FedMVPClientData(
-        partition_id=partition_id,
-        classes=own,
-        train=train,
-        test=ClassSubset(test_data, split.client_test[partition_id], own),
-        num_classes=len(classes),
-        train_counts=counts.astype(np.int64),
-        held_out=partition_id in held,
+    return _client_data(
+        cfg, split, pool_data, test_data, len(classes), own, partition_id, num_partitions
     )
 
 
