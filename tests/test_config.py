@@ -40,6 +40,17 @@ def test_command_line_overrides_reach_the_typed_config() -> None:
         ({"method": "fedsgd"}, "method = 'fedsgd' is not accepted; use one of: pep-fedpt"),
         ({"fed.class-prompt-aggregation": "median"}, "use one of: per-class, fedavg"),
         ({"prompt.train-weights": "hard"}, "use one of: soft, onehot"),
+        ({"prompt.mixing-prior": "global"}, "use one of: client, uniform"),
+        (
+            {"method": "sgpt", "prompt.mixing-prior": "uniform"},
+            "prompt.mixing-prior = 'uniform' changes PEP-FedPT only; method = 'sgpt' accepts "
+            "'client'",
+        ),
+        (
+            {"method": "fedavg-vpt-deep", "prompt.test-prior-correction": True},
+            "method = 'fedavg-vpt-deep' accepts False (for the log prior at test on "
+            "FedAvg-VPT-deep: method = 'fedavg-vpt-prior')",
+        ),
         ({"prompt.tau": 0.0}, "prompt.tau = 0.0 must be a finite number > 0"),
         ({"prompt.tau": "x"}, "expected float"),
         ({"data.partitioner": "shards"}, "use one of: dirichlet, pathological, iid, domain"),

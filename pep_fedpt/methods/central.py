@@ -51,8 +51,8 @@ class PromptedViTServer:
 
         The registration's ``central_weights`` mixes the prompt sets (PEP-FedPT: CCMP under
         the global prior; SGPT: each sample's nearest key); without it there is one prompt
-        set (weights of one) and no frozen query pass. ``prior_correction`` adds the global
-        log prior to the logits.
+        set (weights of one) and no frozen query pass. ``prior_correction`` (or PEP-FedPT's
+        ``prompt.test-prior-correction``) adds the global log prior to the logits.
         """
         model, device, test = self.model, self.device, self.central.test
         load_trainable_arrays(model, state)
@@ -69,6 +69,8 @@ class PromptedViTServer:
             z = self.features.get("central-none", lambda: no_features(test))
         else:
             z = self.features.get("central", lambda: compute_query_features(model, test, device))
-        shift = log_prior if self.method.prior_correction else None
+        # prompt.test-prior-correction (PEP-FedPT's extension) adds the same global prior.
+        corrected = self.method.prior_correction or self.cfg.prompt.test_prior_correction
+        shift = log_prior if corrected else None
         result = evaluate(model, test, z, weights_fn, device, log_prior=shift)
         return {wire.ACCURACY: result.accuracy, wire.LOSS: result.loss}

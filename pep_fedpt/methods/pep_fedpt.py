@@ -39,6 +39,14 @@ def ccmp_weights_fn(
     return weights
 
 
+def mixing_log_prior(cfg: RunConfig, log_prior: torch.Tensor) -> torch.Tensor:
+    """log π in the mixing weights: the prior's, or zeros with ``prompt.mixing-prior =
+    "uniform"`` (the ablation that leaves only cos(z(x), μ_c) / τ)."""
+    if cfg.prompt.mixing_prior == "uniform":
+        return torch.zeros_like(log_prior)
+    return log_prior
+
+
 class PEPFedPTClient(PromptClient):
     """One client's PEP-FedPT routines over its partition."""
 
@@ -55,7 +63,7 @@ class PEPFedPTClient(PromptClient):
     def _weights(self, prototypes: np.ndarray) -> WeightsFn:
         return ccmp_weights_fn(
             torch.as_tensor(prototypes, dtype=torch.float32, device=self.device),
-            self.log_prior,
+            mixing_log_prior(self.cfg, self.log_prior),
             self.cfg.prompt.tau,
             self.cfg.prompt.train_weights == "onehot",
         )
@@ -81,9 +89,16 @@ class PEPFedPTClient(PromptClient):
     ) -> dict[str, float | int]:
         model = self._model(arrays)
         weights = self._weights(prototypes)
+        # prompt.test-prior-correction: this project's extension (off by default).
+        shift = self.log_prior if self.cfg.prompt.test_prior_correction else None
         return self.evaluated(
             lambda split: evaluate(
-                model, self.data.split(split), self.features(split), weights, self.device
+                model,
+                self.data.split(split),
+                self.features(split),
+                weights,
+                self.device,
+                log_prior=shift,
             )
         )
 
@@ -92,11 +107,13 @@ def central_weights(
     cfg: RunConfig, state: Mapping[str, np.ndarray], log_prior: torch.Tensor, device: torch.device
 ) -> WeightsFn | None:
     """The server's CCMP weights: the global prototypes under the global prior (soft
-    weights, as at a client's evaluation)."""
+    weights, as at a client's evaluation; no prior with ``prompt.mixing-prior = "uniform"``)."""
     if wire.PROTO_MEAN not in state:
         return None
     prototypes = torch.as_tensor(state[wire.PROTO_MEAN], device=device)
-    return ccmp_weights_fn(prototypes, log_prior, cfg.prompt.tau, onehot_in_training=False)
+    return ccmp_weights_fn(
+        prototypes, mixing_log_prior(cfg, log_prior), cfg.prompt.tau, onehot_in_training=False
+    )
 
 
 def _prototypes(received: Received) -> np.ndarray:
