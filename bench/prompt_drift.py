@@ -10,7 +10,9 @@ absolute change ‖Δ head‖ (weight and bias together).
 
 A run folder holds its initial state (``initial-state.npz``, written with round 0) and its
 final one (``state.npz``); for a folder of an older run without the initial state, the
-command line rebuilds it from the run's config (backbone and data set needed).
+command line rebuilds it from the run's config (backbone and data set needed). A run
+folder collected into git (``bench/collect.py``) keeps no weights: its ``drift.json``
+holds the same numbers, measured from the two state files when it was collected.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 INITIAL_STATE = "initial-state.npz"  # server_app.results.INITIAL_STATE
 FINAL_STATE = "state.npz"
+DRIFT_JSON = "drift.json"  # a collected run folder's drift, in place of its state files
 PROMPT_PREFIX, HEAD_PREFIX = "prompt.", "head."  # strategies.wire's trainable families
 
 # {key: (norm of the initial value, norm of final - initial)}
@@ -54,6 +58,45 @@ def drift_from_files(run_dir: Path) -> Drift | None:
             )
     except (OSError, ValueError):
         return None
+
+
+def drift_document(drift: Drift) -> dict[str, Any]:
+    """What ``drift.json`` holds: per tensor its initial norm and the norm of its change."""
+    tensors = {
+        key: {"initial-norm": start, "change-norm": change}
+        for key, (start, change) in drift.items()
+    }
+    return {"tensors": tensors}
+
+
+def drift_from_json(run_dir: Path) -> Drift | None:
+    """The drift recorded in a collected run folder's ``drift.json``; None if absent.
+
+    A file that is there but does not hold a drift is an error naming it (a collected
+    result must not silently lose its drift column)."""
+    path = run_dir / DRIFT_JSON
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        tensors = json.loads(text)["tensors"]
+        return {
+            str(key): (float(value["initial-norm"]), float(value["change-norm"]))
+            for key, value in tensors.items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{path}: not a drift file ({exc!r}); expected "
+            '{"tensors": {KEY: {"initial-norm": N, "change-norm": N}}}'
+        ) from None
+
+
+def recorded_drift(run_dir: Path) -> Drift | None:
+    """A run folder's drift: from its two state files, else from its ``drift.json``
+    (a collected folder), else None."""
+    measured = drift_from_files(run_dir)
+    return measured if measured is not None else drift_from_json(run_dir)
 
 
 def rebuilt_drift(run_dir: Path) -> Drift:
@@ -105,7 +148,7 @@ def main() -> None:
     print("| run | key | initial norm | change norm | change / initial |")
     print("|---|---|---|---|---|")
     for run in args.runs:
-        measured = drift_from_files(run)
+        measured = recorded_drift(run)
         for key, (start, change) in (measured or rebuilt_drift(run)).items():
             ratio = f"{change / start:.4f}" if start > 0 else "-"
             print(f"| {run.name} | {key} | {start:.3f} | {change:.4f} | {ratio} |")

@@ -4,7 +4,8 @@
 
 reads what ``bench/compare.py`` left under ``OUT`` (``comparison.json``: methods, seeds,
 grid; per run ``<stage>/<name>.json`` (how it ended), ``<stage>/<name>/metrics.json`` (its
-rounds) and its two state files (``bench/prompt_drift.py``)) and writes ``results.md``,
+rounds) and its two state files, or in a collected folder (``bench/collect.py``) its
+``drift.json`` (``bench/prompt_drift.py``)) and writes ``results.md``,
 ``results.csv`` and ``accuracy.png``. No number in them is typed by hand: run it again
 after editing a run, and the tables follow.
 
@@ -35,7 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
 from bench.grid import Grid, Point, grid_points, point_label, select  # noqa: E402
-from bench.prompt_drift import DriftSummary, drift_from_files, summarize  # noqa: E402
+from bench.prompt_drift import DriftSummary, recorded_drift, summarize  # noqa: E402
 from pep_fedpt.atomic import atomic_write  # noqa: E402
 from server_app.metric_keys import ACCURACIES, BY_KEY, VALIDATION  # noqa: E402
 
@@ -110,14 +111,14 @@ def read_outcome(
     rows: list[dict[str, Any]] = []
     with contextlib.suppress(OSError, ValueError):
         rows = json.loads((folder / name / "metrics.json").read_text())
-    drift = drift_from_files(folder / name)
+    drift = recorded_drift(folder / name)
     return Outcome(
         method,
         seed,
         str(status["status"]),
         status.get("wall-s"),
         str(status.get("run-id", "")),
-        str(status.get("log", "")),
+        relative_log(out, str(status.get("log", ""))),
         rows,
         stage=stage,
         point=point,
@@ -125,6 +126,18 @@ def read_outcome(
         drift=summarize(drift) if drift is not None else None,
         variant=variant,
     )
+
+
+def relative_log(out: Path, log: str) -> str:
+    """A run's log as the tables show it: relative to the comparison folder when it lies
+    inside it (``runs/<name>.log``), so that the tables do not depend on where the folder
+    is (a collected copy, ``bench/collect.py``, gives the same tables); else as recorded."""
+    if not log or not Path(log).is_absolute():
+        return log
+    try:
+        return Path(log).relative_to(out).as_posix()
+    except ValueError:
+        return log
 
 
 def final_value(rows: Sequence[Row], key: str) -> float:
@@ -137,7 +150,8 @@ def final_value(rows: Sequence[Row], key: str) -> float:
 
 
 def bytes_per_round(rows: Sequence[Row], key: str) -> float:
-    """All bytes of ``key`` (census in round 0 included) over the federated rounds (≥ 1)."""
+    """All bytes of ``key`` (the prototype round, round 0, included) over the federated
+    rounds (≥ 1)."""
     rounds = [row for row in rows if row["round"] >= 1]
     if not rounds or not any(key in row for row in rows):
         return math.nan
@@ -309,10 +323,9 @@ def runs_table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(
-    outcomes: Sequence[Outcome], methods: Sequence[str], selection: Selection | None = None
-) -> str:
-    """results.md: one row per method, the selection (with a grid), every run, failures."""
+def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
+    """The method table of results.md (one row per method, mean ± std over the completed
+    seeds) and the paragraph under it that says what each column is."""
     titles = [
         "method",
         "runs",
@@ -340,10 +353,18 @@ def markdown_table(
         "relative change ‖final − initial‖ / ‖initial‖ of each prompt tensor, median and max "
         "over the run's tensors, mean over seeds (near 0%: the prompts did not learn, and the "
         "method is in effect a linear probe); head ‖Δ‖: the norm of the head's change from "
-        "its initial value; bytes: array payloads per federated round (the census before "
-        "round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation "
+        "its initial value; bytes: array payloads per federated round (the prototype round "
+        "before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation "
         "start-up included."
     )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(
+    outcomes: Sequence[Outcome], methods: Sequence[str], selection: Selection | None = None
+) -> str:
+    """results.md: one row per method, the selection (with a grid), every run, failures."""
+    lines = [method_table(outcomes, methods).rstrip("\n")]
     if selection is not None:
         lines += ["", selection_table(selection, methods).rstrip("\n")]
     lines += ["", runs_table(outcomes).rstrip("\n")]

@@ -10,38 +10,15 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.common.config import parse_config_args
+from helpers.fake_results import FAILED, FakeRuns, round_row, rounds, write_run
 
 from bench import compare, report
 from bench.compare import COMPLETED, Outcome, RunSpec
 from bench.grid import grid_points, parse_grid, point_label, select
 from bench.prompt_drift import DriftSummary
 from pep_fedpt.config import METHODS, ConfigError
-
-FAILED = "failed (flwr run exited 1, no run id)"
-
-
-def _rows(acc: list[float], down: float, census_up: float = 240.0) -> list[dict]:
-    """Round 0 (census bytes) and one row per round with mean-client accuracy ``acc[i]``."""
-    rows: list[dict] = [
-        {"round": 0.0, "server/accuracy": 0.1, "bytes-down": 0, "bytes-up": census_up}
-    ]
-    for r, a in enumerate(acc, start=1):
-        rows.append(
-            {
-                "round": float(r),
-                "evaluate/global-accuracy": a + 0.1,
-                "evaluate/mean-client-accuracy": a,
-                "evaluate/worst-client-accuracy": a - 0.3,
-                "server/accuracy": a + 0.05,
-                "evaluate/client-accuracies": [a, a],
-                "bytes-down": down,
-                "bytes-up": 1000.0,
-            }
-        )
-    return rows
 
 
 @pytest.fixture
@@ -54,7 +31,7 @@ def outcomes() -> list[Outcome]:
             10.0,
             "1",
             "/o/a-s0.log",
-            _rows([0.4, 0.6], 1000.0),
+            rounds([0.4, 0.6], 1000.0),
             drift=DriftSummary(0.01, 0.05, 0.2),
         ),
         Outcome(
@@ -64,10 +41,10 @@ def outcomes() -> list[Outcome]:
             14.0,
             "2",
             "/o/a-s1.log",
-            _rows([0.6, 0.8], 2048.0),
+            rounds([0.6, 0.8], 2048.0),
             drift=DriftSummary(0.03, 0.07, 0.4),
         ),
-        Outcome("b", 0, COMPLETED, 5.0, "3", "/o/b-s0.log", _rows([0.3, 0.5], 100.0)),
+        Outcome("b", 0, COMPLETED, 5.0, "3", "/o/b-s0.log", rounds([0.3, 0.5], 100.0)),
         Outcome("b", 1, FAILED, 1.0, "", "/o/b-s1.log", []),
         Outcome("c", 0, FAILED, 1.0, "", "/o/c-s0.log", []),
     ]
@@ -111,7 +88,7 @@ def test_run_config_sets_method_seed_and_output_and_is_checked(tmp_path: Path) -
 
 def _complete(spec: RunSpec, flat: dict, status: str = COMPLETED) -> None:
     spec.run_dir.mkdir(parents=True)
-    (spec.run_dir / "metrics.json").write_text(json.dumps(_rows([0.5], 10.0)))
+    (spec.run_dir / "metrics.json").write_text(json.dumps(rounds([0.5], 10.0)))
     record = {"status": status, "run-id": "9", "wall-s": 3.0, "log": "l", "config": flat}
     spec.status_path.write_text(json.dumps(record))
 
@@ -145,7 +122,7 @@ def test_compare_runs_only_what_did_not_complete(tmp_path: Path, monkeypatch) ->
     outcomes = compare.compare(["local"], [0, 1], tmp_path, {}, "num-supernodes=2")
     assert executed == ["local-s1"]
     assert [(o.seed, o.completed) for o in outcomes] == [(0, True), (1, False)]
-    assert outcomes[0].rows == _rows([0.5], 10.0) and outcomes[0].wall_s == 3.0
+    assert outcomes[0].rows == rounds([0.5], 10.0) and outcomes[0].wall_s == 3.0
     assert {p.name for p in tmp_path.iterdir()} >= {"results.md", "results.csv", "accuracy.png"}
 
 
@@ -155,7 +132,7 @@ def test_run_row_final_values_and_bytes_per_round(outcomes: list[Outcome]) -> No
     assert row["evaluate/mean-client-accuracy"] == pytest.approx(0.6)
     assert row["evaluate/global-accuracy"] == pytest.approx(0.7)
     assert math.isnan(row["evaluate/held-out-accuracy"])  # never recorded
-    # the census (round 0) is spread over the 2 federated rounds
+    # the prototype round (round 0) is spread over the 2 federated rounds
     assert row["bytes-down-per-round"] == pytest.approx((0 + 1000 + 1000) / 2)
     assert row["bytes-up-per-round"] == pytest.approx((240 + 1000 + 1000) / 2)
     assert row["bytes-up-total"] == 2240
@@ -319,34 +296,6 @@ def test_selection_picks_the_best_validation_score_and_on_a_tie_the_earlier_poin
     assert select([math.nan, math.nan]) is None
 
 
-def _val_rows(val: float, test: float) -> list[dict]:
-    rows = _rows([test], 10.0)
-    rows[-1]["evaluate/val-mean-client-accuracy"] = val
-    return rows
-
-
-class FakeRuns:
-    """Plays ``compare.execute``: writes the files a completed (or failed) run leaves, with
-    the validation score ``scores[(method, train.lr)]`` (None: the run fails)."""
-
-    def __init__(self, scores: dict[tuple[str, float], float | None]) -> None:
-        self.scores = scores
-        self.executed: list[str] = []
-
-    def __call__(self, spec: RunSpec, flat: dict, federation: str) -> Outcome:
-        self.executed.append(spec.name)
-        score = self.scores[(spec.method, flat["train.lr"])]
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        rows = _val_rows(score or 0.0, 0.5 + spec.seed / 10)
-        (spec.run_dir / "metrics.json").write_text(json.dumps(rows))
-        spec.log_path.write_text("log\n")
-        status = COMPLETED if score is not None else FAILED
-        record = {"status": status, "run-id": "9", "wall-s": 2.0, "log": str(spec.log_path),
-                  "config": flat}  # fmt: skip
-        spec.status_path.write_text(json.dumps(record))
-        return compare.load_outcome(spec)
-
-
 def test_grid_selection_on_fake_result_folders(tmp_path: Path, monkeypatch) -> None:
     scores = {
         ("local", 0.01): 0.5, ("local", 0.05): 0.7, ("local", 0.25): 0.7,  # a tie: 0.05
@@ -428,49 +377,13 @@ def test_the_runner_refuses_a_bad_grid_before_any_run(tmp_path: Path, capsys) ->
 
 
 # ---------------------------------------------------------------------- the report
-def _write_run(out: Path, name: str, rows: list[dict], wall: float) -> None:
-    """A completed final run as bench/compare.py and the ServerApp leave it."""
-    run = out / "runs" / name
-    run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps(rows))
-    initial = {
-        "prompt.shared": np.ones((2, 2), np.float32),  # norm 2
-        "prompt.class.1": np.ones((1, 4), np.float32),  # norm 2
-        "head.weight": np.zeros((2, 2), np.float32),
-        "head.bias": np.zeros(2, np.float32),
-        "proto.count": np.array([3, 4]),  # not trainable: no drift
-    }
-    final = {
-        **initial,
-        "prompt.shared": np.full((2, 2), 1.1, np.float32),  # change 0.2: 10%
-        "prompt.class.1": np.full((1, 4), 1.5, np.float32),  # change 1.0: 50%
-        "head.weight": np.array([[0.3, 0.0], [0.0, 0.4]], np.float32),  # change 0.5
-    }
-    np.savez(run / "initial-state.npz", **initial)
-    np.savez(run / "state.npz", **final)
-    record = {"status": COMPLETED, "run-id": "7", "wall-s": wall, "log": f"/x/runs/{name}.log"}
-    (out / "runs" / f"{name}.json").write_text(json.dumps(record))
-
-
-def _round(acc: float, global_acc: float) -> dict:
-    return {
-        "round": 1.0,
-        "evaluate/global-accuracy": global_acc,
-        "evaluate/mean-client-accuracy": acc,
-        "evaluate/worst-client-accuracy": acc - 0.2,
-        "server/accuracy": acc + 0.05,
-        "bytes-down": 1024,
-        "bytes-up": 1024,
-    }
-
-
 EXPECTED_REPORT = """\
 | method | runs | global acc | mean client acc | worst client acc | held-out acc | server acc | prompt drift (median) | prompt drift (max) | head ‖Δ‖ | down / round | up / round | wall time (s) |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 | pep-fedpt | 2/2 | 0.6000 ± 0.1414 | 0.5000 ± 0.1414 | 0.3000 ± 0.1414 | - | 0.5500 ± 0.1414 | 30.0% | 50.0% | 0.500 | 1.0 KiB | 1.1 KiB | 12.0 ± 2.8 |
 | local | 0/2 | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed |
 
-Final-round accuracies, mean ± sample std over the completed seeds; prompt drift: relative change ‖final − initial‖ / ‖initial‖ of each prompt tensor, median and max over the run's tensors, mean over seeds (near 0%: the prompts did not learn, and the method is in effect a linear probe); head ‖Δ‖: the norm of the head's change from its initial value; bytes: array payloads per federated round (the census before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation start-up included.
+Final-round accuracies, mean ± sample std over the completed seeds; prompt drift: relative change ‖final − initial‖ / ‖initial‖ of each prompt tensor, median and max over the run's tensors, mean over seeds (near 0%: the prompts did not learn, and the method is in effect a linear probe); head ‖Δ‖: the norm of the head's change from its initial value; bytes: array payloads per federated round (the prototype round before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation start-up included.
 
 ## Runs
 
@@ -492,8 +405,8 @@ def test_the_report_regenerates_the_expected_markdown_from_a_results_folder(
     tmp_path: Path,
 ) -> None:
     census = {"round": 0.0, "server/accuracy": 0.1, "bytes-down": 0, "bytes-up": 100}
-    _write_run(tmp_path, "pep-fedpt-s0", [census, _round(0.4, 0.5)], 10.0)
-    _write_run(tmp_path, "pep-fedpt-s1", [census, _round(0.6, 0.7)], 14.0)
+    write_run(tmp_path, "pep-fedpt-s0", [census, round_row(0.4, 0.5)], 10.0)
+    write_run(tmp_path, "pep-fedpt-s1", [census, round_row(0.6, 0.7)], 14.0)
     (tmp_path / "comparison.json").write_text(
         json.dumps(report.comparison_document(["pep-fedpt", "local"], [0, 1], None, None))
     )
