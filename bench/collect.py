@@ -51,8 +51,8 @@ from pep_fedpt.atomic import atomic_write  # noqa: E402
 
 # The small text files of a run folder (server_app/results.py) worth keeping in git.
 RUN_FILES = ("metrics.json", "config.json", "summary.md", "dropped.json")
-LOG_BYTES = 16 * 1024  # a longer log keeps only its tail
-LOG_LINES = 80  # the tail: at most this many last lines (and at most LOG_BYTES)
+LOG_BYTES = 8 * 1024  # a longer log keeps only its tail
+LOG_LINES = 60  # the tail: at most this many last lines (and at most LOG_BYTES)
 # What a collect writes in a comparison's DEST folder; a new collect replaces exactly these.
 MANAGED = (COMPARISON, FINAL, GRID, "results.md", "results.csv", "accuracy.png")
 

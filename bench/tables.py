@@ -1,0 +1,478 @@
+"""The benchmark tables of README.md and docs/benchmark.md, regenerated from the results in git.
+
+    .venv/bin/python -m bench.tables [--check] [RESULTS]
+
+``RESULTS`` (default ``bench/results/cifar10``) is a folder that ``bench/collect.py``
+filled: one comparison folder per setting (``alpha-0.1``, ``alpha-0.5``: every method,
+grid-selected) and per ablation (``ablation-<name>``: a sweep of PEP-FedPT). The tables are
+computed in memory with ``bench/report.py``'s reading of those folders, and written between
+marker lines of the pages, each block on lines of its own:
+
+    <!-- bench:NAME -->
+    (regenerated; whatever is here is replaced)
+    <!-- /bench:NAME -->
+
+Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
+and docs/benchmark.md, with every column), ``selection`` and ``ablations``
+(docs/benchmark.md). An unknown block name, a block in a page it does not belong to, or a
+marker without its pair is an error naming the file and line. ``--check`` writes nothing
+and exits 1 naming each stale block, so CI can prove the pages match the committed
+results; without any results the command says so and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+from bench.collect import comparison_folders  # noqa: E402
+from bench.grid import Grid, Point, grid_points  # noqa: E402
+from bench.report import (  # noqa: E402
+    COMPARISON,
+    FINAL,
+    Outcome,
+    Selection,
+    load_results,
+    method_rows,
+    method_table,
+    percent,
+    row_labels,
+    run_name,
+    selection_table,
+)
+from pep_fedpt.atomic import atomic_write  # noqa: E402
+
+DEFAULT_RESULTS = Path("bench/results/cifar10")
+# The ablations' reference: this method's final run on this seed in this folder.
+REFERENCE = ("alpha-0.1", "pep-fedpt", 0)
+MEAN, WORST, HELD_OUT, GLOBAL = (
+    "evaluate/mean-client-accuracy",
+    "evaluate/worst-client-accuracy",
+    "evaluate/held-out-accuracy",
+    "evaluate/global-accuracy",
+)
+MARKER = re.compile(r"^<!-- (/?)bench:([A-Za-z0-9_-]+) -->$")
+LOOSE_MARKER = re.compile(r"^\s*<!--\s*/?\s*bench\b")  # looks like a marker: must be one
+
+
+class TablesError(Exception):
+    """A page's markers are wrong, or a page cannot be read: said, not crashed."""
+
+
+class NoResults(Exception):
+    """No comparison folder under RESULTS: nothing to regenerate the tables from."""
+
+
+# ---------------------------------------------------------------------- the results
+@dataclass
+class Comparison:
+    """One collected comparison folder, read as ``bench.report`` reads it."""
+
+    name: str  # its path below RESULTS, e.g. "alpha-0.1"
+    folder: Path
+    outcomes: list[Outcome]
+    rows: list[str]  # the method table's rows (methods, or "method [point]" in a sweep)
+    methods: list[str]
+    selection: Selection | None
+    sweep: Grid | None
+
+    @property
+    def title(self) -> str:
+        """``alpha-0.1`` -> ``α = 0.1``; other names as they are."""
+        found = re.fullmatch(r"alpha-(.+)", self.name)
+        return f"α = {found.group(1)}" if found else self.name
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({o.seed for o in self.outcomes})
+
+
+def load_comparisons(results: Path) -> list[Comparison]:
+    """Every comparison folder under ``results``, in name order (empty: none)."""
+    if not results.is_dir():
+        return []
+    found = []
+    for folder in comparison_folders(results):
+        outcomes, rows, selection = load_results(folder)
+        document = json.loads((folder / COMPARISON).read_text())
+        sweep = [(str(k), list(v)) for k, v in document["sweep"]] if document.get("sweep") else None
+        name = folder.relative_to(results).as_posix()
+        methods = [str(m) for m in document["methods"]]
+        found.append(Comparison(name, folder, outcomes, rows, methods, selection, sweep))
+    return found
+
+
+def _alpha_key(comparison: Comparison) -> tuple[float, str]:
+    found = re.fullmatch(r"alpha-([0-9.]+)", comparison.name)
+    return (float(found.group(1)) if found else math.inf, comparison.name)
+
+
+def settings(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons of every method (no sweep), by α then name."""
+    return sorted((c for c in comparisons if not c.sweep), key=_alpha_key)
+
+
+def ablations(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The sweeps, by name."""
+    return [c for c in comparisons if c.sweep]
+
+
+# ---------------------------------------------------------------------- cells
+def _acc(stat: tuple[float, float], with_std: bool = False) -> str:
+    mean, std = stat
+    if not math.isfinite(mean):
+        return "-"
+    if with_std and math.isfinite(std):
+        return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}"
+
+
+def _link(text: str, target: Path, page_dir: Path, suffix: str = "") -> str:
+    """A Markdown link from a page in ``page_dir`` to ``target`` (relative, posix)."""
+    relative = Path(os.path.relpath(target, page_dir)).as_posix()
+    return f"[{text}]({relative}{suffix})"
+
+
+def _values(point: Point) -> str:
+    return ", ".join(str(value) for _, value in point)
+
+
+def _chosen(comparison: Comparison, method: str) -> str:
+    selection = comparison.selection
+    if selection is None:
+        return "-"
+    index = selection.chosen(method)
+    runs = selection.outcomes.get(method, [])
+    return _values(runs[index].point) if index is not None else "none"
+
+
+def _run_folder(comparison: Comparison, method: str) -> Path | None:
+    """The folder of the method's first-seed final run, if it was collected."""
+    seeds = comparison.seeds
+    folder = comparison.folder / FINAL / run_name(method, seeds[0]) if seeds else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+# ---------------------------------------------------------------------- the blocks
+def compact_table(comparison: Comparison, page_dir: Path) -> str:
+    """One row per method: mean client accuracy (mean ± std over seeds), worst client,
+    held-out, global, prompt drift (median), the chosen grid value; the method name links
+    to its first seed's run folder."""
+    keys = ", ".join(key for key, _ in comparison.selection.grid) if comparison.selection else ""
+    seeds = ", ".join(map(str, comparison.seeds))
+    lines = [
+        f"**{comparison.title}** (final round, mean over seeds {seeds}; every run with its "
+        f"config and log: {_link('results.md', comparison.folder / 'results.md', page_dir)})",
+        "",
+        "| method | mean client acc | worst client | held-out | global | prompt drift (median) "
+        f"| chosen {keys or 'point'} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in method_rows(comparison.outcomes, comparison.methods):
+        folder = _run_folder(comparison, row.method)
+        name = _link(row.method, folder, page_dir, "/") if folder else row.method
+        if row.completed == 0:
+            cells = ["failed"] * 5
+        else:
+            stats = row.stats
+            cells = [
+                _acc(stats[MEAN], with_std=True),
+                _acc(stats[WORST]),
+                _acc(stats[HELD_OUT]),
+                _acc(stats[GLOBAL]),
+                percent(stats["prompt-drift-median"][0]),
+            ]
+        cells.append(_chosen(comparison, row.method))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main_compact(comparisons: Sequence[Comparison], page_dir: Path) -> str:
+    """README's ``main``: the compact table of every setting."""
+    return "\n".join(compact_table(c, page_dir) for c in settings(comparisons))
+
+
+def main_full(comparisons: Sequence[Comparison], page_dir: Path) -> str:
+    """docs/benchmark.md's ``main``: per setting the compact table, then report.py's table
+    with every column."""
+    parts = [main_compact(comparisons, page_dir)]
+    for comparison in settings(comparisons):
+        parts.append(f"Every column, {comparison.title}:\n")
+        parts.append(method_table(comparison.outcomes, comparison.methods))
+    return "\n".join(parts)
+
+
+def selection_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
+    """Per setting with a grid, every method's validation score at every grid point."""
+    parts = []
+    for comparison in settings(comparisons):
+        selection = comparison.selection
+        if selection is None:
+            continue
+        keys = ", ".join(key for key, _ in selection.grid)
+        table = selection_table(selection, comparison.methods)
+        rows = table[table.index("\n| ") + 1 :]  # the table, without report.py's heading
+        parts.append(
+            f"**{comparison.title}**: every method at every {keys} on seed {selection.seed}, "
+            f"data.val-fraction = {selection.val_fraction}, scored on the last round's "
+            "validation mean client accuracy; **bold**: the point kept (on a tie the "
+            f"earlier one) ({_link('results.md', comparison.folder / 'results.md', page_dir)})"
+            f"\n\n{rows}"
+        )
+    return "\n".join(parts) if parts else "No setting with a grid in the results.\n"
+
+
+def _reference(comparisons: Sequence[Comparison]) -> tuple[Outcome, Comparison] | None:
+    name, method, seed = REFERENCE
+    for comparison in comparisons:
+        if comparison.name == name and not comparison.sweep:
+            for outcome in comparison.outcomes:
+                if outcome.method == method and outcome.seed == seed:
+                    return outcome, comparison
+    return None
+
+
+def _reference_config(reference: tuple[Outcome, Comparison] | None) -> Mapping[str, Any]:
+    """The reference run's config (as compare.py recorded it), over the defaults."""
+    from pep_fedpt.config import RunConfig
+
+    flat: dict[str, Any] = dict(RunConfig().to_flat())
+    if reference is not None:
+        outcome, comparison = reference
+        try:
+            record = json.loads((comparison.folder / f"{outcome.path}.json").read_text())
+            flat.update(record.get("config") or {})
+        except (OSError, ValueError):
+            pass
+    return flat
+
+
+def _ablation_cells(stats: Mapping[str, tuple[float, float]], completed: int) -> list[str]:
+    if completed == 0:
+        return ["failed"] * 6
+    return [
+        _acc(stats[MEAN], with_std=True),
+        _acc(stats[WORST]),
+        _acc(stats[HELD_OUT]),
+        _acc(stats[GLOBAL]),
+        percent(stats["prompt-drift-median"][0]),
+        percent(stats["prompt-drift-max"][0]),
+    ]
+
+
+def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
+    """One row per ablation point, after the reference row (PEP-FedPT's first-seed final
+    run of ``REFERENCE``'s folder, whose config every ablation keeps but for its key)."""
+    reference = _reference(comparisons)
+    config = _reference_config(reference)
+    folder_name, method, seed = REFERENCE
+    lines = [
+        "| setting | value | mean client acc | worst client | held-out | global "
+        "| prompt drift (median) | prompt drift (max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells, title = ["not collected"] * 6, folder_name
+    if reference is not None:
+        outcome, comparison = reference
+        (row,) = method_rows([outcome], [outcome.label])
+        cells, title = _ablation_cells(row.stats, row.completed), comparison.title
+        if (comparison.folder / outcome.path).is_dir():
+            method = _link(method, comparison.folder / outcome.path, page_dir, "/")
+    setting = f"reference: {method}, {title}, seed {seed}"
+    lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
+    for comparison in ablations(comparisons):
+        sweep = comparison.sweep or []
+        keys = [key for key, _ in sweep]
+        setting = _link(", ".join(keys), comparison.folder / "results.md", page_dir)
+        if all(key in config for key in keys):
+            setting += f" (reference: {', '.join(str(config[key]) for key in keys)})"
+        pairs = [(m, point) for m in comparison.methods for point in grid_points(sweep)]
+        rows = method_rows(comparison.outcomes, row_labels(comparison.methods, sweep))
+        for (name, point), row in zip(pairs, rows, strict=True):
+            value = _values(point)
+            if len(comparison.methods) > 1:
+                value = f"{name}: {value}"
+            cells = _ablation_cells(row.stats, row.completed)
+            lines.append(f"| {setting} | {value} | " + " | ".join(cells) + " |")
+    if not ablations(comparisons):
+        lines.append("")
+        lines.append("No ablation in the results.")
+    lines += [
+        "",
+        "Each ablation changes one setting of the reference run and keeps the rest of its "
+        "config (its chosen learning rate included); (reference: v) is the reference's value "
+        "of that setting. Final round; mean ± sample std over the seeds a row ran (one "
+        "seed: the value alone); prompt drift as in the tables above.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+Renderer = Callable[[Sequence[Comparison], Path], str]
+# Per page (relative to the repository root), its blocks.
+PAGES: dict[str, dict[str, Renderer]] = {
+    "README.md": {"main": main_compact},
+    "docs/benchmark.md": {
+        "main": main_full,
+        "selection": selection_block,
+        "ablations": ablations_block,
+    },
+}
+BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})
+
+
+# ---------------------------------------------------------------------- the markers
+@dataclass(frozen=True)
+class Block:
+    """A marked block: its name and the 0-based lines of its two markers."""
+
+    name: str
+    start: int
+    end: int
+
+
+def find_blocks(path: Path, lines: Sequence[str], accepted: Sequence[str]) -> list[Block]:
+    """The page's blocks, checked: every marker well formed, known, in this page, paired,
+    not nested and not repeated."""
+    blocks: list[Block] = []
+    open_name, open_line = "", -1
+    for index, line in enumerate(lines):
+        where = f"{path}:{index + 1}"
+        found = MARKER.match(line.rstrip("\n"))
+        if found is None:
+            if LOOSE_MARKER.match(line):
+                raise TablesError(
+                    f"{where}: {line.strip()!r} is not a marker; write "
+                    "'<!-- bench:NAME -->' or '<!-- /bench:NAME -->' alone on a line"
+                )
+            continue
+        closing, name = found.group(1) == "/", found.group(2)
+        if name not in accepted:
+            known = "known elsewhere" if name in BLOCK_NAMES else "unknown"
+            raise TablesError(
+                f"{where}: block {name!r} is {known}; this page accepts: {', '.join(accepted)}"
+            )
+        if not closing:
+            if open_name:
+                raise TablesError(
+                    f"{where}: block {name!r} opens inside block {open_name!r} "
+                    f"(opened at line {open_line + 1}, not closed)"
+                )
+            if any(block.name == name for block in blocks):
+                raise TablesError(f"{where}: block {name!r} appears twice in the page")
+            open_name, open_line = name, index
+        elif name != open_name:
+            raise TablesError(
+                f"{where}: '<!-- /bench:{name} -->' closes a block that is not open"
+                + (f" (open: {open_name!r}, line {open_line + 1})" if open_name else "")
+            )
+        else:
+            blocks.append(Block(name, open_line, index))
+            open_name = ""
+    if open_name:
+        raise TablesError(
+            f"{path}:{open_line + 1}: block {open_name!r} is never closed "
+            f"(add '<!-- /bench:{open_name} -->')"
+        )
+    return blocks
+
+
+def rewrite(
+    path: Path, text: str, rendered: Mapping[str, str], accepted: Sequence[str]
+) -> tuple[str, list[str]]:
+    """``text`` with every block's content replaced by ``rendered[name]``; and the names
+    of the blocks whose content changed."""
+    lines = text.splitlines(keepends=True)
+    blocks = find_blocks(path, lines, accepted)
+    stale = []
+    out: list[str] = []
+    last = 0
+    for block in blocks:
+        out += lines[last : block.start + 1]
+        body = "\n" + rendered[block.name].rstrip("\n") + "\n\n"
+        if "".join(lines[block.start + 1 : block.end]) != body:
+            stale.append(block.name)
+        out.append(body)
+        last = block.end
+    out += lines[last:]
+    return "".join(out), stale
+
+
+# ---------------------------------------------------------------------- main
+def regenerate_pages(root: Path, results: Path, check: bool) -> list[str]:
+    """Rewrite (or, with ``check``, only compare) every page's blocks; return the stale
+    ones as ``page: block`` (all of them were rewritten unless ``check``)."""
+    comparisons = load_comparisons(results)
+    if not comparisons:
+        raise NoResults(results)
+    stale = []
+    for page, renderers in PAGES.items():
+        path = root / page
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise TablesError(f"{path}: {exc.strerror or exc}") from None
+        rendered = {name: render(comparisons, path.parent) for name, render in renderers.items()}
+        new, changed = rewrite(path, text, rendered, list(renderers))
+        stale += [f"{page}: block {name!r}" for name in changed]
+        if changed and not check:
+            atomic_write(path, new.encode())
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        default=None,
+        help=f"the collected results (default: {DEFAULT_RESULTS} of the repository)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a block is stale"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="the repository whose pages to rewrite"
+    )
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    results = (args.results or root / DEFAULT_RESULTS).resolve()
+    try:
+        stale = regenerate_pages(root, results, args.check)
+    except NoResults:
+        print(
+            f"tables: no results under {results} (no {COMPARISON}); collect a benchmark "
+            f"first: python -m bench.collect OUT {results}",
+            file=sys.stderr,
+        )
+        return 2
+    except TablesError as exc:
+        print(f"tables: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for item in stale:
+            print(f"tables: stale: {item} (run python -m bench.tables)", file=sys.stderr)
+        if not stale:
+            print("tables: every block matches the results")
+        return 1 if stale else 0
+    for item in stale:
+        print(f"tables: rewrote {item}")
+    if not stale:
+        print("tables: every block already matched the results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

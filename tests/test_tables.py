@@ -1,0 +1,177 @@
+"""bench/tables.py: the benchmark tables of the pages, rewritten between their markers from
+collected results (fake comparison folders, no Flower), checked by --check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from helpers.fake_results import fake_benchmark
+
+from bench import collect, tables
+
+ROOT = Path(__file__).resolve().parents[1]
+README = """# project
+
+Text before, kept.
+
+## Benchmark
+
+<!-- bench:main -->
+an old table, replaced
+<!-- /bench:main -->
+
+Text after, kept.
+"""
+DOCS = """# benchmarks
+
+<!-- bench:main -->
+<!-- /bench:main -->
+
+Between, kept.
+
+<!-- bench:selection -->
+<!-- /bench:selection -->
+
+<!-- bench:ablations -->
+<!-- /bench:ablations -->
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository with the two pages and a collected fake benchmark."""
+    root = tmp_path / "repo"
+    out = fake_benchmark(tmp_path / "out", monkeypatch)
+    collect.collect(out, root / "bench" / "results" / "cifar10")
+    (root / "docs").mkdir()
+    (root / "README.md").write_text(README)
+    (root / "docs" / "benchmark.md").write_text(DOCS)
+    return root
+
+
+def _outside(text: str) -> list[str]:
+    """The page without the content of its blocks."""
+    return re.split(r"<!-- bench:\w+ -->.*?<!-- /bench:\w+ -->", text, flags=re.S)
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+
+
+def test_the_tables_are_written_between_the_markers_and_nowhere_else(repo: Path) -> None:
+    assert tables.main(["--root", str(repo)]) == 0
+    readme = (repo / "README.md").read_text()
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    assert _outside(readme) == _outside(README) and _outside(docs) == _outside(DOCS)
+    assert "an old table" not in readme
+    # README: the compact table per α, the method linking to its first seed's run folder
+    assert "**α = 0.1** (final round, mean over seeds 0, 1;" in readme
+    assert (
+        "| [pep-fedpt](bench/results/cifar10/alpha-0.1/runs/pep-fedpt-s0/) "
+        "| 0.5500 ± 0.0707 | 0.2500 | - | 0.6500 | 12.0% | 0.05 |"
+    ) in readme
+    assert "| [local](bench/results/cifar10/alpha-0.5/runs/local-s0/) |" in readme
+    assert readme.index("**α = 0.1**") < readme.index("**α = 0.5**")
+    assert "| method | runs | global acc |" not in readme  # the full table: docs only
+    # docs: the same with links from docs/, the full tables, the selection, the ablations
+    assert "| [pep-fedpt](../bench/results/cifar10/alpha-0.1/runs/pep-fedpt-s0/) |" in docs
+    assert docs.count("| method | runs | global acc |") == 2
+    assert "| local | failed | **0.5000** | train.lr=0.05 |" in docs
+    assert (
+        "| reference: [pep-fedpt](../bench/results/cifar10/alpha-0.1/runs/pep-fedpt-s0/), "
+        "α = 0.1, seed 0 | as in the main table | 0.5000 | 0.2000 | - | 0.6000 | 12.0% | 18.0% |"
+    ) in docs
+    tau = "[prompt.tau](../bench/results/cifar10/ablation-tau/results.md) (reference: 0.1)"
+    assert f"| {tau} | 0.3 | 0.5000 | 0.2000 | - | 0.6000 | 11.0% | 16.5% |" in docs
+    assert f"| {tau} | 1.0 |" in docs
+    # every link reaches a file of the repository
+    for page in (repo / "README.md", repo / "docs" / "benchmark.md"):
+        links = _links(page)
+        assert links and all((page.parent / link).exists() for link in links), links
+
+
+def test_rewriting_again_changes_nothing_and_check_agrees(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tables.main(["--root", str(repo)]) == 0
+    first = (repo / "README.md").read_text(), (repo / "docs" / "benchmark.md").read_text()
+    capsys.readouterr()
+    assert tables.main(["--root", str(repo)]) == 0
+    assert "every block already matched" in capsys.readouterr().out
+    assert ((repo / "README.md").read_text(), (repo / "docs" / "benchmark.md").read_text()) == (
+        first
+    )
+    assert tables.main(["--root", str(repo), "--check"]) == 0
+
+
+def test_check_names_each_stale_block_and_writes_nothing(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tables.main(["--root", str(repo), "--check"]) == 1  # never written: all stale
+    err = capsys.readouterr().err
+    assert "stale: README.md: block 'main'" in err
+    assert "stale: docs/benchmark.md: block 'ablations'" in err
+    assert (repo / "README.md").read_text() == README
+    tables.main(["--root", str(repo)])
+    edited = (repo / "README.md").read_text().replace("0.5500 ± 0.0707", "0.9900 ± 0.0707", 1)
+    (repo / "README.md").write_text(edited)
+    capsys.readouterr()
+    assert tables.main(["--root", str(repo), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "stale: README.md: block 'main'" in err and "docs/benchmark.md" not in err
+    assert (repo / "README.md").read_text() == edited
+
+
+@pytest.mark.parametrize(
+    ("page", "error"),
+    [
+        ("a\n<!-- bench:main -->\n", r"README\.md:2: block 'main' is never closed"),
+        ("<!-- /bench:main -->\n", r"README\.md:1: '<!-- /bench:main -->' closes a block"),
+        ("\n\n<!-- bench:mian -->\n", r"README\.md:3: block 'mian' is unknown; .*accepts: main"),
+        ("<!-- bench:ablations -->\n", r"README\.md:1: block 'ablations' is known elsewhere"),
+        ("<!-- bench: main -->\n", r"README\.md:1: '<!-- bench: main -->' is not a marker"),
+        ("<!--bench:main-->\n", r"README\.md:1: .* is not a marker"),
+        (
+            "<!-- bench:main -->\n<!-- bench:main -->\n",
+            r"README\.md:2: block 'main' opens inside block 'main'",
+        ),
+        (
+            "<!-- bench:main -->\n<!-- /bench:main -->\n<!-- bench:main -->\n",
+            r"README\.md:3: block 'main' appears twice",
+        ),
+    ],
+)
+def test_a_bad_marker_is_an_error_naming_the_file_and_line(page: str, error: str) -> None:
+    with pytest.raises(tables.TablesError, match=error):
+        tables.find_blocks(Path("README.md"), page.splitlines(keepends=True), ["main"])
+
+
+def test_a_bad_marker_fails_the_command_and_writes_nothing(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "README.md").write_text(README + "<!-- bench:selection -->\n")
+    assert tables.main(["--root", str(repo)]) == 2
+    assert "README.md:12: block 'selection' is known elsewhere" in capsys.readouterr().err
+    assert (repo / "README.md").read_text() == README + "<!-- bench:selection -->\n"
+    assert (repo / "docs" / "benchmark.md").read_text() == DOCS
+
+
+def test_without_results_the_command_says_so_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "README.md").write_text(README)
+    assert tables.main(["--root", str(tmp_path)]) == 2
+    assert "no results under" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert tables.main(["--root", str(tmp_path), "--check", str(tmp_path / "empty")]) == 2
+    assert "bench.collect OUT" in capsys.readouterr().err
+    assert (tmp_path / "README.md").read_text() == README
+
+
+def test_the_pages_of_this_repository_hold_their_blocks() -> None:
+    for page, renderers in tables.PAGES.items():
+        lines = (ROOT / page).read_text().splitlines(keepends=True)
+        found = tables.find_blocks(ROOT / page, lines, list(renderers))
+        assert sorted(block.name for block in found) == sorted(renderers), page
