@@ -374,10 +374,17 @@ def markdown_table(
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [
-            f"- {o.label} seed {o.seed}{_grid_note(o)}: {o.status} (log: {o.log or '-'})"
+            f"- {o.label} seed {o.seed}{_grid_note(o)}: {o.status} (log: {_log_cell(o.log)})"
             for o in failed
         ]
     return "\n".join(lines) + "\n"
+
+
+def _log_cell(log: str) -> str:
+    """A log inside the comparison folder (a relative path) as a link to it; else as is."""
+    if not log:
+        return "-"
+    return f"[{log}]({log})" if not Path(log).is_absolute() else log
 
 
 def _grid_note(outcome: Outcome) -> str:

@@ -23,6 +23,7 @@ results; without any results the command says so and exits 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from bench.report import (  # noqa: E402
     selection_table,
 )
 from pep_fedpt.atomic import atomic_write  # noqa: E402
+from pep_fedpt.config import RunConfig  # noqa: E402
 
 DEFAULT_RESULTS = Path("bench/results/cifar10")
 # The ablations' reference: this method's final run on this seed in this folder.
@@ -83,7 +85,6 @@ class Comparison:
     name: str  # its path below RESULTS, e.g. "alpha-0.1"
     folder: Path
     outcomes: list[Outcome]
-    rows: list[str]  # the method table's rows (methods, or "method [point]" in a sweep)
     methods: list[str]
     selection: Selection | None
     sweep: Grid | None
@@ -105,17 +106,17 @@ def load_comparisons(results: Path) -> list[Comparison]:
         return []
     found = []
     for folder in comparison_folders(results):
-        outcomes, rows, selection = load_results(folder)
+        outcomes, _, selection = load_results(folder)
         document = json.loads((folder / COMPARISON).read_text())
         sweep = [(str(k), list(v)) for k, v in document["sweep"]] if document.get("sweep") else None
         name = folder.relative_to(results).as_posix()
         methods = [str(m) for m in document["methods"]]
-        found.append(Comparison(name, folder, outcomes, rows, methods, selection, sweep))
+        found.append(Comparison(name, folder, outcomes, methods, selection, sweep))
     return found
 
 
 def _alpha_key(comparison: Comparison) -> tuple[float, str]:
-    found = re.fullmatch(r"alpha-([0-9.]+)", comparison.name)
+    found = re.fullmatch(r"alpha-(\d+(?:\.\d+)?)", comparison.name)
     return (float(found.group(1)) if found else math.inf, comparison.name)
 
 
@@ -183,6 +184,8 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
     for row in method_rows(comparison.outcomes, comparison.methods):
         folder = _run_folder(comparison, row.method)
         name = _link(row.method, folder, page_dir, "/") if folder else row.method
+        if 0 < row.completed < row.runs:  # the mean is over fewer seeds than the others'
+            name += f" ({row.completed}/{row.runs} runs)"
         if row.completed == 0:
             cells = ["failed"] * 5
         else:
@@ -245,17 +248,18 @@ def _reference(comparisons: Sequence[Comparison]) -> tuple[Outcome, Comparison] 
 
 
 def _reference_config(reference: tuple[Outcome, Comparison] | None) -> Mapping[str, Any]:
-    """The reference run's config (as compare.py recorded it), over the defaults."""
-    from pep_fedpt.config import RunConfig
-
+    """The reference run's whole config: its run folder's ``config.json`` (what the
+    ServerApp resolved), else its recorded overrides over today's defaults."""
+    if reference is None:
+        return {}
+    outcome, comparison = reference
+    run = comparison.folder / outcome.path
+    with contextlib.suppress(OSError, ValueError):
+        return dict(json.loads((run / "config.json").read_text()))
     flat: dict[str, Any] = dict(RunConfig().to_flat())
-    if reference is not None:
-        outcome, comparison = reference
-        try:
-            record = json.loads((comparison.folder / f"{outcome.path}.json").read_text())
-            flat.update(record.get("config") or {})
-        except (OSError, ValueError):
-            pass
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((run.parent / f"{run.name}.json").read_text())
+        flat.update(record.get("config") or {})
     return flat
 
 

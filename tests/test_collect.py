@@ -71,10 +71,9 @@ def test_a_collected_run_keeps_small_files_and_its_drift_without_weights(
     assert (copy / "pep-fedpt-s1.toml").read_text() == (source / "pep-fedpt-s1.toml").read_text()
     # the failed grid run is there (its outcome and log), for the failures of results.md
     assert (dest / "alpha-0.1" / "grid" / "local-g0-s0.json").is_file()
-    assert (
-        "- local seed 0 (grid point train.lr=0.01): failed"
-        in (dest / "alpha-0.1" / "results.md").read_text()
-    )
+    failure = "- local seed 0 (grid point train.lr=0.01): failed (flwr run exited 1, no run id)"
+    log = "grid/local-g0-s0.log"
+    assert f"{failure} (log: [{log}]({log}))" in (dest / "alpha-0.1" / "results.md").read_text()
 
 
 def test_a_long_log_keeps_its_last_lines_under_a_line_that_says_so(

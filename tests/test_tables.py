@@ -3,6 +3,7 @@ collected results (fake comparison folders, no Flower), checked by --check."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -175,3 +176,30 @@ def test_the_pages_of_this_repository_hold_their_blocks() -> None:
         lines = (ROOT / page).read_text().splitlines(keepends=True)
         found = tables.find_blocks(ROOT / page, lines, list(renderers))
         assert sorted(block.name for block in found) == sorted(renderers), page
+
+
+def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
+    repo: Path,
+) -> None:
+    results = repo / "bench" / "results" / "cifar10"
+    (results / "alpha-0.5" / "runs" / "local-s1.json").unlink()  # a run that never ended
+    for seed in (0, 1):
+        (results / "alpha-0.1" / "runs" / f"local-s{seed}.json").unlink()
+    assert tables.main(["--root", str(repo)]) == 0
+    readme = (repo / "README.md").read_text()
+    assert "| [local](bench/results/cifar10/alpha-0.5/runs/local-s0/) (1/2 runs) | 0.5000 |" in (
+        readme
+    )
+    assert (
+        "| [local](bench/results/cifar10/alpha-0.1/runs/local-s0/) "
+        "| failed | failed | failed | failed | failed | 0.05 |"
+    ) in readme
+
+
+def test_the_reference_value_of_an_ablation_is_the_reference_runs_own(repo: Path) -> None:
+    run = repo / "bench" / "results" / "cifar10" / "alpha-0.1" / "runs" / "pep-fedpt-s0"
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "prompt.tau": 0.2}))
+    assert tables.main(["--root", str(repo)]) == 0
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    assert "/ablation-tau/results.md) (reference: 0.2) | 0.3 |" in docs

@@ -17,6 +17,7 @@ import numpy as np
 
 from bench import compare
 from bench.compare import COMPLETED, Outcome, RunSpec
+from pep_fedpt.config import RunConfig
 
 FAILED = "failed (flwr run exited 1, no run id)"
 
@@ -100,7 +101,8 @@ class FakeRuns:
         if self.states and score is not None:
             write_states(spec.run_dir, score / 10)
             spec.config_path.write_text(compare.config_toml(flat))
-            (spec.run_dir / "config.json").write_text(json.dumps(flat))
+            resolved = {**RunConfig().to_flat(), **flat}  # as the ServerApp writes it
+            (spec.run_dir / "config.json").write_text(json.dumps(resolved))
         status = COMPLETED if score is not None else FAILED
         record = {"status": status, "run-id": "9", "wall-s": 2.0, "log": str(spec.log_path),
                   "config": flat}  # fmt: skip
