@@ -116,15 +116,15 @@ def collect_run(source: Path, target: Path, stage: str, name: str) -> None:
     """One run's small files from the comparison folder ``source`` into ``target``."""
     src, dst = source / stage, target / stage
     dst.mkdir(parents=True, exist_ok=True)
-    record = json.loads((src / f"{name}.json").read_text())
-    if isinstance(record.get("log"), str):
-        record["log"] = relative_log(source, record["log"])
-    atomic_write(dst / f"{name}.json", json.dumps(record, indent=2).encode())
     if (src / f"{name}.toml").is_file():
         shutil.copyfile(src / f"{name}.toml", dst / f"{name}.toml")
     if (src / f"{name}.log").is_file():
         text = (src / f"{name}.log").read_bytes().decode(errors="replace")
         atomic_write(dst / f"{name}.log", cut_log(text).encode())
+    record = json.loads((src / f"{name}.json").read_text())
+    if isinstance(record.get("log"), str):
+        record["log"] = relative_log(source, stage, name, record["log"])
+    atomic_write(dst / f"{name}.json", json.dumps(record, indent=2).encode())
     run_src, run_dst = src / name, dst / name
     if not run_src.is_dir():
         return

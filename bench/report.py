@@ -118,7 +118,7 @@ def read_outcome(
         str(status["status"]),
         status.get("wall-s"),
         str(status.get("run-id", "")),
-        relative_log(out, str(status.get("log", ""))),
+        relative_log(out, stage, name, str(status.get("log", ""))),
         rows,
         stage=stage,
         point=point,
@@ -128,16 +128,14 @@ def read_outcome(
     )
 
 
-def relative_log(out: Path, log: str) -> str:
-    """A run's log as the tables show it: relative to the comparison folder when it lies
-    inside it (``runs/<name>.log``), so that the tables do not depend on where the folder
-    is (a collected copy, ``bench/collect.py``, gives the same tables); else as recorded."""
-    if not log or not Path(log).is_absolute():
-        return log
-    try:
-        return Path(log).relative_to(out).as_posix()
-    except ValueError:
-        return log
+def relative_log(out: Path, stage: str, name: str, log: str) -> str:
+    """A run's log as the tables show it: ``<stage>/<name>.log``, relative to the
+    comparison folder, when it is there (where compare.py writes it), so that the tables
+    do not depend on where the folder lies (moved, or collected by bench/collect.py);
+    else the path as recorded."""
+    if log and Path(log).name == f"{name}.log" and (out / stage / f"{name}.log").is_file():
+        return f"{stage}/{name}.log"
+    return log
 
 
 def final_value(rows: Sequence[Row], key: str) -> float:

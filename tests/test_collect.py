@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,17 @@ from bench.prompt_drift import DRIFT_JSON, drift_from_files, drift_from_json, su
 NAMES = ["ablation-tau", "alpha-0.1", "alpha-0.5"]
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake benchmark, built once for the module (it runs compare's real reporting)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return fake_benchmark(tmp_path_factory.mktemp("benchmark") / "out", monkeypatch)
+
+
 @pytest.fixture
-def benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return fake_benchmark(tmp_path / "out", monkeypatch)
+def benchmark(built: Path, tmp_path: Path) -> Path:
+    """A copy of the fake benchmark's folder of comparisons, for this test alone."""
+    return Path(shutil.copytree(built, tmp_path / "out"))
 
 
 def test_the_collected_results_give_the_same_report_as_the_run_folders(
@@ -64,7 +73,8 @@ def test_a_collected_run_keeps_small_files_and_its_drift_without_weights(
     assert drift_from_json(copy / "pep-fedpt-s0") == drift_from_files(source / "pep-fedpt-s0")
     outcome = report.read_outcome(dest / "alpha-0.1", "runs", "pep-fedpt-s0", "pep-fedpt", 0)
     assert outcome.drift == summarize(drift_from_files(source / "pep-fedpt-s0") or {})
-    # the outcome's log path is relative to the comparison folder, in the copy as at the source
+    # the log path, recorded absolute (and elsewhere: this benchmark folder was moved), is
+    # relative to the comparison folder in the copy
     record = json.loads((copy / "pep-fedpt-s1.json").read_text())
     assert record["log"] == "runs/pep-fedpt-s1.log"
     assert json.loads((source / "pep-fedpt-s1.json").read_text())["log"].startswith("/")

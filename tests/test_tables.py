@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,21 @@ Between, kept.
 """
 
 
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake benchmark, built and collected once for the module."""
+    base = tmp_path_factory.mktemp("benchmark")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        out = fake_benchmark(base / "out", monkeypatch)
+    collect.collect(out, base / "results")
+    return base / "results"
+
+
 @pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A repository with the two pages and a collected fake benchmark."""
+def repo(collected: Path, tmp_path: Path) -> Path:
+    """A repository with the two pages and a copy of the collected fake benchmark."""
     root = tmp_path / "repo"
-    out = fake_benchmark(tmp_path / "out", monkeypatch)
-    collect.collect(out, root / "bench" / "results" / "cifar10")
+    shutil.copytree(collected, root / "bench" / "results" / "cifar10")
     (root / "docs").mkdir()
     (root / "README.md").write_text(README)
     (root / "docs" / "benchmark.md").write_text(DOCS)
