@@ -71,10 +71,12 @@ class Collected:
 
 def comparison_folders(out: Path) -> list[Path]:
     """Every folder under ``out`` (``out`` itself included) holding a ``comparison.json``,
-    sorted; a comparison's own run folders are not searched."""
+    sorted; not inside another one, nor in a hidden folder (a collect's staging folder)."""
     found: list[Path] = []
-    for folder in sorted((p.parent for p in out.rglob(COMPARISON)), key=lambda f: len(f.parts)):
-        if not any(folder.is_relative_to(outer) for outer in found):
+    candidates = sorted((p.parent for p in out.rglob(COMPARISON)), key=lambda f: len(f.parts))
+    for folder in candidates:
+        hidden = any(part.startswith(".") for part in folder.relative_to(out).parts)
+        if not hidden and not any(folder.is_relative_to(outer) for outer in found):
             found.append(folder)
     return sorted(found)
 

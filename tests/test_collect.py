@@ -148,3 +148,12 @@ def test_a_drift_file_that_holds_no_drift_is_an_error_naming_it(tmp_path: Path) 
     (tmp_path / DRIFT_JSON).write_text('{"tensors": {"prompt.shared": 3}}')
     with pytest.raises(ValueError, match=r"drift\.json: not a drift file"):
         drift_from_json(tmp_path)
+
+
+def test_the_comparisons_are_found_at_any_depth_but_not_inside_one_or_hidden(
+    tmp_path: Path,
+) -> None:
+    for folder in ("a", "b/c", "a/runs/x", ".collect-1/d"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "comparison.json").write_text("{}")
+    assert collect.comparison_folders(tmp_path) == [tmp_path / "a", tmp_path / "b" / "c"]
