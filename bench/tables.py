@@ -14,7 +14,9 @@ marker lines of the pages, each block on lines of its own:
 
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
-(docs/benchmark.md). An unknown block name, a block in a page it does not belong to, or a
+(docs/benchmark.md); and from the speed and backbone result files beside them
+(``bench/figures.py``): ``aggregation`` (README.md, docs/performance.md) and ``backbone``
+(docs/backbone.md). An unknown block name, a block in a page it does not belong to, or a
 marker without its pair is an error naming the file and line. ``--check`` writes nothing
 and exits 1 naming each stale block, so CI can prove the pages match the committed
 results; without any results the command says so and exits 2.
@@ -39,6 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
 from bench.collect import comparison_folders  # noqa: E402
+from bench.figures import FigureError, aggregation_block, backbone_block  # noqa: E402
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
     COMPARISON,
@@ -57,6 +60,8 @@ from pep_fedpt.atomic import atomic_write  # noqa: E402
 from pep_fedpt.config import RunConfig  # noqa: E402
 
 DEFAULT_RESULTS = Path("bench/results/cifar10")
+# The speed and backbone result files (bench/figures.py), relative to the repository root.
+FIGURES = Path("bench/results")
 # The ablations' reference: this method's final run on this seed in this folder.
 REFERENCE = ("alpha-0.1", "pep-fedpt", 0)
 MEAN, WORST, HELD_OUT, GLOBAL = (
@@ -323,15 +328,28 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-Renderer = Callable[[Sequence[Comparison], Path], str]
+# A block from (the comparisons, the page's folder, the folder of the other result files).
+Renderer = Callable[[Sequence[Comparison], Path, Path], str]
+
+
+def _accuracy(render: Callable[[Sequence[Comparison], Path], str]) -> Renderer:
+    return lambda comparisons, page_dir, _figures: render(comparisons, page_dir)
+
+
+def _figure(render: Callable[[Path], str]) -> Renderer:
+    return lambda _comparisons, _page_dir, figures: render(figures)
+
+
 # Per page (relative to the repository root), its blocks.
 PAGES: dict[str, dict[str, Renderer]] = {
-    "README.md": {"main": main_compact},
+    "README.md": {"main": _accuracy(main_compact), "aggregation": _figure(aggregation_block)},
     "docs/benchmark.md": {
-        "main": main_full,
-        "selection": selection_block,
-        "ablations": ablations_block,
+        "main": _accuracy(main_full),
+        "selection": _accuracy(selection_block),
+        "ablations": _accuracy(ablations_block),
     },
+    "docs/performance.md": {"aggregation": _figure(aggregation_block)},
+    "docs/backbone.md": {"backbone": _figure(backbone_block)},
 }
 BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})
 
@@ -427,7 +445,10 @@ def regenerate_pages(root: Path, results: Path, check: bool) -> list[str]:
             text = path.read_text()
         except OSError as exc:
             raise TablesError(f"{path}: {exc.strerror or exc}") from None
-        rendered = {name: render(comparisons, path.parent) for name, render in renderers.items()}
+        figures = root / FIGURES
+        rendered = {
+            name: render(comparisons, path.parent, figures) for name, render in renderers.items()
+        }
         new, changed = rewrite(path, text, rendered, list(renderers))
         stale += [f"{page}: block {name!r}" for name in changed]
         if changed and not check:
@@ -462,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except TablesError as exc:
+    except (TablesError, FigureError) as exc:
         print(f"tables: {exc}", file=sys.stderr)
         return 2
     if args.check:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.fake_results import fake_benchmark
 
-from bench import collect, tables
+from bench import collect, figures, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = """# project
@@ -59,6 +59,14 @@ def repo(collected: Path, tmp_path: Path) -> Path:
     (root / "docs").mkdir()
     (root / "README.md").write_text(README)
     (root / "docs" / "benchmark.md").write_text(DOCS)
+    # the figure blocks' pages and files (bench/figures.py): this repository's own
+    for name in (figures.AGGREGATE, figures.BACKBONE_PROBE):
+        shutil.copy(ROOT / tables.FIGURES / name, root / tables.FIGURES / name)
+    for page, renderers in tables.PAGES.items():
+        if not (root / page).exists():
+            (root / page).write_text(
+                "".join(f"<!-- bench:{n} -->\n<!-- /bench:{n} -->\n" for n in renderers)
+            )
     return root
 
 

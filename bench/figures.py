@@ -1,0 +1,108 @@
+"""The speed and backbone figures of the README and docs/, from result files in git.
+
+``bench/tables.py`` writes these blocks beside the accuracy tables (same markers, same
+``--check``); each reads one file that its benchmark command wrote under
+``bench/results/``, so no figure in the pages is typed:
+
+- ``aggregation``: ``bench/aggregate.py --out bench/results/aggregate.json`` (server
+  aggregation against Flower's FedAvg on the same 100 replies);
+- ``backbone``: ``bench/backbone_probe.py --out bench/results/backbone-probe.jsonl`` (linear
+  probe of the benchmark backbone's features, classes 0-4 seen in pre-training, 5-9 not).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+AGGREGATE = "aggregate.json"
+BACKBONE_PROBE = "backbone-probe.jsonl"
+
+_AGGREGATE_ROWS = (
+    ("fedavg", "Flower `FedAvg.aggregate_train`"),
+    ("pep-fedpt", "`PEPFedPT.aggregate_train`"),
+    ("validation", "its reply checks alone"),
+    ("merge", "its merge alone (replies read cold)"),
+)
+
+
+class FigureError(ValueError):
+    """A result file is missing or does not hold what its block needs."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise FigureError(f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise FigureError(f"{path}: not JSON ({exc})") from None
+
+
+def _load(document: Any, path: Path) -> str:
+    load = document.get("load-average") or document.get("load")
+    return ", ".join(f"{x:.1f}" for x in load) if load else f"not recorded in {path.name}"
+
+
+def aggregation_block(results: Path) -> str:
+    """Median seconds and tracemalloc peaks per path, and the ratios, from aggregate.json."""
+    path = results / AGGREGATE
+    doc = _read_json(path)
+    try:
+        median, peak, ratios = doc["median-s"], doc["peak-traced-mib"], doc["ratios"]
+        lines = [
+            f"{doc['clients']} train replies of {doc['values-per-reply']:,} float32 values; "
+            f"median of {doc['repeats']} interleaved repeats on {doc['cpus']} CPUs, load "
+            f"average {_load(doc, path)} (`bench/results/{AGGREGATE}`).",
+            "",
+            "| path | median s | tracemalloc peak |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {title} | {median[k]:.3f} | {peak[k]:.1f} MiB |" for k, title in _AGGREGATE_ROWS
+        ]
+        lines += [
+            "",
+            f"`PEPFedPT.aggregate_train` / `FedAvg.aggregate_train` = "
+            f"**{ratios['pep-fedpt / fedavg time']:.2f}** (target ≤ 1.2); the merge alone "
+            f"{median['merge']:.2f} s (target ≤ 0.3 s on a quiet machine); the checks take "
+            f"{ratios['validation / merge time']:.2f} of the merge's time; peak memory "
+            f"{ratios['pep-fedpt peak / one state']:.1f} states (FedAvg: "
+            f"{ratios['fedavg peak / one state']:.1f}).",
+        ]
+    except (KeyError, TypeError) as exc:
+        raise FigureError(f"{path}: no {exc} (written by bench/aggregate.py --out)") from None
+    return "\n".join(lines) + "\n"
+
+
+def _weights_label(weights: str) -> str:
+    if weights == "local:random":
+        return "same ViT, random weights (control)"
+    if weights.startswith("local:"):
+        return f"`local:0-4`, pre-trained here (`{Path(weights).name}`)"
+    return f"`{weights}`"
+
+
+def backbone_block(results: Path) -> str:
+    """Linear-probe accuracy per backbone, overall and on the seen / unseen classes."""
+    path = results / BACKBONE_PROBE
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise FigureError(f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise FigureError(f"{path}: a line is not JSON ({exc})") from None
+    lines = [
+        "| backbone | input | test accuracy | classes 0-4 (seen) | classes 5-9 (unseen) |",
+        "|---|---|---|---|---|",
+    ]
+    try:
+        for row in sorted(rows, key=lambda r: -r["acc"]):
+            lines.append(
+                f"| {_weights_label(row['weights'])} | {row['size']} px | {row['acc']:.1%} | "
+                f"{row['acc-0-4']:.1%} | {row['acc-5-9']:.1%} |"
+            )
+    except (KeyError, TypeError) as exc:
+        raise FigureError(f"{path}: a row has no {exc} (bench/backbone_probe.py --out)") from None
+    return "\n".join(lines) + "\n"
