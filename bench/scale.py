@@ -75,6 +75,7 @@ ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", SHARED_ARCHIVE))
 ROUND_MARK = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 PHASE_LINE = re.compile(r"round (\d+) (query|train|evaluate): (\d+)/(\d+) replies in ([0-9.]+) s")
 SUMMARY_MARK = "pep-fedpt summary"
+TICKS = float(os.sysconf("SC_CLK_TCK"))
 PROTOTYPE_MARK = "prototype round: asking"
 
 # The tiny random ViT of bench/sim_overhead.py: no pre-training, seconds per round.
@@ -102,6 +103,15 @@ def parse_status_kib(text: str, field_name: str) -> int | None:
                 raise ValueError(f"/proc status line {line!r}: expected '<n> kB'")
             return int(parts[0]) * 1024
     return None
+
+
+def parse_stat_cpu_seconds(text: str, ticks_per_second: float) -> float:
+    """User + system CPU seconds of a process from its ``/proc/<pid>/stat`` line (fields
+    14 and 15, in clock ticks; counted after the ``)`` that ends its name)."""
+    fields = text.rsplit(")", 1)[-1].split()
+    if len(fields) < 13:
+        raise ValueError(f"/proc stat line {text[:80]!r}: too few fields")
+    return (int(fields[11]) + int(fields[12])) / ticks_per_second
 
 
 def phase_times(lines: Sequence[str]) -> dict[int, dict[str, dict[str, float]]]:
@@ -171,10 +181,20 @@ ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None], str], ...] =
     ("steady-state round (s, median of rounds 2..)", lambda r: _get(r, "steady_round_s"), ".1f"),
     ("train phase, steady state (s, in-app)", lambda r: _steady_phase(r, "train"), ".1f"),
     ("evaluate phase, steady state (s, in-app)", lambda r: _steady_phase(r, "evaluate"), ".1f"),
+    ("rest of the round (s): central evaluation, result files", lambda r: _steady_rest(r), ".1f"),
     ("bytes per round, down (MB)", lambda r: _mb(_round_bytes(r, "bytes-down")), ".3f"),
     ("bytes per round, up (MB)", lambda r: _mb(_round_bytes(r, "bytes-up")), ".3f"),
     ("server peak RSS: flwr-simulation (MiB)", _memory("simulation_hwm"), ".1f"),
     ("  the same, before round 1 (MiB)", _memory("simulation_hwm_before_round1"), ".1f"),
+    ("flwr-simulation CPU, whole run (s)", lambda r: _get(r, "memory", "simulation_cpu_s"), ".1f"),
+    (
+        "flwr-simulation CPU, rounds 1..R (s)",
+        lambda r: _difference(
+            _get(r, "memory", "simulation_cpu_s"),
+            _get(r, "memory", "simulation_cpu_s_before_round1"),
+        ),
+        ".1f",
+    ),
     ("SuperLink peak RSS (MiB)", _memory("superlink_hwm"), ".1f"),
     ("Ray side: largest RSS sum seen (MiB)", _memory("ray_rss_max"), ".1f"),
     ("SuperLink database (MiB)", lambda r: _mib(_get(r, "database_bytes")), ".2f"),
@@ -227,6 +247,20 @@ def _round_bytes(run: Mapping[str, Any], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _steady_rest(run: Mapping[str, Any]) -> float | None:
+    """Steady-state round time outside the train and evaluate exchanges: the server's own
+    work (central evaluation, result files and checkpoint) and the log's delivery."""
+    parts = [_get(run, "steady_round_s"), _steady_phase(run, "train")]
+    parts.append(_steady_phase(run, "evaluate"))
+    if any(p is None for p in parts):
+        return None
+    return float(parts[0]) - float(parts[1]) - float(parts[2])
+
+
 def _steady_phase(run: Mapping[str, Any], phase: str) -> float | None:
     values = [
         float(p[phase]["seconds"]) for r, p in run["phases"].items() if int(r) >= 2 and phase in p
@@ -277,7 +311,7 @@ class MemoryWatch:
     simulation: int | None = None
     superlink_hwm: int | None = None
     simulation_hwm: int | None = None
-    simulation_rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    simulation_cpu_s: float | None = None
     ray_rss_max: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -322,8 +356,9 @@ class MemoryWatch:
             return
         if (hwm := _status_bytes(self.simulation, "VmHWM")) is not None:
             self.simulation_hwm = hwm
-            rss = _status_bytes(self.simulation, "VmRSS") or 0
-            self.simulation_rss_samples.append((time.monotonic(), rss))
+        stat = _read(Path(f"/proc/{self.simulation}/stat"))
+        if stat is not None:
+            self.simulation_cpu_s = parse_stat_cpu_seconds(stat, TICKS)
         below = _descendants(tree, self.simulation)
         if below:
             total = sum(_status_bytes(pid, "VmRSS") or 0 for pid in below)
@@ -410,6 +445,7 @@ def run_once(
     marks: list[float] = []
     end: float | None = None
     hwm_before_round1: int | None = None
+    cpu_before_round1: float | None = None
     asked: float | None = None  # the prototype round's first line
     start = time.monotonic()
     watch.start()
@@ -428,6 +464,7 @@ def run_once(
                 if len(marks) == 1:
                     watch.sample()
                     hwm_before_round1 = watch.simulation_hwm
+                    cpu_before_round1 = watch.simulation_cpu_s
             if SUMMARY_MARK in line and end is None:
                 end = time.monotonic()
         process.wait()
@@ -471,6 +508,8 @@ def run_once(
         "memory": {
             "simulation_hwm": watch.simulation_hwm,
             "simulation_hwm_before_round1": hwm_before_round1,
+            "simulation_cpu_s": watch.simulation_cpu_s,
+            "simulation_cpu_s_before_round1": cpu_before_round1,
             "superlink_hwm": watch.superlink_hwm,
             "ray_rss_max": watch.ray_rss_max,
             "poll_s": poll,
@@ -507,7 +546,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     args = parser.parse_args(argv)
     if args.report is not None:
-        print(render_table(json.loads(args.report.read_text())))
+        try:
+            document = json.loads(args.report.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"--report {args.report}: not a bench/scale.py --out file ({exc})")
+        print(render_table(document))
         return
     try:
         counts = [int(n) for n in args.nodes.split(",")]

@@ -11,6 +11,7 @@ import pytest
 from helpers.data import write_image
 
 from bench.scale import (
+    parse_stat_cpu_seconds,
     parse_status_kib,
     phase_times,
     render_table,
@@ -43,6 +44,14 @@ def test_a_status_without_the_field_gives_none() -> None:
 def test_a_status_line_not_in_kib_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match=r"VmHWM.*12 MB.*expected .<n> kB."):
         parse_status_kib("VmHWM:\t 12 MB\n", "VmHWM")
+
+
+def test_cpu_seconds_are_user_plus_system_ticks_even_when_the_name_holds_parentheses() -> None:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    stat = "4242 (ray::Actor (x) 1) S 1 4242 4242 0 -1 4194304 100 0 0 0 1234 566 0 0 20 0\n"
+    assert parse_stat_cpu_seconds(stat, ticks_per_second=100.0) == 18.0
+    with pytest.raises(ValueError, match="too few fields"):
+        parse_stat_cpu_seconds("4242 (gone) S 1", ticks_per_second=100.0)
 
 
 def test_phase_lines_are_read_per_round_and_phase_and_repeated_phases_add_up() -> None:
@@ -154,6 +163,7 @@ def test_the_scale_bench_runs_two_federation_sizes_and_reports_both(tmp_path: Pa
         assert len(entry["round_s"]) == 1 and entry["round_s"][0] > 0
         memory = entry["memory"]
         assert memory["simulation_hwm"] >= memory["simulation_hwm_before_round1"] > 50 * 2**20
+        assert memory["simulation_cpu_s"] >= memory["simulation_cpu_s_before_round1"] > 0
         assert memory["superlink_hwm"] > 10 * 2**20
         assert entry["database_bytes"] > 0
     # Each node sends its class counts and feature sums once: twice the nodes, twice the bytes.
