@@ -21,6 +21,7 @@ from bench.scale import (
 from pep_fedpt.data.torchvision_sets import CIFAR10_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "scale.json"
 
 STATUS = """Name:\tflwr-simulation
 State:\tS (sleeping)
@@ -129,6 +130,14 @@ def test_the_table_has_a_column_per_run_and_the_ratio_of_the_largest_to_the_smal
 def test_a_document_without_runs_is_refused() -> None:
     with pytest.raises(ValueError, match="no runs"):
         render_table({"runs": []})
+
+
+def test_the_committed_result_renders_as_the_docs_show_it() -> None:
+    """docs/scale.md's table is ``bench/scale.py --report bench/results/scale.json``."""
+    document = json.loads(RESULT.read_text())
+    table = render_table(document)
+    assert table in (ROOT / "docs" / "scale.md").read_text()
+    assert {run["nodes"] for run in document["runs"]} == {100, 1000}
 
 
 def _fake_cifar10(root: Path, per_class: int) -> None:
