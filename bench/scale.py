@@ -24,18 +24,20 @@ Per run it reports:
 - **the prototype round** (round 0: it queries every connected node, so it grows with N,
   not with the sample): its replies and in-app seconds, and its bytes.
 - **server peak memory**: in 1.42's simulation ``flwr run`` starts a local
-  ``flower-superlink``, whose ``flower-superexec`` starts one ``flwr-simulation`` process
-  per run; that process
-  runs the ServerApp (a thread), the in-memory LinkState that carries every message, and
-  the engine that hands messages to the Ray actors (separate processes, the clients). Its
-  peak RSS is the kernel's high-water mark ``VmHWM`` in ``/proc/<pid>/status``, read every
-  ``--poll`` seconds while it lives: the kernel keeps the peak, so polling misses only
-  growth within the last interval before the process exits. The SuperLink's ``VmHWM``
-  likewise; the Ray side (every process below ``flwr-simulation``) as the largest sum of
-  ``VmRSS`` seen in one poll (a sampled figure, for context).
+  ``flower-superlink``, whose ``flower-superexec`` starts one ``flwr-simulation``
+  process per run; that process runs the ServerApp (a thread), the in-memory LinkState
+  that carries every message, and the engine that hands messages to the Ray actors
+  (separate processes, the clients). Its peak RSS is the kernel's high-water mark
+  ``VmHWM`` in ``/proc/<pid>/status``, read every ``--poll`` seconds while it lives: the
+  kernel keeps the peak, so polling misses only growth within the last interval before
+  the process exits. Its CPU seconds come from ``/proc/<pid>/stat``. The SuperLink's
+  ``VmHWM`` likewise; the Ray side (every process below ``flwr-simulation``) as the
+  largest sum of ``VmRSS`` seen in one poll (a sampled figure, for context).
 - **bytes per round** (``metrics.json``: the arrays' bytes, ``strategies/traffic.py``).
 - **the SuperLink database**: ``$FLWR_HOME/local-superlink/state.db`` (with its ``-wal``
   and ``-shm`` files) after the run.
+- **the run's result files** (``checkpoint.npz``, ``partition.json``, ...): their sizes,
+  which carry the strategy's per-node bookkeeping.
 
 The JSON (``--out``) holds every figure; ``--report`` prints its Markdown table.
 """
@@ -198,6 +200,16 @@ ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None], str], ...] =
     ("SuperLink peak RSS (MiB)", _memory("superlink_hwm"), ".1f"),
     ("Ray side: largest RSS sum seen (MiB)", _memory("ray_rss_max"), ".1f"),
     ("SuperLink database (MiB)", lambda r: _mib(_get(r, "database_bytes")), ".2f"),
+    (
+        "checkpoint.npz, per round (kB)",
+        lambda r: _kb(_get(r, "result_files_bytes", "checkpoint.npz")),
+        ".1f",
+    ),
+    (
+        "partition.json (kB)",
+        lambda r: _kb(_get(r, "result_files_bytes", "partition.json")),
+        ".1f",
+    ),
     ("whole run (s)", lambda r: _get(r, "total_s"), ".1f"),
 )
 
@@ -227,6 +239,10 @@ def render_table(document: Mapping[str, Any]) -> str:
     for label, figure, fmt in ROWS[5:]:
         row(label, [figure(r) for r in runs], fmt)
     return "\n".join(lines)
+
+
+def _kb(nbytes: float | None) -> float | None:
+    return None if nbytes is None else nbytes / 1e3
 
 
 def _mb(nbytes: float | None) -> float | None:
@@ -515,6 +531,7 @@ def run_once(
             "poll_s": poll,
         },
         "database_bytes": sum(p.stat().st_size for p in database if p.exists()) or None,
+        "result_files_bytes": {p.name: p.stat().st_size for p in sorted(out.iterdir())},
         "loadavg_1min": os.getloadavg()[0],
     }
 

@@ -175,6 +175,7 @@ def test_the_scale_bench_runs_two_federation_sizes_and_reports_both(tmp_path: Pa
         assert memory["simulation_cpu_s"] >= memory["simulation_cpu_s_before_round1"] > 0
         assert memory["superlink_hwm"] > 10 * 2**20
         assert entry["database_bytes"] > 0
+        assert entry["result_files_bytes"]["checkpoint.npz"] > 0
     # Each node sends its class counts and feature sums once: twice the nodes, twice the bytes.
     assert large["bytes"]["0"]["bytes-up"] == 2 * small["bytes"]["0"]["bytes-up"]
     assert large["bytes"]["1"]["train/bytes-up"] == small["bytes"]["1"]["train/bytes-up"]
