@@ -58,6 +58,43 @@ def test_prototype_means_are_pooled_sums_over_pooled_counts() -> None:
     assert total.tolist() == [3, 0]
 
 
+def test_prototype_means_sum_in_place_to_the_bits_of_the_stacked_sum_in_one_state_of_memory() -> (
+    None
+):
+    """1,000 clients' float32 sums, as the prototype round receives them: the result is the
+    former stack-everything-in-float64 formula's to the bit, and the peak traced memory is
+    a few (C, D) float64 arrays, not one per client (docs/scale.md)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    num_classes, dim = 10, 96
+    sums = [
+        (rng.standard_normal((num_classes, dim)) * 10.0 ** rng.uniform(-2, 4)).astype(np.float32)
+        for _ in range(1000)
+    ]
+    counts = [rng.integers(0, 5, size=num_classes) for _ in range(1000)]
+    stacked = np.sum([np.asarray(s, dtype=np.float64) for s in sums], axis=0)
+    stacked_count = np.sum([np.asarray(n, dtype=np.int64) for n in counts], axis=0)
+    expected = np.zeros_like(stacked)
+    held = stacked_count > 0
+    expected[held] = stacked[held] / stacked_count[held, None]
+    tracemalloc.start()
+    means, total = prototype_means(sums, counts)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(means, expected.astype(np.float32))
+    assert np.array_equal(total, stacked_count)
+    one_state = num_classes * dim * 8
+    assert peak < 6 * one_state  # stacking 1,000 clients would be 1,000 states (twice)
+
+
+def test_prototype_means_refuse_unpaired_sums_and_counts() -> None:
+    with pytest.raises(ValueError, match="2 sums and 1 counts"):
+        prototype_means([np.zeros((2, 2)), np.zeros((2, 2))], [np.array([1, 1])])
+    with pytest.raises(ValueError, match="0 sums and 0 counts"):
+        prototype_means([], [])
+
+
 def test_a_late_clients_sums_fold_into_the_earlier_prototypes_as_if_it_had_answered_first() -> None:
     # Earlier: class 0 mean [2, 2] over 3 examples, class 1 held by nobody.
     means, counts = np.array([[2.0, 2.0], [0.0, 0.0]]), np.array([3, 0])
