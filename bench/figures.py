@@ -7,7 +7,9 @@
 - ``aggregation``: ``bench/aggregate.py --out bench/results/aggregate.json`` (server
   aggregation against Flower's FedAvg on the same 100 replies);
 - ``backbone``: ``bench/backbone_probe.py --out bench/results/backbone-probe.jsonl`` (linear
-  probe of the benchmark backbone's features, classes 0-4 seen in pre-training, 5-9 not).
+  probe of the benchmark backbone's features, classes 0-4 seen in pre-training, 5-9 not);
+- ``scale`` (every row) and ``scale-summary`` (the rows a README reader needs):
+  ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from typing import Any
 
 AGGREGATE = "aggregate.json"
 BACKBONE_PROBE = "backbone-probe.jsonl"
+SCALE = "scale.json"
+# The rows of bench/scale.py's table that the README shows (by their first words).
+SCALE_SUMMARY = (
+    "sampled clients per round",
+    "prototype round: in-app",
+    "steady-state round",
+    "bytes per round, down",
+    "server peak RSS",
+    "SuperLink database",
+)
 
 _AGGREGATE_ROWS = (
     ("fedavg", "Flower `FedAvg.aggregate_train`"),
@@ -106,3 +118,23 @@ def backbone_block(results: Path) -> str:
     except (KeyError, TypeError) as exc:
         raise FigureError(f"{path}: a row has no {exc} (bench/backbone_probe.py --out)") from None
     return "\n".join(lines) + "\n"
+
+
+def scale_block(results: Path) -> str:
+    """bench/scale.py's whole table of ``scale.json``."""
+    from bench.scale import render_table  # here: it imports the comparison runner
+
+    path = results / SCALE
+    try:
+        return render_table(_read_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FigureError):
+            raise
+        raise FigureError(f"{path}: {exc} (written by bench/scale.py --out)") from None
+
+
+def scale_summary_block(results: Path) -> str:
+    """The header and the ``SCALE_SUMMARY`` rows of the scale table."""
+    lines = scale_block(results).splitlines()
+    rows = [line for line in lines[2:] if line.strip("| ").startswith(SCALE_SUMMARY)]
+    return "\n".join(lines[:2] + rows) + "\n"

@@ -15,11 +15,12 @@ marker lines of the pages, each block on lines of its own:
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 (docs/benchmark.md); and from the speed and backbone result files beside them
-(``bench/figures.py``): ``aggregation`` (README.md, docs/performance.md) and ``backbone``
-(docs/backbone.md). An unknown block name, a block in a page it does not belong to, or a
-marker without its pair is an error naming the file and line. ``--check`` writes nothing
-and exits 1 naming each stale block, so CI can prove the pages match the committed
-results; without any results the command says so and exits 2.
+(``bench/figures.py``): ``aggregation`` (README.md, docs/performance.md), ``backbone``
+(docs/backbone.md), ``scale`` (docs/scale.md) and ``scale-summary`` (README.md). An
+unknown block name, a block in a page it does not belong to, or a marker without its
+pair is an error naming the file and line. ``--check`` writes nothing and exits 1 naming
+each stale block, so CI can prove the pages match the committed results; without any
+results the command says so and exits 2.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
 from bench.collect import comparison_folders  # noqa: E402
-from bench.figures import FigureError, aggregation_block, backbone_block  # noqa: E402
+from bench.figures import (  # noqa: E402
+    FigureError,
+    aggregation_block,
+    backbone_block,
+    scale_block,
+    scale_summary_block,
+)
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
     COMPARISON,
@@ -342,7 +349,11 @@ def _figure(render: Callable[[Path], str]) -> Renderer:
 
 # Per page (relative to the repository root), its blocks.
 PAGES: dict[str, dict[str, Renderer]] = {
-    "README.md": {"main": _accuracy(main_compact), "aggregation": _figure(aggregation_block)},
+    "README.md": {
+        "main": _accuracy(main_compact),
+        "aggregation": _figure(aggregation_block),
+        "scale-summary": _figure(scale_summary_block),
+    },
     "docs/benchmark.md": {
         "main": _accuracy(main_full),
         "selection": _accuracy(selection_block),
@@ -350,6 +361,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
     },
     "docs/performance.md": {"aggregation": _figure(aggregation_block)},
     "docs/backbone.md": {"backbone": _figure(backbone_block)},
+    "docs/scale.md": {"scale": _figure(scale_block)},
 }
 BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})
 

@@ -57,3 +57,12 @@ def test_the_backbone_block_lists_the_best_probe_first(tmp_path: Path) -> None:
         == "| `local:0-4`, pre-trained here (`vit-x.pth`) | 32 px | 46.0% | 50.0% | 42.0% |"
     )
     assert lines[3].startswith("| same ViT, random weights (control) | 32 px | 31.0%")
+
+
+def test_the_readme_scale_summary_keeps_the_header_and_its_rows() -> None:
+    root = Path(__file__).resolve().parents[1] / "bench" / "results"
+    whole = figures.scale_block(root).splitlines()
+    summary = figures.scale_summary_block(root).splitlines()
+    assert summary[:2] == whole[:2] and set(summary) <= set(whole)
+    assert summary[2].split("|")[1].strip() == "sampled clients per round (train)"
+    assert len(summary) == 2 + len(figures.SCALE_SUMMARY)  # one row per summary entry

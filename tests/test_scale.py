@@ -132,11 +132,15 @@ def test_a_document_without_runs_is_refused() -> None:
         render_table({"runs": []})
 
 
-def test_the_committed_result_renders_as_the_docs_show_it() -> None:
-    """docs/scale.md's table is ``bench/scale.py --report bench/results/scale.json``."""
+def test_the_committed_result_is_the_docs_scale_block() -> None:
+    """docs/scale.md's table is ``bench/scale.py --report bench/results/scale.json``,
+    written there by ``python -m bench.tables`` (its ``scale`` block)."""
     document = json.loads(RESULT.read_text())
     table = render_table(document)
-    assert table in (ROOT / "docs" / "scale.md").read_text()
+    assert (
+        f"<!-- bench:scale -->\n\n{table.rstrip()}\n\n<!-- /bench:scale -->"
+        in (ROOT / "docs" / "scale.md").read_text()
+    )
     assert {run["nodes"] for run in document["runs"]} == {100, 1000}
 
 

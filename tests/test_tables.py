@@ -60,7 +60,7 @@ def repo(collected: Path, tmp_path: Path) -> Path:
     (root / "README.md").write_text(README)
     (root / "docs" / "benchmark.md").write_text(DOCS)
     # the figure blocks' pages and files (bench/figures.py): this repository's own
-    for name in (figures.AGGREGATE, figures.BACKBONE_PROBE):
+    for name in (figures.AGGREGATE, figures.BACKBONE_PROBE, figures.SCALE):
         shutil.copy(ROOT / tables.FIGURES / name, root / tables.FIGURES / name)
     for page, renderers in tables.PAGES.items():
         if not (root / page).exists():
