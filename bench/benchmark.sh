@@ -44,15 +44,16 @@ ablation() {  # NAME SWEEP
   "${compare[@]}" --methods pep-fedpt --seeds 0 -c "$cfg data.alpha=0.1 $chosen" \
     --sweep "$2" --out "$out/ablation-$1" || status=1
 }
-ablation tau "prompt.tau=0.03,0.3,1.0"
+# What the client's prior contributes first (a benchmark cut short keeps these).
+ablation mixing-prior "prompt.mixing-prior='uniform'"
+ablation test-prior "prompt.test-prior-correction=true"
 ablation train-weights "prompt.train-weights='onehot'"
 ablation aggregation "fed.class-prompt-aggregation='fedavg'"
+ablation tau "prompt.tau=0.03,0.3,1.0"
 ablation prior-smoothing "prompt.prior-smoothing=0.1,10.0"
 ablation class-length "prompt.class-length=2,4"
 ablation ccmp-blocks "prompt.ccmp-blocks='1-L','4'"
 ablation refresh "fed.prototype-refresh-every=2"
-ablation mixing-prior "prompt.mixing-prior='uniform'"
-ablation test-prior "prompt.test-prior-correction=true"
 ablation wire-dtype "fed.wire-dtype='float16'"
 setting 0.5
 
