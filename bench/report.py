@@ -336,7 +336,9 @@ def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in method_rows(outcomes, methods):
         if row.completed == 0:
-            cells = ["failed"] * (len(titles) - 2)
+            started = any(o.status != "missing" for o in outcomes if o.label == row.method)
+            # a comparison still running has methods it has not reached: not failures
+            cells = ["failed" if started else "not run"] * (len(titles) - 2)
         else:
             cells = [_cell(row.stats[a.key], ".4f") for a in ACCURACIES]
             cells += _drift_cells(row.stats)

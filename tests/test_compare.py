@@ -381,7 +381,7 @@ EXPECTED_REPORT = """\
 | method | runs | global acc | mean client acc | worst client acc | held-out acc | server acc | prompt drift (median) | prompt drift (max) | head ‖Δ‖ | down / round | up / round | wall time (s) |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 | pep-fedpt | 2/2 | 0.6000 ± 0.1414 | 0.5000 ± 0.1414 | 0.3000 ± 0.1414 | - | 0.5500 ± 0.1414 | 30.0% | 50.0% | 0.500 | 1.0 KiB | 1.1 KiB | 12.0 ± 2.8 |
-| local | 0/2 | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed | failed |
+| local | 0/2 | not run | not run | not run | not run | not run | not run | not run | not run | not run | not run | not run |
 
 Final-round accuracies, mean ± sample std over the completed seeds; prompt drift: relative change ‖final − initial‖ / ‖initial‖ of each prompt tensor, median and max over the run's tensors, mean over seeds (near 0%: the prompts did not learn, and the method is in effect a linear probe); head ‖Δ‖: the norm of the head's change from its initial value; bytes: array payloads per federated round (the prototype round before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation start-up included.
 
@@ -438,3 +438,18 @@ def test_a_sweep_runs_every_point_on_every_seed_as_rows_of_their_own(
     assert report.regenerate(tmp_path) == md
     with pytest.raises(ConfigError, match="do not combine"):
         compare.compare(["local"], [0], tmp_path, {}, "", grid=sweep, sweep=sweep)
+
+
+def test_a_method_the_comparison_has_not_reached_reads_not_run_not_failed() -> None:
+    from bench.report import Outcome, method_table
+
+    outcomes = [
+        Outcome("head-only", 0, "failed (flwr run exited 1, no run id)"),
+        Outcome("local", 0, "missing"),
+    ]
+    rows = {
+        line.split(" | ")[0]: line
+        for line in method_table(outcomes, ["head-only", "local"]).splitlines()
+    }
+    assert "| failed |" in rows["| head-only"] and "not run" not in rows["| head-only"]
+    assert "| not run |" in rows["| local"] and "failed" not in rows["| local"]
