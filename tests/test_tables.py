@@ -196,6 +196,12 @@ def test_the_pages_of_this_repository_hold_their_blocks() -> None:
         assert sorted(block.name for block in found) == sorted(renderers), page
 
 
+def test_the_pages_of_this_repository_match_its_committed_results() -> None:
+    """Every table and figure of README.md and docs/ is what ``python -m bench.tables``
+    writes from bench/results: none was typed or left stale."""
+    assert tables.regenerate_pages(ROOT, ROOT / tables.DEFAULT_RESULTS, check=True) == []
+
+
 def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
     repo: Path,
 ) -> None:
