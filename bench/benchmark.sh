@@ -14,14 +14,7 @@
 # Interrupted, run it again: completed runs with the same config are skipped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache="${PEP_FEDPT_CACHE:-$HOME/.cache/pep-fedpt}"
-data="$cache/data/cifar10"
-archive="${CIFAR10_ARCHIVE:-$root/../shared/datasets/cifar10-jpeg.tar.gz}"
-if [ ! -d "$data/train" ]; then
-  [ -f "$archive" ] || { echo "bench/benchmark.sh: no $archive (set CIFAR10_ARCHIVE)" >&2; exit 2; }
-  mkdir -p "$cache/data"
-  tar -xzf "$archive" -C "$cache/data"
-fi
+source "$root/bench/cifar10-data.sh"  # sets $cache, $data
 out="${1:-$cache/bench/cifar10-v2}"
 mkdir -p "$out"
 conf="$root/conf/cifar10-bench.toml"
