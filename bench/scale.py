@@ -50,7 +50,6 @@ import itertools
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,9 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
-from bench.compare import stop_processes  # noqa: E402
+from bench.local_flwr import BIN, flwr_env, stop_superlink  # noqa: E402
 
-BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
 DATA_DIR = CACHE / "data" / "cifar10"
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -390,20 +388,6 @@ def _descendants(tree: Mapping[int, list[int]], pid: int) -> list[int]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop_superlink(home: Path) -> None:
-    """The local SuperLink outlives ``flwr run``: stop the one this FLWR_HOME started."""
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
-    )
-    stop_processes({int(pid) for pid in found.stdout.split()})
-
-
 def ensure_data(data_dir: Path) -> Path:
     """The unpacked CIFAR-10 JPEG folders, unpacked from the shared archive if missing."""
     if (data_dir / "train").is_dir():
@@ -443,14 +427,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One ``flwr run .`` with ``nodes`` SuperNodes; its figures, or exit with its log."""
     home, out, cache = work / "home", work / "run", work / "cache"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = flwr_env(home)
     command = [
         str(BIN / "flwr"), "run", ".", "--stream",
         "-c", overrides(nodes, rounds, fraction, data_dir, out, cache),
@@ -489,7 +466,7 @@ def run_once(
     finally:
         watch.stop()
         status = _run_status(log, env)
-        _stop_superlink(home)
+        stop_superlink(home)
     text = "".join(log)
     if process.returncode != 0 or len(marks) != rounds or status != "finished:completed":
         kept = Path(tempfile.gettempdir()) / f"pep-fedpt-scale-failed-{nodes}.log"

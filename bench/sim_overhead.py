@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+from bench.local_flwr import BIN, flwr_env, stop_superlink  # noqa: E402
+
 ROUND_MARK = "[ROUND "
 
 TINY = {
@@ -43,12 +45,6 @@ TINY = {
     "model.num-heads": 2,
     "model.img-size": 16,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _round_gaps(marks: list[float], end: float) -> list[float]:
@@ -65,14 +61,7 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
     overrides += f" num-server-rounds={rounds} output-dir='{out}' cache-dir='{out}/cache'"
     overrides += f" fed.min-train-nodes={clients} fed.min-evaluate-nodes={clients}"
     overrides += f" fed.min-available-nodes={clients}"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = flwr_env(home)
     command = [
         str(BIN / "flwr"), "run", ".", "--stream", "-c", overrides,
         "--federation-config", f"num-supernodes={clients}",
@@ -93,7 +82,7 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
             end = time.monotonic()
     process.wait()
     finished = time.monotonic()
-    _stop_superlink(home)
+    stop_superlink(home)
     if process.returncode != 0 or len(marks) != rounds:
         sys.exit(f"flwr run failed ({process.returncode}, {len(marks)} rounds):\n{''.join(log)}")
     return {
@@ -101,15 +90,6 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
         "startup": marks[0] - start,
         "rounds": _round_gaps(marks, end if end is not None else finished),
     }
-
-
-def _stop_superlink(home: Path) -> None:
-    """The local SuperLink outlives ``flwr run``: stop the one this FLWR_HOME started."""
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
-    )
-    for pid in found.stdout.split():
-        subprocess.run(["kill", pid], check=False)
 
 
 def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
