@@ -6,6 +6,8 @@ A clone has no ``../shared``, so no page may link outside the repository.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,16 @@ def anchors(page: Path) -> set[str]:
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         found.add(slug)
     return found
+
+
+def ignored_by_git(file: Path) -> bool:
+    """A file that .gitignore hides exists here but not in a fresh clone (CI's view)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return False
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "-q", str(file)], capture_output=True
+    )
+    return done.returncode == 0
 
 
 def relative_links(page: Path) -> list[str]:
@@ -45,6 +57,8 @@ def test_every_relative_link_resolves_inside_the_repository(page: Path) -> None:
         file = (page.parent / path).resolve() if path else page
         if not file.is_relative_to(ROOT) or not file.exists():
             broken.append(f"{target}: no such file in the repository")
+        elif ignored_by_git(file):
+            broken.append(f"{target}: ignored by git, so a clone lacks it")
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading '{anchor}' in {file.name}")
     assert not broken, f"{page.name}: " + "; ".join(broken)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,30 @@ def test_the_pages_of_this_repository_hold_their_blocks() -> None:
         lines = (ROOT / page).read_text().splitlines(keepends=True)
         found = tables.find_blocks(ROOT / page, lines, list(renderers))
         assert sorted(block.name for block in found) == sorted(renderers), page
+
+
+def test_no_committed_result_file_is_hidden_by_gitignore() -> None:
+    """CI checks a fresh clone: a result file that .gitignore hides is read here but
+    missing there (a `runs/` pattern once hid every run folder)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    hidden = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(ROOT),
+            "ls-files",
+            "--others",
+            "--ignored",
+            "--exclude-standard",
+            "--",
+            "bench/results",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert hidden == []
 
 
 def test_the_pages_of_this_repository_match_its_committed_results() -> None:
