@@ -19,7 +19,7 @@ out="${1:-$cache/bench/cifar10-v2}"
 mkdir -p "$out"
 conf="$root/conf/cifar10-bench.toml"
 seeds="${SEEDS:-0,1,2}"
-grid="${GRID:-train.lr=0.01,0.05,0.25}"
+grid="${GRID:-train.lr=0.01,0.05,0.25,1}"
 methods="pep-fedpt,fedavg-vpt-shallow,fedavg-vpt-deep,fedprox-vpt,head-only,fedavg-vpt-prior,local,sgpt,pfedpg"
 cfg="data.data-dir='$data'"
 compare=("$root/scripts/compare.sh" --run-config "$conf" --num-supernodes 12 --val-fraction 0.1)
