@@ -127,7 +127,13 @@ class DriftSummary:
 
 
 def summarize(drift: Drift) -> DriftSummary:
-    """``DriftSummary`` of a run's drift (empty or all-zero prompt tensors are left out)."""
+    """``DriftSummary`` of a run's drift (empty or all-zero prompt tensors are left out).
+
+    A server state in which nothing moved at all (``local``: each node keeps its own
+    prompts and head, the server's copy never changes) is not "0% drift" but unmeasured
+    here: all three values are NaN, which the tables print as "-"."""
+    if drift and all(change == 0 for _, change in drift.values()):
+        return DriftSummary(math.nan, math.nan, math.nan)
     ratios = [
         change / start
         for key, (start, change) in drift.items()

@@ -179,6 +179,13 @@ def _run_folder(comparison: Comparison, method: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------- the blocks
+DRIFT_NOTE = (
+    "Prompt drift: median over the prompt tensors of the server's final state of "
+    '‖final − initial‖ / ‖initial‖; "-" where there is nothing to measure (head-only '
+    "trains no prompt; local's server state never changes, its prompts stay on the nodes)."
+)
+
+
 def compact_table(comparison: Comparison, page_dir: Path) -> str:
     """One row per method: mean client accuracy (mean ± std over seeds), worst client,
     held-out, global, prompt drift (median), the chosen grid value; the method name links
@@ -211,6 +218,7 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
             ]
         cells.append(_chosen(comparison, row.method))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", DRIFT_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ report as the benchmark's own folders (fake comparison folders, no Flower)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -157,3 +158,14 @@ def test_the_comparisons_are_found_at_any_depth_but_not_inside_one_or_hidden(
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "comparison.json").write_text("{}")
     assert collect.comparison_folders(tmp_path) == [tmp_path / "a", tmp_path / "b" / "c"]
+
+
+def test_a_server_state_that_never_moved_has_no_drift_rather_than_zero() -> None:
+    """``local`` keeps every trained tensor on its nodes: the server's copy is unchanged,
+    which says nothing about whether the prompts learned."""
+    still = summarize({"prompt.shared": (2.0, 0.0), "head.weight": (0.0, 0.0)})
+    assert all(math.isnan(v) for v in (still.prompt_median, still.prompt_max, still.head_change))
+    moved = summarize(
+        {"prompt.shared": (2.0, 0.5), "prompt.class": (1.0, 0.0), "head.weight": (0.0, 0.0)}
+    )
+    assert (moved.prompt_median, moved.prompt_max, moved.head_change) == (0.125, 0.25, 0.0)
