@@ -9,7 +9,9 @@
 - ``backbone``: ``bench/backbone_probe.py --out bench/results/backbone-probe.jsonl`` (linear
   probe of the benchmark backbone's features, classes 0-4 seen in pre-training, 5-9 not);
 - ``scale`` (every row) and ``scale-summary`` (the rows a README reader needs):
-  ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes).
+  ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes);
+- ``scale-passes``: the 1,000 / 100 ratios of ``scale.json`` beside those of earlier
+  invocations of the same command kept as ``scale-pass*.json``.
 """
 
 from __future__ import annotations
@@ -131,6 +133,19 @@ def scale_block(results: Path) -> str:
         if isinstance(exc, FigureError):
             raise
         raise FigureError(f"{path}: {exc} (written by bench/scale.py --out)") from None
+
+
+def scale_passes_block(results: Path) -> str:
+    """The ratios of every kept invocation (``scale-pass*.json``, then ``scale.json``)."""
+    from bench.scale import render_passes
+
+    paths = [*sorted(results.glob("scale-pass*.json")), results / SCALE]
+    try:
+        return render_passes([(path.name, _read_json(path)) for path in paths]) + "\n"
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FigureError):
+            raise
+        raise FigureError(f"{results}: {exc} (written by bench/scale.py --out)") from None
 
 
 def scale_summary_block(results: Path) -> str:

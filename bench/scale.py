@@ -239,6 +239,57 @@ def render_table(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The ratios that several invocations of the same command are compared by (first words of
+# ``ROWS`` labels): how much of the growth is stable and how much is the machine's load.
+PASS_ROWS = (
+    "steady-state round",
+    "prototype round: in-app",
+    "server peak RSS",
+    "flwr-simulation CPU, whole run",
+    "bytes per round, up",
+    "SuperLink database",
+)
+
+
+def _load_range(runs: Sequence[Mapping[str, Any]]) -> str:
+    loads = [float(r["loadavg_1min"]) for r in runs if r.get("loadavg_1min") is not None]
+    if not loads:
+        return "load not recorded"
+    low, high = f"{min(loads):.1f}", f"{max(loads):.1f}"
+    return f"load {low}" if low == high else f"load {low} to {high}"
+
+
+def render_passes(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """One column per ``--out`` document (e.g. repeated invocations): for each ``PASS_ROWS``
+    figure, the ratio of its largest N to its smallest (peak RSS also as MiB added), with
+    the 1-minute load averages its runs saw in the header."""
+    if not documents:
+        raise ValueError("no documents to compare")
+    columns = [sorted(doc["runs"], key=lambda r: r["nodes"]) for _, doc in documents]
+    if any(len(runs) < 2 for runs in columns):
+        raise ValueError("every document needs at least two sizes to give a ratio")
+    sizes = {(runs[-1]["nodes"], runs[0]["nodes"]) for runs in columns}
+    if len(sizes) != 1:
+        raise ValueError(f"the documents compare different sizes: {sorted(sizes)}")
+    (big, small) = sizes.pop()
+    header = f"| ratio {big:,} / {small:,} | " + " | ".join(
+        f"{name} ({_load_range(runs)})" for (name, _), runs in zip(documents, columns, strict=True)
+    )
+    lines = [header + " |", "|---" * (len(documents) + 1) + "|"]
+    for label, figure, _ in ROWS:
+        if not label.startswith(PASS_ROWS):
+            continue
+        cells = []
+        for runs in columns:
+            first, last = figure(runs[0]), figure(runs[-1])
+            cell = _ratio(last, first)
+            if label.startswith("server peak RSS") and first is not None and last is not None:
+                cell += f" ({last - first:+.0f} MiB)"
+            cells.append(cell)
+        lines.append(f"| {label.split(' (')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _kb(nbytes: float | None) -> float | None:
     return None if nbytes is None else nbytes / 1e3
 

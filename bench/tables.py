@@ -16,7 +16,8 @@ Everything outside the markers is left as it is. The blocks: ``main`` (README.md
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 (docs/benchmark.md); and from the speed and backbone result files beside them
 (``bench/figures.py``): ``aggregation`` (README.md, docs/performance.md), ``backbone``
-(docs/backbone.md), ``scale`` (docs/scale.md) and ``scale-summary`` (README.md). An
+(docs/backbone.md), ``scale`` and ``scale-passes`` (docs/scale.md) and ``scale-summary``
+(README.md). An
 unknown block name, a block in a page it does not belong to, or a marker without its
 pair is an error naming the file and line. ``--check`` writes nothing and exits 1 naming
 each stale block, so CI can prove the pages match the committed results; without any
@@ -47,6 +48,7 @@ from bench.figures import (  # noqa: E402
     aggregation_block,
     backbone_block,
     scale_block,
+    scale_passes_block,
     scale_summary_block,
 )
 from bench.grid import Grid, Point, grid_points  # noqa: E402
@@ -369,7 +371,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
     },
     "docs/performance.md": {"aggregation": _figure(aggregation_block)},
     "docs/backbone.md": {"backbone": _figure(backbone_block)},
-    "docs/scale.md": {"scale": _figure(scale_block)},
+    "docs/scale.md": {"scale": _figure(scale_block), "scale-passes": _figure(scale_passes_block)},
 }
 BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})
 

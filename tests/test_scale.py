@@ -14,6 +14,7 @@ from bench.scale import (
     parse_stat_cpu_seconds,
     parse_status_kib,
     phase_times,
+    render_passes,
     render_table,
     round_seconds,
     steady_state,
@@ -125,6 +126,28 @@ def test_the_table_has_a_column_per_run_and_the_ratio_of_the_largest_to_the_smal
     # A figure a run lacks is a dash, and so is its ratio.
     assert rows["Ray side: largest RSS sum seen (MiB)"] == ["-", "-", "- |"]
     assert rows["bytes per round, up (MB)"] == ["0.005", "0.050", "10.00 |"]
+
+
+def test_repeated_invocations_are_compared_by_their_ratios_with_the_load_they_saw() -> None:
+    calm = {
+        "runs": [{**_run(100, 1.0), "loadavg_1min": 2.0}, {**_run(1000, 2.0), "loadavg_1min": 2.04}]
+    }
+    busy = {
+        "runs": [{**_run(100, 1.0), "loadavg_1min": 3.0}, {**_run(1000, 4.0), "loadavg_1min": 5.0}]
+    }
+    lines = render_passes([("calm.json", calm), ("busy.json", busy)]).splitlines()
+    assert lines[0] == "| ratio 1,000 / 100 | calm.json (load 2.0) | busy.json (load 3.0 to 5.0) |"
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["steady-state round"] == ["2.00", "4.00 |"]
+    assert rows["server peak RSS: flwr-simulation"] == ["2.00 (+1024 MiB)", "4.00 (+3072 MiB) |"]
+
+
+def test_invocations_of_different_sizes_are_not_compared() -> None:
+    other = {"runs": [_run(100, 1.0), _run(500, 2.0)]}
+    with pytest.raises(ValueError, match="different sizes"):
+        render_passes([("a", {"runs": [_run(100, 1.0), _run(1000, 2.0)]}), ("b", other)])
+    with pytest.raises(ValueError, match="at least two sizes"):
+        render_passes([("a", {"runs": [_run(100, 1.0)]})])
 
 
 def test_a_document_without_runs_is_refused() -> None:
