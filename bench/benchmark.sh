@@ -9,6 +9,9 @@
 # 2. One-seed ablations of PEP-FedPT's choices at the point its own alpha = 0.1 search
 #    chose (bench/chosen.py reads it from the result files), one sweep per folder; only
 #    non-default values run (the reference is PEP-FedPT's seed-0 run at alpha = 0.1).
+#    The two with the largest one-seed effects in the first benchmark (one-hot training
+#    weights; the prior at test, the extension) run on every seed, against the reference
+#    over the same seeds.
 # 3. bench.report per folder, bench.collect into bench/results/cifar10 (the small result
 #    files, no weights), bench.tables rewrites the README's and docs' tables from them.
 # Interrupted, run it again: completed runs with the same config are skipped.
@@ -33,14 +36,14 @@ setting 0.1
 
 chosen=$(PYTHONPATH="$root" "$root/.venv/bin/python" -m bench.chosen "$out/alpha-0.1" pep-fedpt)
 echo "bench/benchmark.sh: ablations of pep-fedpt at $chosen (its alpha = 0.1 choice)"
-ablation() {  # NAME SWEEP
-  "${compare[@]}" --methods pep-fedpt --seeds 0 -c "$cfg data.alpha=0.1 $chosen" \
+ablation() {  # NAME SWEEP [SEEDS]
+  "${compare[@]}" --methods pep-fedpt --seeds "${3:-0}" -c "$cfg data.alpha=0.1 $chosen" \
     --sweep "$2" --out "$out/ablation-$1" || status=1
 }
 # What the client's prior contributes first (a benchmark cut short keeps these).
 ablation mixing-prior "prompt.mixing-prior='uniform'"
-ablation test-prior "prompt.test-prior-correction=true"
-ablation train-weights "prompt.train-weights='onehot'"
+ablation test-prior "prompt.test-prior-correction=true" "$seeds"
+ablation train-weights "prompt.train-weights='onehot'" "$seeds"
 ablation aggregation "fed.class-prompt-aggregation='fedavg'"
 ablation tau "prompt.tau=0.03,0.3,1.0"
 ablation prior-smoothing "prompt.prior-smoothing=0.1,10.0"

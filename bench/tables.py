@@ -318,6 +318,15 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
             method = _link(method, comparison.folder / outcome.path, page_dir, "/")
     setting = f"reference: {method}, {title}, seed {seed}"
     lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
+    seeds = sorted({o.seed for c in ablations(comparisons) for o in c.outcomes})
+    if reference is not None and seeds not in ([], [seed]):
+        # Some ablation ran more seeds: the reference over the same seeds, for its rows.
+        outcome, comparison = reference
+        same = [o for o in comparison.outcomes if o.label == outcome.label and o.seed in seeds]
+        (row,) = method_rows(same, [outcome.label])
+        setting = f"reference: {method}, {title}, seeds {', '.join(map(str, seeds))}"
+        cells = _ablation_cells(row.stats, row.completed)
+        lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
     for comparison in ablations(comparisons):
         sweep = comparison.sweep or []
         keys = [key for key, _ in sweep]

@@ -252,3 +252,33 @@ def test_the_reference_value_of_an_ablation_is_the_reference_runs_own(repo: Path
     assert tables.main(["--root", str(repo)]) == 0
     docs = (repo / "docs" / "benchmark.md").read_text()
     assert "/ablation-tau/results.md) (reference: 0.2) | 0.3 |" in docs
+
+
+def test_an_ablation_on_more_seeds_gets_a_reference_row_over_the_same_seeds(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.fake_results import FakeRuns
+
+    from bench import compare
+    from bench.grid import parse_grid
+
+    results = repo / "bench" / "results" / "cifar10"
+    monkeypatch.setattr(compare, "execute", FakeRuns({("pep-fedpt", 0.3): 0.55}, key="prompt.tau"))
+    base = {"data.val-fraction": 0.1, "train.lr": 0.05}
+    sweep = parse_grid("prompt.tau=0.3", "--sweep")
+    compare.compare(["pep-fedpt"], [0, 1], results / "ablation-tau", base, "", sweep=sweep)
+    assert tables.main(["--root", str(repo)]) == 0
+    rows = [
+        line
+        for line in (repo / "docs" / "benchmark.md").read_text().splitlines()
+        if line.startswith("| reference: ")
+    ]
+    assert [row.split(" | ")[0].split(", ", 2)[-1] for row in rows] == ["seed 0", "seeds 0, 1"]
+    finals = [
+        json.loads(
+            (results / "alpha-0.1" / "runs" / f"pep-fedpt-s{s}" / "metrics.json").read_text()
+        )
+        for s in (0, 1)
+    ]
+    means = [f[-1]["evaluate/mean-client-accuracy"] for f in finals]
+    assert f"| {sum(means) / 2:.4f}" in rows[1]
