@@ -313,10 +313,16 @@ class PromptFedAvg(FedAvg):
         be fresh processes without prototypes, so a restored strategy sends them again.
         """
         version, internal, gauss_next = self._rng.getstate()
+        in_partitions = self._partition_counts()
         return {
             "rng": [version, list(internal), gauss_next],
             "proto-version": self._proto_version,
-            "node-counts": {str(node): counts for node, counts in self._node_counts.items()},
+            # The counts a partition entry already holds for its node are not written twice.
+            "node-counts": {
+                str(node): counts
+                for node, counts in self._node_counts.items()
+                if counts != in_partitions.get(node)
+            },
             "held-out-nodes": sorted(self.held_out_nodes),
             "partitions": {str(pid): entry for pid, entry in self.partitions.items()},
             "dropped": [list(entry) for entry in self.dropped],
@@ -324,14 +330,23 @@ class PromptFedAvg(FedAvg):
             "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
         }
 
+    def _partition_counts(self) -> dict[int, list[int]]:
+        """The verified counts that ``partitions`` holds: its training nodes' class counts."""
+        return {
+            int(entry["node-id"]): list(entry["class-counts"])  # type: ignore[arg-type]
+            for entry in self.partitions.values()
+            if not entry["held-out"]
+        }
+
     def restore(self, state: dict[str, Any]) -> None:
         """Undo ``checkpoint``: the next sample, version and check are as if never stopped."""
         version, internal, gauss_next = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss_next))
         self._proto_version = int(state["proto-version"])
-        self._node_counts = {int(n): list(c) for n, c in state["node-counts"].items()}
         self.held_out_nodes = {int(n) for n in state["held-out-nodes"]}
         self.partitions = {int(pid): dict(e) for pid, e in state["partitions"].items()}
+        self._node_counts = self._partition_counts()
+        self._node_counts.update({int(n): list(c) for n, c in state["node-counts"].items()})
         self._node_proto_version = {}
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}

@@ -170,6 +170,24 @@ def test_strategy_state_survives_json_and_restores_the_sampler() -> None:
     assert after.round_metrics == before.round_metrics
 
 
+def test_a_checkpoint_writes_each_nodes_counts_once_and_restores_them_all() -> None:
+    before = PEPFedPT(seed=7)
+    before.partitions = {
+        0: {"node-id": 10, "held-out": False, "class-counts": [1, 2]},
+        1: {"node-id": 14, "held-out": False, "class-counts": [4, 0]},  # 11 came back as 14
+        2: {"node-id": 13, "held-out": True, "class-counts": [5, 5]},
+    }
+    before._node_counts = {10: [1, 2], 11: [4, 0], 14: [4, 0], 12: [0, 3]}
+    before.held_out_nodes = {13}
+    written = json.loads(json.dumps(before.checkpoint()))
+    # 10 and 14 are in their partition entries; 11 (replaced) and 12 (no partition id) not.
+    assert written["node-counts"] == {"11": [4, 0], "12": [0, 3]}
+    after = PEPFedPT(seed=0)
+    after.restore(written)
+    assert after._node_counts == before._node_counts
+    assert 13 not in after._node_counts  # a held-out node's counts are never verified ones
+
+
 def test_config_differences_ignores_what_a_resume_may_change() -> None:
     saved = {"seed": 0, "num-server-rounds": 2, "output-dir": "/a", "fed.round-timeout": 1.0}
     now = {"seed": 0, "num-server-rounds": 4, "output-dir": "", "resume-from": "/a"}
