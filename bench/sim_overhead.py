@@ -5,8 +5,10 @@ Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.execu
 
     python bench/sim_overhead.py                       # tiny ViT, 4 clients, 3 rounds
     python bench/sim_overhead.py --clients 4 --rounds 4
+    python bench/sim_overhead.py --repeats 3 --out bench/results/sim-overhead.json
+    python bench/sim_overhead.py --report bench/results/sim-overhead.json  # the table again
 
-The plain loop is ``tests/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
+The plain loop is ``tests/helpers/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
 SuperLink, no SuperNode, no Ray actor and no serialisation. A round is timed from one
 "[ROUND r/R]" to the next in both (the simulation's from its streamed log, read line by
@@ -16,6 +18,15 @@ the rounds after the first. The rest of the simulation's time is split into: sta
 message encoding (a round's messages through Flower's own protobuf serde, measured here)
 and the per-message data and model set-up (a client built cold in this process: what an
 actor pays once per partition it serves, cached after that by ``client_for``).
+
+``--repeats K`` runs both ways K times, interleaved (simulation, loop, simulation, ...),
+each loop in a fresh Python process of its own (as cold as the simulation's processes, so
+no repeat starts warmer than the first); the steady-state ratio is reported per repeat
+and as their median (the target is <= 1.10, and one run on a shared machine is noisy).
+``--out`` writes every figure of the table (and the command line, the machine's CPUs
+and its load averages at the start and the end) as JSON, atomically; ``--report`` prints
+the table of such a file without running anything (``render_table``, a pure function,
+which ``bench/figures.py`` also calls).
 """
 
 from __future__ import annotations
@@ -23,18 +34,22 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
+import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
-from bench.local_flwr import BIN, flwr_env, stop_superlink  # noqa: E402
 
 ROUND_MARK = "[ROUND "
 
@@ -55,6 +70,9 @@ def _round_gaps(marks: list[float], end: float) -> list[float]:
 
 def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
+    # Here, not at the top: ``--report`` and ``render_table`` need none of the runner.
+    from bench.local_flwr import BIN, flwr_env, stop_superlink
+
     overrides = " ".join(
         f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in TINY.items()
     )
@@ -96,7 +114,8 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     """The same ServerApp and ClientApp code in this process (``InProcessGrid``)."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from flwr.app import Context, RecordDict
-    from inprocess import InProcessGrid, set_task_identity
+    from flwr.common.logger import FLOWER_LOGGER
+    from helpers.inprocess import InProcessGrid, set_task_identity
 
     from client_app.app import app as client_app
     from pep_fedpt.config import RunConfig
@@ -118,24 +137,42 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     marks: list[float] = []
     contents: list[object] = []  # every message and reply, encoded after the run
 
-    class TimedGrid(InProcessGrid):
-        """Marks each round's first train message; keeps what crossed, for the serde."""
+    class RoundMarks(logging.Handler):
+        """Times each "[ROUND r/R]" line as it is logged: the simulation's marks, without
+        its streaming delay."""
 
-        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-            messages = list(messages)
-            if messages and messages[0].metadata.message_type == "train":
+        def emit(self, record: logging.LogRecord) -> None:
+            if ROUND_MARK in record.getMessage():
                 marks.append(time.monotonic())
-            replies = list(super().send_and_receive(messages, timeout=timeout))
-            contents.extend(m.content for m in [*messages, *replies])
+
+    class RecordingGrid(InProcessGrid):
+        """Keeps what crossed (messages and replies), for the serde figure."""
+
+        def push_messages(self, messages):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            contents.extend(m.content for m in messages if m.has_content())
+            return super().push_messages(messages)
+
+        def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+            replies = list(super().pull_messages(message_ids))
+            contents.extend(m.content for m in replies if m.has_content())
             return replies
 
+    round_marks = RoundMarks()
+    FLOWER_LOGGER.addHandler(round_marks)
     nodes = {100 + i: {"partition-id": i, "num-partitions": clients} for i in range(clients)}
-    grid = TimedGrid(client_app, nodes, flat)
+    grid = RecordingGrid(client_app, nodes, flat)
     start = time.monotonic()
-    server_app(
-        grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=flat)
-    )
+    try:
+        server_app(
+            grid,
+            Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=flat),
+        )
+    finally:
+        FLOWER_LOGGER.removeHandler(round_marks)
     end = time.monotonic()
+    if len(marks) != rounds:
+        sys.exit(f"the plain loop logged {len(marks)} '{ROUND_MARK}' lines, not {rounds}")
     from flwr.common.serde import recorddict_to_proto
 
     tick = time.perf_counter()
@@ -162,37 +199,254 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
         "rounds": _round_gaps(marks, end),
         "encode_per_round": encode_per_round,
         "client_build": build,
+        "method": flat["method"],
+        "dataset": flat["data.dataset"],
     }
 
 
-def main() -> None:
+def plain_loop_in_child(clients: int, rounds: int, out: Path) -> dict[str, Any]:
+    """``plain_loop`` in a fresh Python process (this script with ``--loop-child``), so that
+    every repeat's loop starts as cold as the first; its figures come back as a file.
+    ``out`` holds the run's output folder and caches (``out/out``) and that file."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "loop.json"
+    command = [
+        sys.executable, __file__, "--loop-child", str(out),
+        "--clients", str(clients), "--rounds", str(rounds),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not result.is_file():
+        sys.exit(f"the plain loop failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return dict(json.loads(result.read_text()))
+
+
+# ---------------------------------------------------------------- the document
+# A ``--out`` document (``document``) holds, besides the command line, the setting and the
+# machine, one entry per repeat: ``{"simulation": {"startup", "rounds", "total"},
+# "plain_loop": {"startup", "rounds", "total", "encode_per_round", "client_build"}}``, in
+# seconds. Its ``summary`` (steady states and ratios) is derived from those by ``summary``,
+# which the table recomputes rather than trusting.
+TARGET = 1.10  # the issue's target for the steady-state ratio simulation / plain loop
+
+
+def _need(mapping: Any, key: str, where: str) -> Any:
+    """``mapping[key]``, or a ValueError that names the key and where it was looked for."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(mapping).__name__}")
+    if key not in mapping:
+        raise ValueError(f"{where}: no {key!r} (written by bench/sim_overhead.py --out)")
+    return mapping[key]
+
+
+def steady_state(rounds: Sequence[float], where: str = "rounds") -> float:
+    """The median of rounds 2.. (round 1 also pays each actor's first clients)."""
+    if len(rounds) < 2:
+        raise ValueError(f"{where}: {len(rounds)} round(s); a steady state needs rounds 2..R")
+    return float(statistics.median(rounds[1:]))
+
+
+def summary(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Each repeat's steady-state rounds and ratio simulation / plain loop, and the median
+    ratio over the repeats."""
+    repeats = _need(document, "repeats", "the document")
+    if not isinstance(repeats, Sequence) or not repeats:
+        raise ValueError("the document: 'repeats' holds no runs")
+    each = []
+    for i, repeat in enumerate(repeats):
+        where = f"repeats[{i}]"
+        sim_rounds = _need(_need(repeat, "simulation", where), "rounds", f"{where}.simulation")
+        loop_rounds = _need(_need(repeat, "plain_loop", where), "rounds", f"{where}.plain_loop")
+        sim = steady_state(sim_rounds, f"{where}.simulation.rounds")
+        loop = steady_state(loop_rounds, f"{where}.plain_loop.rounds")
+        if loop <= 0:
+            raise ValueError(f"{where}.plain_loop.rounds: a steady state of {loop} s")
+        each.append({"simulation_steady_s": sim, "loop_steady_s": loop, "ratio": sim / loop})
+    ratios = [e["ratio"] for e in each]
+    return {"repeats": each, "ratio_median": float(statistics.median(ratios))}
+
+
+def make_document(
+    argv: Sequence[str],
+    setting: Mapping[str, Any],
+    repeats: Sequence[Mapping[str, Any]],
+    load_start: Sequence[float],
+    load_end: Sequence[float],
+) -> dict[str, Any]:
+    """What ``--out`` writes: the measurements with what they were measured under."""
+    document: dict[str, Any] = {
+        "command": shlex.join(["python", "bench/sim_overhead.py", *argv]),
+        "setting": dict(setting),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_at_start": list(load_start),
+            "loadavg_at_end": list(load_end),
+        },
+        "repeats": [dict(r) for r in repeats],
+    }
+    document["summary"] = summary(document)
+    return document
+
+
+def _load(machine: Any) -> str:
+    if not isinstance(machine, Mapping):
+        return "load not recorded"
+    start, end = machine.get("loadavg_at_start"), machine.get("loadavg_at_end")
+    if not start or not end:
+        return "load not recorded"
+    return f"1-minute load average {start[0]:.1f} at the start, {end[0]:.1f} at the end"
+
+
+def _setting_line(document: Mapping[str, Any], runs: int) -> str:
+    setting = _need(document, "setting", "the document")
+    model = _need(setting, "model", "setting")
+    machine = document.get("machine")
+    if not isinstance(machine, Mapping):
+        machine = {}
+    threads = machine.get("omp_num_threads")
+    return (
+        f"{_need(setting, 'clients', 'setting')} clients, "
+        f"{_need(setting, 'rounds', 'setting')} rounds, tiny ViT (depth "
+        f"{_need(model, 'model.depth', 'setting.model')}, width "
+        f"{_need(model, 'model.embed-dim', 'setting.model')}, "
+        f"{_need(model, 'model.img-size', 'setting.model')} px), "
+        f"{_need(setting, 'method', 'setting')} on {_need(setting, 'dataset', 'setting')}; "
+        f"{runs} run{'s' if runs > 1 else ''} of both ways, interleaved, on "
+        f"{machine.get('cpus', '?')} CPUs"
+        + (f" (OMP_NUM_THREADS={threads})" if threads else "")
+        + f", {_load(machine)}."
+    )
+
+
+def render_table(document: Mapping[str, Any]) -> str:
+    """The Markdown of a ``--out`` document: the setting, a simulation and a loop column per
+    repeat (start-up, every round, the whole run, the steady state and its ratio, the
+    encoding and client set-up that the loop measures), and the median ratio."""
+    figures = summary(document)
+    repeats = document["repeats"]
+    ways = [("simulation", "simulation"), ("plain_loop", "loop")]
+    header = "| |" + "".join(
+        f" run {i}: {label} |" for i in range(1, len(repeats) + 1) for _, label in ways
+    )
+    lines = [
+        _setting_line(document, len(repeats)),
+        "",
+        header,
+        "|---" * (2 * len(repeats) + 1) + "|",
+    ]
+
+    def row(label: str, cells: Sequence[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def seconds(key: str, fmt: str, only: str | None = None) -> list[str]:
+        cells = []
+        for i, repeat in enumerate(repeats):
+            for way, _ in ways:
+                if only is not None and way != only:
+                    cells.append("")
+                    continue
+                value = _need(repeat[way], key, f"repeats[{i}].{way}")
+                cells.append(format(float(value), fmt))
+        return cells
+
+    rounds = max(len(r[way]["rounds"]) for r in repeats for way, _ in ways)
+    row("start-up to round 1 (s)", seconds("startup", ".2f"))
+    for n in range(rounds):
+        cells = []
+        for repeat in repeats:
+            for way, _ in ways:
+                values = repeat[way]["rounds"]
+                cells.append(f"{values[n]:.2f}" if n < len(values) else "-")
+        row(f"round {n + 1} (s)", cells)
+    row("whole run (s)", seconds("total", ".2f"))
+    steady = [
+        f"{e[key]:.2f}"
+        for e in figures["repeats"]
+        for key in ("simulation_steady_s", "loop_steady_s")
+    ]
+    row(f"steady-state round (s, median of rounds 2..{rounds})", steady)
+    row(
+        "steady-state ratio simulation / loop",
+        [cell for e in figures["repeats"] for cell in (f"**{e['ratio']:.2f}**", "")],
+    )
+    row(
+        "message encoding, Flower serde (s per round)",
+        seconds("encode_per_round", ".3f", "plain_loop"),
+    )
+    row("a client built in a fresh process (s)", seconds("client_build", ".3f", "plain_loop"))
+    each = ", ".join(f"{e['ratio']:.2f}" for e in figures["repeats"])
+    median = figures["ratio_median"]
+    lines += [
+        "",
+        f"Steady-state round ratio simulation / plain loop: **{median:.2f}**"
+        + (f" (median of {len(repeats)} runs: {each})" if len(repeats) > 1 else "")
+        + f"; target ≤ {TARGET:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def write_document(path: Path, document: Mapping[str, Any]) -> None:
+    """Atomically: a reader (``bench.tables``) never sees half a file."""
+    from pep_fedpt.atomic import atomic_write
+
+    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
+
+
+# ---------------------------------------------------------------- command
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of both ways, interleaved (median ratio)"
+    )
+    parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
+    parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
+    parser.add_argument("--loop-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        try:
+            print(render_table(json.loads(args.report.read_text())))
+        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
+            parser.error(f"--report {args.report}: not a bench/sim_overhead.py --out file ({exc})")
+        return
+    if args.clients < 1:
+        parser.error(f"--clients = {args.clients}: at least 1")
     if args.rounds < 2:
         parser.error(f"--rounds = {args.rounds}: a steady state needs at least 2 rounds")
+    if args.repeats < 1:
+        parser.error(f"--repeats = {args.repeats}: at least 1")
+    if args.loop_child is not None:
+        result = plain_loop(args.clients, args.rounds, args.loop_child / "out")
+        (args.loop_child / "loop.json").write_text(json.dumps(result))
+        return
+    load_start = os.getloadavg()
+    repeats = []
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-sim-") as tmp:
-        sim = simulation(args.clients, args.rounds, Path(tmp) / "sim", Path(tmp) / "home")
-        loop = plain_loop(args.clients, args.rounds, Path(tmp) / "loop")
-    sim_steady = statistics.median(sim["rounds"][1:])  # type: ignore[index]
-    loop_steady = statistics.median(loop["rounds"][1:])  # type: ignore[index]
-    print(json.dumps({"simulation": sim, "plain_loop": loop}, indent=1))
-    print(
-        f"\n{args.clients} clients, {args.rounds} rounds, tiny ViT (depth 2, width 64, 16 px), "
-        "pep-fedpt, digits\n"
-    )
-    print("| | simulation (flwr run) | plain loop |\n|---|---|---|")
-    print(f"| start-up to round 1 (s) | {sim['startup']:.2f} | {loop['startup']:.2f} |")
-    for r, (a, b) in enumerate(zip(sim["rounds"], loop["rounds"], strict=True), start=1):  # type: ignore[call-overload]
-        print(f"| round {r} (s) | {a:.2f} | {b:.2f} |")
-    print(f"| whole run (s) | {sim['total']:.2f} | {loop['total']:.2f} |")
-    print(f"\nsteady-state round ratio simulation / plain loop: {sim_steady / loop_steady:.2f}")
-    print(f"of which message encoding (Flower serde, per round): {loop['encode_per_round']:.3f} s")
-    print(
-        "a client built in a fresh process (data, backbone, z(x) from disk): "
-        f"{loop['client_build']:.3f} s"
-    )
+        for k in range(args.repeats):
+            work = Path(tmp) / f"r{k}"
+            print(f"--- run {k + 1}/{args.repeats}: simulation", flush=True)
+            sim = simulation(args.clients, args.rounds, work / "sim", work / "home")
+            print(f"--- run {k + 1}/{args.repeats}: plain loop", flush=True)
+            loop = plain_loop_in_child(args.clients, args.rounds, work / "loop")
+            repeats.append({"simulation": sim, "plain_loop": loop})
+            print(json.dumps(repeats[-1]), flush=True)
+    # What the loop ran (the run config's defaults, as ``flwr run .``'s pyproject ones).
+    ran = [(r["plain_loop"].pop("method"), r["plain_loop"].pop("dataset")) for r in repeats]
+    setting = {
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "method": ran[0][0],
+        "dataset": ran[0][1],
+        "model": TINY,
+    }
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = make_document(argv, setting, repeats, load_start, os.getloadavg())
+    if args.out is not None:
+        write_document(args.out, document)
+    print()
+    print(render_table(document))
 
 
 if __name__ == "__main__":

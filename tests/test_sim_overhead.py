@@ -1,0 +1,167 @@
+"""bench/sim_overhead.py: its document, its table and ``--report``, on hand-written figures
+(no ``flwr run``, nothing timed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.sim_overhead import TINY, main, make_document, render_table, steady_state, summary
+
+SETTING = {
+    "clients": 4,
+    "rounds": 3,
+    "repeats": 2,
+    "method": "pep-fedpt",
+    "dataset": "digits",
+    "model": TINY,
+}
+
+
+def _repeat(sim_rounds: list[float], loop_rounds: list[float]) -> dict[str, Any]:
+    """One repeat's entry as bench/sim_overhead.py measures it."""
+    return {
+        "simulation": {"startup": 77.0, "rounds": sim_rounds, "total": 85.5},
+        "plain_loop": {
+            "startup": 5.9,
+            "rounds": loop_rounds,
+            "total": 10.5,
+            "encode_per_round": 0.0012,
+            "client_build": 0.43,
+        },
+    }
+
+
+def _document() -> dict[str, Any]:
+    repeats = [
+        _repeat([1.5, 1.6, 1.8], [1.5, 1.4, 1.6]),  # steady 1.7 / 1.5
+        _repeat([2.0, 3.0, 2.0], [1.8, 2.0, 2.0]),  # steady 2.5 / 2.0
+    ]
+    return make_document(
+        ["--repeats", "2", "--out", "x y.json"], SETTING, repeats, (1.5, 1.0, 0.5), (2.25, 1, 1)
+    )
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    return {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines}
+
+
+def test_the_steady_state_is_the_median_of_the_rounds_after_the_first() -> None:
+    assert steady_state([30.0, 5.0, 6.0]) == 5.5
+    with pytest.raises(ValueError, match=r"loop: 1 round\(s\)"):
+        steady_state([30.0], "loop")
+
+
+def test_the_document_holds_the_command_the_machine_and_each_repeats_ratio() -> None:
+    document = _document()
+    assert document["command"] == "python bench/sim_overhead.py --repeats 2 --out 'x y.json'"
+    assert document["machine"]["loadavg_at_start"] == [1.5, 1.0, 0.5]
+    assert document["machine"]["loadavg_at_end"] == [2.25, 1, 1]
+    assert document["machine"]["cpus"] >= 1
+    ratios = [r["ratio"] for r in document["summary"]["repeats"]]
+    assert ratios == pytest.approx([1.7 / 1.5, 1.25])
+    assert document["summary"]["ratio_median"] == pytest.approx((1.7 / 1.5 + 1.25) / 2)
+    assert json.loads(json.dumps(document)) == document  # what --out writes
+
+
+def test_the_table_has_both_ways_per_repeat_and_the_median_ratio_against_the_target() -> None:
+    table = render_table(_document())
+    lines = table.splitlines()
+    assert lines[0].startswith(
+        "4 clients, 3 rounds, tiny ViT (depth 2, width 64, 16 px), pep-fedpt on digits; "
+        "2 runs of both ways, interleaved, on "
+    )
+    assert lines[0].endswith("1-minute load average 1.5 at the start, 2.2 at the end.")
+    assert lines[2] == ("| | run 1: simulation | run 1: loop | run 2: simulation | run 2: loop |")
+    assert lines[3] == "|---|---|---|---|---|"
+    rows = _rows(table)
+    assert rows["start-up to round 1 (s)"] == ["77.00", "5.90", "77.00", "5.90 |"]
+    assert rows["round 2 (s)"] == ["1.60", "1.40", "3.00", "2.00 |"]
+    assert rows["round 3 (s)"] == ["1.80", "1.60", "2.00", "2.00 |"]
+    assert rows["whole run (s)"] == ["85.50", "10.50", "85.50", "10.50 |"]
+    assert rows["steady-state round (s, median of rounds 2..3)"] == [
+        "1.70",
+        "1.50",
+        "2.50",
+        "2.00 |",
+    ]
+    assert rows["steady-state ratio simulation / loop"] == ["**1.13**", "", "**1.25**", " |"]
+    assert rows["message encoding, Flower serde (s per round)"] == ["", "0.001", "", "0.001 |"]
+    assert rows["a client built in a fresh process (s)"] == ["", "0.430", "", "0.430 |"]
+    assert lines[-1] == (
+        "Steady-state round ratio simulation / plain loop: **1.19** "
+        "(median of 2 runs: 1.13, 1.25); target ≤ 1.10."
+    )
+
+
+def test_report_prints_the_table_of_a_written_file_without_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sim-overhead.json"
+    path.write_text(json.dumps(_document()))
+    main(["--report", str(path)])
+    assert capsys.readouterr().out == render_table(_document()) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        (("repeats", 1, "plain_loop", "rounds"), r"repeats\[1\]\.plain_loop: no 'rounds'"),
+        (("repeats", 0, "simulation", "startup"), r"repeats\[0\]\.simulation: no 'startup'"),
+        (("repeats", 0, "plain_loop", "client_build"), r"plain_loop: no 'client_build'"),
+        (("setting", "dataset"), r"setting: no 'dataset'"),
+        (("repeats",), r"the document: no 'repeats'"),
+    ],
+)
+def test_a_document_missing_a_figure_is_refused_naming_it(
+    drop: tuple[Any, ...], named: str
+) -> None:
+    document = _document()
+    holder: Any = document
+    for key in drop[:-1]:
+        holder = holder[key]
+    del holder[drop[-1]]
+    with pytest.raises(ValueError, match=named):
+        render_table(document)
+
+
+def test_report_of_a_file_missing_a_figure_names_the_file_and_the_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _document()
+    del document["repeats"][0]["simulation"]["rounds"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(SystemExit) as exited:
+        main(["--report", str(path)])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--report {path}: not a bench/sim_overhead.py --out file" in error
+    assert "repeats[0].simulation: no 'rounds'" in error
+
+
+def test_a_repeat_with_one_round_has_no_steady_state_and_says_which() -> None:
+    document = _document()
+    document["repeats"][1]["simulation"]["rounds"] = [4.0]
+    with pytest.raises(ValueError, match=r"repeats\[1\]\.simulation\.rounds: 1 round"):
+        summary(document)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--rounds", "1"], "--rounds = 1: a steady state needs at least 2 rounds"),
+        (["--repeats", "0"], "--repeats = 0: at least 1"),
+        (["--clients", "0"], "--clients = 0: at least 1"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert error in capsys.readouterr().err
