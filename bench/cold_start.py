@@ -12,6 +12,8 @@ Run from the repository root::
     python bench/cold_start.py                      # 2 partitions, 3 cold processes
     python bench/cold_start.py --num-partitions 10 --repeats 5
     python bench/cold_start.py --image-folder 400  # 400 JPEGs (10 classes, 96 px)
+    python bench/cold_start.py --image-folder 400 --out bench/results/cold-start.json
+    python bench/cold_start.py --report bench/results/cold-start.json   # the table again
 
 ``--image-folder N`` writes N synthetic JPEG files in a temporary ImageFolder tree
 (``data.dataset = "imagefolder"``), so that data loading decodes and resizes files as a
@@ -21,6 +23,12 @@ The first child runs with an empty cache folder (it computes z(x) and writes it)
 next ones are the steady state of every later round (z(x) loaded from disk). The default
 ``model.pretrained = "local:0-4"`` weights are a state-dict file loaded into timm's ViT;
 the bench loads a same-shaped state dict from a file, so that it never pre-trains.
+
+``--out`` writes the table's figures as JSON, atomically: every fresh process's stage
+seconds (the first, with empty caches, apart), the settings (model, data set, image-folder
+size, partition, repeats, device) and the command line, the machine's CPUs and its load
+averages at the start and the end. ``--report`` prints the table of such a file without
+running anything (``render_table``, a pure function that ``bench/figures.py`` also calls).
 """
 
 from __future__ import annotations
@@ -31,11 +39,15 @@ _T0 = time.time()  # as early as possible: the interpreter is up, nothing import
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +172,110 @@ def run_child(
     return result
 
 
-def main() -> None:
+# ---------------------------------------------------------------- the document
+# A ``--out`` document holds the command line, the ``setting``, the ``machine``, the
+# stages of the ``first`` process (empty caches) and of each later one (``runs``), in
+# seconds, each in the order the process ran them. ``median_s`` (per stage, over the runs)
+# is written for a reader of the JSON; the table recomputes it from the runs.
+WRITER = "bench/cold_start.py"
+TRAIN_COLD = "train 1 round (cold)"
+FIRST_ONLY = (
+    ("z(x) computed", "first message only: z(x) computed, empty cache"),
+    ("data load", "first message only: data load, empty caches"),
+)
+
+
+def _need(mapping: Any, key: str, where: str) -> Any:
+    from bench.result_file import need
+
+    return need(mapping, key, where, WRITER)
+
+
+def stage_medians(document: Mapping[str, Any]) -> dict[str, float]:
+    """Each stage's median over the ``runs`` (the fresh processes after the first), in the
+    order of the first run; a run without a stage the others have is named."""
+    runs = _need(document, "runs", "the document")
+    if not isinstance(runs, Sequence) or not runs:
+        raise ValueError("the document: 'runs' holds no processes")
+    stages = [_need(run, "stages", f"runs[{i}]") for i, run in enumerate(runs)]
+    names = list(_need(runs[0], "stages", "runs[0]"))
+    for i, run in enumerate(stages):
+        for name in names:
+            _need(run, name, f"runs[{i}].stages")
+    return {n: float(statistics.median(float(run[n]) for run in stages)) for n in names}
+
+
+def make_document(
+    argv: Sequence[str],
+    setting: Mapping[str, Any],
+    first: Mapping[str, float],
+    runs: Sequence[Mapping[str, float]],
+    load_start: Sequence[float],
+    load_end: Sequence[float],
+) -> dict[str, Any]:
+    """What ``--out`` writes: every process's stages with what they were measured under."""
+    from bench.result_file import machine
+
+    document: dict[str, Any] = {
+        "command": shlex.join(["python", WRITER, *argv]),
+        "setting": dict(setting),
+        "machine": machine(load_start, load_end),
+        "first": {"stages": dict(first)},
+        "runs": [{"stages": dict(stages)} for stages in runs],
+    }
+    document["median_s"] = stage_medians(document)
+    return document
+
+
+def _setting_line(document: Mapping[str, Any], runs: int) -> str:
+    from bench.result_file import machine_sentence
+
+    setting = _need(document, "setting", "the document")
+
+    def get(key: str) -> Any:
+        return _need(setting, key, "setting")
+
+    dataset = str(get("dataset"))
+    images = int(get("image_folder"))
+    if images:
+        dataset += f" ({images} synthetic 96 px JPEGs)"
+    return (
+        f"Cold start per message: {get('model')} at {get('img_size')} px, width "
+        f"{get('embed_dim')}, depth {get('depth')}, {dataset}, partition "
+        f"{get('partition_id')} of {get('num_partitions')} ({get('train_examples')} train "
+        f"examples); median of {runs} fresh process{'es' if runs > 1 else ''} after a first "
+        f"one with empty caches, device {get('device')}; {machine_sentence(document)}."
+    )
+
+
+def render_table(document: Mapping[str, Any]) -> str:
+    """The Markdown of a ``--out`` document: the setting, each stage's median, what only the
+    first message pays, the cold start against one round's compute, and their ratios."""
+    median = stage_medians(document)
+    first = _need(_need(document, "first", "the document"), "stages", "first")
+    if TRAIN_COLD not in median:
+        raise ValueError(f"runs[0].stages: no {TRAIN_COLD!r} (written by {WRITER} --out)")
+    lines = [_setting_line(document, len(document["runs"])), "", "| stage | seconds |"]
+    lines.append("|---|---|")
+    lines += [f"| {name} | {seconds:.3f} |" for name, seconds in median.items()]
+    for stage, label in FIRST_ONLY:
+        lines.append(f"| ({label}) | {float(_need(first, stage, 'first.stages')):.3f} |")
+    cold = sum(v for n, v in median.items() if not n.startswith("train"))
+    compute = median[TRAIN_COLD]
+    if compute <= 0:
+        raise ValueError(f"runs: {TRAIN_COLD!r} has a median of {compute} s")
+    lines += [
+        f"| cold start (process start .. z(x) cache load) | {cold:.3f} |",
+        f"| one round's compute (train, cold process) | {compute:.3f} |",
+        "",
+        f"Cold start / one round's compute = **{cold / compute:.2f}**; the cold start is "
+        f"**{cold / (cold + compute):.2f}** of each message's time.",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--partition-id", type=int, default=0)
@@ -172,19 +287,38 @@ def main() -> None:
     parser.add_argument(
         "--image-folder", type=int, default=0, help="N synthetic JPEGs instead of the digits"
     )
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
+    parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
+    args = parser.parse_args(argv)
     if args.child:
         child(
             args.partition_id, args.num_partitions, args.cache_dir, args.checkpoint, args.image_dir
         )
         return
-
     sys.path.insert(0, str(ROOT))
+    if args.report is not None:
+        try:
+            print(render_table(json.loads(args.report.read_text())))
+        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
+            parser.error(f"--report {args.report}: not a {WRITER} --out file ({exc})")
+        return
+    if args.repeats < 1:
+        parser.error(f"--repeats = {args.repeats}: at least 1 cold process after the first")
+    if args.num_partitions < 1 or not 0 <= args.partition_id < args.num_partitions:
+        parser.error(
+            f"--partition-id = {args.partition_id}, --num-partitions = {args.num_partitions}: "
+            "need 0 <= partition id < number of partitions"
+        )
+    if args.image_folder < 0:
+        parser.error(f"--image-folder = {args.image_folder}: a number of images, 0 for digits")
+
     import torch
 
+    from bench.result_file import write
     from pep_fedpt.engine import pick_device
     from pep_fedpt.models import create_backbone
 
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-bench-") as tmp:
         image_dir = ""
         if args.image_folder:
@@ -197,30 +331,31 @@ def main() -> None:
         first = run_child(args, cache_dir, checkpoint, image_dir)  # empty cache: computes z(x)
         runs = [run_child(args, cache_dir, checkpoint, image_dir) for _ in range(args.repeats)]
 
-    names = list(runs[0]["stages"])
-    median = {n: statistics.median(r["stages"][n] for r in runs) for n in names}
-    cold = sum(v for n, v in median.items() if not n.startswith("train"))
-    compute = median["train 1 round (cold)"]
-    print(
-        f"\ncold start per message, {cfg.model.name} {cfg.model.img_size}px "
-        f"d={cfg.model.embed_dim} L={cfg.model.depth}, {cfg.data.dataset}, partition "
-        f"{args.partition_id}/{args.num_partitions} ({runs[0]['examples']} train examples), "
-        f"median of {len(runs)} fresh processes, device {pick_device()}\n"
+    setting = {
+        "model": cfg.model.name,
+        "img_size": cfg.model.img_size,
+        "embed_dim": cfg.model.embed_dim,
+        "depth": cfg.model.depth,
+        "dataset": cfg.data.dataset,
+        "image_folder": args.image_folder,
+        "partition_id": args.partition_id,
+        "num_partitions": args.num_partitions,
+        "train_examples": runs[0]["examples"],
+        "repeats": args.repeats,
+        "device": str(pick_device()),
+    }
+    document = make_document(
+        sys.argv[1:] if argv is None else list(argv),
+        setting,
+        first["stages"],
+        [run["stages"] for run in runs],
+        load_start,
+        os.getloadavg(),
     )
-    print("| stage | seconds |\n|---|---|")
-    for name in names:
-        print(f"| {name} | {median[name]:.3f} |")
-    missed = first["stages"]["z(x) computed"]
-    print(f"| (first message only: z(x) computed, empty cache) | {missed:.3f} |")
-    decoded = first["stages"]["data load"]
-    print(f"| (first message only: data load, empty pixel cache) | {decoded:.3f} |")
-    print(f"\ncold start (process start .. z(x) cache load): {cold:.3f} s")
-    print(f"one round's compute (train, cold process):    {compute:.3f} s")
-    print(f"ratio cold start / round compute:             {cold / compute:.2f}")
-    print(
-        "ratio cold start / (cold start + compute):     "
-        f"{cold / (cold + compute):.2f} of each message's time"
-    )
+    if args.out is not None:
+        write(args.out, document)
+    print()
+    print(render_table(document))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
+from bench.result_file import machine, machine_sentence, need, write  # noqa: E402
 
 ROUND_MARK = "[ROUND "
 
@@ -230,12 +231,7 @@ TARGET = 1.10  # the issue's target for the steady-state ratio simulation / plai
 
 
 def _need(mapping: Any, key: str, where: str) -> Any:
-    """``mapping[key]``, or a ValueError that names the key and where it was looked for."""
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where}: expected an object, got {type(mapping).__name__}")
-    if key not in mapping:
-        raise ValueError(f"{where}: no {key!r} (written by bench/sim_overhead.py --out)")
-    return mapping[key]
+    return need(mapping, key, where, "bench/sim_overhead.py")
 
 
 def steady_state(rounds: Sequence[float], where: str = "rounds") -> float:
@@ -276,34 +272,16 @@ def make_document(
     document: dict[str, Any] = {
         "command": shlex.join(["python", "bench/sim_overhead.py", *argv]),
         "setting": dict(setting),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "loadavg_at_start": list(load_start),
-            "loadavg_at_end": list(load_end),
-        },
+        "machine": machine(load_start, load_end),
         "repeats": [dict(r) for r in repeats],
     }
     document["summary"] = summary(document)
     return document
 
 
-def _load(machine: Any) -> str:
-    if not isinstance(machine, Mapping):
-        return "load not recorded"
-    start, end = machine.get("loadavg_at_start"), machine.get("loadavg_at_end")
-    if not start or not end:
-        return "load not recorded"
-    return f"1-minute load average {start[0]:.1f} at the start, {end[0]:.1f} at the end"
-
-
 def _setting_line(document: Mapping[str, Any], runs: int) -> str:
     setting = _need(document, "setting", "the document")
     model = _need(setting, "model", "setting")
-    machine = document.get("machine")
-    if not isinstance(machine, Mapping):
-        machine = {}
-    threads = machine.get("omp_num_threads")
     return (
         f"{_need(setting, 'clients', 'setting')} clients, "
         f"{_need(setting, 'rounds', 'setting')} rounds, tiny ViT (depth "
@@ -312,9 +290,7 @@ def _setting_line(document: Mapping[str, Any], runs: int) -> str:
         f"{_need(model, 'model.img-size', 'setting.model')} px), "
         f"{_need(setting, 'method', 'setting')} on {_need(setting, 'dataset', 'setting')}; "
         f"{runs} run{'s' if runs > 1 else ''} of both ways, interleaved, on "
-        f"{machine.get('cpus', '?')} CPUs"
-        + (f" (OMP_NUM_THREADS={threads})" if threads else "")
-        + f", {_load(machine)}."
+        f"{machine_sentence(document)}."
     )
 
 
@@ -385,13 +361,6 @@ def render_table(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_document(path: Path, document: Mapping[str, Any]) -> None:
-    """Atomically: a reader (``bench.tables``) never sees half a file."""
-    from pep_fedpt.atomic import atomic_write
-
-    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
-
-
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -444,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     document = make_document(argv, setting, repeats, load_start, os.getloadavg())
     if args.out is not None:
-        write_document(args.out, document)
+        write(args.out, document)
     print()
     print(render_table(document))
 
