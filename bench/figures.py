@@ -12,6 +12,14 @@
   ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes);
 - ``scale-passes``: the 1,000 / 100 ratios of ``scale.json`` beside those of earlier
   invocations of the same command kept as ``scale-pass*.json``.
+
+Two more blocks are ready for their pages but not yet registered in ``bench.tables.PAGES``
+(their result files do not exist until the benchmarks run on a quiet machine):
+
+- ``sim_overhead_block``: ``bench/sim_overhead.py --repeats 3 --out
+  bench/results/sim-overhead.json`` (a real ``flwr run .`` against a plain loop);
+- ``cold_start_block``: ``bench/cold_start.py --image-folder 400 --out
+  bench/results/cold-start.json`` (a ClientApp process's cold start per message).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from typing import Any
 AGGREGATE = "aggregate.json"
 BACKBONE_PROBE = "backbone-probe.jsonl"
 SCALE = "scale.json"
+SIM_OVERHEAD = "sim-overhead.json"
+COLD_START = "cold-start.json"
 # The rows of bench/scale.py's table that the README shows (by their first words).
 SCALE_SUMMARY = (
     "sampled clients per round",
@@ -153,3 +163,31 @@ def scale_summary_block(results: Path) -> str:
     lines = scale_block(results).splitlines()
     rows = [line for line in lines[2:] if line.strip("| ").startswith(SCALE_SUMMARY)]
     return "\n".join(lines[:2] + rows) + "\n"
+
+
+def _rendered(results: Path, name: str, writer: str, render: Any) -> str:
+    """``render`` of the document in ``results / name``; any flaw named with the file."""
+    path = results / name
+    try:
+        return str(render(_read_json(path))) + "\n"
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FigureError):
+            raise
+        hint = f"(written by {writer} --out)"
+        message = str(exc) if hint in str(exc) else f"{exc} {hint}"
+        raise FigureError(f"{path}: {message}") from None
+
+
+def sim_overhead_block(results: Path) -> str:
+    """bench/sim_overhead.py's table of ``sim-overhead.json``: per repeat, a real
+    ``flwr run`` against a plain loop, and the median steady-state ratio."""
+    from bench.sim_overhead import render_table
+
+    return _rendered(results, SIM_OVERHEAD, "bench/sim_overhead.py", render_table)
+
+
+def cold_start_block(results: Path) -> str:
+    """bench/cold_start.py's stage table of ``cold-start.json``."""
+    from bench.cold_start import render_table
+
+    return _rendered(results, COLD_START, "bench/cold_start.py", render_table)

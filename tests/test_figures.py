@@ -66,3 +66,82 @@ def test_the_readme_scale_summary_keeps_the_header_and_its_rows() -> None:
     assert summary[:2] == whole[:2] and set(summary) <= set(whole)
     assert summary[2].split("|")[1].strip() == "sampled clients per round (train)"
     assert len(summary) == 2 + len(figures.SCALE_SUMMARY)  # one row per summary entry
+
+
+def _sim_overhead_document() -> dict[str, object]:
+    from bench.sim_overhead import TINY, make_document
+
+    loop = {"startup": 6.0, "rounds": [1.5, 1.0, 1.0], "total": 10.0}
+    loop |= {"encode_per_round": 0.001, "client_build": 0.4}
+    sim = {"startup": 60.0, "rounds": [1.5, 1.1, 1.1], "total": 70.0}
+    setting = {"clients": 4, "rounds": 3, "repeats": 1, "method": "pep-fedpt"}
+    setting |= {"dataset": "digits", "model": TINY}
+    return make_document([], setting, [{"simulation": sim, "plain_loop": loop}], [1] * 3, [2] * 3)
+
+
+def _cold_start_document() -> dict[str, object]:
+    from bench.cold_start import make_document
+
+    stages = {"process start": 0.05, "imports": 5.0, "data load": 0.02}
+    stages |= {"z(x) cache load": 0.003, "train 1 round (cold)": 0.9}
+    first = {**stages, "z(x) computed": 0.35, "data load": 3.8}
+    setting = {"model": "vit", "img_size": 32, "embed_dim": 96, "depth": 4}
+    setting |= {"dataset": "digits", "image_folder": 0, "partition_id": 0, "num_partitions": 2}
+    setting |= {"train_examples": 681, "repeats": 1, "device": "cpu"}
+    return make_document([], setting, first, [stages], [1] * 3, [2] * 3)
+
+
+def test_the_simulation_overhead_block_is_the_benchmarks_own_table(tmp_path: Path) -> None:
+    from bench.sim_overhead import render_table
+
+    document = _sim_overhead_document()
+    (tmp_path / figures.SIM_OVERHEAD).write_text(json.dumps(document))
+    block = figures.sim_overhead_block(tmp_path)
+    assert block == render_table(document) + "\n"
+    assert "| steady-state ratio simulation / loop | **1.10** |  |" in block
+
+
+def test_the_cold_start_block_is_the_benchmarks_own_table(tmp_path: Path) -> None:
+    from bench.cold_start import render_table
+
+    document = _cold_start_document()
+    (tmp_path / figures.COLD_START).write_text(json.dumps(document))
+    block = figures.cold_start_block(tmp_path)
+    assert block == render_table(document) + "\n"
+    assert "| (first message only: data load, empty caches) | 3.800 |" in block
+
+
+@pytest.mark.parametrize(
+    ("block", "name"),
+    [
+        (figures.sim_overhead_block, figures.SIM_OVERHEAD),
+        (figures.cold_start_block, figures.COLD_START),
+    ],
+)
+def test_a_speed_block_without_its_result_file_names_the_file(
+    tmp_path: Path, block: object, name: str
+) -> None:
+    with pytest.raises(figures.FigureError, match=rf"{tmp_path}/{name}: No such file"):
+        block(tmp_path)  # type: ignore[operator]
+
+
+def test_a_speed_block_of_an_incomplete_file_names_the_file_and_the_figure(
+    tmp_path: Path,
+) -> None:
+    sim = _sim_overhead_document()
+    del sim["repeats"][0]["plain_loop"]["client_build"]  # type: ignore[index]
+    (tmp_path / figures.SIM_OVERHEAD).write_text(json.dumps(sim))
+    with pytest.raises(
+        figures.FigureError,
+        match=r"sim-overhead\.json: repeats\[0\]\.plain_loop: no 'client_build' "
+        r"\(written by bench/sim_overhead\.py --out\)$",  # said once
+    ):
+        figures.sim_overhead_block(tmp_path)
+    (tmp_path / figures.COLD_START).write_text("{not json")
+    with pytest.raises(figures.FigureError, match=r"cold-start\.json: not JSON"):
+        figures.cold_start_block(tmp_path)
+    cold = _cold_start_document()
+    del cold["setting"]["device"]  # type: ignore[attr-defined]
+    (tmp_path / figures.COLD_START).write_text(json.dumps(cold))
+    with pytest.raises(figures.FigureError, match=r"cold-start\.json: setting: no 'device'"):
+        figures.cold_start_block(tmp_path)
