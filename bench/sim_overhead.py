@@ -11,13 +11,14 @@ Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.execu
 The plain loop is ``tests/helpers/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
 SuperLink, no SuperNode, no Ray actor and no serialisation. A round is timed from one
-"[ROUND r/R]" to the next in both (the simulation's from its streamed log, read line by
-line as it arrives, so within the log's streaming delay); "steady state" is the median of
-the rounds after the first. The rest of the simulation's time is split into: start-up
+"[ROUND r/R]" line to the next, the last to the summary line, in both (the simulation's
+from its streamed log, read line by line as it arrives, so within the log's streaming
+delay; the loop's as they are logged); "steady state" is the median of the rounds after
+the first. The rest of the simulation's time is split into: start-up
 (``flwr run`` to the first round: SuperLink, the run's processes, Ray, actors), the
 message encoding (a round's messages through Flower's own protobuf serde, measured here)
-and the per-message data and model set-up (a client built cold in this process: what an
-actor pays once per partition it serves, cached after that by ``client_for``).
+and the per-message data and model set-up (a client built cold in the loop's process:
+what an actor pays once per partition it serves, cached after that by ``client_for``).
 
 ``--repeats K`` runs both ways K times, interleaved (simulation, loop, simulation, ...),
 each loop in a fresh Python process of its own (as cold as the simulation's processes, so
@@ -138,13 +139,18 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     marks: list[float] = []
     contents: list[object] = []  # every message and reply, encoded after the run
 
+    ends: list[float] = []  # the summary line: the last round's end, as in the simulation
+
     class RoundMarks(logging.Handler):
-        """Times each "[ROUND r/R]" line as it is logged: the simulation's marks, without
-        its streaming delay."""
+        """Times each "[ROUND r/R]" line and the summary line as they are logged: the
+        simulation's marks, without its streaming delay."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            if ROUND_MARK in record.getMessage():
+            message = record.getMessage()
+            if ROUND_MARK in message:
                 marks.append(time.monotonic())
+            elif "summary" in message and len(marks) == rounds and not ends:
+                ends.append(time.monotonic())
 
     class RecordingGrid(InProcessGrid):
         """Keeps what crossed (messages and replies), for the serde figure."""
@@ -171,9 +177,10 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
         )
     finally:
         FLOWER_LOGGER.removeHandler(round_marks)
-    end = time.monotonic()
+    finished = time.monotonic()
     if len(marks) != rounds:
         sys.exit(f"the plain loop logged {len(marks)} '{ROUND_MARK}' lines, not {rounds}")
+    end = ends[0] if ends else finished
     from flwr.common.serde import recorddict_to_proto
 
     tick = time.perf_counter()
@@ -195,7 +202,7 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     build = time.perf_counter() - tick
     encode_per_round = encode / rounds  # the query, train and evaluate messages, per round
     return {
-        "total": end - start,
+        "total": finished - start,
         "startup": marks[0] - start,
         "rounds": _round_gaps(marks, end),
         "encode_per_round": encode_per_round,
