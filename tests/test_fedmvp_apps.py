@@ -1,4 +1,4 @@
-"""FedMVP through the real ServerApp and ClientApps in one process (tests/inprocess.py):
+"""FedMVP through the real ServerApp and ClientApps in one process (tests/helpers/inprocess.py):
 one round on the base->new protocol, a malformed reply, and a resumed run that ends as an
 uninterrupted one. The tiny seeded CLIP on digits: the numbers mean nothing, the paths do.
 """
