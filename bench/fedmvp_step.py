@@ -1,265 +1,288 @@
-"""FedMVP: one training step and one evaluation with cached text features vs re-encoding the
-attribute sentences every step (as the authors' code does), and peak memory of a batch
-against the size of the attribute bank.
+"""FedMVP's step costs: one training step and one evaluation with cached text features
+against re-encoding the attribute sentences every step (as the authors' code does), and
+the peak memory of a training step against the attribute bank's size.
 
-    .venv/bin/python bench/fedmvp_step.py                    # tiny CLIP, 100 classes x 10
-    .venv/bin/python bench/fedmvp_step.py --repeats 20 --batch 64
-    .venv/bin/python bench/fedmvp_step.py --clip-model ViT-B-16 --batch 8 --repeats 3 \\
-        --memory-classes 10,50 --skip-timing                 # the paper's widths (slow on CPU)
+Run from the repository root::
 
-Part 1 (time): a step = [text features] + prompted forward + CE + consistency loss +
-backward + SGD update on one batch; an evaluation = [text features] + logits of one batch
-without gradients. "cached" reads the features of the bank computed once (the project's
-text bank); "re-encode" runs the frozen text tower over all S sentences first. The two are
-timed interleaved in one run and compared by medians, so machine noise hits both alike.
+    python bench/fedmvp_step.py                    # tiny CLIP, 100 classes x 10, batch 32
+    python bench/fedmvp_step.py --repeats 20 --batch 64
+    python bench/fedmvp_step.py --threads 1 --out bench/results/fedmvp-step-tiny.json
+    python bench/fedmvp_step.py --clip-model ViT-B-16 --batch 8 --memory-classes 10,50 \\
+        --skip-timing --threads 1 --out bench/results/fedmvp-step-vit-b-16.json
+    python bench/fedmvp_step.py --report bench/results/fedmvp-step-tiny.json \\
+        bench/results/fedmvp-step-vit-b-16.json     # the tables again, nothing run
 
-Part 2 (memory): peak bytes allocated during one training step (forward + backward) for
-banks of C classes x A sentences, measured by tracking every tensor storage an op creates
-until it is freed (``PeakBytes``: a torch dispatch mode, the same on the CPU and CUDA),
-for this project's PromptFormer (the bank projected once: keys and values S x width,
-logits B x S) and for the same computation with the bank projected per batch element, as
-the authors' code does (B x C x A x width). Both give the same prompts (checked).
-
-The sentences come from ``--attributes`` (default: caltech101.json of ../shared/
-fedmvp-attributes, read in place, 100 classes x 10 phrases) or, without that file, from
-synthetic phrases of the same count. Random CLIP weights: the figures are costs, not
-accuracies.
+What is measured, and how, is in ``bench/fedmvp_measure.py`` (the torch half, imported only
+when something runs). ``--out`` writes every figure the tables show as JSON, atomically:
+the settings (CLIP model and its widths, device, torch threads, batch, sentences per class
+and where they came from, bank size, repeats, memory bank sizes, whether timing was
+skipped), every timed sample in seconds with the medians and ratios, the memory rows in
+bytes, the command line and the machine (CPUs, load averages at the start and the end).
+``--report`` prints the Markdown of one or more such files without running anything
+(``render_report``, a pure function that ``bench/figures.py`` also calls).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
-import tempfile
-import time
-import weakref
-from collections.abc import Callable
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from pep_fedpt.config import FedMVPConfig
-from pep_fedpt.fedmvp import FedMVPModel, PromptFormer, TextBank, build_clip, build_text_bank
-from pep_fedpt.fedmvp.clip import ClipBundle
-from pep_fedpt.fedmvp.text_bank import encode_sentences
-
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ATTRIBUTES = ROOT.parent / "shared" / "fedmvp-attributes" / "caltech101.json"
+if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
+    sys.path.insert(0, str(ROOT))
+
+from bench.result_file import machine, machine_sentence, need  # noqa: E402
+
+WRITER = "bench/fedmvp_step.py"
+# The timed calls, in the order of the table.
+CALLS = ("training step", "evaluation")
+MIB = 2**20
 
 
-def phrase_table(path: Path, classes: int, per_class: int) -> dict[str, list[str]]:
-    """``classes`` classes of ``per_class`` phrases: from the file, else synthetic."""
-    table: dict[str, list[str]] = {}
-    if path.is_file():
-        raw = json.loads(path.read_text())
-        for name, phrases in list(raw.items())[:classes]:
-            table[name] = (phrases * per_class)[:per_class]
-    for k in range(len(table), classes):
-        table[f"object {k}"] = [
-            f"distinctive part number {j} of object {k}" for j in range(per_class)
-        ]
-    return table
+def _need(mapping: Any, key: str, where: str) -> Any:
+    return need(mapping, key, where, WRITER)
 
 
-def released_style_prompts(
-    former: PromptFormer, patches: torch.Tensor, bank: torch.Tensor
-) -> torch.Tensor:
-    """The PromptFormer with the bank projected per batch element (B x S x width)."""
-    batch, num_patches, width = patches.shape
-    projected = former.proj(bank.expand(batch, -1, -1))  # (B, S, width): the authors' way
-    att, heads = former.attn, former.attn.num_heads
-    keys, values = att.k(att.k_norm(projected)), att.v(projected)
-    q = att.q(att.q_norm(patches)).view(batch, num_patches, heads, -1).transpose(1, 2)
-    k = keys.view(batch, -1, heads, width // heads).transpose(1, 2)
-    v = values.view(batch, -1, heads, width // heads).transpose(1, 2)
-    mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape_as(patches)
-    hidden = att.out(mixed)
-    hidden = hidden + former.ffn(hidden)
-    return F.adaptive_avg_pool1d(hidden.transpose(1, 2), former.num_prompts).transpose(1, 2)
+# ---------------------------------------------------------------- the document
+# A ``--out`` document holds the command line, the ``setting``, the ``machine``, the
+# ``timing`` (null when skipped: the bank and, per call, every interleaved sample of
+# cached and re-encoding seconds) and the ``memory`` rows (peak bytes per bank size).
+# Each call's medians and ratio are written for a reader of the JSON; the tables recompute
+# them from the samples.
 
 
-def released_style_logits(
-    features: torch.Tensor, bank: TextBank, classes: int, per_class: int, scale: float
-) -> torch.Tensor:
-    """Per-class mean cosine through a (B, C, A, D) tensor, as the authors' code builds it."""
-    text = bank.features.view(1, classes, per_class, -1).expand(features.shape[0], -1, -1, -1)
-    return scale * (features[:, None, None, :] * text).sum(-1).mean(-1)
+def call_medians(timing: Mapping[str, Any]) -> dict[str, tuple[float, float, int]]:
+    """Per timed call: the median cached and re-encoding seconds and the number of pairs;
+    a call, or a sample list, that is missing, empty or unpaired is named."""
+    calls = _need(timing, "calls", "timing")
+    medians: dict[str, tuple[float, float, int]] = {}
+    for name in CALLS:
+        where = f"timing.calls[{name!r}]"
+        samples = _need(calls, name, "timing.calls")
+        cached = _need(samples, "cached_s", where)
+        again = _need(samples, "reencode_s", where)
+        if not isinstance(cached, Sequence) or not cached or len(cached) != len(again):
+            raise ValueError(
+                f"{where}: 'cached_s' and 'reencode_s' must be equally long, non-empty lists "
+                f"(interleaved pairs), got {len(cached)} and {len(again)} samples"
+            )
+        m_cached = float(statistics.median(float(s) for s in cached))
+        m_again = float(statistics.median(float(s) for s in again))
+        if m_cached <= 0:
+            raise ValueError(f"{where}: the cached median is {m_cached} s")
+        medians[name] = (m_cached, m_again, len(cached))
+    return medians
 
 
-class PeakBytes(TorchDispatchMode):
-    """Peak bytes of the tensor storages created under this mode and alive at the same time.
-
-    Every op's outputs pass through ``__torch_dispatch__`` (autograd's backward ops too); a
-    storage counts from its creation until torch frees it (a weakref finalizer on the
-    storage, whose Python object torch keeps for as long as the storage lives). Parameters
-    and inputs created before the mode are not counted: this is what one batch adds.
-    Works the same on the CPU and on CUDA.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for tensor in pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self._track(tensor.untyped_storage())
-        return out
-
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        key, size = storage.data_ptr(), storage.nbytes()
-        if key in self._seen or size == 0:  # a view, an in-place result, or nothing
-            return
-        self._seen.add(key)
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key, size)
-
-    def _free(self, key: int, size: int) -> None:
-        self._seen.discard(key)
-        self.live -= size
+def make_document(
+    argv: Sequence[str],
+    setting: Mapping[str, Any],
+    timing: Mapping[str, Any] | None,
+    memory: Sequence[Mapping[str, int]],
+    load_start: Sequence[float],
+    load_end: Sequence[float],
+) -> dict[str, Any]:
+    """What ``--out`` writes: every sample and row with what they were measured under."""
+    document: dict[str, Any] = {
+        "command": shlex.join(["python", WRITER, *argv]),
+        "setting": dict(setting),
+        "machine": machine(load_start, load_end),
+        "timing": None,
+        "memory": [dict(row) for row in memory],
+    }
+    if timing is not None:
+        calls = {name: dict(samples) for name, samples in _need(timing, "calls", "timing").items()}
+        document["timing"] = {**timing, "calls": calls}
+        for name, (m_cached, m_again, _) in call_medians(document["timing"]).items():
+            calls[name]["median_cached_s"] = m_cached
+            calls[name]["median_reencode_s"] = m_again
+            calls[name]["reencode_over_cached"] = m_again / m_cached
+    return document
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# ---------------------------------------------------------------- the Markdown
+def _setting_line(document: Mapping[str, Any]) -> str:
+    setting = _need(document, "setting", "the document")
+
+    def get(key: str) -> Any:
+        return _need(setting, key, "setting")
+
+    part = "memory only (`--skip-timing`)" if get("skip_timing") else "time and memory"
+    return (
+        f"FedMVP step costs, {part}: CLIP {get('clip_model')} (vision width "
+        f"{get('vision_width')}, text dim {get('text_dim')}, {get('image_size')} px, random "
+        f"weights), device {get('device')}, torch threads {get('threads')}, batch "
+        f"{get('batch')}, {get('per_class')} sentences per class ({get('sentences_from')}); "
+        f"{machine_sentence(document)}."
+    )
+
+
+def _timing_table(document: Mapping[str, Any]) -> list[str]:
+    setting = _need(document, "setting", "the document")
+    timing = _need(document, "timing", "the document")
+    if timing is None:
+        if not _need(setting, "skip_timing", "setting"):
+            raise ValueError(
+                f"the document: 'timing' is null but setting 'skip_timing' is false "
+                f"(written by {WRITER} --out)"
+            )
+        return []
+    medians = call_medians(timing)
+    classes = _need(timing, "bank_classes", "timing")
+    sentences = _need(timing, "bank_sentences", "timing")
+    pairs = sorted({n for _, _, n in medians.values()})
+    lines = [
+        "",
+        f"Time with a bank of {classes} classes = {sentences} sentences: median of "
+        f"{'/'.join(map(str, pairs))} interleaved pairs (cached, re-encoding) after 2 warm-up "
+        "pairs.",
+        "",
+        "| call | cached | re-encoding all sentences | re-encoding / cached |",
+        "|---|---|---|---|",
+    ]
+    for name, (m_cached, m_again, _) in medians.items():
+        lines.append(
+            f"| {name} | {m_cached * 1e3:.2f} ms | {m_again * 1e3:.2f} ms "
+            f"| **{m_again / m_cached:.2f}** |"
+        )
+    return lines
+
+
+def _memory_table(document: Mapping[str, Any]) -> list[str]:
+    setting = _need(document, "setting", "the document")
+    rows = _need(document, "memory", "the document")
+    if not isinstance(rows, Sequence) or not rows:
+        raise ValueError("the document: 'memory' holds no rows")
+    lines = [
+        "",
+        f"Peak memory one training step adds (forward + backward), batch "
+        f"{_need(setting, 'batch', 'setting')}:",
+        "",
+        "| classes | sentences | this project | bank projected per batch element |",
+        "|---|---|---|---|",
+    ]
+    for i, row in enumerate(rows):
+        where = f"memory[{i}]"
+        mine = float(_need(row, "this_project_bytes", where)) / MIB
+        theirs = float(_need(row, "per_element_bytes", where)) / MIB
+        lines.append(
+            f"| {_need(row, 'classes', where)} | {_need(row, 'sentences', where)} "
+            f"| {mine:.1f} MiB | {theirs:.1f} MiB |"
+        )
+    return lines
+
+
+def render_document(document: Mapping[str, Any]) -> str:
+    """The Markdown of one ``--out`` document: its settings in one line, the timing table
+    (unless skipped) and the memory table."""
+    return "\n".join([_setting_line(document), *_timing_table(document), *_memory_table(document)])
+
+
+def render_report(documents: Sequence[Mapping[str, Any]]) -> str:
+    """Each document's Markdown, in order, a blank line apart."""
+    return "\n\n".join(render_document(document) for document in documents)
+
+
+# ---------------------------------------------------------------- command
+def _bank_sizes(text: str) -> list[int]:
+    """``"10,50"`` as [10, 50]; anything but positive whole numbers is a ValueError."""
+    sizes = [int(part) for part in text.split(",")]  # ValueError on "x" or ""
+    if any(size < 1 for size in sizes):
+        raise ValueError("a number of classes below 1")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", default="tiny")
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--classes", type=int, default=100, help="bank size for the timing")
+    parser.add_argument("--per-class", type=int, default=10, help="sentences per class")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--memory-classes", default="10,50,100,200")
-    parser.add_argument("--attributes", type=Path, default=DEFAULT_ATTRIBUTES)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10, help="interleaved timed pairs")
+    parser.add_argument("--memory-classes", default="10,50,100,200", help="bank sizes, a,b,..")
+    parser.add_argument("--attributes", type=Path, default=None, help="a phrases JSON file")
+    parser.add_argument("--device", default="", help="default: cuda if there is one, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--skip-timing", action="store_true", help="part 2 (memory) only")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = FedMVPConfig(clip_model=args.clip_model)
-    bundle = build_clip(cfg, seed=0, device=device)
-    model = FedMVPModel(bundle, cfg, seed=0)
-    cache = Path(tempfile.mkdtemp(prefix="fedmvp-bench-"))
-
-    def bank_of(classes: int) -> TextBank:
-        table = phrase_table(args.attributes, classes, args.per_class)
-        return build_text_bank(bundle, list(table), table, cfg, cache)
-
-    print(
-        f"CLIP {args.clip_model} (vision width {bundle.vision_width}, text dim "
-        f"{bundle.text_dim}, {bundle.spec.size} px), {args.device}, torch threads "
-        f"{torch.get_num_threads()}, batch {args.batch}, {args.per_class} sentences per class "
-        f"({'from ' + args.attributes.name if args.attributes.is_file() else 'synthetic'})"
+    parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="print the tables of --out files; no run"
     )
-    if not args.skip_timing:
-        bank = bank_of(args.classes)
-        print(f"time: bank of {bank.num_classes} classes = {len(bank.sentences)} sentences")
-        timing(model, bundle, bank, args)
-    memory(model, bundle, args, device, bank_of)
-
-
-def timing(
-    model: FedMVPModel, bundle: ClipBundle, bank: TextBank, args: argparse.Namespace
-) -> None:
-    gen = torch.Generator().manual_seed(0)
-    size = bundle.spec.size
-    images = torch.randn(args.batch, 3, size, size, generator=gen).to(bundle.device)
-    labels = torch.randint(0, bank.num_classes, (args.batch,), generator=gen).to(bundle.device)
-    params = [p for p in model.promptformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.003, momentum=0.9, weight_decay=1e-5)
-
-    def features_of(reencode: bool) -> TextBank:
-        if not reencode:
-            return bank
-        fresh = encode_sentences(bundle, bank.sentences).to(bundle.device)
-        return TextBank(fresh, bank.class_index, bank.num_classes, bank.classnames, bank.sentences)
-
-    def step(reencode: bool) -> float:
-        start = _now(bundle)
-        current = features_of(reencode)
-        features = model.encode_image(images, current)
-        loss = F.cross_entropy(model.logits_from_features(features, current), labels)
-        loss = loss + 10.0 * model.consistency_loss(features, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return _now(bundle) - start
-
-    @torch.no_grad()
-    def evaluation(reencode: bool) -> float:
-        start = _now(bundle)
-        model.logits(images, features_of(reencode)).argmax(-1)
-        return _now(bundle) - start
-
-    for name, fn in (("training step", step), ("evaluation", evaluation)):
-        model.train(name == "training step")
-        for _ in range(2):  # warm-up
-            fn(False), fn(True)
-        cached, again = [], []
-        for _ in range(args.repeats):
-            cached.append(fn(False))
-            again.append(fn(True))
-        m_cached, m_again = statistics.median(cached), statistics.median(again)
-        print(
-            f"{name:14s} median cached {m_cached * 1e3:9.2f} ms, re-encoding "
-            f"{m_again * 1e3:9.2f} ms: re-encoding / cached = {m_again / m_cached:.2f} "
-            f"({args.repeats} interleaved pairs)"
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        if args.out is not None:
+            parser.error("--report prints files already written, --out writes a new run: not both")
+        documents = []
+        for path in args.report:
+            try:
+                documents.append(json.loads(path.read_text()))
+                render_document(documents[-1])
+            except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
+                parser.error(f"--report {path}: not a {WRITER} --out file ({exc})")
+        print(render_report(documents))
+        return
+    for name in ("classes", "per_class", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: at least 1")
+    if args.threads < 0:
+        parser.error(f"--threads = {args.threads}: a number of threads, 0 for torch's default")
+    if args.attributes is not None and not args.attributes.is_file():
+        parser.error(f"--attributes {args.attributes}: no such file (a JSON of class -> phrases)")
+    try:
+        memory_classes = _bank_sizes(args.memory_classes)
+    except ValueError:
+        parser.error(
+            f"--memory-classes = {args.memory_classes!r}: comma-separated numbers of classes, "
+            "each at least 1 (e.g. 10,50)"
         )
 
+    from bench.fedmvp_measure import DEFAULT_ATTRIBUTES, measure  # torch: only for a run
+    from bench.result_file import write
 
-def memory(
-    model: FedMVPModel,
-    bundle: ClipBundle,
-    args: argparse.Namespace,
-    device: torch.device,
-    bank_of: Callable[[int], TextBank],
-) -> None:
-    size = bundle.spec.size
-    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    images = images.to(device)
-    former = model.promptformer
-    print(f"peak memory of one training step (forward + backward), batch {args.batch}:")
-    print(f"{'classes':>8} {'sentences':>10} {'this project':>14} {'per-element proj.':>18}")
-    for classes in [int(c) for c in args.memory_classes.split(",")]:
-        bank = bank_of(classes)
-        labels = torch.arange(args.batch, device=device) % classes
-        tokens = model.embed(images)
-        check = released_style_prompts(former, tokens[:, 1:], bank.features)
-        assert torch.allclose(check, former(tokens[:, 1:], bank.features), atol=1e-4)
-        peaks = []
-        for released in (False, True):
-            model.zero_grad(set_to_none=True)
-            with PeakBytes() as tracker:
-                tokens = model.embed(images)
-                if released:
-                    prompts = released_style_prompts(former, tokens[:, 1:], bank.features)
-                    features = model.encode_tokens(torch.cat([tokens, prompts], dim=1))
-                    logits = released_style_logits(
-                        features, bank, classes, args.per_class, model.logit_scale
-                    )
-                else:
-                    features = model.encode_image(images, bank)
-                    logits = model.logits_from_features(features, bank)
-                F.cross_entropy(logits, labels).backward()
-            peaks.append(tracker.peak)
-        mib = [p / 2**20 for p in peaks]
-        print(f"{classes:>8} {len(bank.sentences):>10} {mib[0]:>11.1f} MiB {mib[1]:>14.1f} MiB")
-
-
-def _now(bundle: ClipBundle) -> float:
-    if bundle.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
+    load_start = os.getloadavg()
+    measured = measure(
+        args.clip_model,
+        args.classes,
+        args.per_class,
+        args.batch,
+        args.repeats,
+        memory_classes,
+        attributes=args.attributes or DEFAULT_ATTRIBUTES,
+        device=args.device,
+        threads=args.threads,
+        skip_timing=args.skip_timing,
+    )
+    setting = {
+        "clip_model": args.clip_model,
+        **measured["clip"],
+        "device": measured["device"],
+        "threads": measured["threads"],
+        "batch": args.batch,
+        "per_class": args.per_class,
+        "sentences_from": measured["sentences_from"],
+        "classes": args.classes,
+        "repeats": args.repeats,
+        "memory_classes": memory_classes,
+        "skip_timing": args.skip_timing,
+    }
+    document = make_document(
+        sys.argv[1:] if argv is None else list(argv),
+        setting,
+        measured["timing"],
+        measured["memory"],
+        load_start,
+        os.getloadavg(),
+    )
+    if args.out is not None:
+        write(args.out, document)
+    print(render_document(document))
 
 
 if __name__ == "__main__":
