@@ -19,7 +19,12 @@ Two more blocks are ready for their pages but not yet registered in ``bench.tabl
 - ``sim_overhead_block``: ``bench/sim_overhead.py --repeats 3 --out
   bench/results/sim-overhead.json`` (a real ``flwr run .`` against a plain loop);
 - ``cold_start_block``: ``bench/cold_start.py --image-folder 400 --out
-  bench/results/cold-start.json`` (a ClientApp process's cold start per message).
+  bench/results/cold-start.json`` (a ClientApp process's cold start per message);
+- ``fedmvp_step_block`` (docs/fedmvp.md): ``bench/fedmvp_step.py --threads 1 --out
+  bench/results/fedmvp-step-tiny.json`` (tiny CLIP: cached text features against
+  re-encoding, and memory against the bank size) and ``bench/fedmvp_step.py --clip-model
+  ViT-B-16 --batch 8 --memory-classes 10,50 --skip-timing --threads 1 --out
+  bench/results/fedmvp-step-vit-b-16.json`` (the paper's widths, memory only).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ BACKBONE_PROBE = "backbone-probe.jsonl"
 SCALE = "scale.json"
 SIM_OVERHEAD = "sim-overhead.json"
 COLD_START = "cold-start.json"
+FEDMVP_STEP_TINY = "fedmvp-step-tiny.json"
+FEDMVP_STEP_VIT_B_16 = "fedmvp-step-vit-b-16.json"
 # The rows of bench/scale.py's table that the README shows (by their first words).
 SCALE_SUMMARY = (
     "sampled clients per round",
@@ -191,3 +198,14 @@ def cold_start_block(results: Path) -> str:
     from bench.cold_start import render_table
 
     return _rendered(results, COLD_START, "bench/cold_start.py", render_table)
+
+
+def fedmvp_step_block(results: Path) -> str:
+    """bench/fedmvp_step.py's tables of ``fedmvp-step-tiny.json`` (time and memory) then
+    ``fedmvp-step-vit-b-16.json`` (memory at the paper's widths), a blank line apart."""
+    from bench.fedmvp_step import render_document
+
+    return "\n".join(
+        _rendered(results, name, "bench/fedmvp_step.py", render_document)
+        for name in (FEDMVP_STEP_TINY, FEDMVP_STEP_VIT_B_16)
+    )

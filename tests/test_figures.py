@@ -145,3 +145,57 @@ def test_a_speed_block_of_an_incomplete_file_names_the_file_and_the_figure(
     (tmp_path / figures.COLD_START).write_text(json.dumps(cold))
     with pytest.raises(figures.FigureError, match=r"cold-start\.json: setting: no 'device'"):
         figures.cold_start_block(tmp_path)
+
+
+def _fedmvp_step_documents() -> tuple[dict[str, object], dict[str, object]]:
+    from bench.fedmvp_step import make_document
+
+    setting = {"clip_model": "tiny", "vision_width": 64, "text_dim": 64, "image_size": 32}
+    setting |= {"device": "cpu", "threads": 1, "batch": 32, "per_class": 10}
+    setting |= {"sentences_from": "synthetic", "classes": 100, "repeats": 1}
+    setting |= {"memory_classes": [10], "skip_timing": False}
+    calls = {"cached_s": [0.2], "reencode_s": [3.0]}
+    timing = {"bank_classes": 100, "bank_sentences": 1000}
+    timing |= {"calls": {"training step": calls, "evaluation": dict(calls)}}
+    row = {"classes": 10, "sentences": 100, "this_project_bytes": 2**23}
+    row |= {"per_element_bytes": 3 * 2**22}
+    tiny = make_document([], setting, timing, [row], [1] * 3, [2] * 3)
+    vit = {**setting, "clip_model": "ViT-B-16", "batch": 8, "skip_timing": True}
+    return tiny, make_document([], vit, None, [row], [1] * 3, [2] * 3)
+
+
+def test_the_fedmvp_step_block_is_the_benchmarks_tables_of_both_files(tmp_path: Path) -> None:
+    from bench.fedmvp_step import render_report
+
+    tiny, vit = _fedmvp_step_documents()
+    (tmp_path / figures.FEDMVP_STEP_TINY).write_text(json.dumps(tiny))
+    (tmp_path / figures.FEDMVP_STEP_VIT_B_16).write_text(json.dumps(vit))
+    block = figures.fedmvp_step_block(tmp_path)
+    assert block == render_report([tiny, vit]) + "\n"
+    assert "| training step | 200.00 ms | 3000.00 ms | **15.00** |" in block
+    assert "FedMVP step costs, memory only (`--skip-timing`): CLIP ViT-B-16" in block
+    assert figures.FEDMVP_STEP_TINY == "fedmvp-step-tiny.json"
+    assert figures.FEDMVP_STEP_VIT_B_16 == "fedmvp-step-vit-b-16.json"
+
+
+def test_the_fedmvp_step_block_names_whichever_result_file_is_missing_or_bad(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(
+        figures.FigureError, match=rf"{tmp_path}/{figures.FEDMVP_STEP_TINY}: No such file"
+    ):
+        figures.fedmvp_step_block(tmp_path)
+    tiny, vit = _fedmvp_step_documents()
+    (tmp_path / figures.FEDMVP_STEP_TINY).write_text(json.dumps(tiny))
+    with pytest.raises(
+        figures.FigureError, match=rf"{tmp_path}/{figures.FEDMVP_STEP_VIT_B_16}: No such file"
+    ):
+        figures.fedmvp_step_block(tmp_path)
+    del vit["memory"][0]["per_element_bytes"]  # type: ignore[index]
+    (tmp_path / figures.FEDMVP_STEP_VIT_B_16).write_text(json.dumps(vit))
+    with pytest.raises(
+        figures.FigureError,
+        match=r"fedmvp-step-vit-b-16\.json: memory\[0\]: no 'per_element_bytes' "
+        r"\(written by bench/fedmvp_step\.py --out\)$",  # said once
+    ):
+        figures.fedmvp_step_block(tmp_path)
