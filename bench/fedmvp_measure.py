@@ -25,6 +25,7 @@ accuracies.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 import weakref
@@ -210,6 +211,7 @@ def timing(
             cached.append(fn(False))
             again.append(fn(True))
         calls[name] = {"cached_s": cached, "reencode_s": again}
+        _progress(f"{name}: {repeats} pairs timed")
     return {
         "bank_classes": bank.num_classes,
         "bank_sentences": len(bank.sentences),
@@ -255,6 +257,7 @@ def memory(
                     logits = model.logits_from_features(features, bank)
                 F.cross_entropy(logits, labels).backward()
             peaks.append(tracker.peak)
+        _progress(f"memory: bank of {len(bank.sentences)} sentences measured")
         rows.append(
             {
                 "classes": classes,
@@ -264,6 +267,12 @@ def memory(
             }
         )
     return rows
+
+
+def _progress(text: str) -> None:
+    """A line on stderr: at the paper's widths on a CPU a part takes minutes, and the
+    tables (stdout) come only at the end."""
+    print(f"fedmvp_step: {text}", file=sys.stderr, flush=True)
 
 
 def _now(bundle: ClipBundle) -> float:

@@ -68,7 +68,9 @@ def call_medians(timing: Mapping[str, Any]) -> dict[str, tuple[float, float, int
         samples = _need(calls, name, "timing.calls")
         cached = _need(samples, "cached_s", where)
         again = _need(samples, "reencode_s", where)
-        if not isinstance(cached, Sequence) or not cached or len(cached) != len(again):
+        if not all(isinstance(samples, list) for samples in (cached, again)):
+            raise ValueError(f"{where}: 'cached_s' and 'reencode_s' must be lists of seconds")
+        if not cached or len(cached) != len(again):
             raise ValueError(
                 f"{where}: 'cached_s' and 'reencode_s' must be equally long, non-empty lists "
                 f"(interleaved pairs), got {len(cached)} and {len(again)} samples"
@@ -141,8 +143,8 @@ def _timing_table(document: Mapping[str, Any]) -> list[str]:
     lines = [
         "",
         f"Time with a bank of {classes} classes = {sentences} sentences: median of "
-        f"{'/'.join(map(str, pairs))} interleaved pairs (cached, re-encoding) after 2 warm-up "
-        "pairs.",
+        f"{'/'.join(map(str, pairs))} interleaved pair{'' if pairs == [1] else 's'} "
+        "(cached, re-encoding) after 2 warm-up pairs.",
         "",
         "| call | cached | re-encoding all sentences | re-encoding / cached |",
         "|---|---|---|---|",

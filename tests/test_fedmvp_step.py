@@ -192,6 +192,10 @@ def test_inconsistent_timing_is_refused_naming_what_is_wrong() -> None:
     with pytest.raises(ValueError, match=r"timing\.calls\['evaluation'\]: .* got 3 and 2 samples"):
         render_document(document)
     document = _tiny()
+    document["timing"]["calls"]["evaluation"]["cached_s"] = 0.05
+    with pytest.raises(ValueError, match=r"'cached_s' and 'reencode_s' must be lists of seconds"):
+        render_document(document)
+    document = _tiny()
     document["timing"] = None
     with pytest.raises(ValueError, match=r"'timing' is null but setting 'skip_timing' is false"):
         render_document(document)
@@ -236,3 +240,39 @@ def test_bad_settings_are_refused_before_anything_runs(
         main(argv)
     assert exited.value.code == 2
     assert error in capsys.readouterr().err
+
+
+def test_one_timed_pair_is_said_in_the_singular() -> None:
+    document = _tiny()
+    for samples in document["timing"]["calls"].values():
+        del samples["cached_s"][1:], samples["reencode_s"][1:]
+    assert "median of 1 interleaved pair (cached, re-encoding)" in render_document(document)
+
+
+@pytest.mark.integration
+def test_a_real_tiny_run_writes_the_file_that_report_prints_again(tmp_path: Path) -> None:
+    """End to end on the tiny random CLIP, small enough for seconds: what the run prints is
+    what ``--report`` of its ``--out`` file prints."""
+    out = tmp_path / "fedmvp-step.json"
+    argv = ["--classes", "5", "--repeats", "1", "--batch", "2", "--memory-classes", "5,10"]
+    argv += ["--threads", "1", "--device", "cpu", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "bench/fedmvp_step.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    document = json.loads(out.read_text())
+    assert document["setting"]["memory_classes"] == [5, 10]
+    assert [row["sentences"] for row in document["memory"]] == [50, 100]
+    assert document["timing"]["bank_sentences"] == 50
+    assert all(row["per_element_bytes"] > 0 for row in document["memory"])
+    again = subprocess.run(
+        [sys.executable, "bench/fedmvp_step.py", "--report", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout == again.stdout == render_report([document]) + "\n"
