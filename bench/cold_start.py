@@ -12,6 +12,8 @@ Run from the repository root::
     python bench/cold_start.py                      # 2 partitions, 3 cold processes
     python bench/cold_start.py --num-partitions 10 --repeats 5
     python bench/cold_start.py --image-folder 400  # 400 JPEGs (10 classes, 96 px)
+    python bench/cold_start.py --image-folder 400 \
+        -c "model.img-size=224 model.patch-size=16 data.pixel-cache=false"  # 224 px, no cache
     python bench/cold_start.py --image-folder 400 --out bench/results/cold-start.json
     python bench/cold_start.py --report bench/results/cold-start.json   # the table again
 
@@ -52,19 +54,18 @@ from typing import Any  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config(image_dir: str = ""):  # -> RunConfig; imported late (the child times imports)
+def bench_config(image_dir: str = "", overrides: str = ""):  # -> RunConfig (imported late)
     """The default run config, with weights loaded from a file rather than pre-trained;
-    ``image_dir``: an ImageFolder tree instead of the digits."""
-    import dataclasses
-
+    ``image_dir``: an ImageFolder tree instead of the digits; ``overrides``: ``-c``'s
+    ``key=value`` pairs on top (e.g. ``model.img-size=224 data.pixel-cache=false``)."""
     from pep_fedpt.config import RunConfig
+    from pep_fedpt.preflight import parse_config_args
 
-    cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="random"))
+    flat = {**RunConfig().to_flat(), "model.pretrained": "random"}
     if image_dir:
-        data = dataclasses.replace(cfg.data, dataset="imagefolder", data_dir=image_dir)
-        cfg = dataclasses.replace(cfg, data=data)
-    return cfg
+        flat.update({"data.dataset": "imagefolder", "data.data-dir": image_dir})
+    flat.update(parse_config_args([overrides]) if overrides.strip() else {})
+    return RunConfig.from_flat(flat)
 
 
 def write_image_folder(root: Path, count: int, classes: int = 10, size: int = 96) -> None:
@@ -82,7 +83,12 @@ def write_image_folder(root: Path, count: int, classes: int = 10, size: int = 96
 
 
 def child(
-    partition_id: int, num_partitions: int, cache_dir: str, checkpoint: str, image_dir: str
+    partition_id: int,
+    num_partitions: int,
+    cache_dir: str,
+    checkpoint: str,
+    image_dir: str,
+    overrides: str = "",
 ) -> None:
     """One cold ClientApp-like process: time every stage, print them as JSON."""
     sys.path.insert(0, str(ROOT))  # this checkout, not an installed copy
@@ -108,7 +114,7 @@ def child(
     from pep_fedpt.models import backbone_fingerprint, create_backbone, image_spec
 
     stage("imports")
-    cfg = bench_config(image_dir)
+    cfg = bench_config(image_dir, overrides)
     device = pick_device()
     backbone = create_backbone(cfg.model, cfg.seed).to(device)
     stage("model build")
@@ -161,6 +167,7 @@ def run_child(
             f"--cache-dir={cache_dir}",
             f"--checkpoint={checkpoint}",
             f"--image-dir={image_dir}",
+            f"--config={args.config}",
         ],
         check=True,
         capture_output=True,
@@ -239,6 +246,10 @@ def _setting_line(document: Mapping[str, Any], runs: int) -> str:
     images = int(get("image_folder"))
     if images:
         dataset += f" ({images} synthetic 96 px JPEGs)"
+    if setting.get("overrides"):
+        dataset += f", `-c {setting['overrides']}`"
+    if setting.get("pixel_cache") is False:
+        dataset += ", without the pixel cache"
     return (
         f"Cold start per message: {get('model')} at {get('img_size')} px, width "
         f"{get('embed_dim')}, depth {get('depth')}, {dataset}, partition "
@@ -287,12 +298,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--image-folder", type=int, default=0, help="N synthetic JPEGs instead of the digits"
     )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default="",
+        help='run-config overrides, e.g. "model.img-size=224 model.patch-size=16 '
+        'data.pixel-cache=false"',
+    )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     args = parser.parse_args(argv)
     if args.child:
         child(
-            args.partition_id, args.num_partitions, args.cache_dir, args.checkpoint, args.image_dir
+            args.partition_id,
+            args.num_partitions,
+            args.cache_dir,
+            args.checkpoint,
+            args.image_dir,
+            args.config,
         )
         return
     sys.path.insert(0, str(ROOT))
@@ -311,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if args.image_folder < 0:
         parser.error(f"--image-folder = {args.image_folder}: a number of images, 0 for digits")
+    try:  # a bad override is said now, not as a child's traceback
+        bench_config("/placeholder" if args.image_folder else "", args.config)
+    except ValueError as exc:  # ConfigError, PreflightError
+        parser.error(f"-c {args.config!r}: {exc}")
 
     import torch
 
@@ -324,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.image_folder:
             image_dir = str(Path(tmp) / "images")
             write_image_folder(Path(image_dir), args.image_folder)
-        cfg = bench_config(image_dir)
+        cfg = bench_config(image_dir, args.config)
         checkpoint = str(Path(tmp) / "backbone.pth")  # plays model.pretrained = <path>
         torch.save(create_backbone(cfg.model, cfg.seed).state_dict(), checkpoint)
         cache_dir = str(Path(tmp) / "features")
@@ -343,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_examples": runs[0]["examples"],
         "repeats": args.repeats,
         "device": str(pick_device()),
+        "pixel_cache": cfg.data.pixel_cache,
+        "overrides": args.config,
     }
     document = make_document(
         sys.argv[1:] if argv is None else list(argv),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.cold_start import main, make_document, render_table, stage_medians
+from bench.cold_start import bench_config, main, make_document, render_table, stage_medians
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +159,12 @@ def test_report_of_a_file_missing_a_figure_names_the_file_and_the_figure(
         (["--repeats", "0"], "--repeats = 0: at least 1"),
         (["--partition-id", "2"], "--partition-id = 2, --num-partitions = 2"),
         (["--image-folder", "-1"], "--image-folder = -1"),
+        (
+            ["-c", "data.pixel-cache=3"],
+            "-c 'data.pixel-cache=3': data.pixel-cache = 3 has type int",
+        ),
+        (["-c", "model.no-such-key=1"], "no-such-key"),
+        (["-c", "model.img-size=two"], "not key=value pairs with TOML values"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(
@@ -167,3 +173,13 @@ def test_bad_settings_are_refused_before_anything_runs(
     with pytest.raises(SystemExit):
         main(argv)
     assert error in capsys.readouterr().err
+
+
+def test_overrides_reach_the_config_of_every_process() -> None:
+    cfg = bench_config("/images", "model.img-size=224 model.patch-size=16 data.pixel-cache=false")
+    assert (cfg.model.img_size, cfg.model.patch_size, cfg.data.pixel_cache) == (224, 16, False)
+    assert (cfg.data.dataset, cfg.data.data_dir, cfg.model.pretrained) == (
+        "imagefolder",
+        "/images",
+        "random",
+    )
