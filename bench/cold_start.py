@@ -285,6 +285,33 @@ def render_table(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_pair(on: Mapping[str, Any], off: Mapping[str, Any]) -> str:
+    """Two ``--out`` documents of one setting, the pixel cache on and off: each stage's
+    median side by side with the ratio off / on (the cache's saving per message)."""
+    sides = []
+    for name, document, want in (("on", on, True), ("off", off, False)):
+        setting = _need(document, "setting", f"the pixel cache {name} document")
+        if setting.get("pixel_cache") is not want:
+            raise ValueError(
+                f"the pixel cache {name} document has pixel_cache = "
+                f"{setting.get('pixel_cache')!r}; "
+                f"run it with -c data.pixel-cache={str(want).lower()}"
+            )
+        sides.append(stage_medians(document))
+    first, second = sides
+    lines = [
+        _setting_line(on, len(on["runs"])),
+        "",
+        "| stage (s) | pixel cache on | off | off / on |",
+        "|---|---|---|---|",
+    ]
+    for stage in (n for n in first if n in second):
+        a, b = first[stage], second[stage]
+        ratio = f"{b / a:.2f}" if a > 0 else "-"
+        lines.append(f"| {stage} | {a:.3f} | {b:.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

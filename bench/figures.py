@@ -38,6 +38,7 @@ BACKBONE_PROBE = "backbone-probe.jsonl"
 SCALE = "scale.json"
 SIM_OVERHEAD = "sim-overhead.json"
 COLD_START = "cold-start.json"
+COLD_START_224, COLD_START_224_OFF = "cold-start-224.json", "cold-start-224-no-pixel-cache.json"
 FEDMVP_STEP_TINY = "fedmvp-step-tiny.json"
 FEDMVP_STEP_VIT_B_16 = "fedmvp-step-vit-b-16.json"
 # The rows of bench/scale.py's table that the README shows (by their first words).
@@ -198,6 +199,20 @@ def cold_start_block(results: Path) -> str:
     from bench.cold_start import render_table
 
     return _rendered(results, COLD_START, "bench/cold_start.py", render_table)
+
+
+def pixel_cache_block(results: Path) -> str:
+    """bench/cold_start.py at 224 px with the pixel cache on and off
+    (``cold-start-224.json``, ``cold-start-224-no-pixel-cache.json``), side by side."""
+    from bench.cold_start import render_pair
+
+    on = results / COLD_START_224
+    return _rendered(
+        results,
+        COLD_START_224_OFF,
+        "bench/cold_start.py",
+        lambda off: render_pair(_read_json(on), off),
+    )
 
 
 def fedmvp_step_block(results: Path) -> str:

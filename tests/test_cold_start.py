@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from bench.cold_start import bench_config, main, make_document, render_table, stage_medians
+from bench.cold_start import (
+    bench_config,
+    main,
+    make_document,
+    render_pair,
+    render_table,
+    stage_medians,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +190,21 @@ def test_overrides_reach_the_config_of_every_process() -> None:
         "/images",
         "random",
     )
+
+
+def test_the_pixel_cache_pair_puts_each_stage_side_by_side_with_the_saving() -> None:
+    on, off = _document(), _document()
+    on["setting"] = {**on["setting"], "pixel_cache": True}
+    off["setting"] = {**off["setting"], "pixel_cache": False}
+    for run, seconds in zip(off["runs"], (1.8, 1.7, 1.6), strict=True):
+        run["stages"]["train 1 round (cold)"] = seconds
+    rows = [line.split(" | ") for line in render_pair(on, off).splitlines()[4:]]
+    table = {row[0].lstrip("| "): row[1:] for row in rows}
+    assert table["train 1 round (cold)"] == ["0.850", "1.700", "2.00 |"]
+    assert table["data load"] == ["0.030", "0.030", "1.00 |"]
+
+
+def test_a_pixel_cache_pair_run_the_wrong_way_round_is_refused() -> None:
+    on = {**_document(), "setting": {**SETTING, "pixel_cache": False}}
+    with pytest.raises(ValueError, match=r"run it with -c data\.pixel-cache=true"):
+        render_pair(on, on)
