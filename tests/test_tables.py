@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.fake_results import fake_benchmark
 
-from bench import collect, figures, tables
+from bench import collect, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = """# project
@@ -61,8 +61,8 @@ def repo(collected: Path, tmp_path: Path) -> Path:
     (root / "README.md").write_text(README)
     (root / "docs" / "benchmark.md").write_text(DOCS)
     # the figure blocks' pages and files (bench/figures.py): this repository's own
-    for name in (figures.AGGREGATE, figures.BACKBONE_PROBE, figures.SCALE):
-        shutil.copy(ROOT / tables.FIGURES / name, root / tables.FIGURES / name)
+    for path in (ROOT / tables.FIGURES).glob("*.json*"):
+        shutil.copy(path, root / tables.FIGURES / path.name)
     for page, renderers in tables.PAGES.items():
         if not (root / page).exists():
             (root / page).write_text(
