@@ -145,3 +145,14 @@ def test_the_server_app_gives_up_after_fed_wait_timeout(
     one_node = {10: {"partition-id": 0, "num-partitions": 2}}
     with pytest.raises(TimeoutError, match=r"1 connected, 2 required .*wait_timeout = 1 s"):
         run_server(flat, nodes=one_node)
+
+
+def test_a_reply_waits_for_the_next_poll_at_most_a_twentieth_of_its_phase() -> None:
+    """While no reply arrives the pause grows with the phase's age, not by doubling: a
+    short phase is polled often (a doubled 1 s pause once cost a 1 s round half a second),
+    a long one at most once a second; a reply that came in makes the next poll quick."""
+    strategy = PEPFedPT()
+    assert strategy.next_poll_pause(False, 0.2) == 0.05
+    assert strategy.next_poll_pause(False, 4.0) == pytest.approx(0.2)
+    assert strategy.next_poll_pause(False, 600.0) == 1.0
+    assert strategy.next_poll_pause(True, 600.0) == 0.05
