@@ -10,11 +10,12 @@ Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.execu
 
 The plain loop is ``tests/helpers/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
-SuperLink, no SuperNode, no Ray actor and no serialisation. A round is timed from one
-"[ROUND r/R]" line to the next, the last to the summary line, in both (the simulation's
-from its streamed log, read line by line as it arrives, so within the log's streaming
-delay; the loop's as they are logged); "steady state" is the median of the rounds after
-the first. The rest of the simulation's time is split into: start-up
+SuperLink, no SuperNode, no Ray actor and no serialisation. A round is timed by the
+ServerApp itself, the same way in both: its "pep-fedpt: round r took s s" line, from one
+round's record to the next (the arrival of a streamed log line lags by up to Flower's
+0.5 s log interval, which would make a 1 s round read 1.0 or 1.5 s); "steady state" is
+the median of the rounds after the first. Start-up is timed to the first "[ROUND 1/R]"
+line as it arrives. The rest of the simulation's time is split into: start-up
 (``flwr run`` to the first round: SuperLink, the run's processes, Ray, actors), the
 message encoding (a round's messages through Flower's own protobuf serde, measured here)
 and the per-message data and model set-up (a client built cold in the loop's process:
@@ -33,17 +34,17 @@ which ``bench/figures.py`` also calls).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
 from bench.result_file import machine, machine_sentence, need, write  # noqa: E402
 
 ROUND_MARK = "[ROUND "
+# The ServerApp's own measure of each round (server_app/app.py), the same line both ways.
+ROUND_TOOK = re.compile(r"pep-fedpt: round (\d+) took ([0-9.]+) s")
 
 TINY = {
     "model.pretrained": "random",
@@ -64,10 +67,19 @@ TINY = {
 }
 
 
-def _round_gaps(marks: list[float], end: float) -> list[float]:
-    """Seconds of each round: from its mark to the next (the last to ``end``)."""
-    bounds = [*marks, end]
-    return [b - a for a, b in itertools.pairwise(bounds)]
+def round_times(lines: Iterable[str], rounds: int) -> list[float] | None:
+    """Rounds 1..``rounds``' seconds as the ServerApp logged them ("pep-fedpt: round r
+    took s s", from one round's record to the next); None if a round is missing. A line's
+    arrival through ``flwr run --stream`` lags by up to Flower's 0.5 s log interval, which
+    would quantise 1 s rounds to 1.0 or 1.5 s."""
+    took: dict[int, float] = {}
+    for line in lines:
+        found = ROUND_TOOK.search(line)
+        if found:
+            took[int(found.group(1))] = float(found.group(2))
+    if any(r not in took for r in range(1, rounds + 1)):
+        return None
+    return [took[r] for r in range(1, rounds + 1)]
 
 
 def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, object]:
@@ -89,7 +101,6 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
     start = time.monotonic()
     marks: list[float] = []
     log: list[str] = []
-    end: float | None = None  # the summary line: the last round's end
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -98,18 +109,15 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
         log.append(line)
         if ROUND_MARK in line:
             marks.append(time.monotonic())
-        if "summary" in line and len(marks) == rounds and end is None:
-            end = time.monotonic()
     process.wait()
     finished = time.monotonic()
     stop_superlink(home)
     if process.returncode != 0 or len(marks) != rounds:
         sys.exit(f"flwr run failed ({process.returncode}, {len(marks)} rounds):\n{''.join(log)}")
-    return {
-        "total": finished - start,
-        "startup": marks[0] - start,
-        "rounds": _round_gaps(marks, end if end is not None else finished),
-    }
+    took = round_times(log, rounds)
+    if took is None:
+        sys.exit(f"flwr run logged no 'round r took' line for some round:\n{''.join(log)}")
+    return {"total": finished - start, "startup": marks[0] - start, "rounds": took}
 
 
 def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
@@ -137,20 +145,18 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
         }
     )
     marks: list[float] = []
+    messages_logged: list[str] = []
     contents: list[object] = []  # every message and reply, encoded after the run
 
-    ends: list[float] = []  # the summary line: the last round's end, as in the simulation
-
     class RoundMarks(logging.Handler):
-        """Times each "[ROUND r/R]" line and the summary line as they are logged: the
-        simulation's marks, without its streaming delay."""
+        """Keeps every line the loop logs (its rounds' "took" lines) and times each
+        "[ROUND r/R]" line (the start-up ends at the first)."""
 
         def emit(self, record: logging.LogRecord) -> None:
             message = record.getMessage()
+            messages_logged.append(message)
             if ROUND_MARK in message:
                 marks.append(time.monotonic())
-            elif "summary" in message and len(marks) == rounds and not ends:
-                ends.append(time.monotonic())
 
     class RecordingGrid(InProcessGrid):
         """Keeps what crossed (messages and replies), for the serde figure."""
@@ -180,7 +186,9 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     finished = time.monotonic()
     if len(marks) != rounds:
         sys.exit(f"the plain loop logged {len(marks)} '{ROUND_MARK}' lines, not {rounds}")
-    end = ends[0] if ends else finished
+    took = round_times(messages_logged, rounds)
+    if took is None:
+        sys.exit("the plain loop logged no 'round r took' line for some round")
     from flwr.common.serde import recorddict_to_proto
 
     tick = time.perf_counter()
@@ -204,7 +212,7 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     return {
         "total": finished - start,
         "startup": marks[0] - start,
-        "rounds": _round_gaps(marks, end),
+        "rounds": took,
         "encode_per_round": encode_per_round,
         "client_build": build,
         "method": flat["method"],

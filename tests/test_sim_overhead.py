@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from bench.sim_overhead import TINY, main, make_document, render_table, steady_state, summary
+from bench.sim_overhead import (
+    TINY,
+    main,
+    make_document,
+    render_table,
+    round_times,
+    steady_state,
+    summary,
+)
 
 SETTING = {
     "clients": 4,
@@ -165,3 +173,14 @@ def test_bad_settings_are_refused_before_anything_runs(
     with pytest.raises(SystemExit):
         main(argv)
     assert error in capsys.readouterr().err
+
+
+def test_rounds_are_the_serverapps_own_took_lines_in_order_of_their_number() -> None:
+    lines = [
+        "INFO :      [ROUND 1/2]",
+        "INFO :      pep-fedpt: round 2 took 1.250 s",
+        "INFO :      pep-fedpt: round 1 took 3.500 s",
+        "INFO :      pep-fedpt: round 3 took 9.000 s",  # a round beyond those asked for
+    ]
+    assert round_times(lines, 2) == [3.5, 1.25]
+    assert round_times(lines[:2], 2) is None  # round 1 missing: no figure rather than a guess
