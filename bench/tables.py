@@ -15,11 +15,12 @@ marker lines of the pages, each block on lines of its own:
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 (docs/benchmark.md); and from the speed and backbone result files beside them
-(``bench/figures.py``): ``aggregation`` (README.md, docs/performance.md), ``backbone``
-(docs/backbone.md), ``scale`` and ``scale-passes`` (docs/scale.md) and ``scale-summary``
-(README.md). An
-unknown block name, a block in a page it does not belong to, or a marker without its
-pair is an error naming the file and line. ``--check`` writes nothing and exits 1 naming
+(``bench/figures.py``): ``aggregation``, ``sim-overhead`` and ``pixel-cache`` (README.md,
+docs/performance.md), ``cold-start`` (docs/performance.md), ``fedmvp-step``
+(docs/fedmvp.md), ``backbone`` (docs/backbone.md), ``scale`` and ``scale-passes``
+(docs/scale.md) and ``scale-summary`` (README.md). An unknown block name, a block in a
+page it does not belong to, or a marker without its pair is an error naming the file and
+line. ``--check`` writes nothing and exits 1 naming
 each stale block, so CI can prove the pages match the committed results; without any
 results the command says so and exits 2.
 """
@@ -47,9 +48,13 @@ from bench.figures import (  # noqa: E402
     FigureError,
     aggregation_block,
     backbone_block,
+    cold_start_block,
+    fedmvp_step_block,
+    pixel_cache_block,
     scale_block,
     scale_passes_block,
     scale_summary_block,
+    sim_overhead_block,
 )
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -372,13 +377,21 @@ PAGES: dict[str, dict[str, Renderer]] = {
         "main": _accuracy(main_compact),
         "aggregation": _figure(aggregation_block),
         "scale-summary": _figure(scale_summary_block),
+        "sim-overhead": _figure(sim_overhead_block),
+        "pixel-cache": _figure(pixel_cache_block),
     },
     "docs/benchmark.md": {
         "main": _accuracy(main_full),
         "selection": _accuracy(selection_block),
         "ablations": _accuracy(ablations_block),
     },
-    "docs/performance.md": {"aggregation": _figure(aggregation_block)},
+    "docs/performance.md": {
+        "aggregation": _figure(aggregation_block),
+        "cold-start": _figure(cold_start_block),
+        "pixel-cache": _figure(pixel_cache_block),
+        "sim-overhead": _figure(sim_overhead_block),
+    },
+    "docs/fedmvp.md": {"fedmvp-step": _figure(fedmvp_step_block)},
     "docs/backbone.md": {"backbone": _figure(backbone_block)},
     "docs/scale.md": {"scale": _figure(scale_block), "scale-passes": _figure(scale_passes_block)},
 }
