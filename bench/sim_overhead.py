@@ -7,6 +7,7 @@ Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.execu
     python bench/sim_overhead.py --clients 4 --rounds 4
     python bench/sim_overhead.py --repeats 3 --out bench/results/sim-overhead.json
     python bench/sim_overhead.py --report bench/results/sim-overhead.json  # the table again
+    python bench/sim_overhead.py -c "model.depth=4 model.img-size=32"    # longer rounds
 
 The plain loop is ``tests/helpers/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
@@ -82,14 +83,15 @@ def round_times(lines: Iterable[str], rounds: int) -> list[float] | None:
     return [took[r] for r in range(1, rounds + 1)]
 
 
-def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, object]:
+def simulation(
+    clients: int, rounds: int, out: Path, home: Path, config: Mapping[str, Any] = TINY
+) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
     # Here, not at the top: ``--report`` and ``render_table`` need none of the runner.
     from bench.local_flwr import BIN, flwr_env, stop_superlink
+    from pep_fedpt.preflight import toml_value
 
-    overrides = " ".join(
-        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in TINY.items()
-    )
+    overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
     overrides += f" num-server-rounds={rounds} output-dir='{out}' cache-dir='{out}/cache'"
     overrides += f" fed.min-train-nodes={clients} fed.min-evaluate-nodes={clients}"
     overrides += f" fed.min-available-nodes={clients}"
@@ -120,7 +122,9 @@ def simulation(clients: int, rounds: int, out: Path, home: Path) -> dict[str, ob
     return {"total": finished - start, "startup": marks[0] - start, "rounds": took}
 
 
-def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
+def plain_loop(
+    clients: int, rounds: int, out: Path, config: Mapping[str, Any] = TINY
+) -> dict[str, object]:
     """The same ServerApp and ClientApp code in this process (``InProcessGrid``)."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from flwr.app import Context, RecordDict
@@ -133,7 +137,7 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
 
     set_task_identity()
     flat = RunConfig().to_flat()
-    flat.update(TINY)
+    flat.update(config)
     flat.update(
         {
             "num-server-rounds": rounds,
@@ -220,7 +224,20 @@ def plain_loop(clients: int, rounds: int, out: Path) -> dict[str, object]:
     }
 
 
-def plain_loop_in_child(clients: int, rounds: int, out: Path) -> dict[str, Any]:
+def run_config(overrides: str) -> dict[str, Any]:
+    """The tiny setting with ``-c``'s ``key=value`` pairs on top, checked as the ServerApp
+    would check it (an unknown key or a bad value is a ValueError naming it)."""
+    from pep_fedpt.config import RunConfig
+    from pep_fedpt.preflight import parse_config_args
+
+    config = {**TINY, **(parse_config_args([overrides]) if overrides.strip() else {})}
+    RunConfig.from_flat({**RunConfig().to_flat(), **config})
+    return config
+
+
+def plain_loop_in_child(
+    clients: int, rounds: int, out: Path, overrides: str = ""
+) -> dict[str, Any]:
     """``plain_loop`` in a fresh Python process (this script with ``--loop-child``), so that
     every repeat's loop starts as cold as the first; its figures come back as a file.
     ``out`` holds the run's output folder and caches (``out/out``) and that file."""
@@ -228,7 +245,7 @@ def plain_loop_in_child(clients: int, rounds: int, out: Path) -> dict[str, Any]:
     result = out / "loop.json"
     command = [
         sys.executable, __file__, "--loop-child", str(out),
-        "--clients", str(clients), "--rounds", str(rounds),
+        "--clients", str(clients), "--rounds", str(rounds), "-c", overrides,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not result.is_file():
@@ -297,14 +314,15 @@ def make_document(
 def _setting_line(document: Mapping[str, Any], runs: int) -> str:
     setting = _need(document, "setting", "the document")
     model = _need(setting, "model", "setting")
+    overrides = f" (`-c {setting['overrides']}`)" if setting.get("overrides") else ""
     return (
         f"{_need(setting, 'clients', 'setting')} clients, "
         f"{_need(setting, 'rounds', 'setting')} rounds, tiny ViT (depth "
         f"{_need(model, 'model.depth', 'setting.model')}, width "
         f"{_need(model, 'model.embed-dim', 'setting.model')}, "
         f"{_need(model, 'model.img-size', 'setting.model')} px), "
-        f"{_need(setting, 'method', 'setting')} on {_need(setting, 'dataset', 'setting')}; "
-        f"{runs} run{'s' if runs > 1 else ''} of both ways, interleaved, on "
+        f"{_need(setting, 'method', 'setting')} on {_need(setting, 'dataset', 'setting')}"
+        f"{overrides}; {runs} run{'s' if runs > 1 else ''} of both ways, interleaved, on "
         f"{machine_sentence(document)}."
     )
 
@@ -384,6 +402,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of both ways, interleaved (median ratio)"
     )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default="",
+        help='run-config overrides on top of the tiny setting, e.g. "model.depth=4 '
+        'model.img-size=32" (longer rounds)',
+    )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     parser.add_argument("--loop-child", type=Path, help=argparse.SUPPRESS)
@@ -400,8 +425,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--rounds = {args.rounds}: a steady state needs at least 2 rounds")
     if args.repeats < 1:
         parser.error(f"--repeats = {args.repeats}: at least 1")
+    try:
+        config = run_config(args.config)
+    except ValueError as exc:  # ConfigError, PreflightError: said before anything runs
+        parser.error(f"-c {args.config!r}: {exc}")
     if args.loop_child is not None:
-        result = plain_loop(args.clients, args.rounds, args.loop_child / "out")
+        result = plain_loop(args.clients, args.rounds, args.loop_child / "out", config)
         (args.loop_child / "loop.json").write_text(json.dumps(result))
         return
     load_start = os.getloadavg()
@@ -410,9 +439,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for k in range(args.repeats):
             work = Path(tmp) / f"r{k}"
             print(f"--- run {k + 1}/{args.repeats}: simulation", flush=True)
-            sim = simulation(args.clients, args.rounds, work / "sim", work / "home")
+            sim = simulation(args.clients, args.rounds, work / "sim", work / "home", config)
             print(f"--- run {k + 1}/{args.repeats}: plain loop", flush=True)
-            loop = plain_loop_in_child(args.clients, args.rounds, work / "loop")
+            loop = plain_loop_in_child(args.clients, args.rounds, work / "loop", args.config)
             repeats.append({"simulation": sim, "plain_loop": loop})
             print(json.dumps(repeats[-1]), flush=True)
     # What the loop ran (the run config's defaults, as ``flwr run .``'s pyproject ones).
@@ -423,7 +452,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "repeats": args.repeats,
         "method": ran[0][0],
         "dataset": ran[0][1],
-        "model": TINY,
+        "model": config,
+        "overrides": args.config,
     }
     argv = sys.argv[1:] if argv is None else list(argv)
     document = make_document(argv, setting, repeats, load_start, os.getloadavg())

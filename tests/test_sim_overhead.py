@@ -15,6 +15,7 @@ from bench.sim_overhead import (
     make_document,
     render_table,
     round_times,
+    run_config,
     steady_state,
     summary,
 )
@@ -165,6 +166,8 @@ def test_a_repeat_with_one_round_has_no_steady_state_and_says_which() -> None:
         (["--rounds", "1"], "--rounds = 1: a steady state needs at least 2 rounds"),
         (["--repeats", "0"], "--repeats = 0: at least 1"),
         (["--clients", "0"], "--clients = 0: at least 1"),
+        (["-c", "model.depth=-1"], "-c 'model.depth=-1': model.depth must be >= 0"),
+        (["-c", "model.no-such=1"], "no-such"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(
@@ -184,3 +187,13 @@ def test_rounds_are_the_serverapps_own_took_lines_in_order_of_their_number() -> 
     ]
     assert round_times(lines, 2) == [3.5, 1.25]
     assert round_times(lines[:2], 2) is None  # round 1 missing: no figure rather than a guess
+
+
+def test_overrides_go_on_top_of_the_tiny_setting_and_are_named_in_the_table() -> None:
+    config = run_config("model.depth=4 data.subsample=0.5")
+    assert config == {**TINY, "model.depth": 4, "data.subsample": 0.5}
+    document = _document()
+    document["setting"] = {**document["setting"], "model": config, "overrides": "model.depth=4"}
+    first = render_table(document).splitlines()[0]
+    assert first.startswith("4 clients, 3 rounds, tiny ViT (depth 4, width 64, 16 px)")
+    assert "(`-c model.depth=4`)" in first
