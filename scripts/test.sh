@@ -42,7 +42,7 @@ for tier in "${tiers[@]}"; do
   echo "=== tier: $tier ==="
   start=$SECONDS
   rc=0
-  .venv/bin/python -m pytest -m "$tier" "$@" || rc=$?
+  .venv/bin/python -m pytest -m "$tier" --durations=10 "$@" || rc=$?  # the slowest ten, for the tier budget
   seconds=$((SECONDS - start))
   case $rc in
     0) summary+=("$tier: passed (${seconds} s)") ;;
