@@ -42,7 +42,6 @@ _T0 = time.time()  # as early as possible: the interpreter is up, nothing import
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -221,12 +220,10 @@ def make_document(
     load_end: Sequence[float],
 ) -> dict[str, Any]:
     """What ``--out`` writes: every process's stages with what they were measured under."""
-    from bench.result_file import machine
+    from bench.result_file import header
 
     document: dict[str, Any] = {
-        "command": shlex.join(["python", WRITER, *argv]),
-        "setting": dict(setting),
-        "machine": machine(load_start, load_end),
+        **header(WRITER, argv, setting, load_start, load_end),
         "first": {"stages": dict(first)},
         "runs": [{"stages": dict(stages)} for stages in runs],
     }

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
     sys.path.insert(0, str(ROOT))
 
-from bench.result_file import machine, machine_sentence, need  # noqa: E402
+from bench.result_file import header, machine_sentence, need  # noqa: E402
 
 WRITER = "bench/fedmvp_step.py"
 # The timed calls, in the order of the table.
@@ -93,9 +92,7 @@ def make_document(
 ) -> dict[str, Any]:
     """What ``--out`` writes: every sample and row with what they were measured under."""
     document: dict[str, Any] = {
-        "command": shlex.join(["python", WRITER, *argv]),
-        "setting": dict(setting),
-        "machine": machine(load_start, load_end),
+        **header(WRITER, argv, setting, load_start, load_end),
         "timing": None,
         "memory": [dict(row) for row in memory],
     }

@@ -1,7 +1,8 @@
 """What the speed benchmarks' ``--out`` documents share: the machine they ran on, its load
 as a sentence, an atomic write, and a key lookup whose error names the missing figure.
 
-``bench/sim_overhead.py`` and ``bench/cold_start.py`` write such documents; their
+``bench/sim_overhead.py``, ``bench/cold_start.py`` and ``bench/fedmvp_step.py`` write
+such documents (``header`` first); their
 ``render_table`` (and ``bench/figures.py``) read them back, so a document that lacks a
 figure must say which one and where, not raise a bare KeyError.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,22 @@ def machine(load_start: Sequence[float], load_end: Sequence[float]) -> dict[str,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_at_start": list(load_start),
         "loadavg_at_end": list(load_end),
+    }
+
+
+def header(
+    writer: str,
+    argv: Sequence[str],
+    setting: Mapping[str, Any],
+    load_start: Sequence[float],
+    load_end: Sequence[float],
+) -> dict[str, Any]:
+    """The start of every document: the command line that wrote it (``writer`` is the
+    script's path), what it measured (``setting``) and the machine it ran on."""
+    return {
+        "command": shlex.join(["python", writer, *argv]),
+        "setting": dict(setting),
+        "machine": machine(load_start, load_end),
     }
 
 

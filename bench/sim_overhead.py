@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
     sys.path.insert(0, str(ROOT))
 
-from bench.result_file import machine, machine_sentence, need, write  # noqa: E402
+from bench.result_file import header, machine_sentence, need, write  # noqa: E402
 
 ROUND_MARK = "[ROUND "
 # The ServerApp's own measure of each round (server_app/app.py), the same line both ways.
@@ -302,9 +301,7 @@ def make_document(
 ) -> dict[str, Any]:
     """What ``--out`` writes: the measurements with what they were measured under."""
     document: dict[str, Any] = {
-        "command": shlex.join(["python", "bench/sim_overhead.py", *argv]),
-        "setting": dict(setting),
-        "machine": machine(load_start, load_end),
+        **header("bench/sim_overhead.py", argv, setting, load_start, load_end),
         "repeats": [dict(r) for r in repeats],
     }
     document["summary"] = summary(document)
