@@ -1,7 +1,15 @@
 """Time one local training step of CCMP against VPT-deep with the same prompt tokens.
 
-    .venv/bin/python bench/ccmp_step.py            # width 192, depth 6, patch 4, 32 px
-    .venv/bin/python bench/ccmp_step.py --classes 100 --repeats 60
+Run from the repository root::
+
+    python bench/ccmp_step.py            # width 192, depth 6, patch 4, 32 px, C = 10
+    python bench/ccmp_step.py --classes 100 --repeats 60
+    python bench/ccmp_step.py --threads 2 --out bench/results/ccmp-step-c10.json
+    python bench/ccmp_step.py --threads 2 --classes 100 --out bench/results/ccmp-step-c100.json
+    python bench/ccmp_step.py --threads 2 --recompute-z \\
+        --out bench/results/ccmp-step-c10-recompute.json
+    python bench/ccmp_step.py --report bench/results/ccmp-step-c10.json \\
+        bench/results/ccmp-step-c100.json   # one table, one row per file, nothing run
 
 Both models share one frozen backbone, the shared prompt (M_s tokens at the input) and one
 prompt token per block 2..L; they differ only in where that token comes from: VPT-deep
@@ -9,75 +17,180 @@ learns one per block, CCMP mixes C class prompts per sample with weights from th
 z(x), the global prototypes and the client prior. A step = weights + forward + backward +
 SGD update on one batch. The two are timed interleaved, many times, and compared by
 medians, so machine noise hits both alike.
+
+``--out`` writes, atomically, every timed sample of both paths in seconds with their
+medians and ratio, the settings (classes, width, depth, heads, image size, patch, batch,
+torch threads, prompt tokens, whether z(x) is recomputed, repeats) and the command line and
+machine (``bench.result_file.header``). ``--report`` prints the Markdown of such files
+without running anything (``render_report``, a pure function that ``bench/figures.py``
+also calls); torch is imported only when something runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
-import time
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
+    sys.path.insert(0, str(ROOT))
 
-from pep_fedpt.ccmp import mixing_weights, smoothed_prior
-from pep_fedpt.config import ModelConfig
-from pep_fedpt.models import PromptedViT, create_backbone
+from bench.result_file import header, machine_sentence, need  # noqa: E402
+
+WRITER = "bench/ccmp_step.py"
+WARMUP = 3  # untimed pairs before the timed ones
+TARGET = 1.10  # CCMP's step may cost at most this many VPT-deep steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=192)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--patch", type=int, default=4)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--shared-length", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument(
-        "--recompute-z",
-        action="store_true",
-        help="run the frozen prompt-free forward for z(x) every step instead of caching it",
+def _need(mapping: Any, key: str, where: str) -> Any:
+    return need(mapping, key, where, WRITER)
+
+
+# ---------------------------------------------------------------- the document
+# A ``--out`` document holds the command line, the ``setting``, the ``machine`` and the
+# ``timing``: every interleaved sample of both paths (``vpt_deep_s``, ``ccmp_s``). The
+# medians and the ratio are written for a reader of the JSON; the table recomputes them
+# from the samples.
+
+
+def medians(timing: Any) -> tuple[float, float, int]:
+    """The median VPT-deep and CCMP seconds and the number of pairs; sample lists that are
+    missing, empty or unpaired are named."""
+    deep = _need(timing, "vpt_deep_s", "timing")
+    ccmp = _need(timing, "ccmp_s", "timing")
+    if not all(isinstance(samples, list) for samples in (deep, ccmp)):
+        raise ValueError("timing: 'vpt_deep_s' and 'ccmp_s' must be lists of seconds")
+    if not deep or len(deep) != len(ccmp):
+        raise ValueError(
+            "timing: 'vpt_deep_s' and 'ccmp_s' must be equally long, non-empty lists "
+            f"(interleaved pairs), got {len(deep)} and {len(ccmp)} samples"
+        )
+    m_deep = float(statistics.median(float(s) for s in deep))
+    m_ccmp = float(statistics.median(float(s) for s in ccmp))
+    if m_deep <= 0:
+        raise ValueError(f"timing: the VPT-deep median is {m_deep} s")
+    return m_deep, m_ccmp, len(deep)
+
+
+def make_document(
+    argv: Sequence[str],
+    setting: Mapping[str, Any],
+    vpt_deep_s: Sequence[float],
+    ccmp_s: Sequence[float],
+    load_start: Sequence[float],
+    load_end: Sequence[float],
+) -> dict[str, Any]:
+    """What ``--out`` writes: every sample with what it was measured under."""
+    timing: dict[str, Any] = {"vpt_deep_s": list(vpt_deep_s), "ccmp_s": list(ccmp_s)}
+    m_deep, m_ccmp, _ = medians(timing)
+    timing |= {
+        "median_vpt_deep_s": m_deep,
+        "median_ccmp_s": m_ccmp,
+        "ccmp_over_vpt_deep": m_ccmp / m_deep,
+    }
+    return {**header(WRITER, argv, setting, load_start, load_end), "timing": timing}
+
+
+# ---------------------------------------------------------------- the Markdown
+def _label(setting: Mapping[str, Any]) -> str:
+    """The row's first cell: ``C = 10, z(x) cached``."""
+    classes = _need(setting, "classes", "setting")
+    recompute = _need(setting, "recompute_z", "setting")
+    return f"C = {classes}, z(x) {'recomputed every step' if recompute else 'cached'}"
+
+
+def _setting_line(document: Mapping[str, Any]) -> str:
+    """What one row was measured under, with its machine."""
+    setting = _need(document, "setting", "the document")
+
+    def get(key: str) -> Any:
+        return _need(setting, key, "setting")
+
+    _, _, pairs = medians(_need(document, "timing", "the document"))
+    depth = get("depth")
+    return (
+        f"- {_label(setting)}: ViT width {get('width')}, depth {depth}, {get('heads')} heads, "
+        f"{get('img_size')} px / patch {get('patch')} ({get('tokens')} tokens), batch "
+        f"{get('batch')}, {get('shared_length')} shared prompt tokens + one per block "
+        f"2..{depth}, torch threads {get('threads')}, median of {pairs} interleaved "
+        f"step{'' if pairs == 1 else 's'} after {get('warmup')} warm-up; "
+        f"{machine_sentence(document)}."
     )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
+
+def render_report(documents: Sequence[Mapping[str, Any]]) -> str:
+    """One table, one row per document in order (setting | VPT-deep | CCMP | ratio), then
+    what each row was measured under."""
+    if not documents:
+        raise ValueError(f"no documents to render (written by {WRITER} --out)")
+    lines = [
+        "| setting | VPT-deep | CCMP | CCMP / VPT-deep |",
+        "|---|---|---|---|",
+    ]
+    for document in documents:
+        setting = _need(document, "setting", "the document")
+        m_deep, m_ccmp, _ = medians(_need(document, "timing", "the document"))
+        lines.append(
+            f"| {_label(setting)} | {m_deep * 1e3:.1f} ms | {m_ccmp * 1e3:.1f} ms "
+            f"| {m_ccmp / m_deep:.3f} |"
+        )
+    lines.append("")
+    lines.extend(_setting_line(document) for document in documents)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the run
+def measure(settings: argparse.Namespace) -> tuple[list[float], list[float], int]:
+    """Every timed VPT-deep and CCMP step (seconds, interleaved) and torch's thread count."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from pep_fedpt.ccmp import mixing_weights, smoothed_prior
+    from pep_fedpt.config import ModelConfig
+    from pep_fedpt.models import PromptedViT, create_backbone
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     cfg = ModelConfig(
         pretrained="random",
-        img_size=args.img_size,
-        patch_size=args.patch,
-        embed_dim=args.width,
-        depth=args.depth,
-        num_heads=args.heads,
+        img_size=settings.img_size,
+        patch_size=settings.patch,
+        embed_dim=settings.width,
+        depth=settings.depth,
+        num_heads=settings.heads,
     )
     backbone = create_backbone(cfg, seed=0)
-    blocks = tuple(range(1, args.depth))
     common = {
-        "shared_length": args.shared_length,
+        "shared_length": settings.shared_length,
         "class_length": 1,
-        "ccmp_blocks": blocks,
+        "ccmp_blocks": tuple(range(1, settings.depth)),
         "head_init": "normal",
     }
-    ccmp = PromptedViT(backbone, args.classes, **common)
-    deep = PromptedViT(backbone, args.classes, num_prompt_sets=1, **common)
+    ccmp = PromptedViT(backbone, settings.classes, **common)
+    deep = PromptedViT(backbone, settings.classes, num_prompt_sets=1, **common)
 
     torch.manual_seed(0)
-    images = torch.randn(args.batch, 3, args.img_size, args.img_size)
-    labels = torch.randint(0, args.classes, (args.batch,))
-    cached_z = torch.randn(1000, args.width)  # the client's z(x) cache
-    positions = torch.randint(0, 1000, (args.batch,))
-    prototypes = torch.randn(args.classes, args.width)
-    log_prior = smoothed_prior(torch.randint(0, 50, (args.classes,))).log()
-    ones = torch.ones(args.batch, 1)
+    batch, size, width = settings.batch, settings.img_size, settings.width
+    images = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, settings.classes, (batch,))
+    cached_z = torch.randn(1000, width)  # the client's z(x) cache
+    positions = torch.randint(0, 1000, (batch,))
+    prototypes = torch.randn(settings.classes, width)
+    log_prior = smoothed_prior(torch.randint(0, 50, (settings.classes,))).log()
+    ones = torch.ones(batch, 1)
 
     def step(model: PromptedViT, optimizer: torch.optim.Optimizer, is_ccmp: bool) -> float:
         start = time.perf_counter()
         if is_ccmp:
-            z = model.query_features(images) if args.recompute_z else cached_z[positions]
+            z = model.query_features(images) if settings.recompute_z else cached_z[positions]
             weights = mixing_weights(z, prototypes, log_prior, 0.1)
         else:
             weights = ones
@@ -93,24 +206,107 @@ def main() -> None:
         )
 
     opt_ccmp, opt_deep = sgd(ccmp), sgd(deep)
-    for _ in range(3):  # warm-up
+    for _ in range(WARMUP):
         step(ccmp, opt_ccmp, True)
         step(deep, opt_deep, False)
     t_ccmp, t_deep = [], []
-    for _ in range(args.repeats):
+    for _ in range(settings.repeats):
         t_ccmp.append(step(ccmp, opt_ccmp, True))
         t_deep.append(step(deep, opt_deep, False))
-    m_ccmp, m_deep = statistics.median(t_ccmp), statistics.median(t_deep)
-    tokens = 1 + args.shared_length + 1 + (args.img_size // args.patch) ** 2
-    print(
-        f"ViT width {args.width} depth {args.depth}, {args.img_size} px / patch {args.patch} "
-        f"({tokens} tokens), batch {args.batch}, C = {args.classes}, "
-        f"{args.repeats} interleaved steps, torch threads {torch.get_num_threads()}, "
-        f"z(x) {'recomputed every step' if args.recompute_z else 'cached'}"
+    return t_deep, t_ccmp, torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- command
+_POSITIVE = ("width", "depth", "heads", "img_size", "patch", "classes", "batch", "repeats")
+
+
+def _refuse_bad_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every flaw a run would only hit inside torch, said before anything is built."""
+    for name in _POSITIVE:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: at least 1")
+    if args.depth < 2:
+        parser.error(f"--depth = {args.depth}: at least 2 (prompts go into blocks 2..depth)")
+    if args.shared_length < 0:
+        parser.error(f"--shared-length = {args.shared_length}: at least 0")
+    if args.threads < 0:
+        parser.error(f"--threads = {args.threads}: a number of threads, 0 for torch's default")
+    if args.img_size % args.patch:
+        parser.error(f"--img-size = {args.img_size}: not a multiple of --patch = {args.patch}")
+    if args.width % args.heads:
+        parser.error(f"--width = {args.width}: not a multiple of --heads = {args.heads}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--shared-length", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=40, help="interleaved timed pairs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--recompute-z",
+        action="store_true",
+        help="run the frozen prompt-free forward for z(x) every step instead of caching it",
     )
-    print(f"VPT-deep  median step {m_deep * 1e3:8.2f} ms")
-    print(f"CCMP      median step {m_ccmp * 1e3:8.2f} ms")
-    print(f"ratio CCMP / VPT-deep: {m_ccmp / m_deep:.3f}  (target <= 1.10)")
+    parser.add_argument("--out", type=Path, help="write every sample and setting here (JSON)")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="print the table of --out files; no run"
+    )
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        if args.out is not None:
+            parser.error("--report prints files already written, --out writes a new run: not both")
+        documents = []
+        for path in args.report:
+            try:
+                documents.append(json.loads(path.read_text()))
+                render_report(documents[-1:])
+            except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
+                parser.error(f"--report {path}: not a {WRITER} --out file ({exc})")
+        print(render_report(documents))
+        return
+    _refuse_bad_settings(parser, args)
+
+    from bench.result_file import write
+
+    load_start = os.getloadavg()
+    t_deep, t_ccmp, threads = measure(args)
+    setting = {
+        "classes": args.classes,
+        "width": args.width,
+        "depth": args.depth,
+        "heads": args.heads,
+        "img_size": args.img_size,
+        "patch": args.patch,
+        "tokens": 1 + args.shared_length + 1 + (args.img_size // args.patch) ** 2,
+        "batch": args.batch,
+        "threads": threads,
+        "shared_length": args.shared_length,
+        "class_length": 1,
+        "recompute_z": args.recompute_z,
+        "repeats": args.repeats,
+        "warmup": WARMUP,
+    }
+    document = make_document(
+        sys.argv[1:] if argv is None else list(argv),
+        setting,
+        t_deep,
+        t_ccmp,
+        load_start,
+        os.getloadavg(),
+    )
+    if args.out is not None:
+        write(args.out, document)
+    print(render_report([document]))
+    ratio = document["timing"]["ccmp_over_vpt_deep"]
+    verdict = "met" if ratio <= TARGET else "MISSED"
+    print(f"\nCCMP / VPT-deep {ratio:.3f}: target <= {TARGET:.2f} {verdict}")
 
 
 if __name__ == "__main__":
