@@ -24,7 +24,12 @@ Two more blocks are ready for their pages but not yet registered in ``bench.tabl
   bench/results/fedmvp-step-tiny.json`` (tiny CLIP: cached text features against
   re-encoding, and memory against the bank size) and ``bench/fedmvp_step.py --clip-model
   ViT-B-16 --batch 8 --memory-classes 10,50 --skip-timing --threads 1 --out
-  bench/results/fedmvp-step-vit-b-16.json`` (the paper's widths, memory only).
+  bench/results/fedmvp-step-vit-b-16.json`` (the paper's widths, memory only);
+- ``ccmp_step_block`` (docs/benchmark.md): one table of ``bench/ccmp_step.py --threads 2
+  --out bench/results/ccmp-step-c10.json``, ``bench/ccmp_step.py --threads 2 --classes 100
+  --out bench/results/ccmp-step-c100.json`` and ``bench/ccmp_step.py --threads 2
+  --recompute-z --out bench/results/ccmp-step-c10-recompute.json`` (a CCMP training step
+  against VPT-deep's).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ COLD_START = "cold-start.json"
 COLD_START_224, COLD_START_224_OFF = "cold-start-224.json", "cold-start-224-no-pixel-cache.json"
 FEDMVP_STEP_TINY = "fedmvp-step-tiny.json"
 FEDMVP_STEP_VIT_B_16 = "fedmvp-step-vit-b-16.json"
+# bench/ccmp_step.py's rows, in the table's order: C = 10, C = 100, C = 10 without the z cache.
+CCMP_STEP = ("ccmp-step-c10.json", "ccmp-step-c100.json", "ccmp-step-c10-recompute.json")
 # The rows of bench/scale.py's table that the README shows (by their first words).
 SCALE_SUMMARY = (
     "sampled clients per round",
@@ -175,9 +182,13 @@ def scale_summary_block(results: Path) -> str:
 
 def _rendered(results: Path, name: str, writer: str, render: Any) -> str:
     """``render`` of the document in ``results / name``; any flaw named with the file."""
-    path = results / name
+    return str(_checked(results / name, writer, render)) + "\n"
+
+
+def _checked(path: Path, writer: str, render: Any) -> Any:
+    """``render`` of the document in ``path``; any flaw named with the file once."""
     try:
-        return str(render(_read_json(path))) + "\n"
+        return render(_read_json(path))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FigureError):
             raise
@@ -224,3 +235,17 @@ def fedmvp_step_block(results: Path) -> str:
         _rendered(results, name, "bench/fedmvp_step.py", render_document)
         for name in (FEDMVP_STEP_TINY, FEDMVP_STEP_VIT_B_16)
     )
+
+
+def ccmp_step_block(results: Path) -> str:
+    """bench/ccmp_step.py's one table of the ``CCMP_STEP`` files, a row each, in order
+    (each file checked alone first, so a flaw names its file)."""
+    from bench.ccmp_step import render_report
+
+    def checked(document: Any) -> Any:
+        render_report([document])
+        return document
+
+    writer = "bench/ccmp_step.py"
+    documents = [_checked(results / name, writer, checked) for name in CCMP_STEP]
+    return render_report(documents) + "\n"

@@ -199,3 +199,67 @@ def test_the_fedmvp_step_block_names_whichever_result_file_is_missing_or_bad(
         r"\(written by bench/fedmvp_step\.py --out\)$",  # said once
     ):
         figures.fedmvp_step_block(tmp_path)
+
+
+def _ccmp_step_documents() -> list[dict[str, object]]:
+    """C = 10, C = 100 and C = 10 recomputing z(x), as bench/ccmp_step.py --out writes them."""
+    from bench.ccmp_step import make_document
+
+    setting = {"classes": 10, "width": 192, "depth": 6, "heads": 3, "img_size": 32}
+    setting |= {"patch": 4, "tokens": 76, "batch": 32, "threads": 2, "shared_length": 10}
+    setting |= {"class_length": 1, "recompute_z": False, "repeats": 2, "warmup": 3}
+    rows = [
+        ({}, [0.2367, 0.2367], [0.2377, 0.2377]),
+        ({"classes": 100}, [0.2614, 0.2614], [0.2627, 0.2627]),
+        ({"recompute_z": True}, [0.2351, 0.2351], [0.3225, 0.3225]),
+    ]
+    documents = []
+    for changes, deep, ccmp in rows:
+        document = make_document([], setting | changes, deep, ccmp, (0.4, 1, 1), (0.4, 1, 1))
+        document["machine"].update(cpus=2, omp_num_threads="2")  # whatever runs the tests
+        documents.append(document)
+    return documents
+
+
+def test_the_ccmp_step_block_is_one_table_of_the_three_files_in_order(tmp_path: Path) -> None:
+    from bench.ccmp_step import render_report
+
+    documents = _ccmp_step_documents()
+    for name, document in zip(figures.CCMP_STEP, documents, strict=True):
+        (tmp_path / name).write_text(json.dumps(document))
+    block = figures.ccmp_step_block(tmp_path)
+    assert block == render_report(documents) + "\n"
+    assert block.splitlines()[2:5] == [
+        "| C = 10, z(x) cached | 236.7 ms | 237.7 ms | 1.004 |",
+        "| C = 100, z(x) cached | 261.4 ms | 262.7 ms | 1.005 |",
+        "| C = 10, z(x) recomputed every step | 235.1 ms | 322.5 ms | 1.372 |",
+    ]
+    assert figures.CCMP_STEP == (
+        "ccmp-step-c10.json",
+        "ccmp-step-c100.json",
+        "ccmp-step-c10-recompute.json",
+    )
+
+
+def test_the_ccmp_step_block_names_whichever_result_file_is_missing_or_bad(
+    tmp_path: Path,
+) -> None:
+    c10, c100, recompute = figures.CCMP_STEP
+    documents = _ccmp_step_documents()
+    with pytest.raises(figures.FigureError, match=rf"{tmp_path}/{c10}: No such file"):
+        figures.ccmp_step_block(tmp_path)
+    (tmp_path / c10).write_text(json.dumps(documents[0]))
+    (tmp_path / c100).write_text("{")
+    with pytest.raises(figures.FigureError, match=rf"{tmp_path}/{c100}: not JSON"):
+        figures.ccmp_step_block(tmp_path)
+    (tmp_path / c100).write_text(json.dumps(documents[1]))
+    with pytest.raises(figures.FigureError, match=rf"{tmp_path}/{recompute}: No such file"):
+        figures.ccmp_step_block(tmp_path)
+    del documents[2]["setting"]["recompute_z"]  # type: ignore[attr-defined]
+    (tmp_path / recompute).write_text(json.dumps(documents[2]))
+    with pytest.raises(
+        figures.FigureError,
+        match=r"ccmp-step-c10-recompute\.json: setting: no 'recompute_z' "
+        r"\(written by bench/ccmp_step\.py --out\)$",  # said once
+    ):
+        figures.ccmp_step_block(tmp_path)
