@@ -16,13 +16,13 @@ Everything outside the markers is left as it is. The blocks: ``main`` (README.md
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 (docs/benchmark.md); and from the speed and backbone result files beside them
 (``bench/figures.py``): ``aggregation``, ``sim-overhead`` and ``pixel-cache`` (README.md,
-docs/performance.md), ``cold-start`` (docs/performance.md), ``fedmvp-step``
-(docs/fedmvp.md), ``backbone`` (docs/backbone.md), ``scale`` and ``scale-passes``
-(docs/scale.md) and ``scale-summary`` (README.md). An unknown block name, a block in a
-page it does not belong to, or a marker without its pair is an error naming the file and
-line. ``--check`` writes nothing and exits 1 naming
-each stale block, so CI can prove the pages match the committed results; without any
-results the command says so and exits 2.
+docs/performance.md), ``cold-start`` (docs/performance.md), ``ccmp-step``
+(docs/benchmark.md), ``fedmvp-step`` (docs/fedmvp.md), ``backbone`` (docs/backbone.md),
+``scale`` and ``scale-passes`` (docs/scale.md) and ``scale-summary`` (README.md). An
+unknown block name, a block in a page it does not belong to, or a marker without its pair
+is an error naming the file and line. ``--check`` writes nothing and exits 1 naming each
+stale block, so CI can prove the pages match the committed results; without any results
+the command says so and exits 2.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from bench.figures import (  # noqa: E402
     FigureError,
     aggregation_block,
     backbone_block,
+    ccmp_step_block,
     cold_start_block,
     fedmvp_step_block,
     pixel_cache_block,
@@ -382,6 +383,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
     },
     "docs/benchmark.md": {
         "main": _accuracy(main_full),
+        "ccmp-step": _figure(ccmp_step_block),
         "selection": _accuracy(selection_block),
         "ablations": _accuracy(ablations_block),
     },
