@@ -29,7 +29,6 @@ also calls); torch is imported only when something runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -262,13 +261,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report is not None:
         if args.out is not None:
             parser.error("--report prints files already written, --out writes a new run: not both")
-        documents = []
-        for path in args.report:
-            try:
-                documents.append(json.loads(path.read_text()))
-                render_report(documents[-1:])
-            except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
-                parser.error(f"--report {path}: not a {WRITER} --out file ({exc})")
+        from bench.result_file import read_reports
+
+        documents = read_reports(
+            parser, args.report, WRITER, lambda document: render_report([document])
+        )
         print(render_report(documents))
         return
     _refuse_bad_settings(parser, args)

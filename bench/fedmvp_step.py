@@ -25,7 +25,6 @@ bytes, the command line and the machine (CPUs, load averages at the start and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -218,13 +217,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report is not None:
         if args.out is not None:
             parser.error("--report prints files already written, --out writes a new run: not both")
-        documents = []
-        for path in args.report:
-            try:
-                documents.append(json.loads(path.read_text()))
-                render_document(documents[-1])
-            except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
-                parser.error(f"--report {path}: not a {WRITER} --out file ({exc})")
+        from bench.result_file import read_reports
+
+        documents = read_reports(parser, args.report, WRITER, render_document)
         print(render_report(documents))
         return
     for name in ("classes", "per_class", "batch", "repeats"):

@@ -9,10 +9,11 @@ figure must say which one and where, not raise a bare KeyError.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,21 @@ def write(path: Path, document: Mapping[str, Any]) -> None:
     from pep_fedpt.atomic import atomic_write  # here: the renderers need no project import
 
     atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
+
+
+def read_reports(
+    parser: argparse.ArgumentParser,
+    paths: Sequence[Path],
+    writer: str,
+    check: Callable[[Any], object],
+) -> list[Any]:
+    """``--report``'s documents, each read and ``check``-ed (rendered) on its own, so that
+    a bad one is named by its path through ``parser.error`` before anything is printed."""
+    documents = []
+    for path in paths:
+        try:
+            documents.append(json.loads(path.read_text()))
+            check(documents[-1])
+        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
+            parser.error(f"--report {path}: not a {writer} --out file ({exc})")
+    return documents
