@@ -11,25 +11,28 @@
 - ``scale`` (every row) and ``scale-summary`` (the rows a README reader needs):
   ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes);
 - ``scale-passes``: the 1,000 / 100 ratios of ``scale.json`` beside those of earlier
-  invocations of the same command kept as ``scale-pass*.json``.
-
-Two more blocks are ready for their pages but not yet registered in ``bench.tables.PAGES``
-(their result files do not exist until the benchmarks run on a quiet machine):
-
-- ``sim_overhead_block``: ``bench/sim_overhead.py --repeats 3 --out
-  bench/results/sim-overhead.json`` (a real ``flwr run .`` against a plain loop);
-- ``cold_start_block``: ``bench/cold_start.py --image-folder 400 --out
-  bench/results/cold-start.json`` (a ClientApp process's cold start per message);
-- ``fedmvp_step_block`` (docs/fedmvp.md): ``bench/fedmvp_step.py --threads 1 --out
+  invocations of the same command kept as ``scale-pass*.json``;
+- ``sim-overhead``: ``bench/sim_overhead.py --repeats 3 --rounds 5 --out
+  bench/results/sim-overhead.json`` (a real ``flwr run .`` against a plain loop, tiny
+  rounds); ``sim-overhead-depth4``: the same with ``-c "model.depth=4 model.img-size=32"``
+  and ``--out bench/results/sim-overhead-depth4.json`` (rounds about four times longer);
+  ``sim-overhead-summary``: one row of each, and of every ``sim-overhead-pass*.json`` (other
+  invocations of either setting, kept as they were written);
+- ``cold-start``: ``bench/cold_start.py --image-folder 400 --out
+  bench/results/cold-start.json`` (a ClientApp process's cold start per message), and
+  ``pixel-cache``: two such files at 224 px, with the pixel cache on and off;
+- ``fedmvp-step`` (docs/fedmvp.md): ``bench/fedmvp_step.py --threads 1 --out
   bench/results/fedmvp-step-tiny.json`` (tiny CLIP: cached text features against
   re-encoding, and memory against the bank size) and ``bench/fedmvp_step.py --clip-model
   ViT-B-16 --batch 8 --memory-classes 10,50 --skip-timing --threads 1 --out
   bench/results/fedmvp-step-vit-b-16.json`` (the paper's widths, memory only);
-- ``ccmp_step_block`` (docs/benchmark.md): one table of ``bench/ccmp_step.py --threads 2
+- ``ccmp-step`` (docs/benchmark.md): one table of ``bench/ccmp_step.py --threads 2
   --out bench/results/ccmp-step-c10.json``, ``bench/ccmp_step.py --threads 2 --classes 100
   --out bench/results/ccmp-step-c100.json`` and ``bench/ccmp_step.py --threads 2
   --recompute-z --out bench/results/ccmp-step-c10-recompute.json`` (a CCMP training step
   against VPT-deep's).
+
+Which page holds which block: ``bench.tables.PAGES``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ AGGREGATE = "aggregate.json"
 BACKBONE_PROBE = "backbone-probe.jsonl"
 SCALE = "scale.json"
 SIM_OVERHEAD = "sim-overhead.json"
+# The same bench with longer rounds (``-c "model.depth=4 model.img-size=32"``).
+SIM_OVERHEAD_LONG = "sim-overhead-depth4.json"
+# Other invocations of either setting, kept so that the summary shows how much one moves.
+SIM_OVERHEAD_PASSES = "sim-overhead-pass*.json"
 COLD_START = "cold-start.json"
 COLD_START_224, COLD_START_224_OFF = "cold-start-224.json", "cold-start-224-no-pixel-cache.json"
 FEDMVP_STEP_TINY = "fedmvp-step-tiny.json"
@@ -203,6 +210,29 @@ def sim_overhead_block(results: Path) -> str:
     from bench.sim_overhead import render_table
 
     return _rendered(results, SIM_OVERHEAD, "bench/sim_overhead.py", render_table)
+
+
+def sim_overhead_long_block(results: Path) -> str:
+    """The same table of ``sim-overhead-depth4.json`` (rounds about four times longer)."""
+    from bench.sim_overhead import render_table
+
+    return _rendered(results, SIM_OVERHEAD_LONG, "bench/sim_overhead.py", render_table)
+
+
+def sim_overhead_summary_block(results: Path) -> str:
+    """One row per invocation: ``sim-overhead.json``, ``sim-overhead-depth4.json``, then
+    every ``sim-overhead-pass*.json`` in name order (earlier invocations of either
+    setting): the steady-state round both ways, their gap and the ratio."""
+    from bench.sim_overhead import render_summary
+
+    def one(document: Any) -> Any:
+        render_summary([document])  # a flaw is named with its file
+        return document
+
+    names = [SIM_OVERHEAD, SIM_OVERHEAD_LONG]
+    names += sorted(path.name for path in results.glob(SIM_OVERHEAD_PASSES))
+    documents = [_checked(results / name, "bench/sim_overhead.py", one) for name in names]
+    return render_summary(documents, [f"`{name}`" for name in names]) + "\n"
 
 
 def cold_start_block(results: Path) -> str:

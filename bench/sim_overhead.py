@@ -391,6 +391,61 @@ def render_table(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _load_cell(document: Mapping[str, Any]) -> str:
+    """``0.7 → 1.1``: the 1-minute load average at the start and the end, or "-"."""
+    recorded = document.get("machine")
+    if isinstance(recorded, Mapping):
+        start, end = recorded.get("loadavg_at_start"), recorded.get("loadavg_at_end")
+        if start and end:
+            return f"{start[0]:.1f} → {end[0]:.1f}"
+    return "-"
+
+
+def render_summary(
+    documents: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None
+) -> str:
+    """One row per ``--out`` document (an invocation): the steady-state round both ways
+    (the median over the repeats), their gap, and the median ratio with each repeat's;
+    ``names`` (the files) make a first column. Rounds of different lengths side by side
+    show what the gap is: a roughly fixed cost per round weighs less as the round grows;
+    several invocations of one setting show how much the ratio moves between them."""
+    if not documents:
+        raise ValueError("no bench/sim_overhead.py --out document to summarise")
+    if names is not None and len(names) != len(documents):
+        raise ValueError(f"{len(names)} names for {len(documents)} documents")
+    first = "| file " if names is not None else ""
+    lines = [
+        f"{first}| setting | loop round (s) | simulation round (s) | gap per round (s) "
+        "| simulation / loop | each run | 1-minute load, start → end |",
+        "|---" * (7 + (names is not None)) + "|",
+    ]
+    for k, document in enumerate(documents):
+        setting = _need(document, "setting", "the document")
+        model = _need(setting, "model", "setting")
+        figures = summary(document)
+        loop = statistics.median(e["loop_steady_s"] for e in figures["repeats"])
+        sim = statistics.median(e["simulation_steady_s"] for e in figures["repeats"])
+        label = (
+            f"depth {_need(model, 'model.depth', 'setting.model')}, "
+            f"{_need(model, 'model.img-size', 'setting.model')} px, "
+            f"{_need(setting, 'clients', 'setting')} clients, "
+            f"{_need(setting, 'rounds', 'setting')} rounds"
+        )
+        each = ", ".join(f"{e['ratio']:.2f}" for e in figures["repeats"])
+        lines.append(
+            (f"| {names[k]} " if names is not None else "")
+            + f"| {label} | {loop:.2f} | {sim:.2f} | {sim - loop:.2f} "
+            f"| **{figures['ratio_median']:.2f}** | {each} | {_load_cell(document)} |"
+        )
+    machines = sorted({machine_sentence(d).split(", 1-minute load")[0] for d in documents})
+    lines += [
+        "",
+        "Steady-state rounds (the median of rounds 2..R, then over the runs); the ratio is the"
+        f" median of the runs' ratios (target ≤ {TARGET:.2f}). On {' / '.join(machines)}.",
+    ]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -15,8 +15,9 @@ marker lines of the pages, each block on lines of its own:
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 (docs/benchmark.md); and from the speed and backbone result files beside them
-(``bench/figures.py``): ``aggregation``, ``sim-overhead`` and ``pixel-cache`` (README.md,
-docs/performance.md), ``cold-start`` (docs/performance.md), ``ccmp-step``
+(``bench/figures.py``): ``aggregation`` and ``pixel-cache`` (README.md,
+docs/performance.md), ``sim-overhead-summary`` (both too), ``sim-overhead``,
+``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
 (docs/benchmark.md), ``fedmvp-step`` (docs/fedmvp.md), ``backbone`` (docs/backbone.md),
 ``scale`` and ``scale-passes`` (docs/scale.md) and ``scale-summary`` (README.md). An
 unknown block name, a block in a page it does not belong to, or a marker without its pair
@@ -56,6 +57,8 @@ from bench.figures import (  # noqa: E402
     scale_passes_block,
     scale_summary_block,
     sim_overhead_block,
+    sim_overhead_long_block,
+    sim_overhead_summary_block,
 )
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -378,7 +381,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
         "main": _accuracy(main_compact),
         "aggregation": _figure(aggregation_block),
         "scale-summary": _figure(scale_summary_block),
-        "sim-overhead": _figure(sim_overhead_block),
+        "sim-overhead-summary": _figure(sim_overhead_summary_block),
         "pixel-cache": _figure(pixel_cache_block),
     },
     "docs/benchmark.md": {
@@ -392,6 +395,8 @@ PAGES: dict[str, dict[str, Renderer]] = {
         "cold-start": _figure(cold_start_block),
         "pixel-cache": _figure(pixel_cache_block),
         "sim-overhead": _figure(sim_overhead_block),
+        "sim-overhead-depth4": _figure(sim_overhead_long_block),
+        "sim-overhead-summary": _figure(sim_overhead_summary_block),
     },
     "docs/fedmvp.md": {"fedmvp-step": _figure(fedmvp_step_block)},
     "docs/backbone.md": {"backbone": _figure(backbone_block)},

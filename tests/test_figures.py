@@ -101,6 +101,43 @@ def test_the_simulation_overhead_block_is_the_benchmarks_own_table(tmp_path: Pat
     assert "| steady-state ratio simulation / loop | **1.10** |  |" in block
 
 
+def test_the_longer_rounds_block_is_the_same_table_of_its_own_file(tmp_path: Path) -> None:
+    from bench.sim_overhead import render_table
+
+    document = _sim_overhead_document()
+    (tmp_path / figures.SIM_OVERHEAD_LONG).write_text(json.dumps(document))
+    assert figures.sim_overhead_long_block(tmp_path) == render_table(document) + "\n"
+
+
+def test_the_simulation_overhead_summary_has_one_row_per_file_in_order(tmp_path: Path) -> None:
+    from bench.sim_overhead import render_summary
+
+    short, longer = _sim_overhead_document(), _sim_overhead_document()
+    longer["setting"]["model"] = {**longer["setting"]["model"], "model.depth": 4}  # type: ignore[index]
+    (tmp_path / figures.SIM_OVERHEAD).write_text(json.dumps(short))
+    (tmp_path / figures.SIM_OVERHEAD_LONG).write_text(json.dumps(longer))
+    (tmp_path / "sim-overhead-pass1.json").write_text(json.dumps(longer))
+    (tmp_path / "sim-overhead-pass0.json").write_text(json.dumps(short))
+    block = figures.sim_overhead_summary_block(tmp_path)
+    names = ["sim-overhead.json", "sim-overhead-depth4.json"]
+    names += ["sim-overhead-pass0.json", "sim-overhead-pass1.json"]
+    assert (
+        block
+        == render_summary([short, longer, short, longer], [f"`{name}`" for name in names]) + "\n"
+    )
+    rows = block.splitlines()[2:6]
+    assert rows[0].startswith("| `sim-overhead.json` | depth 2, 16 px,")
+    assert rows[1].startswith("| `sim-overhead-depth4.json` | depth 4, 16 px,")
+    assert rows[2].startswith("| `sim-overhead-pass0.json` | depth 2, 16 px,")
+    assert rows[3].startswith("| `sim-overhead-pass1.json` | depth 4, 16 px,")
+    del longer["setting"]["model"]  # type: ignore[attr-defined]
+    (tmp_path / figures.SIM_OVERHEAD_LONG).write_text(json.dumps(longer))
+    with pytest.raises(
+        figures.FigureError, match=r"sim-overhead-depth4\.json: setting: no 'model'"
+    ):
+        figures.sim_overhead_summary_block(tmp_path)
+
+
 def test_the_cold_start_block_is_the_benchmarks_own_table(tmp_path: Path) -> None:
     from bench.cold_start import render_table
 
@@ -115,6 +152,8 @@ def test_the_cold_start_block_is_the_benchmarks_own_table(tmp_path: Path) -> Non
     ("block", "name"),
     [
         (figures.sim_overhead_block, figures.SIM_OVERHEAD),
+        (figures.sim_overhead_long_block, figures.SIM_OVERHEAD_LONG),
+        (figures.sim_overhead_summary_block, figures.SIM_OVERHEAD),
         (figures.cold_start_block, figures.COLD_START),
     ],
 )

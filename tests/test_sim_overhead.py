@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from bench.result_file import machine_sentence
 from bench.sim_overhead import (
     TINY,
     main,
     make_document,
+    render_summary,
     render_table,
     round_times,
     run_config,
@@ -197,3 +199,44 @@ def test_overrides_go_on_top_of_the_tiny_setting_and_are_named_in_the_table() ->
     first = render_table(document).splitlines()[0]
     assert first.startswith("4 clients, 3 rounds, tiny ViT (depth 4, width 64, 16 px)")
     assert "(`-c model.depth=4`)" in first
+
+
+def test_the_summary_has_a_row_per_setting_with_both_rounds_their_gap_and_the_ratio() -> None:
+    short = _document()  # steady rounds 1.7 / 1.5 and 2.5 / 2.0
+    longer = _document()
+    longer["setting"] = {**longer["setting"], "model": {**TINY, "model.depth": 4}}
+    longer["repeats"] = [_repeat([5.0, 4.4, 4.4], [4.5, 4.0, 4.0])]  # steady 4.4 / 4.0
+    longer["summary"] = summary(longer)
+    table = render_summary([short, longer])
+    lines = table.splitlines()
+    assert lines[0].startswith("| setting | loop round (s) | simulation round (s) |")
+    assert lines[2] == (
+        "| depth 2, 16 px, 4 clients, 3 rounds | 1.75 | 2.10 | 0.35 | **1.19** | 1.13, 1.25 "
+        "| 1.5 → 2.2 |"
+    )
+    assert lines[3] == (
+        "| depth 4, 16 px, 4 clients, 3 rounds | 4.00 | 4.40 | 0.40 | **1.10** | 1.10 | 1.5 → 2.2 |"
+    )
+    assert "(target ≤ 1.10)" in lines[-1]
+    cpus = machine_sentence(short).split(", 1-minute load")[0]  # this machine's, as written
+    assert lines[-1].endswith(f"(target ≤ 1.10). On {cpus}.")
+    del longer["machine"]
+    assert render_summary([longer]).splitlines()[2].endswith("| 1.10 | - |")
+
+
+def test_a_summary_of_nothing_or_of_a_flawed_document_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"no bench/sim_overhead\.py --out document"):
+        render_summary([])
+    document = _document()
+    del document["setting"]["model"]
+    with pytest.raises(ValueError, match=r"setting: no 'model'"):
+        render_summary([document])
+
+
+def test_named_summary_rows_start_with_their_file_and_the_names_must_match() -> None:
+    table = render_summary([_document()], ["`a.json`"])
+    assert table.splitlines()[0].startswith("| file | setting |")
+    assert table.splitlines()[1] == "|---|---|---|---|---|---|---|---|"
+    assert table.splitlines()[2].startswith("| `a.json` | depth 2, 16 px, 4 clients, 3 rounds |")
+    with pytest.raises(ValueError, match="2 names for 1 documents"):
+        render_summary([_document()], ["a", "b"])
