@@ -10,6 +10,8 @@
   probe of the benchmark backbone's features, classes 0-4 seen in pre-training, 5-9 not);
 - ``scale`` (every row) and ``scale-summary`` (the rows a README reader needs):
   ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes);
+- ``needs-bytes`` (docs/scale.md): bytes per round at 10,000 clients, computed by
+  ``bench/needs.py`` from ``aggregate.json``'s state and checked against ``scale.json``;
 - ``scale-passes``: the 1,000 / 100 ratios of ``scale.json`` beside those of earlier
   invocations of the same command kept as ``scale-pass*.json``;
 - ``sim-overhead``: ``bench/sim_overhead.py --repeats 3 --rounds 5 --out
@@ -165,6 +167,19 @@ def scale_block(results: Path) -> str:
         if isinstance(exc, FigureError):
             raise
         raise FigureError(f"{path}: {exc} (written by bench/scale.py --out)") from None
+
+
+def needs_bytes_block(results: Path) -> str:
+    """Bytes per round at 10,000 clients (bench/needs.py) from ``aggregate.json``'s state
+    and ``scale.json``'s counted prototype bytes."""
+    from bench.needs import render_bytes
+
+    aggregate = _read_json(results / AGGREGATE)
+    scale = _read_json(results / SCALE)
+    try:
+        return render_bytes(aggregate, scale) + "\n"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FigureError(f"{results}: {exc}") from None
 
 
 def scale_passes_block(results: Path) -> str:
