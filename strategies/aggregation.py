@@ -218,6 +218,10 @@ class ExactSum:
     only a sum below 2^-1022 (subnormal) may be rounded twice and so lie within 1 ulp.
     Inputs must be finite float16, float32 or float64 arrays (anything else is refused
     with a ValueError: e.g. float128 would not be exact).
+
+    Memory: limbs x elements x 8 bytes (3 to 5 limbs for float32 feature sums; float64's
+    whole range would take 66), two float64 vectors of up to ``chunk`` elements for the
+    adds, and short work rows while ``result()`` rounds.
     """
 
     def __init__(self, shape: tuple[int, ...], chunk: int = _CHUNK) -> None:
@@ -314,14 +318,17 @@ class ExactSum:
 
     def _normalise(self) -> None:
         """Every limb but the top into [0, 2^32), carries upward (value unchanged); a top
-        limb of 2^32 or more carries into a new row."""
+        limb outside [-2^32, 2^32) carries into a new row."""
         self._since_normalised = 0
         limbs = self._limbs
         for i in range(limbs.shape[0] - 1):
             carry = limbs[i] >> _LIMB_BITS
             limbs[i] &= _LIMB_MASK
             limbs[i + 1] += carry
-        if limbs.shape[0] and (limbs[-1] >> _LIMB_BITS).any():
+        if (
+            limbs.shape[0]
+            and ((limbs[-1] >= 1 << _LIMB_BITS) | (limbs[-1] < -(1 << _LIMB_BITS))).any()
+        ):
             carry = limbs[-1] >> _LIMB_BITS
             top = self._row(self._low + limbs.shape[0])
             self._limbs[-2] &= _LIMB_MASK

@@ -109,6 +109,17 @@ def test_the_limbs_cover_only_the_exponents_seen() -> None:
     assert total.limbs <= 5
 
 
+def test_reading_a_negative_sum_again_and_again_does_not_grow_it() -> None:
+    total = ExactSum((3,))
+    total.add(np.array([-1.0, -(2.0**40), 5.0]))
+    limbs = total.limbs
+    for _ in range(5):
+        assert total.result().tolist() == [-1.0, -(2.0**40), 5.0]
+    total.add(np.array([0.5, 0.0, -5.0]))
+    assert total.result().tolist() == [-0.5, -(2.0**40), 0.0]
+    assert total.limbs == limbs + 1  # 0.5's limb below; none added on top
+
+
 def test_a_sum_beyond_float64_is_refused() -> None:
     total = ExactSum((1,))
     total.add(np.array([1.7e308]))
