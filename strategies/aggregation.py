@@ -291,12 +291,18 @@ class ExactSum:
             # value below 2^-1022 truncates to 0 whatever its rounding), and so is
             # rest - piece * 2^(32 limb): the bits of rest below the limb.
             exponent = _LIMB_BITS * limb
-            np.ldexp(rest, -exponent, out=piece)
+            if -1022 <= exponent <= 1022:  # both powers of two are normal floats
+                np.multiply(rest, 2.0**-exponent, out=piece)  # faster than ldexp
+            else:
+                np.ldexp(rest, -exponent, out=piece)
             np.trunc(piece, out=piece)
             row = self._row(limb)[columns]
             # int64 + float64 in float64: exact while |row| + |piece| < 2^53.
             np.add(row, piece, out=row, casting="unsafe")
-            np.ldexp(piece, exponent, out=piece)
+            if -1022 <= exponent <= 1022:
+                np.multiply(piece, 2.0**exponent, out=piece)
+            else:
+                np.ldexp(piece, exponent, out=piece)
             np.subtract(rest, piece, out=rest)
             if not rest.any():
                 return
