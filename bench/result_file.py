@@ -1,10 +1,10 @@
 """What the speed benchmarks' ``--out`` documents share: the machine they ran on, its load
 as a sentence, an atomic write, and a key lookup whose error names the missing figure.
 
-``bench/sim_overhead.py``, ``bench/cold_start.py``, ``bench/fedmvp_step.py`` and
-``bench/ccmp_step.py`` write such documents (``header`` first); their
-``render_table`` (and ``bench/figures.py``) read them back, so a document that lacks a
-figure must say which one and where, not raise a bare KeyError.
+``bench/sim_overhead.py``, ``bench/cold_start.py``, ``bench/fedmvp_step.py``,
+``bench/ccmp_step.py`` and ``bench/prototype_round.py`` write such documents (``header``
+first); their ``render_table`` (and ``bench/figures.py``) read them back, so a document
+that lacks a figure must say which one and where, not raise a bare KeyError.
 """
 
 from __future__ import annotations

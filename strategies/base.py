@@ -30,9 +30,15 @@ Override points (a method overrides these, never the private helpers):
                            (False: the per-class feature sums too; PEPFedPT).
 ``has_prototypes(arrays)`` whether a state already holds the prototype round's result (a
                            resumed run skips the round; PFedPG also needs its generator).
-``prototype_state(arrays, sums, counts)``
+``prototype_state(arrays, tally)``
                            the state after a prototype round (PEPFedPT: + ``proto.mean``;
                            SGPT: + ``group.count``; PFedPG: + generator and descriptors).
+                           ``tally``: a ``strategies.aggregation.PrototypeTally``, the
+                           training nodes' class counts and exact feature-sum total (the
+                           replies are folded in as they arrive, never kept).
+``fold_prototypes(arrays, tally)``
+                           the state with late nodes' tally added to an earlier prototype
+                           round's result (default: the counts; PEPFedPT: + ``proto.mean``).
 ``server_only(key)``       whether a state key stays on the server: never sent as a
                            trainable array, never expected in a train reply (default: the
                            wire's global-only keys; PFedPG: + ``pfedpg.*``).
@@ -91,6 +97,7 @@ from flwr.supercore import log
 
 from strategies import traffic, wire
 from strategies.aggregation import (
+    PrototypeTally,
     RunningMean,
     evaluation_summary,
     scratch_buffer,
@@ -122,6 +129,39 @@ RENAMED_HOOKS = {
 }
 
 
+# One valid prototype-round reply: (sent index, node id, partition id or None, held out,
+# the reply's ``proto`` arrays).
+PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
+
+
+def _keep_later(
+    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]],
+    pid: int,
+    index: int,
+    node: int,
+    held_out: bool,
+    counts: list[int],
+    where: str,
+) -> None:
+    """Record node ``node`` (sent as message ``index``) for partition ``pid``: of two
+    nodes that report one partition, the one sent later is kept (the order replies
+    arrive in does not matter), and a warning names both in the order sent."""
+    earlier = partitions.get(pid)
+    if earlier is not None:
+        first, second = sorted([(earlier[0], int(earlier[1]["node-id"])), (index, node)])
+        log(
+            WARNING,
+            "%s: nodes %d and %d both report partition-id %d; check their --node-config",
+            where,
+            first[1],
+            second[1],
+            pid,
+        )
+        if earlier[0] > index:
+            return
+    partitions[pid] = (index, {"node-id": node, "held-out": held_out, "class-counts": counts})
+
+
 class PromptFedAvg(FedAvg):
     """FedAvg over the trainable prompts and head, with a prototype round and reply checks.
 
@@ -151,6 +191,13 @@ class PromptFedAvg(FedAvg):
                     f"{cls.__name__}.{old}: this hook is now {new}; strategies/base.py's "
                     "docstring lists the override points"
                 )
+        for hook in ("prototype_state", "fold_prototypes"):
+            method = vars(cls).get(hook)
+            if method is not None and len(inspect.signature(method).parameters) != 3:
+                raise TypeError(
+                    f"{cls.__name__}.{hook} must take (self, arrays, tally): the replies' "
+                    "sums and counts come folded into a PrototypeTally, no longer as lists"
+                )
         check = vars(cls).get("check_train_metrics")
         if check is not None and len(inspect.signature(check).parameters) != 3:
             raise TypeError(
@@ -166,6 +213,9 @@ class PromptFedAvg(FedAvg):
     poll_seconds = (0.05, 1.0)
     poll_fraction = 0.05
     progress_seconds = 10.0
+    # Replies pulled per pull_messages call: a phase that consumes its replies on arrival
+    # (the prototype round) holds at most this many at once.
+    pull_batch = 100
 
     def __init__(
         self,
@@ -203,6 +253,8 @@ class PromptFedAvg(FedAvg):
         self._node_counts: dict[int, list[int]] = {}
         self._global: ArrayRecord | None = None
         self._outgoing: list[Message] = []  # the messages of the phase in flight
+        # Message id -> (index sent, destination node) of those messages (``_sent_as``).
+        self._sent_ids: dict[str, tuple[int, int]] | None = None
         self.dropped: list[tuple[int, int, str]] = []  # (round, node id, reason)
         # Per round, the aggregated client-side metrics ("train/...", "evaluate/..."), so
         # that an evaluate_fn can record each finished round as soon as it ends.
@@ -364,49 +416,49 @@ class PromptFedAvg(FedAvg):
 
     def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Ask every connected node for its class counts (and, unless ``counts_only``, its
-        per-class feature sums); return the state with the round's result."""
+        per-class feature sums); return the state with the round's result.
+
+        Each valid reply is folded into a ``PrototypeTally`` as it arrives and dropped, so
+        the ServerApp holds one reply (a pull's batch) at a time, not one per node; the
+        tally sums exactly, and what else the round keeps is settled by the order the
+        messages were sent in, so the result is the same whatever order the replies came
+        in. Two nodes that report one partition id both count (with a warning); the
+        partition entry is the one sent later's.
+        """
         num_classes = self.num_classes(arrays)
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
-        sums, counts = [], []
+        tally = PrototypeTally(num_classes, self._prototype_dim(arrays))
         held_out: set[int] = set()
-        partitions: dict[int, dict[str, int | bool | list[int]]] = {}
-        for node, pid, is_held_out, proto in self._ask_for_prototypes(
-            grid, arrays, node_ids, server_round
-        ):
+        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+        counted: dict[int, tuple[int, list[int]]] = {}  # node -> (sent index, its counts)
+
+        def take(answer: PrototypeAnswer) -> None:
+            index, node, pid, is_held_out, proto = answer
+            reported = [int(n) for n in proto[wire.PROTO_COUNT]]
             if pid is not None:
-                if pid in partitions:
-                    log(
-                        WARNING,
-                        "prototype round: nodes %d and %d both report partition-id %d; "
-                        "check their --node-config",
-                        partitions[pid]["node-id"],
-                        node,
-                        pid,
-                    )
-                partitions[pid] = {
-                    "node-id": node,
-                    "held-out": is_held_out,
-                    "class-counts": [int(n) for n in proto[wire.PROTO_COUNT]],
-                }
+                _keep_later(partitions, pid, index, node, is_held_out, reported, "prototype round")
             if is_held_out:
                 held_out.add(node)
-                continue
-            sums.append(proto.get(wire.PROTO_SUM))
-            counts.append(proto[wire.PROTO_COUNT])
-            self._node_counts[node] = [int(n) for n in counts[-1]]
-        if not counts:
+                return
+            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
+            counted[node] = (index, reported)
+
+        self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
+        if not tally.clients:
             raise RuntimeError(
                 f"prototype round: none of {len(node_ids)} nodes sent a valid reply from a "
                 f"training client ({len(held_out)} held out); see the log lines above"
             )
+        for node, (_, counts) in sorted(counted.items(), key=lambda item: item[1][0]):
+            self._node_counts[node] = counts  # in the order sent, as a checkpoint lists them
         self.held_out_nodes = held_out
-        self.partitions = dict(sorted(partitions.items()))
-        state = self.prototype_state(arrays, sums, counts)
+        self.partitions = {pid: entry for pid, (_, entry) in sorted(partitions.items())}
+        state = self.prototype_state(arrays, tally)
         total = np.asarray(state[wire.PROTO_COUNT].numpy())
         log(
             INFO,
             "prototype round: %d nodes (+%d held out), %d examples, %d/%d classes held",
-            len(counts),
+            tally.clients,
             len(held_out),
             int(total.sum()),
             int((total > 0).sum()),
@@ -421,12 +473,14 @@ class PromptFedAvg(FedAvg):
         dropped. Without this, a node could claim any counts in its train replies and
         carry the aggregate.
 
-        Each such node gets the prototype QUERY. A node that reports a partition the round
-        already knows (a SuperNode back under a new node id) must repeat that partition's
-        counts, and adds nothing; a new partition's counts (and feature sums) are folded
-        into the global ones (``fold_prototypes``: sums, so folding is exact), and the
-        prototype version moves on. A node still unverified afterwards is not sampled to
-        train, and its train replies are refused (``check_known_counts``).
+        Each such node gets the prototype QUERY. A node that reports a partition known
+        before this query (a SuperNode back under a new node id) must repeat that
+        partition's counts, and adds nothing; a new partition's counts (and feature sums)
+        are folded into the global ones (``fold_prototypes``: sums, so folding is exact),
+        and the prototype version moves on. Replies are folded as they arrive, as in
+        ``prototype_round`` (so two late nodes that report one new partition both count,
+        with a warning). A node still unverified afterwards is not sampled to train, and
+        its train replies are refused (``check_known_counts``).
         """
         late = [
             node
@@ -436,12 +490,17 @@ class PromptFedAvg(FedAvg):
         if not late:
             return arrays
         log(INFO, "round %d: %d node(s) without verified class counts", server_round, len(late))
-        sums, counts = [], []
-        for node, pid, is_held_out, proto in self._ask_for_prototypes(
-            grid, arrays, late, server_round
-        ):
+        tally = PrototypeTally(self.num_classes(arrays), self._prototype_dim(arrays))
+        known_before = dict(self.partitions)
+        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+        verified: list[tuple[int, int, list[int], int | None]] = []  # (index, node, counts, pid)
+        refused: list[tuple[int, int, str]] = []
+        held_out: set[int] = set()
+
+        def take(answer: PrototypeAnswer) -> None:
+            index, node, pid, is_held_out, proto = answer
             reported = [int(n) for n in proto[wire.PROTO_COUNT]]
-            known = self.partitions.get(pid) if pid is not None else None
+            known = known_before.get(pid) if pid is not None else None
             if known is not None and not is_held_out and not known["held-out"]:
                 if reported != known["class-counts"]:
                     reason = (
@@ -449,58 +508,68 @@ class PromptFedAvg(FedAvg):
                         f"prototype round's (sum {sum(reported)} vs "
                         f"{sum(known['class-counts'])})"  # type: ignore[arg-type]
                     )
-                    self.dropped.append((server_round, node, reason))
+                    refused.append((index, node, reason))
                     log(WARNING, "round %d: refused node %d: %s", server_round, node, reason)
-                    continue
-                known["node-id"] = node  # the same partition, back under a new node id
-                self._node_counts[node] = reported
-                continue
+                    return
+                verified.append((index, node, reported, pid))  # back under a new node id
+                return
             if pid is not None:
-                self.partitions[pid] = {
-                    "node-id": node,
-                    "held-out": is_held_out,
-                    "class-counts": reported,
-                }
-                self.partitions = dict(sorted(self.partitions.items()))
+                _keep_later(partitions, pid, index, node, is_held_out, reported, "late nodes")
             if is_held_out:
-                self.held_out_nodes.add(node)
-                continue
+                held_out.add(node)
+                return
+            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
+            verified.append((index, node, reported, None))
+
+        self._ask_for_prototypes(grid, arrays, late, server_round, take)
+        # Everything the round keeps, in the order sent (as if the replies came so).
+        self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
+        for _, node, reported, known_pid in sorted(verified, key=lambda entry: entry[0]):
+            if known_pid is not None:
+                self.partitions[known_pid]["node-id"] = node
             self._node_counts[node] = reported
-            sums.append(proto.get(wire.PROTO_SUM))
-            counts.append(proto[wire.PROTO_COUNT])
-        if not counts:
+        if partitions:
+            self.partitions.update({pid: entry for pid, (_, entry) in partitions.items()})
+            self.partitions = dict(sorted(self.partitions.items()))
+        self.held_out_nodes |= held_out
+        if not tally.clients:
             return arrays
         log(
             INFO,
             "round %d: %d late node(s) folded into the prototype round's result",
             server_round,
-            len(counts),
+            tally.clients,
         )
         self._proto_version += 1
-        return self.fold_prototypes(arrays, sums, counts)
+        return self.fold_prototypes(arrays, tally)
 
-    def fold_prototypes(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
-        """Hook: the state with late nodes' counts (and sums) added to the prototype
-        round's result (default: the global class counts)."""
-        total = np.asarray(arrays[wire.PROTO_COUNT].numpy(), dtype=np.int64) + np.sum(
-            [np.asarray(n, dtype=np.int64) for n in counts], axis=0
-        )
+    def fold_prototypes(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
+        """Hook: the state with late nodes' counts (and sums), ``tally``, added to the
+        prototype round's result (default: the global class counts). The tally is the
+        hook's to add to (PEPFedPT adds the earlier means x counts)."""
+        total = np.asarray(arrays[wire.PROTO_COUNT].numpy(), dtype=np.int64) + tally.counts
         state = ArrayRecord({key: arrays[key] for key in arrays})
         state[wire.PROTO_COUNT] = Array(total.astype(np.int64))
         return state
 
+    def _prototype_dim(self, arrays: ArrayRecord) -> int | None:
+        """D of the feature sums the prototype round asks for (None: counts only)."""
+        return None if self.counts_only else int(arrays[wire.HEAD_WEIGHT].shape[1])
+
     def _ask_for_prototypes(
-        self, grid: Grid, arrays: ArrayRecord, node_ids: Sequence[int], server_round: int
-    ) -> list[tuple[int, int | None, bool, dict[str, np.ndarray]]]:
-        """Send the prototype QUERY to ``node_ids``; per valid reply (node id, partition id
-        or None, held out, its ``proto`` arrays). Invalid replies are dropped and logged."""
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        node_ids: Sequence[int],
+        server_round: int,
+        take: Callable[[PrototypeAnswer], None],
+    ) -> None:
+        """Send the prototype QUERY to ``node_ids`` and hand ``take`` each valid reply as
+        it arrives: (sent index, node id, partition id or None, held out, its ``proto``
+        arrays, views of the reply's bytes that live only during the call). Invalid replies
+        are logged at once and listed in ``dropped`` in the order sent."""
         num_classes = self.num_classes(arrays)
-        dim = None if self.counts_only else int(arrays[wire.HEAD_WEIGHT].shape[1])
+        dim = self._prototype_dim(arrays)
         config = ConfigRecord(
             {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
         )
@@ -514,43 +583,41 @@ class PromptFedAvg(FedAvg):
             )
             for node_id in node_ids
         ]
-        self._outgoing = messages
+        self._set_outgoing(messages)
         what = "class counts" if self.counts_only else "class feature sums"
         log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
-        answers = []
-        for msg in self._accepted(
-            self._exchange(grid, messages, server_round, "query"),
-            server_round,
-            lambda content, _: check_prototype_reply(content, num_classes, dim),
-        ):
+        refused: list[tuple[int, int, str]] = []
+
+        def check(content: RecordDict, _: int) -> str | None:
+            return check_prototype_reply(content, num_classes, dim)
+
+        def consume(msg: Message) -> bool:
+            index, node = self._sent_as(msg)
+            reason = self._judge(msg, node, check)
+            if reason is not None:
+                refused.append((index, node, reason))
+                log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
+                return False
             metrics = msg.content[wire.METRICS]
             pid = int(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
-            answers.append(
-                (
-                    self._sender(msg),
-                    pid,
-                    bool(metrics.get(wire.HELD_OUT, 0)),
-                    record_arrays(msg.content[wire.PROTO]),
-                )
-            )
-        return answers
+            held_out = bool(metrics.get(wire.HELD_OUT, 0))
+            take((index, node, pid, held_out, record_arrays(msg.content[wire.PROTO])))
+            return False  # consumed: the reply is not kept
+
+        self._exchange(grid, messages, server_round, "query", consume)
+        self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
 
     def num_classes(self, arrays: ArrayRecord) -> int:
         """Hook: C, the length of every reply's class counts: the head's rows (a method
         without a classification head overrides this)."""
         return int(arrays[wire.HEAD_WEIGHT].shape[0])
 
-    def prototype_state(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
+    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """Hook: the state after a prototype round: ``arrays`` plus the global class counts
-        (``sums``: each training node's feature sums, None when ``counts_only``)."""
-        total = np.sum([np.asarray(n, dtype=np.int64) for n in counts], axis=0)
+        (``tally``: the training nodes' exact feature-sum total, unless ``counts_only``,
+        and their class counts; ``tally.means()`` gives the prototypes)."""
         state = ArrayRecord({key: arrays[key] for key in arrays})
-        state[wire.PROTO_COUNT] = Array(total.astype(np.int64))
+        state[wire.PROTO_COUNT] = Array(tally.counts)
         return state
 
     # ------------------------------------------------------------------ train
@@ -704,13 +771,7 @@ class PromptFedAvg(FedAvg):
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
         """The replies sorted by the node they answer for (stable), so that checks, logs
         and sums run in the same order however the replies arrived."""
-        replies = list(replies)
-        sent = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._outgoing}
-
-        def node(reply: Message) -> int:
-            return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-
-        return sorted(replies, key=node)
+        return sorted(replies, key=self._sender)
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -766,7 +827,12 @@ class PromptFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ helpers
     def _exchange(
-        self, grid: Grid, messages: Iterable[Message], server_round: int, phase: str
+        self,
+        grid: Grid,
+        messages: Iterable[Message],
+        server_round: int,
+        phase: str,
+        consume: Callable[[Message], bool] | None = None,
     ) -> list[Message]:
         """Send one phase's messages and wait for the replies, counting the array bytes.
 
@@ -775,11 +841,27 @@ class PromptFedAvg(FedAvg):
         sees the replies arrive (``round 3 train: 2/3 replies, 41 s``) instead of a silent
         minute. Each node's failures (error replies, no reply) are kept in
         ``node_replies``, so that a node that never once answered can be named.
+
+        ``consume``: called with each reply as it arrives (its bytes already counted);
+        a reply it returns False for is not kept, so that a phase that folds its replies
+        into a running total (the prototype round) holds one at a time. Returns the kept
+        replies in the order sent.
         """
         messages = self._to_wire_dtype(list(messages))
-        replies = self._push_and_pull(grid, messages, server_round, phase)
-        self._count_bytes(server_round, phase, messages, replies)
-        self._note_node_replies(server_round, phase, messages, replies)
+        arrived: list[tuple[str, int, str | None]] = []  # (answers, source, error or None)
+        received = 0
+
+        def take(reply: Message) -> bool:
+            nonlocal received
+            received += traffic.content_nbytes(reply.content) if reply.has_content() else 0
+            error = reply.error.reason if reply.has_error() else None
+            arrived.append((reply.metadata.reply_to_message_id, reply.metadata.src_node_id, error))
+            return consume is None or consume(reply)
+
+        batch = self.pull_batch if consume is not None else max(len(messages), 1)
+        replies = self._push_and_pull(grid, messages, server_round, phase, take, batch)
+        self._count_bytes(server_round, phase, traffic.messages_nbytes(messages), received)
+        self._note_node_replies(server_round, phase, messages, arrived)
         return replies
 
     @property
@@ -816,20 +898,37 @@ class PromptFedAvg(FedAvg):
         return low if got_replies else min(max(low, self.poll_fraction * elapsed), high)
 
     def _push_and_pull(
-        self, grid: Grid, messages: list[Message], server_round: int, phase: str
+        self,
+        grid: Grid,
+        messages: list[Message],
+        server_round: int,
+        phase: str,
+        take: Callable[[Message], bool],
+        batch: int,
     ) -> list[Message]:
+        """Push the messages, then pull until every one is answered or the timeout; each
+        reply goes to ``take`` as it arrives and is kept if it returns True. Replies are
+        pulled for at most ``batch`` messages at a time, so that a phase whose replies
+        are consumed holds no more than that many at once."""
         if not messages:
             return []
         pushed = [message_id for message_id in grid.push_messages(messages) if message_id]
+        self._set_outgoing(messages)  # the grid gave them their ids: look them up anew
         pending = set(pushed)
         start = last_line = time.monotonic()
         deadline = start + self.timeout
         replies: list[Message] = []
+        arrived = 0
         while pending:
-            got = list(grid.pull_messages([i for i in pushed if i in pending]))
-            for reply in got:
-                pending.discard(reply.metadata.reply_to_message_id)
-            replies.extend(got)
+            waiting = [i for i in pushed if i in pending]
+            got_any = False
+            for first in range(0, len(waiting), batch):
+                for reply in grid.pull_messages(waiting[first : first + batch]):
+                    pending.discard(reply.metadata.reply_to_message_id)
+                    arrived += 1
+                    got_any = True
+                    if take(reply):
+                        replies.append(reply)
             now = time.monotonic()
             if not pending or now >= deadline:
                 break
@@ -839,19 +938,19 @@ class PromptFedAvg(FedAvg):
                     "round %d %s: %d/%d replies, %.0f s",
                     server_round,
                     phase,
-                    len(replies),
+                    arrived,
                     len(messages),
                     now - start,
                 )
                 last_line = now
-            time.sleep(min(self.next_poll_pause(bool(got), now - start), deadline - now))
+            time.sleep(min(self.next_poll_pause(got_any, now - start), deadline - now))
         elapsed = time.monotonic() - start
         log(
             INFO if not pending else WARNING,
             "round %d %s: %d/%d replies in %.1f s%s",
             server_round,
             phase,
-            len(replies),
+            arrived,
             len(messages),
             elapsed,
             f" (fed.round-timeout = {self.timeout:g} s; the others are dropped)" if pending else "",
@@ -863,19 +962,28 @@ class PromptFedAvg(FedAvg):
         return replies
 
     def _note_node_replies(
-        self, server_round: int, phase: str, sent: list[Message], replies: list[Message]
+        self,
+        server_round: int,
+        phase: str,
+        sent: list[Message],
+        arrived: list[tuple[str, int, str | None]],
     ) -> None:
         """Per node: messages sent, how many failed (error or no reply), how many train or
-        evaluate messages it answered with content, and its last failure."""
+        evaluate messages it answered with content, and its last failure. ``arrived``: per
+        reply, the id of the message it answers, its source node and its error (None:
+        content); taken in the order sent, whatever order they came in."""
         node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        order = {message_id: i for i, message_id in enumerate(node_of)}
         answered: set[int] = set()
-        for reply in replies:
-            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        for message_id, source, error in sorted(
+            arrived, key=lambda a: (order.get(a[0], len(order)), a[1])
+        ):
+            node = node_of.get(message_id, source)
             answered.add(node)
             entry = self._node_entry(node)
-            if reply.has_error():
+            if error is not None:
                 entry["failed"] += 1
-                entry["last-failure"] = f"round {server_round} {phase}: {reply.error.reason}"
+                entry["last-failure"] = f"round {server_round} {phase}: {error}"
             elif phase in ("train", "evaluate"):
                 entry["answered-work"] += 1
         for node in set(node_of.values()) - answered:
@@ -892,15 +1000,11 @@ class PromptFedAvg(FedAvg):
             node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
         )
 
-    def _count_bytes(
-        self, server_round: int, phase: str, sent: list[Message], received: list[Message]
-    ) -> None:
-        """Add to the round's ``<phase>/bytes-down|up`` and its ``bytes-down|up`` totals."""
+    def _count_bytes(self, server_round: int, phase: str, down: int, up: int) -> None:
+        """Add ``down`` and ``up`` array bytes to the round's ``<phase>/bytes-down|up`` and
+        its ``bytes-down|up`` totals."""
         entry = self.round_metrics.setdefault(server_round, {})
-        for key, nbytes in (
-            (traffic.BYTES_DOWN, traffic.messages_nbytes(sent)),
-            (traffic.BYTES_UP, traffic.messages_nbytes(received)),
-        ):
+        for key, nbytes in ((traffic.BYTES_DOWN, down), (traffic.BYTES_UP, up)):
             for name in (f"{phase}/{key}", key):
                 entry[name] = int(entry.get(name, 0)) + nbytes  # type: ignore[arg-type]
 
@@ -932,7 +1036,7 @@ class PromptFedAvg(FedAvg):
             messages.append(
                 Message(content=content, message_type=message_type, dst_node_id=node_id)
             )
-        self._outgoing = messages
+        self._set_outgoing(messages)
         return messages
 
     def node_arrays(
@@ -946,17 +1050,45 @@ class PromptFedAvg(FedAvg):
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """Hook: add method-specific records to one node's train/evaluate message."""
 
-    def _sender(self, reply: Message) -> int:
-        """The node a reply answers for.
+    def _set_outgoing(self, messages: list[Message]) -> None:
+        """The messages of the phase in flight; who each reply answers for is looked up
+        from them (by message id, which the grid gives a message when it is pushed)."""
+        self._outgoing = messages
+        self._sent_ids = None
 
-        Not always ``src_node_id``: when a node dies, the SuperLink itself answers with a
-        "node unavailable" error whose source is the SuperLink. The grid gives every sent
-        message its id in place, and every reply names the id it answers.
+    def _sent_as(self, reply: Message) -> tuple[int, int]:
+        """(index among the messages sent, node) of the message ``reply`` answers.
+
+        The node is not always ``src_node_id``: when a node dies, the SuperLink itself
+        answers with a "node unavailable" error whose source is the SuperLink. The grid
+        gives every sent message its id in place, and every reply names the id it
+        answers. A dict built once per phase: a linear search per reply was O(N^2).
         """
-        for sent in self._outgoing:
-            if sent.metadata.message_id == reply.metadata.reply_to_message_id:
-                return sent.metadata.dst_node_id
-        return reply.metadata.src_node_id
+        if self._sent_ids is None:
+            self._sent_ids = {
+                msg.metadata.message_id: (i, msg.metadata.dst_node_id)
+                for i, msg in enumerate(self._outgoing)
+            }
+        found = self._sent_ids.get(reply.metadata.reply_to_message_id)
+        return found if found is not None else (len(self._sent_ids), reply.metadata.src_node_id)
+
+    def _sender(self, reply: Message) -> int:
+        """The node a reply answers for (``_sent_as``)."""
+        return self._sent_as(reply)[1]
+
+    def _judge(
+        self, msg: Message, node: int, check: Callable[[RecordDict, int], str | None]
+    ) -> str | None:
+        """Why node ``node``'s reply cannot be used (None: it can): an error reply, or
+        what ``check(content, node)`` says; a check that raises names the exception."""
+        if msg.has_error():
+            # The node may have lost its state (restart): resend the prototypes next time.
+            self._node_proto_version.pop(node, None)
+            return f"error reply: {msg.error.reason}"
+        try:
+            return check(msg.content, node)
+        except Exception as exc:  # a malformed reply must never stop the round
+            return f"malformed reply: {exc!r}"
 
     def _accepted(
         self,
@@ -969,15 +1101,7 @@ class PromptFedAvg(FedAvg):
         accepted = []
         for msg in replies:
             node = self._sender(msg)
-            if msg.has_error():
-                reason = f"error reply: {msg.error.reason}"
-                # The node may have lost its state (restart): resend the prototypes next time.
-                self._node_proto_version.pop(node, None)
-            else:
-                try:
-                    reason = check(msg.content, node)
-                except Exception as exc:  # a malformed reply must never stop the round
-                    reason = f"malformed reply: {exc!r}"
+            reason = self._judge(msg, node, check)
             if reason is None:
                 accepted.append(msg)
             else:

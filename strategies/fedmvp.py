@@ -29,11 +29,11 @@ from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
+from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
 
 AGGREGATIONS = ("equal", "num-examples")
@@ -88,16 +88,11 @@ class FedMVP(PromptFedAvg):
         self.adapters_on = {int(p): bool(on) for p, on in state["adapters-on"].items()}
         self.node_partitions = {int(n): int(p) for n, p in state["node-partitions"].items()}
 
-    def prototype_state(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
+    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """The base state; and which partition every node that answered holds."""
         for pid, entry in self.partitions.items():
             self.node_partitions[int(entry["node-id"])] = pid  # type: ignore[arg-type]
-        return super().prototype_state(arrays, sums, counts)
+        return super().prototype_state(arrays, tally)
 
     # ------------------------------------------------------------------ messages
     def switch_for(self, node_id: int) -> bool:

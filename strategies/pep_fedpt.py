@@ -23,7 +23,7 @@ What the server adds to FedAvg (Message API):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import fold_prototype_means, prototype_means
+from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
 
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
@@ -84,31 +84,18 @@ class PEPFedPT(PromptFedAvg):
     def has_prototypes(self, arrays: ArrayRecord) -> bool:
         return wire.PROTO_MEAN in arrays
 
-    def prototype_state(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
+    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """The base state (global counts) plus μ_c = Σ_k S_{k,c} / Σ_k n_{k,c}."""
-        state = super().prototype_state(arrays, sums, counts)
-        means, _ = prototype_means(sums, counts)  # type: ignore[arg-type]
+        state = super().prototype_state(arrays, tally)
+        means, _ = tally.means()
         state[wire.PROTO_MEAN] = Array(means)
         return state
 
-    def fold_prototypes(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
-        """Late nodes' feature sums folded into μ (and their counts into the global ones)."""
-        means, total = fold_prototype_means(
-            arrays[wire.PROTO_MEAN].numpy(),
-            arrays[wire.PROTO_COUNT].numpy(),
-            sums,  # type: ignore[arg-type]
-            counts,
-        )
+    def fold_prototypes(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
+        """Late nodes' feature sums folded into μ (and their counts into the global ones):
+        the earlier μ_c n_c added exactly to the late nodes' tally."""
+        tally.add_means(arrays[wire.PROTO_MEAN].numpy(), arrays[wire.PROTO_COUNT].numpy())
+        means, total = tally.means()
         state = ArrayRecord({key: arrays[key] for key in arrays})
         state[wire.PROTO_MEAN] = Array(means)
         state[wire.PROTO_COUNT] = Array(total)

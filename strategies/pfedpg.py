@@ -26,7 +26,7 @@ checkpoint carries them and a resumed run continues exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -44,7 +44,7 @@ from flwr.supercore import log
 
 from strategies import prompt_generator as gen
 from strategies import wire
-from strategies.aggregation import RunningMean
+from strategies.aggregation import PrototypeTally, RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import record_arrays
 
@@ -101,15 +101,10 @@ class PFedPG(PromptFedAvg):
         pairs = state.get("node-partitions", {}).items()
         self.node_partitions = {int(n): int(p) for n, p in pairs}
 
-    def prototype_state(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
+    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """The base state plus the generator (B = the initial prompts) and one descriptor
         per training partition the prototype round found."""
-        state = super().prototype_state(arrays, sums, counts)
+        state = super().prototype_state(arrays, tally)
         keys = prompt_keys(state)
         if not keys:
             raise ValueError("pFedPG needs at least one (M, D) prompt array in the state")

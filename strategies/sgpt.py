@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import RunningMean
+from strategies.aggregation import PrototypeTally, RunningMean
 from strategies.base import PromptFedAvg
 from strategies.validation import check_group_counts
 
@@ -51,14 +51,9 @@ class SGPT(PromptFedAvg):
             INFO, "\t└──> Group prompts and keys: by group counts, momentum %s", self.group_momentum
         )
 
-    def prototype_state(
-        self,
-        arrays: ArrayRecord,
-        sums: Sequence[np.ndarray | None],
-        counts: Sequence[np.ndarray],
-    ) -> ArrayRecord:
+    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """The prototype round's state plus ``group.count``: no group selected yet."""
-        state = super().prototype_state(arrays, sums, counts)
+        state = super().prototype_state(arrays, tally)
         num_groups = arrays[wire.GROUP_KEYS].shape[0]
         state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
         return state

@@ -18,6 +18,8 @@ from strategies import wire
 
 # Far above any real partition; a count beyond it is a corrupt or hostile reply.
 MAX_EXAMPLES_PER_CLIENT = 10**9
+# The dtypes of prototype-round feature sums: the ones the server sums exactly.
+PROTO_SUM_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_arrays(
@@ -207,6 +209,10 @@ def check_prototype_reply(content: RecordDict, num_classes: int, dim: int | None
     reason = check_arrays(arrays, {} if dim is None else {wire.PROTO_SUM: (num_classes, dim)})
     if reason:
         return reason
+    sums = arrays.get(wire.PROTO_SUM)
+    if sums is not None and sums.dtype not in PROTO_SUM_DTYPES:
+        # The server sums them exactly (strategies.aggregation.ExactSum) from these only.
+        return f"{wire.PROTO_SUM} has dtype {sums.dtype}, expected float16, float32 or float64"
     return check_class_counts(counts, metrics.get(wire.NUM_EXAMPLES), num_classes)
 
 

@@ -29,6 +29,7 @@ HOOKS = (
     "counts_only",
     "has_prototypes",
     "prototype_state",
+    "fold_prototypes",
     "server_only",
     "node_arrays",
     "extra_content",
