@@ -12,6 +12,9 @@
   ``bench/scale.py --out bench/results/scale.json`` (100 against 1,000 SuperNodes);
 - ``needs-bytes`` (docs/scale.md): bytes per round at 10,000 clients, computed by
   ``bench/needs.py`` from ``aggregate.json``'s state and checked against ``scale.json``;
+- ``needs-memory`` (docs/scale.md): the server's memory at 10,000 clients, item by item,
+  by ``bench/needs.py`` from ``aggregate.json``, ``scale.json`` and
+  ``bench/prototype_round.py --nodes 1000,4000 --out bench/results/prototype-round.json``;
 - ``scale-passes``: the 1,000 / 100 ratios of ``scale.json`` beside those of earlier
   invocations of the same command kept as ``scale-pass*.json``;
 - ``sim-overhead``: ``bench/sim_overhead.py --repeats 3 --rounds 5 --out
@@ -46,6 +49,7 @@ from typing import Any
 AGGREGATE = "aggregate.json"
 BACKBONE_PROBE = "backbone-probe.jsonl"
 SCALE = "scale.json"
+PROTOTYPE_ROUND = "prototype-round.json"
 SIM_OVERHEAD = "sim-overhead.json"
 # The same bench with longer rounds (``-c "model.depth=4 model.img-size=32"``).
 SIM_OVERHEAD_LONG = "sim-overhead-depth4.json"
@@ -178,6 +182,18 @@ def needs_bytes_block(results: Path) -> str:
     scale = _read_json(results / SCALE)
     try:
         return render_bytes(aggregate, scale) + "\n"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FigureError(f"{results}: {exc}") from None
+
+
+def needs_memory_block(results: Path) -> str:
+    """The ServerApp's memory at 10,000 clients (bench/needs.py), item by item, from
+    ``aggregate.json``, ``scale.json`` and ``prototype-round.json``."""
+    from bench.needs import render_memory
+
+    documents = [_read_json(results / name) for name in (AGGREGATE, SCALE, PROTOTYPE_ROUND)]
+    try:
+        return render_memory(*documents) + "\n"
     except (KeyError, TypeError, ValueError) as exc:
         raise FigureError(f"{results}: {exc}") from None
 

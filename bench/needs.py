@@ -115,7 +115,7 @@ def render_bytes(
 def render_memory(
     aggregate: Mapping[str, Any],
     scale: Mapping[str, Any],
-    prototype: Mapping[str, Any] | None,
+    prototype: Mapping[str, Any],
     nodes: int = NODES,
     fraction: float = FRACTION,
 ) -> str:
@@ -140,11 +140,33 @@ def render_memory(
         "peak, tracemalloc) | constant | "
         f"{_mb(merge_states * state)} |",
     ]
-    if prototype is not None:
-        rows.append(prototype_row(prototype, nodes))
+    rows.append(prototype_row(prototype, nodes))
     return "\n".join(rows)
 
 
 def prototype_row(prototype: Mapping[str, Any], nodes: int) -> str:
-    """The prototype round's row, from ``prototype-round.json`` (not written yet)."""
-    raise ValueError("prototype-round.json: no renderer yet")
+    """The prototype round's row: ``prototype-round.json``'s traced peak at its largest
+    node count, extended to ``nodes`` by the per-node growth it measured between its
+    smallest and largest counts (the bookkeeping it keeps per node: counts, partition)."""
+    writer = "bench/prototype_round.py"
+    runs = sorted(
+        _need(prototype, "runs", "prototype-round.json", writer),
+        key=lambda run: int(_need(run, "nodes", "prototype-round.json: a run", writer)),
+    )
+    if len(runs) < 2:
+        raise ValueError("prototype-round.json: one node count; the growth needs two")
+    small, large = runs[0], runs[-1]
+    where = "prototype-round.json: a run"
+    peak_small = float(_need(small, "peak_bytes", where, writer))
+    peak_large = float(_need(large, "peak_bytes", where, writer))
+    per_node = (peak_large - peak_small) / (int(large["nodes"]) - int(small["nodes"]))
+    at = peak_large + per_node * (nodes - int(large["nodes"]))
+    setting = _need(prototype, "setting", "prototype-round.json", writer)
+    reply = float(_need(setting, "reply_bytes", "prototype-round.json: setting", writer))
+    return (
+        f"| the prototype round (`prototype-round.json`: traced peak {peak_large / 2**20:.1f} "
+        f"MiB at {int(large['nodes']):,} nodes; each reply is folded into an exact sum on "
+        f"arrival and dropped) | {per_node / 2**10:.1f} KiB per connected node (a reply: "
+        f"{reply / 2**10:.0f} KiB) | {at / 2**20:.0f} MiB (extended linearly; holding every "
+        f"reply would be {_gb(nodes * reply)}) |"
+    )

@@ -19,11 +19,11 @@ and docs/benchmark.md, with every column), ``selection`` and ``ablations``
 docs/performance.md), ``sim-overhead-summary`` (both too), ``sim-overhead``,
 ``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
 (docs/benchmark.md), ``fedmvp-step`` (docs/fedmvp.md), ``backbone`` (docs/backbone.md),
-``scale``, ``scale-passes`` and ``needs-bytes`` (docs/scale.md) and ``scale-summary``
-(README.md). An unknown block name, a block in a page it does not belong to, or a marker
-without its pair is an error naming the file and line. ``--check`` writes nothing and
-exits 1 naming each stale block, so CI can prove the pages match the committed results;
-without any results the command says so and exits 2.
+``scale``, ``scale-passes``, ``needs-bytes`` and ``needs-memory`` (docs/scale.md) and
+``scale-summary`` (README.md). An unknown block name, a block in a page it does not belong
+to, or a marker without its pair is an error naming the file and line. ``--check`` writes
+nothing and exits 1 naming each stale block, so CI can prove the pages match the committed
+results; without any results the command says so and exits 2.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from bench.figures import (  # noqa: E402
     cold_start_block,
     fedmvp_step_block,
     needs_bytes_block,
+    needs_memory_block,
     pixel_cache_block,
     scale_block,
     scale_passes_block,
@@ -405,6 +406,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
         "scale": _figure(scale_block),
         "scale-passes": _figure(scale_passes_block),
         "needs-bytes": _figure(needs_bytes_block),
+        "needs-memory": _figure(needs_memory_block),
     },
 }
 BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})

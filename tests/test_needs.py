@@ -21,6 +21,16 @@ from bench.needs import (
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
+# A prototype-round.json as bench/prototype_round.py writes it (its own figures here).
+_PROTOTYPE: dict[str, Any] = {
+    "setting": {"classes": 100, "dim": 768, "reply_bytes": 308_000},
+    "runs": [
+        {"nodes": 4000, "peak_bytes": 40 * 2**20, "kept_bytes": 0},
+        {"nodes": 1000, "peak_bytes": 34 * 2**20, "kept_bytes": 0},  # any order
+    ],
+}
+
+
 def _load(name: str) -> dict[str, Any]:
     return json.loads((RESULTS / name).read_text())
 
@@ -63,7 +73,7 @@ def test_bytes_per_round_scale_the_state_by_the_sample_and_the_prototypes_by_the
 
 
 def test_server_memory_names_each_items_source_and_growth() -> None:
-    table = render_memory(_load("aggregate.json"), _load("scale.json"), None)
+    table = render_memory(_load("aggregate.json"), _load("scale.json"), _PROTOTYPE)
     rows = _rows(table)
     held = rows["the sampled clients' replies, held until their phase ends"]
     assert held == ["3.72 MB per sampled client", "1.86 GB |"]
@@ -75,7 +85,7 @@ def test_a_result_file_without_a_needed_figure_is_named() -> None:
     aggregate = _load("aggregate.json")
     del aggregate["ratios"]
     with pytest.raises(ValueError, match=r"aggregate.json: no 'ratios' \(written by"):
-        render_memory(aggregate, _load("scale.json"), None)
+        render_memory(aggregate, _load("scale.json"), _PROTOTYPE)
 
 
 def test_the_bytes_block_is_render_bytes_of_the_committed_files_and_names_a_missing_one(
@@ -87,3 +97,20 @@ def test_the_bytes_block_is_render_bytes_of_the_committed_files_and_names_a_miss
     assert block == render_bytes(_load("aggregate.json"), _load("scale.json")) + "\n"
     with pytest.raises(figures.FigureError, match=rf"{tmp_path}/aggregate.json: No such file"):
         figures.needs_bytes_block(tmp_path)
+
+
+def test_the_prototype_round_is_its_measured_peak_extended_by_its_growth_per_node() -> None:
+    rows = _rows(render_memory(_load("aggregate.json"), _load("scale.json"), _PROTOTYPE))
+    [key] = [k for k in rows if k.startswith("the prototype round")]
+    assert "traced peak 40.0 MiB at 4,000 nodes" in key
+    # (40 - 34) MiB over 3,000 nodes = 2.048 KiB per node; 6,000 more nodes to 10,000.
+    assert rows[key][0] == "2.0 KiB per connected node (a reply: 301 KiB)"
+    assert rows[key][1].startswith(
+        "52 MiB (extended linearly; holding every reply would be 3.08 GB)"
+    )
+
+
+def test_a_prototype_file_with_one_node_count_has_no_growth_and_says_so() -> None:
+    one = {**_PROTOTYPE, "runs": _PROTOTYPE["runs"][:1]}
+    with pytest.raises(ValueError, match="one node count; the growth needs two"):
+        render_memory(_load("aggregate.json"), _load("scale.json"), one)
