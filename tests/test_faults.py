@@ -212,7 +212,19 @@ def flat(tiny_run_config: dict, tmp_path: Path) -> dict:
     return config
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+# One fault of each kind runs in the unit tier (a whole in-process round each, ~1.4 s);
+# every other one runs in the integration tier, which CI and scripts/test.sh also run.
+UNIT_FAULTS = {"nan", "wrong-shape", "missing-key", "garbage-bytes", "inflated-counts"}
+UNIT_FAULTS |= {"error-reply"}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(fault, marks=() if fault in UNIT_FAULTS else pytest.mark.integration)
+        for fault in sorted(FAULTS)
+    ],
+)
 def test_faulty_train_reply_is_refused_and_leaves_the_aggregate_of_the_others(
     fault: str, flat: dict, task_identity: None, caplog: pytest.LogCaptureFixture
 ) -> None:
