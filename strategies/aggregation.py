@@ -444,8 +444,9 @@ class PrototypeTally:
         return n.astype(np.int64)
 
     def add(self, sums: np.ndarray | None, counts: np.ndarray) -> None:
-        """One client's feature sums (C, D) (None for a counts-only tally) and counts (C,):
-        all checked first, so that a refused one (ValueError) changes nothing."""
+        """One client's feature sums (C, D) (None for a counts-only tally; float64 sums are
+        rounded to float32 first) and counts (C,): all checked first, so that a refused one
+        (ValueError) changes nothing."""
         n = self._checked_counts(counts)
         if (sums is None) != (self._sums is None):
             raise ValueError(
@@ -454,7 +455,14 @@ class PrototypeTally:
                 else "this tally needs each client's feature sums"
             )
         if self._sums is not None:
-            self._sums.add_checked(self._sums.check(sums))  # type: ignore[arg-type]
+            values = np.asarray(sums)
+            if values.dtype == np.float64:
+                # Rounded to float32 (the prototypes' dtype) so that the work and memory a
+                # reply costs stay bounded whatever a node sends: a float32 value spans at
+                # most 9 limbs, a float64 one up to 66.
+                with np.errstate(over="ignore"):
+                    values = values.astype(np.float32)
+            self._sums.add_checked(self._sums.check(values))
         self._counts += n
         self.clients += 1
 

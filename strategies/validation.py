@@ -213,6 +213,11 @@ def check_prototype_reply(content: RecordDict, num_classes: int, dim: int | None
     if sums is not None and sums.dtype not in PROTO_SUM_DTYPES:
         # The server sums them exactly (strategies.aggregation.ExactSum) from these only.
         return f"{wire.PROTO_SUM} has dtype {sums.dtype}, expected float16, float32 or float64"
+    if sums is not None and sums.dtype == np.float64 and sums.size:
+        # The server rounds float64 sums to float32 (PrototypeTally.add): beyond it, inf.
+        largest = float(np.abs(sums).max())
+        if largest > float(np.finfo(np.float32).max):
+            return f"{wire.PROTO_SUM} holds {largest:g}, beyond float32's range (3.4e38)"
     return check_class_counts(counts, metrics.get(wire.NUM_EXAMPLES), num_classes)
 
 

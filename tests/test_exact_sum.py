@@ -262,3 +262,33 @@ def test_prototype_means_do_not_depend_on_the_clients_order() -> None:
     again = prototype_means([s for s, _ in pairs], [n for _, n in pairs])
     assert _same_bits(first[0].astype(np.float64), again[0].astype(np.float64))
     assert first[1].tolist() == again[1].tolist()
+
+
+def test_float64_sums_from_a_node_are_rounded_to_float32_so_a_reply_costs_at_most_9_limbs() -> None:
+    # 2^1000 and 2^-1000 side by side would need about 63 limbs as float64; a node could send
+    # that to make every later add slow and the sum large. As float32 they are inf and 0.
+    tally = PrototypeTally(2, 2)
+    sums = np.array([[1.0 + 2.0**-40, 2.0**-1000], [3.0, -0.5]], dtype=np.float64)
+    tally.add(sums, np.array([1, 1]))
+    tally.add(sums.astype(np.float32), np.array([1, 1]))
+    means, _ = tally.means()
+    assert means.tolist() == sums.astype(np.float32).tolist()  # both adds: the same float32s
+    assert tally._sums is not None and tally._sums.limbs <= 9
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tally.add(np.full((2, 2), 1e39), np.array([1, 1]))
+    assert tally.clients == 2  # the refused add changed nothing
+
+
+def test_a_prototype_reply_beyond_float32s_range_is_dropped_with_the_value_named() -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    from strategies import wire
+    from strategies.validation import check_prototype_reply
+
+    def reply(sums: np.ndarray) -> RecordDict:
+        proto = ArrayRecord({wire.PROTO_SUM: Array(sums), wire.PROTO_COUNT: Array(np.array([2]))})
+        return RecordDict({wire.PROTO: proto, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 2})})
+
+    assert check_prototype_reply(reply(np.array([[1e30, -2.0]])), 1, 2) is None
+    reason = check_prototype_reply(reply(np.array([[1e39, -2.0]])), 1, 2)
+    assert reason == "proto.sum holds 1e+39, beyond float32's range (3.4e38)"
