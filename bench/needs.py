@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 FLOAT32, INT64 = 4, 8
@@ -82,6 +83,29 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:.2f} MB"
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """The sizes both tables start from: a reply's bytes, C and D, the sample, and the
+    node count of the scale.json run that checked the prototype reply's size."""
+
+    state: int
+    classes: int
+    dim: int
+    nodes: int
+    sampled: int
+    checked_at: int
+
+
+def scenario(
+    aggregate: Mapping[str, Any], scale: Mapping[str, Any], nodes: int, fraction: float
+) -> Scenario:
+    """The scenario's sizes, every file checked once for both tables."""
+    values, classes, dim = state_values(aggregate)
+    checked_at = check_prototype_bytes(scale)
+    sampled = math.ceil(fraction * nodes)
+    return Scenario(values * FLOAT32, classes, dim, nodes, sampled, checked_at)
+
+
 def render_bytes(
     aggregate: Mapping[str, Any],
     scale: Mapping[str, Any],
@@ -89,11 +113,9 @@ def render_bytes(
     fraction: float = FRACTION,
 ) -> str:
     """Bytes per round at ``nodes`` clients with ``fraction`` sampled per phase."""
-    values, classes, dim = state_values(aggregate)
-    check_prototype_bytes(scale)
-    state = values * FLOAT32
+    at = scenario(aggregate, scale, nodes, fraction)
+    state, classes, dim, sampled = at.state, at.classes, at.dim, at.sampled
     proto = prototype_bytes(classes, dim)
-    sampled = math.ceil(fraction * nodes)
     s = f"{sampled:,} sampled"
     rows = [
         f"| | per client | {s} |",
@@ -120,10 +142,8 @@ def render_memory(
     fraction: float = FRACTION,
 ) -> str:
     """The ServerApp's memory at ``nodes`` clients, item by item, each with its source."""
-    values, _, _ = state_values(aggregate)
-    measured_at = check_prototype_bytes(scale)
-    state = values * FLOAT32
-    sampled = math.ceil(fraction * nodes)
+    at = scenario(aggregate, scale, nodes, fraction)
+    state, sampled, measured_at = at.state, at.sampled, at.checked_at
     ratios = _need(aggregate, "ratios", "aggregate.json", "bench/aggregate.py")
     merge_states = float(ratios["pep-fedpt peak / one state"])
     run = _need(scale, "runs", "scale.json", "bench/scale.py")[0]
