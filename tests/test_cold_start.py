@@ -19,6 +19,7 @@ from bench.cold_start import (
     render_table,
     stage_medians,
 )
+from tests.helpers.cli import refused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,10 +153,7 @@ def test_report_of_a_file_missing_a_figure_names_the_file_and_the_figure(
         del run["stages"]["train 1 round (cold)"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(document))
-    with pytest.raises(SystemExit) as exited:
-        main(["--report", str(path)])
-    assert exited.value.code == 2
-    error = capsys.readouterr().err
+    error = refused(main, ["--report", str(path)], capsys)
     assert f"--report {path}: not a bench/cold_start.py --out file" in error
     assert "no 'train 1 round (cold)'" in error
 
@@ -177,9 +175,7 @@ def test_report_of_a_file_missing_a_figure_names_the_file_and_the_figure(
 def test_bad_settings_are_refused_before_anything_runs(
     argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit):
-        main(argv)
-    assert error in capsys.readouterr().err
+    assert error in refused(main, argv, capsys)
 
 
 def test_overrides_reach_the_config_of_every_process() -> None:

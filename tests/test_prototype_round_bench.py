@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bench.prototype_round import growth_per_node, main, parse_nodes, render_table
+from tests.helpers.cli import refused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,10 +127,7 @@ def test_node_counts_are_parsed_sorted_and_bad_ones_named() -> None:
 def test_bad_settings_are_refused_before_anything_runs(
     argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    assert error in capsys.readouterr().err
+    assert error in refused(main, argv, capsys)
 
 
 def test_report_of_a_bad_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,9 +135,7 @@ def test_report_of_a_bad_file_names_it(tmp_path: Path, capsys: pytest.CaptureFix
     document = _document()
     del document["setting"]["dim"]
     bad.write_text(json.dumps(document))
-    with pytest.raises(SystemExit):
-        main(["--report", str(bad)])
-    err = capsys.readouterr().err
+    err = refused(main, ["--report", str(bad)], capsys)
     assert f"--report {bad}: not a bench/prototype_round.py --out file" in err
     assert "setting: no 'dim'" in err
 

@@ -21,6 +21,7 @@ from bench.sim_overhead import (
     steady_state,
     summary,
 )
+from tests.helpers.cli import refused
 
 SETTING = {
     "clients": 4,
@@ -147,10 +148,7 @@ def test_report_of_a_file_missing_a_figure_names_the_file_and_the_figure(
     del document["repeats"][0]["simulation"]["rounds"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(document))
-    with pytest.raises(SystemExit) as exited:
-        main(["--report", str(path)])
-    assert exited.value.code == 2
-    error = capsys.readouterr().err
+    error = refused(main, ["--report", str(path)], capsys)
     assert f"--report {path}: not a bench/sim_overhead.py --out file" in error
     assert "repeats[0].simulation: no 'rounds'" in error
 
@@ -175,9 +173,7 @@ def test_a_repeat_with_one_round_has_no_steady_state_and_says_which() -> None:
 def test_bad_settings_are_refused_before_anything_runs(
     argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit):
-        main(argv)
-    assert error in capsys.readouterr().err
+    assert error in refused(main, argv, capsys)
 
 
 def test_rounds_are_the_serverapps_own_took_lines_in_order_of_their_number() -> None:
