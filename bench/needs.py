@@ -168,25 +168,24 @@ def prototype_row(prototype: Mapping[str, Any], nodes: int) -> str:
     """The prototype round's row: ``prototype-round.json``'s traced peak at its largest
     node count, extended to ``nodes`` by the per-node growth it measured between its
     smallest and largest counts (the bookkeeping it keeps per node: counts, partition)."""
+    from bench.prototype_round import checked_runs, growth_per_node
+
     writer = "bench/prototype_round.py"
-    runs = sorted(
-        _need(prototype, "runs", "prototype-round.json", writer),
-        key=lambda run: int(_need(run, "nodes", "prototype-round.json: a run", writer)),
-    )
-    if len(runs) < 2:
+    try:
+        runs = checked_runs(prototype)
+    except ValueError as exc:
+        raise ValueError(f"prototype-round.json: {exc}") from None
+    per_node = growth_per_node(runs)
+    if per_node is None:
         raise ValueError("prototype-round.json: one node count; the growth needs two")
-    small, large = runs[0], runs[-1]
-    where = "prototype-round.json: a run"
-    peak_small = float(_need(small, "peak_bytes", where, writer))
-    peak_large = float(_need(large, "peak_bytes", where, writer))
-    per_node = (peak_large - peak_small) / (int(large["nodes"]) - int(small["nodes"]))
-    at = peak_large + per_node * (nodes - int(large["nodes"]))
+    large = max(runs, key=lambda run: run["nodes"])
+    at = large["peak_bytes"] + per_node * (nodes - large["nodes"])
     setting = _need(prototype, "setting", "prototype-round.json", writer)
     reply = float(_need(setting, "reply_bytes", "prototype-round.json: setting", writer))
     return (
-        f"| the prototype round (`prototype-round.json`: traced peak {peak_large / 2**20:.1f} "
-        f"MiB at {int(large['nodes']):,} nodes; each reply is folded into an exact sum on "
-        f"arrival and dropped) | {per_node / 2**10:.1f} KiB per connected node (a reply: "
-        f"{reply / 2**10:.0f} KiB) | {at / 2**20:.0f} MiB (extended linearly; holding every "
-        f"reply would be {_gb(nodes * reply)}) |"
+        f"| the prototype round (`prototype-round.json`: traced peak "
+        f"{large['peak_bytes'] / 2**20:.1f} MiB at {large['nodes']:,} nodes; each reply is "
+        f"folded into an exact sum on arrival and dropped) | {per_node / 2**10:.1f} KiB per "
+        f"connected node (a reply: {reply / 2**10:.0f} KiB) | {at / 2**20:.0f} MiB (extended "
+        f"linearly; holding every reply would be {_gb(nodes * reply)}) |"
     )

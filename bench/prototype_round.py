@@ -54,7 +54,8 @@ def _need(mapping: Any, key: str, where: str) -> Any:
 
 
 # ---------------------------------------------------------------- the table
-def _runs(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def checked_runs(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The document's runs, each with whole, non-negative figures (ValueError names one)."""
     runs = _need(document, "runs", "the document")
     if not isinstance(runs, list) or not runs:
         raise ValueError("the document: 'runs' must be a non-empty list")
@@ -83,7 +84,7 @@ def render_table(document: Mapping[str, Any]) -> str:
     dim = _need(setting, "dim", "setting")
     reply = _need(setting, "reply_bytes", "setting")
     batch = _need(setting, "pull_batch", "setting")
-    runs = _runs(document)
+    runs = checked_runs(document)
     lines = [
         "| nodes | all replies (MiB) | traced peak (MiB) | kept after the round (MiB) |",
         "|---|---|---|---|",

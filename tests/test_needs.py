@@ -25,8 +25,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 _PROTOTYPE: dict[str, Any] = {
     "setting": {"classes": 100, "dim": 768, "reply_bytes": 308_000},
     "runs": [
-        {"nodes": 4000, "peak_bytes": 40 * 2**20, "kept_bytes": 0},
-        {"nodes": 1000, "peak_bytes": 34 * 2**20, "kept_bytes": 0},  # any order
+        {"nodes": 4000, "peak_bytes": 40 * 2**20, "kept_bytes": 0, "replies_bytes": 1},
+        {"nodes": 1000, "peak_bytes": 34 * 2**20, "kept_bytes": 0, "replies_bytes": 1},
     ],
 }
 
@@ -114,3 +114,6 @@ def test_a_prototype_file_with_one_node_count_has_no_growth_and_says_so() -> Non
     one = {**_PROTOTYPE, "runs": _PROTOTYPE["runs"][:1]}
     with pytest.raises(ValueError, match="one node count; the growth needs two"):
         render_memory(_load("aggregate.json"), _load("scale.json"), one)
+    broken = {**_PROTOTYPE, "runs": [{"nodes": 10}]}
+    with pytest.raises(ValueError, match=r"prototype-round.json: .*no 'peak_bytes'"):
+        render_memory(_load("aggregate.json"), _load("scale.json"), broken)
