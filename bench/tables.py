@@ -4,20 +4,21 @@
 
 ``RESULTS`` (default ``bench/results/cifar10``) is a folder that ``bench/collect.py``
 filled: one comparison folder per setting (``alpha-0.1``, ``alpha-0.5``: every method,
-grid-selected) and per ablation (``ablation-<name>``: a sweep of PEP-FedPT). The tables are
-computed in memory with ``bench/report.py``'s reading of those folders, and written between
-marker lines of the pages, each block on lines of its own:
+grid-selected) and per ablation (``ablation-<name>``: a sweep of PEP-FedPT at α = 0.1;
+``ablation-alpha-<α>-<name>``: one at another α). The tables are computed in memory with
+``bench/report.py``'s reading of those folders, and written between marker lines of the
+pages, each block on lines of its own:
 
     <!-- bench:NAME -->
     (regenerated; whatever is here is replaced)
     <!-- /bench:NAME -->
 
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
-and docs/benchmark.md, with every column), ``selection`` and ``ablations``
-(docs/benchmark.md); and from the speed and backbone result files beside them
-(``bench/figures.py``): ``aggregation`` and ``pixel-cache`` (README.md,
-docs/performance.md), ``sim-overhead-summary`` (both too), ``sim-overhead``,
-``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
+and docs/benchmark.md, with every column), ``selection``, ``ablations`` (the ablations at
+α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); and from the
+speed and backbone result files beside them (``bench/figures.py``): ``aggregation`` and
+``pixel-cache`` (README.md, docs/performance.md), ``sim-overhead-summary`` (both too),
+``sim-overhead``, ``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
 (docs/benchmark.md), ``fedmvp-step`` (docs/fedmvp.md), ``backbone`` (docs/backbone.md),
 ``scale``, ``scale-passes``, ``needs-bytes`` and ``needs-memory`` (docs/scale.md) and
 ``scale-summary`` (README.md). An unknown block name, a block in a page it does not belong
@@ -84,13 +85,18 @@ DEFAULT_RESULTS = Path("bench/results/cifar10")
 FIGURES = Path("bench/results")
 # The ablations' reference: this method's final run on this seed in this folder.
 REFERENCE = ("alpha-0.1", "pep-fedpt", 0)
+# An ablation run at another α than the first ablations' carries it in its folder name
+# (``ablation-alpha-0.5-train-weights``, read against folder ``alpha-0.5``); one without
+# (``ablation-tau``) ran at REFERENCE's α, 0.1.
+ABLATION_AT = re.compile(r"ablation-alpha-(\d+(?:\.\d+)?)-.+")
+FIRST_ABLATION_ALPHA = "0.1"
 MEAN, WORST, HELD_OUT, GLOBAL = (
     "evaluate/mean-client-accuracy",
     "evaluate/worst-client-accuracy",
     "evaluate/held-out-accuracy",
     "evaluate/global-accuracy",
 )
-MARKER = re.compile(r"^<!-- (/?)bench:([A-Za-z0-9_-]+) -->$")
+MARKER = re.compile(r"^<!-- (/?)bench:([A-Za-z0-9_.-]+) -->$")
 LOOSE_MARKER = re.compile(r"^\s*<!--\s*/?\s*bench\b")  # looks like a marker: must be one
 
 
@@ -150,9 +156,18 @@ def settings(comparisons: Sequence[Comparison]) -> list[Comparison]:
     return sorted((c for c in comparisons if not c.sweep), key=_alpha_key)
 
 
-def ablations(comparisons: Sequence[Comparison]) -> list[Comparison]:
-    """The sweeps, by name."""
-    return [c for c in comparisons if c.sweep]
+def ablation_alpha(comparison: Comparison) -> str:
+    """The α an ablation folder ran at, as its name writes it: ``ablation-alpha-0.5-x``
+    -> ``0.5``; a name without one (``ablation-tau``) -> ``FIRST_ABLATION_ALPHA``."""
+    found = ABLATION_AT.fullmatch(comparison.name)
+    return found.group(1) if found else FIRST_ABLATION_ALPHA
+
+
+def ablations(
+    comparisons: Sequence[Comparison], alpha: str = FIRST_ABLATION_ALPHA
+) -> list[Comparison]:
+    """The sweeps run at ``alpha`` (``ablation_alpha``), by name."""
+    return [c for c in comparisons if c.sweep and ablation_alpha(c) == alpha]
 
 
 # ---------------------------------------------------------------------- cells
@@ -270,8 +285,11 @@ def selection_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
     return "\n".join(parts) if parts else "No setting with a grid in the results.\n"
 
 
-def _reference(comparisons: Sequence[Comparison]) -> tuple[Outcome, Comparison] | None:
-    name, method, seed = REFERENCE
+def _reference(
+    comparisons: Sequence[Comparison], name: str = REFERENCE[0]
+) -> tuple[Outcome, Comparison] | None:
+    """REFERENCE's method's run on REFERENCE's seed in the setting folder ``name``."""
+    _, method, seed = REFERENCE
     for comparison in comparisons:
         if comparison.name == name and not comparison.sweep:
             for outcome in comparison.outcomes:
@@ -309,12 +327,22 @@ def _ablation_cells(stats: Mapping[str, tuple[float, float]], completed: int) ->
     ]
 
 
-def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
-    """One row per ablation point, after the reference row (PEP-FedPT's first-seed final
-    run of ``REFERENCE``'s folder, whose config every ablation keeps but for its key)."""
-    reference = _reference(comparisons)
+NO_ABLATION = "No ablation in the results."
+
+
+def ablations_block(
+    comparisons: Sequence[Comparison],
+    page_dir: Path,
+    alpha: str = FIRST_ABLATION_ALPHA,
+    empty: str = NO_ABLATION,
+) -> str:
+    """One row per ablation point run at ``alpha`` (``ablations``), after the reference row
+    (PEP-FedPT's first-seed final run of the setting folder ``alpha-<alpha>``, whose config
+    every ablation keeps but for its key); ``empty`` where no ablation ran at ``alpha``."""
+    folder_name = REFERENCE[0] if alpha == FIRST_ABLATION_ALPHA else f"alpha-{alpha}"
+    reference = _reference(comparisons, folder_name)
     config = _reference_config(reference)
-    folder_name, method, seed = REFERENCE
+    _, method, seed = REFERENCE
     lines = [
         "| setting | value | mean client acc | worst client | held-out | global "
         "| prompt drift (median) | prompt drift (max) |",
@@ -329,7 +357,8 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
             method = _link(method, comparison.folder / outcome.path, page_dir, "/")
     setting = f"reference: {method}, {title}, seed {seed}"
     lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
-    seeds = sorted({o.seed for c in ablations(comparisons) for o in c.outcomes})
+    found = ablations(comparisons, alpha)
+    seeds = sorted({o.seed for c in found for o in c.outcomes})
     if reference is not None and seeds not in ([], [seed]):
         # Some ablation ran more seeds: the reference over the same seeds, for its rows.
         outcome, comparison = reference
@@ -338,7 +367,7 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
         setting = f"reference: {method}, {title}, seeds {', '.join(map(str, seeds))}"
         cells = _ablation_cells(row.stats, row.completed)
         lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
-    for comparison in ablations(comparisons):
+    for comparison in found:
         sweep = comparison.sweep or []
         keys = [key for key, _ in sweep]
         setting = _link(", ".join(keys), comparison.folder / "results.md", page_dir)
@@ -352,9 +381,9 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
                 value = f"{name}: {value}"
             cells = _ablation_cells(row.stats, row.completed)
             lines.append(f"| {setting} | {value} | " + " | ".join(cells) + " |")
-    if not ablations(comparisons):
+    if not found:
         lines.append("")
-        lines.append("No ablation in the results.")
+        lines.append(empty)
     lines += [
         "",
         "Each ablation changes one setting of the reference run and keeps the rest of its "
@@ -363,6 +392,16 @@ def ablations_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
         "seed: the value alone); prompt drift as in the tables above.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ablations_alpha_05_block(comparisons: Sequence[Comparison], page_dir: Path) -> str:
+    """docs/benchmark.md's ``ablations-alpha-0.5``: the ablations repeated at α = 0.5
+    (one-hot training weights), against PEP-FedPT's own runs of folder ``alpha-0.5``."""
+    empty = (
+        "No ablation at α = 0.5 in the results yet: `bench/benchmark.sh` runs it after the "
+        "α = 0.5 setting, into `ablation-alpha-0.5-train-weights`."
+    )
+    return ablations_block(comparisons, page_dir, "0.5", empty)
 
 
 # A block from (the comparisons, the page's folder, the folder of the other result files).
@@ -391,6 +430,7 @@ PAGES: dict[str, dict[str, Renderer]] = {
         "ccmp-step": _figure(ccmp_step_block),
         "selection": _accuracy(selection_block),
         "ablations": _accuracy(ablations_block),
+        "ablations-alpha-0.5": _accuracy(ablations_alpha_05_block),
     },
     "docs/performance.md": {
         "aggregation": _figure(aggregation_block),

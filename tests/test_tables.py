@@ -282,3 +282,108 @@ def test_an_ablation_on_more_seeds_gets_a_reference_row_over_the_same_seeds(
     ]
     means = [f[-1]["evaluate/mean-client-accuracy"] for f in finals]
     assert f"| {sum(means) / 2:.4f}" in rows[1]
+
+
+DOCS_05 = DOCS + "\n<!-- bench:ablations-alpha-0.5 -->\n<!-- /bench:ablations-alpha-0.5 -->\n"
+ONEHOT_05 = "ablation-alpha-0.5-train-weights"
+
+
+def _one_hot_at_alpha_05(repo: Path, monkeypatch: pytest.MonkeyPatch, seeds: list[int]) -> None:
+    """The one-hot ablation at α = 0.5 as bench/benchmark.sh leaves it (mean client accuracy
+    0.5 + seed / 10, as every fake run), collected beside the fake benchmark; and the α = 0.5
+    reference run on seed 0 made to end at 0.77, so that its rows can be told apart."""
+    from helpers.fake_results import FakeRuns, rounds
+
+    from bench import compare
+    from bench.grid import parse_grid
+
+    results = repo / "bench" / "results" / "cifar10"
+    out = repo.parent / "out"
+    scores = {("pep-fedpt", "onehot"): 0.7}
+    monkeypatch.setattr(
+        compare, "execute", FakeRuns(scores, key="prompt.train-weights", states=True)
+    )
+    base = {"data.val-fraction": 0.1, "data.alpha": 0.5, "train.lr": 0.05}
+    sweep = parse_grid("prompt.train-weights='onehot'", "--sweep")
+    compare.compare(["pep-fedpt"], seeds, out / ONEHOT_05, base, "", sweep=sweep)
+    assert [c.name for c in collect.collect(out, results)] == [ONEHOT_05]
+    metrics = results / "alpha-0.5" / "runs" / "pep-fedpt-s0" / "metrics.json"
+    metrics.write_text(json.dumps(rounds([0.77], 10.0)))
+    (repo / "docs" / "benchmark.md").write_text(DOCS_05)
+
+
+def _block(repo: Path, name: str) -> str:
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    return docs.split(f"<!-- bench:{name} -->")[1].split(f"<!-- /bench:{name} -->")[0]
+
+
+def test_the_alpha_05_ablations_are_read_against_pep_fedpts_own_alpha_05_run(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_hot_at_alpha_05(repo, monkeypatch, [0])
+    assert tables.main(["--root", str(repo)]) == 0
+    block = _block(repo, "ablations-alpha-0.5")
+    run = "../bench/results/cifar10/alpha-0.5/runs/pep-fedpt-s0/"
+    assert (
+        f"| reference: [pep-fedpt]({run}), α = 0.5, seed 0 | as in the main table | 0.7700 |"
+        in (block)
+    )
+    link = f"[prompt.train-weights](../bench/results/cifar10/{ONEHOT_05}/results.md)"
+    assert f"| {link} (reference: soft) | onehot | 0.5000 |" in block
+    assert "alpha-0.1" not in block and "ablation-tau" not in block
+    assert block.count("| reference: ") == 1  # one seed: no same-seeds row
+    assert "No ablation" not in block
+
+
+def test_the_alpha_01_ablations_block_ignores_the_alpha_05_folders(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (repo / "docs" / "benchmark.md").write_text(DOCS_05)
+    tables.main(["--root", str(repo)])
+    before = _block(repo, "ablations")
+    _one_hot_at_alpha_05(repo, monkeypatch, [0, 1])
+    assert tables.main(["--root", str(repo)]) == 0
+    assert _block(repo, "ablations") == before
+    assert ONEHOT_05 not in before and "alpha-0.5" not in before
+
+
+def test_an_alpha_05_ablation_on_more_seeds_gets_the_alpha_05_reference_over_them(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_hot_at_alpha_05(repo, monkeypatch, [0, 1])
+    assert tables.main(["--root", str(repo)]) == 0
+    rows = [
+        line
+        for line in _block(repo, "ablations-alpha-0.5").splitlines()
+        if line.startswith("| reference: ")
+    ]
+    assert [row.split(" | ")[0].split(", ", 1)[-1] for row in rows] == [
+        "α = 0.5, seed 0",
+        "α = 0.5, seeds 0, 1",
+    ]
+    assert all("/alpha-0.5/runs/pep-fedpt-s0/" in row for row in rows)
+    # seed 0 ends at 0.77 (made so), seed 1 at 0.6 as every fake run: their mean
+    assert "| as in the main table | 0.6850 ± " in rows[1]
+
+
+def test_without_an_alpha_05_ablation_its_block_says_none_ran_yet(repo: Path) -> None:
+    (repo / "docs" / "benchmark.md").write_text(DOCS_05)
+    assert tables.main(["--root", str(repo)]) == 0
+    block = _block(repo, "ablations-alpha-0.5")
+    assert "No ablation at α = 0.5 in the results yet" in block
+    assert (
+        "| reference: [pep-fedpt](../bench/results/cifar10/alpha-0.5/runs/pep-fedpt-s0/)" in block
+    )
+    assert "No ablation in the results." not in _block(repo, "ablations")  # ablation-tau ran
+    assert tables.main(["--root", str(repo), "--check"]) == 0
+
+
+def test_an_ablation_folder_names_its_alpha_or_ran_at_the_first_one() -> None:
+    def named(name: str) -> tables.Comparison:
+        return tables.Comparison(name, Path(name), [], ["pep-fedpt"], None, [("k", [1])])
+
+    assert tables.ablation_alpha(named("ablation-tau")) == "0.1"
+    assert tables.ablation_alpha(named("ablation-alpha-0.5-train-weights")) == "0.5"
+    assert tables.ablation_alpha(named("ablation-alpha-1-tau")) == "1"
+    found = tables.ablations([named("ablation-tau"), named("ablation-alpha-0.5-x")], "0.5")
+    assert [c.name for c in found] == ["ablation-alpha-0.5-x"]
