@@ -891,11 +891,15 @@ class PromptFedAvg(FedAvg):
                     record[key] = cast[id(array)]
         return messages
 
-    def next_poll_pause(self, got_replies: bool, elapsed: float) -> float:
+    def next_poll_pause(self, got_replies: bool, elapsed: float, polling: float = 0.0) -> float:
         """Seconds until the next poll of a phase ``elapsed`` s old: the shortest pause
-        while replies come in, else a pause that grows with the phase, capped."""
+        while replies come in, else a pause that grows with the phase, capped; and never
+        shorter than the last poll took (``polling``: its pulls and what was done with the
+        replies), so that polling holds the SuperLink at most half the time (a prototype
+        round of 10,000 nodes pulls in 100 batches per poll)."""
         low, high = self.poll_seconds
-        return low if got_replies else min(max(low, self.poll_fraction * elapsed), high)
+        pause = low if got_replies else min(max(low, self.poll_fraction * elapsed), high)
+        return max(pause, polling)
 
     def _push_and_pull(
         self,
@@ -922,6 +926,7 @@ class PromptFedAvg(FedAvg):
         while pending:
             waiting = [i for i in pushed if i in pending]
             got_any = False
+            polled_at = time.monotonic()
             for first in range(0, len(waiting), batch):
                 for reply in grid.pull_messages(waiting[first : first + batch]):
                     pending.discard(reply.metadata.reply_to_message_id)
@@ -943,7 +948,8 @@ class PromptFedAvg(FedAvg):
                     now - start,
                 )
                 last_line = now
-            time.sleep(min(self.next_poll_pause(got_any, now - start), deadline - now))
+            pause = self.next_poll_pause(got_any, now - start, now - polled_at)
+            time.sleep(min(pause, deadline - now))
         elapsed = time.monotonic() - start
         log(
             INFO if not pending else WARNING,

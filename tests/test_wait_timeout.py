@@ -156,3 +156,13 @@ def test_a_reply_waits_for_the_next_poll_at_most_a_twentieth_of_its_phase() -> N
     assert strategy.next_poll_pause(False, 4.0) == pytest.approx(0.2)
     assert strategy.next_poll_pause(False, 600.0) == 1.0
     assert strategy.next_poll_pause(True, 600.0) == 0.05
+
+
+def test_a_poll_that_took_long_is_followed_by_a_pause_as_long() -> None:
+    """Many pulls per poll (a prototype round of 10,000 nodes pulls in batches of
+    pull_batch) must not hold the SuperLink all the time: the pause is at least what the
+    last poll took, so polling uses at most half the time."""
+    strategy = PEPFedPT()
+    assert strategy.next_poll_pause(True, 600.0, polling=0.3) == 0.3
+    assert strategy.next_poll_pause(False, 4.0, polling=0.01) == pytest.approx(0.2)
+    assert strategy.next_poll_pause(False, 600.0, polling=2.5) == 2.5  # above the 1 s cap
