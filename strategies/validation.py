@@ -15,11 +15,10 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.common.constant import SType
 
 from strategies import wire
+from strategies.aggregation import EXACT_DTYPES
 
 # Far above any real partition; a count beyond it is a corrupt or hostile reply.
 MAX_EXAMPLES_PER_CLIENT = 10**9
-# The dtypes of prototype-round feature sums: the ones the server sums exactly.
-PROTO_SUM_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_arrays(
@@ -210,7 +209,7 @@ def check_prototype_reply(content: RecordDict, num_classes: int, dim: int | None
     if reason:
         return reason
     sums = arrays.get(wire.PROTO_SUM)
-    if sums is not None and sums.dtype not in PROTO_SUM_DTYPES:
+    if sums is not None and sums.dtype not in EXACT_DTYPES:
         # The server sums them exactly (strategies.aggregation.ExactSum) from these only.
         return f"{wire.PROTO_SUM} has dtype {sums.dtype}, expected float16, float32 or float64"
     if sums is not None and sums.dtype == np.float64 and sums.size:
