@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common import Metadata
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -49,6 +48,7 @@ from strategies.validation import (
     check_train_reply,
     record_arrays,
 )
+from tests.helpers.inprocess import incoming_message
 
 # ViT-B/16 on CIFAR-100 with conf/cifar100-dir0.3.toml's prompts.
 DIM, DEPTH, NUM_CLASSES = 768, 12, 100
@@ -109,19 +109,8 @@ def build(
                 wire.TRAIN_LOSS: float(rng.uniform(1.0, 4.0)),
             }
         )
-        incoming = Message(
-            content=RecordDict(),
-            metadata=Metadata(
-                run_id=1,
-                message_id=f"m{node}",
-                src_node_id=1,
-                dst_node_id=node,
-                reply_to_message_id="",
-                group_id="1",
-                created_at=time.time(),
-                ttl=3600.0,
-                message_type=MessageType.TRAIN,
-            ),
+        incoming = incoming_message(
+            RecordDict(), MessageType.TRAIN, dst_node_id=node, message_id=f"m{node}"
         )
         replies.append(
             Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=incoming)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,11 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and str
 
 import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.common import Metadata  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
 from bench.result_file import header, machine_sentence, need  # noqa: E402
 from strategies import wire  # noqa: E402
+from tests.helpers.inprocess import incoming_message  # noqa: E402
 
 WRITER = "bench/prototype_round.py"
 TABLES = 8  # distinct reply contents, reused round robin (built before tracing)
@@ -177,19 +176,12 @@ class SyntheticGrid(Grid):
 
     def _reply(self, node: int, message: Message) -> Message:
         sums, counts = self.tables[node % TABLES]
-        incoming = Message(
-            content=RecordDict(),
-            metadata=Metadata(
-                run_id=1,
-                message_id=message.metadata.message_id,
-                src_node_id=1,
-                dst_node_id=node,
-                reply_to_message_id="",
-                group_id="",
-                created_at=time.time(),
-                ttl=3600.0,
-                message_type=message.metadata.message_type,
-            ),
+        incoming = incoming_message(
+            RecordDict(),
+            message.metadata.message_type,
+            dst_node_id=node,
+            message_id=message.metadata.message_id,
+            group_id="",
         )
         content = RecordDict(
             {
