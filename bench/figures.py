@@ -173,17 +173,22 @@ def scale_block(results: Path) -> str:
         raise FigureError(f"{path}: {exc} (written by bench/scale.py --out)") from None
 
 
+def _from_files(results: Path, names: tuple[str, ...], render: Any) -> str:
+    """``render`` of the documents in ``results / names``, in order; a flaw is named with
+    the folder (the renderer names the file)."""
+    documents = [_read_json(results / name) for name in names]
+    try:
+        return str(render(*documents)) + "\n"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FigureError(f"{results}: {exc}") from None
+
+
 def needs_bytes_block(results: Path) -> str:
     """Bytes per round at 10,000 clients (bench/needs.py) from ``aggregate.json``'s state
     and ``scale.json``'s counted prototype bytes."""
     from bench.needs import render_bytes
 
-    aggregate = _read_json(results / AGGREGATE)
-    scale = _read_json(results / SCALE)
-    try:
-        return render_bytes(aggregate, scale) + "\n"
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FigureError(f"{results}: {exc}") from None
+    return _from_files(results, (AGGREGATE, SCALE), render_bytes)
 
 
 def needs_memory_block(results: Path) -> str:
@@ -191,11 +196,7 @@ def needs_memory_block(results: Path) -> str:
     ``aggregate.json``, ``scale.json`` and ``prototype-round.json``."""
     from bench.needs import render_memory
 
-    documents = [_read_json(results / name) for name in (AGGREGATE, SCALE, PROTOTYPE_ROUND)]
-    try:
-        return render_memory(*documents) + "\n"
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FigureError(f"{results}: {exc}") from None
+    return _from_files(results, (AGGREGATE, SCALE, PROTOTYPE_ROUND), render_memory)
 
 
 def scale_passes_block(results: Path) -> str:
