@@ -3,8 +3,8 @@ evaluation) over the base->new protocol (``pep_fedpt.data.base_new``).
 
 The model is not a PromptedViT: a frozen open_clip CLIP with a trained PromptFormer
 (``pep_fedpt.fedmvp``). Each client holds ``fedmvp.shots`` examples of each of its
-disjoint base classes; it trains and evaluates with a text bank of its own classes only
-(Local). The server evaluates the global state on all base classes with the base bank
+base classes (a consecutive chunk, ``pep_fedpt.data.base_new``); it trains and evaluates
+with a text bank of its own classes only (Local). The server evaluates the global state on all base classes with the base bank
 (Base) and on all new classes with the new bank (New), so new classes need only their
 attribute phrases. The adapter switch comes from the server in every message's config
 (``adapters-on``) and goes back in the train metrics.
@@ -12,7 +12,6 @@ attribute phrases. The adapter switch comes from the server in every message's c
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pep_fedpt.config import ConfigError, FedMVPConfig, RunConfig
+from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.data import ImageSpec, LabeledDataset, load_central_data
 from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, split_base_new
 from pep_fedpt.data.client_data import client_pool
@@ -166,8 +165,10 @@ def _domain_protocol(
         target_index(names, cfg.fedmvp.target_domain),
         num_partitions,
         central.num_classes,
+        cfg.fedmvp.classes_per_client,
         cfg.fedmvp.shots,
         cfg.seed,
+        test_targets=np.asarray(test_data.targets),
     )
     return split, pool_data, test_data, central.classes, names
 
@@ -206,7 +207,6 @@ def client_data(
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
     if cfg.fedmvp.protocol == "domain":
         split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
-        every = tuple(range(len(classes)))
         domain = names[split.client_domains[partition_id]]
         return _client_data(
             cfg,
@@ -214,7 +214,7 @@ def client_data(
             pool_data,
             test_data,
             len(classes),
-            every,
+            split.client_classes[partition_id],
             partition_id,
             num_partitions,
             domain,
@@ -234,31 +234,19 @@ def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
     return build_clip(cfg.fedmvp, cfg.seed, device)
 
 
-DOMAIN_SUFFIX = "{domain} style"
-
-
-def domain_template(cfg: RunConfig, domain: str) -> FedMVPConfig:
-    """The sentence settings of one domain: ``fedmvp.prompt-suffix`` with ``{domain}``
-    replaced by the domain's words (default "{domain} style": "a photo of a dog, sketch
-    style, which has ...")."""
-    suffix = cfg.fedmvp.prompt_suffix or DOMAIN_SUFFIX
-    return dataclasses.replace(
-        cfg.fedmvp, prompt_suffix=suffix.replace("{domain}", domain_words(domain))
-    )
-
-
 def text_bank(
     cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path, domain: str | None = None
 ):  # -> TextBank
-    """The frozen text features of the sentences of ``classnames`` (disk-cached), in
-    ``domain``'s template when given (the domain protocol)."""
+    """The frozen text features of the sentences of ``classnames`` (disk-cached), in the
+    template ``fedmvp.templates`` selects for the data set (for ``domain``'s, given one)."""
     from pep_fedpt.fedmvp import build_text_bank, load_attributes
+    from pep_fedpt.fedmvp.templates import sentence_template
 
+    template = sentence_template(cfg.fedmvp, cfg.data.dataset, domain)
     attributes = load_attributes(
         attributes_dir(cfg), attribute_set(cfg), classnames, cfg.fedmvp.plain_template
     )
-    sentences = cfg.fedmvp if domain is None else domain_template(cfg, domain)
-    return build_text_bank(bundle, classnames, attributes, sentences, cache_dir)
+    return build_text_bank(bundle, classnames, attributes, template, cache_dir)
 
 
 def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] | None = None):
@@ -404,6 +392,27 @@ class FedMVPClient:
         return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
 
 
+def target_examples(
+    cfg: RunConfig, spec: ImageSpec, test_data: LabeledDataset, test_idx: np.ndarray, target: int
+) -> np.ndarray:
+    """The examples Target scores: the held-out domain's central test examples
+    (``fedmvp.target-split = "test"``) or every example of it (``"all"``: no client ever
+    trains on the target, so all of it is unseen). "all" needs the central test carved from
+    the same data set as the pool (the DomainBed sets); DomainNet's official test lists
+    hold only the test part."""
+    domains = np.asarray(test_data.domains)
+    if cfg.fedmvp.target_split == "test":
+        return test_idx[domains[test_idx] == target]
+    pool_data, _ = client_pool(cfg.data, spec)
+    if pool_data is not test_data:
+        raise ConfigError(
+            f"fedmvp.target-split = 'all' scores every example of the target domain, but "
+            f"data.dataset = {cfg.data.dataset!r} has a separate official test set; use "
+            "'test' (its test list of the target domain)"
+        )
+    return np.flatnonzero(domains == target).astype(np.int64)
+
+
 class FedMVPServer:
     """FedMVP's server side: the seeded initial state and the central Base and New
     evaluation of the global state, each on the central test examples of its classes with
@@ -429,7 +438,7 @@ class FedMVPServer:
             names = run_domains(cfg)
             target = target_index(names, cfg.fedmvp.target_domain)
             every = tuple(range(central.num_classes))
-            in_target = test_idx[np.asarray(test_data.domains)[test_idx] == target]
+            in_target = target_examples(cfg, self.bundle.spec, test_data, test_idx, target)
             self.sets["target"] = ClassSubset(test_data, in_target, every)
             self.banks["target"] = self.make_bank(list(self.classes), cache, names[target])
             return

@@ -1,11 +1,14 @@
 """PromptFL (method = "promptfl", Guo et al., 2023): the FedAvg baseline of FedMVP's tables.
 
 CoOp's learnable text context, trained federatedly: the class prompt is
-``[SOS] v_1 ... v_M {class}. [EOS]`` with M = 16 context vectors shared by every class
-(CoOp's class-agnostic context, initialised N(0, 0.02^2) from the seed) and the frozen CLIP
-text encoder; logits = ``fedmvp.logit-scale`` x cos(g(x), t_c) with g the frozen CLIP image
-feature. Only the context (``promptfl.ctx``, M x text width) trains and travels; the server
-averages it by n_k (FedAvg). Class names only: no attribute phrases.
+``[SOS] v_1 ... v_M {class}. [EOS]`` with M = ``fedmvp.promptfl-context`` context vectors
+(default 4, the PromptFL row of FedTPG's and FedMVP's tables; CoOp's own is 16) shared by
+every class (CoOp's class-agnostic context, initialised N(0, 0.02^2) from the seed) and the
+frozen CLIP text encoder; logits = ``fedmvp.logit-scale`` x cos(g(x), t_c) with g the
+frozen CLIP image feature. Only the context (``promptfl.ctx``, M x text width) trains and
+travels; the server averages it with ``fedmvp.aggregation``: equal weights (default, as
+FedTPG's run of it) or n_k ("num-examples", FedAvg's). Class names only: no attribute
+phrases.
 
 It runs under FedMVP's protocols (base->new: Local / Base / New / HM; leave one domain out)
 on the same data, prototype round, checks and results; the frozen image features of a client's
@@ -24,7 +27,6 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pep_fedpt.config import RunConfig
 from pep_fedpt.feature_cache import examples_digest, feature_store
 from pep_fedpt.methods.fedmvp import (
     ClassSubset,
@@ -38,26 +40,26 @@ from pep_fedpt.methods.fedmvp import (
 from pep_fedpt.methods.registry import Method, register
 from strategies import wire
 
-N_CTX = 16  # CoOp's and PromptFL's context length
 CTX_KEY = "promptfl.ctx"
 
 
 class ContextPrompts(nn.Module):
     """The text side of CoOp: learnable context before each class name, frozen encoder."""
 
-    def __init__(self, bundle, seed: int) -> None:  # bundle: ClipBundle
+    def __init__(self, bundle, seed: int, n_ctx: int = 4) -> None:  # bundle: ClipBundle
         super().__init__()
         self.clip = bundle.model
         self.tokenizer = bundle.tokenizer
+        self.n_ctx = n_ctx
         width = int(self.clip.token_embedding.weight.shape[1])
         generator = torch.Generator().manual_seed(seed)
-        ctx = torch.randn(N_CTX, width, generator=generator) * 0.02
+        ctx = torch.randn(n_ctx, width, generator=generator) * 0.02
         self.ctx = nn.Parameter(ctx.to(bundle.device))
 
     def tokens(self, classnames: Sequence[str], domain: str | None = None) -> torch.Tensor:
         """(C, context length): "X" x M placeholders, then the class (and domain) words."""
         tail = f" {domain_words(domain)} style" if domain else ""
-        texts = [" ".join(["X"] * N_CTX) + f" {domain_words(c)}{tail}." for c in classnames]
+        texts = [" ".join(["X"] * self.n_ctx) + f" {domain_words(c)}{tail}." for c in classnames]
         return self.tokenizer(texts).to(self.ctx.device)
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class ContextPrompts(nn.Module):
         cast = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast)
         ctx = self.ctx.to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
-        x = torch.cat([x[:, :1], ctx, x[:, 1 + N_CTX :]], dim=1)
+        x = torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx :]], dim=1)
         x = x + clip.positional_embedding.to(cast)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
         x = text_global_pool(x, tokens, clip.text_pool_type)
@@ -112,7 +114,7 @@ class PromptFLClient(FedMVPClient):
     """CoOp context trained on this client's classes; Local on its own classes."""
 
     def prompts(self, arrays: Mapping[str, np.ndarray]) -> ContextPrompts:
-        prompts = ContextPrompts(self.bundle, self.cfg.seed)
+        prompts = ContextPrompts(self.bundle, self.cfg.seed, self.cfg.fedmvp.promptfl_context)
         if arrays:
             prompts.load_trainable_arrays(arrays)
         return prompts
@@ -209,10 +211,13 @@ class PromptFLServer(FedMVPServer):
         return cached[name]
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return ContextPrompts(self.bundle, self.cfg.seed).trainable_arrays()
+        return self.prompts().trainable_arrays()
+
+    def prompts(self) -> ContextPrompts:
+        return ContextPrompts(self.bundle, self.cfg.seed, self.cfg.fedmvp.promptfl_context)
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        prompts = ContextPrompts(self.bundle, self.cfg.seed)
+        prompts = self.prompts()
         prompts.load_trainable_arrays(state)
         device = self.bundle.device
         domain = self.cfg.fedmvp.target_domain if self.cfg.fedmvp.protocol == "domain" else None
@@ -227,17 +232,12 @@ class PromptFLServer(FedMVPServer):
         return out
 
 
-def _promptfl_strategy_kwargs(cfg: RunConfig) -> dict[str, object]:
-    """FedMVP's server with PromptFL's FedAvg weights (n_k)."""
-    return {**_strategy_kwargs(cfg), "aggregation": "num-examples"}
-
-
 register(
     Method(
         name="promptfl",
         client=PromptFLClient,
         strategy="strategies.fedmvp:FedMVP",
-        strategy_kwargs=_promptfl_strategy_kwargs,
+        strategy_kwargs=_strategy_kwargs,  # fedmvp.aggregation: "equal" or n_k
         layout=None,
         server=PromptFLServer,
         extra=_adapter_switch,
