@@ -4,10 +4,10 @@ evaluation) over the base->new protocol (``pep_fedpt.data.base_new``).
 The model is not a PromptedViT: a frozen open_clip CLIP with a trained PromptFormer
 (``pep_fedpt.fedmvp``). Each client holds ``fedmvp.shots`` examples of each of its
 base classes (a consecutive chunk, ``pep_fedpt.data.base_new``); it trains and evaluates
-with a text bank of its own classes only (Local). The server evaluates the global state on all base classes with the base bank
-(Base) and on all new classes with the new bank (New), so new classes need only their
-attribute phrases. The adapter switch comes from the server in every message's config
-(``adapters-on``) and goes back in the train metrics.
+with a text bank of its own classes only (Local). The server evaluates the global state
+on all base classes with the base bank (Base) and on all new classes with the new bank
+(New), so new classes need only their attribute phrases. The adapter switch comes from
+the server in every message's config (``adapters-on``) and goes back in the train metrics.
 """
 
 from __future__ import annotations
