@@ -363,7 +363,7 @@ class FedMVPConfig:
     # method = "zeroshot-clip": one hand-crafted sentence per class (the paper's row) or the
     # attribute sentences FedMVP uses (a row of its own).
     zeroshot_text: str = "hand-crafted"
-    promptfl_context: int = 4  # method = "promptfl": learnable context tokens (FedTPG's: 4)
+    promptfl_context: int = 4  # promptfl, fedtpg: context tokens of the text prompt (FedTPG's: 4)
     num_prompts: int = 4  # m: prompt tokens pooled from the PromptFormer's outputs
     num_heads: int = 4  # heads of the PromptFormer's cross-attention
     consistency_weight: float = 10.0  # alpha of 1 - cos(f(x), g(x'))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pep_fedpt.data.base_new import harmonic_mean
 
 # The methods on a CLIP (FedMVP and its baselines): their own model and protocol keys.
-CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl")
+CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl", "fedtpg")
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
 BASE, NEW = "server/base-accuracy", "server/new-accuracy"
 LOCAL, HM = "server/local-accuracy", "server/hm"
