@@ -7,6 +7,11 @@ is a small CLIP built with open_clip's own ``CLIP`` class (no registered config,
 state changes): a 32 px, patch-8 ViT of width 64 and a width-64 text tower with CLIP's real
 vocabulary and 77-token context, for tests and the offline default. No CLIP weights can be
 downloaded for it: its numbers mean nothing, only its shapes and code paths do.
+
+The blocks run the activation the weights were trained with (``fedmvp.clip-activation``,
+``wants_quick_gelu``): open_clip builds ``ViT-B-16`` with GELU even for the "openai" tag,
+whose weights were trained with QuickGELU. The bundle's ``ImageSpec`` carries open_clip's
+preprocessing config of the model, from which the loaders build open_clip's own transform.
 """
 
 from __future__ import annotations
