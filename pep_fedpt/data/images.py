@@ -61,12 +61,12 @@ class ImageTransform:
     def __init__(self, spec: ImageSpec) -> None:
         self.spec = spec
         self._normalize = transforms.Normalize(spec.mean, spec.std)
-        self._geometry: Callable[[Image.Image], Image.Image]
+        # A Compose of module-level callables, so that the transform pickles (loader workers).
         if spec.resize_mode:
             self._geometry = transforms.Compose(_open_clip_geometry(spec))
         else:
             resize = transforms.Resize((spec.size, spec.size), antialias=True)
-            self._geometry = lambda image: resize(_rgb(image))
+            self._geometry = transforms.Compose([_rgb, resize])
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """(3, size, size) uint8: the decoded, resized image (the cacheable stage)."""
