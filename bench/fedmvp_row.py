@@ -93,6 +93,12 @@ def read_run(folder: Path) -> DatasetResult:
     protocol = config.get("fedmvp.protocol", "base-new")
     if protocol != "base-new":
         raise RowError(f"{folder}: fedmvp.protocol = {protocol!r}; the row needs base-new runs")
+    if dataset == "coop-nine":
+        raise RowError(
+            f"{folder}: a coop-nine run is the paper's one federation and holds the row itself "
+            "(server/local-accuracy, server/base-accuracy, server/new-accuracy, server/hm of "
+            "its last round in metrics.json); this script averages nine single-set runs"
+        )
     if dataset not in NINE:
         raise RowError(
             f"{folder}: data.dataset = {dataset!r} is not one of the paper's nine "

@@ -91,6 +91,8 @@ def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path: Path, capsys) ->
         main, [str(digits), "--partial"], capsys
     )
     assert "no such file" in refused(main, [str(tmp_path / "none"), "--partial"], capsys)
+    joint = _run(tmp_path / "nine", "coop-nine", 0.5, 0.5, 0.5)
+    assert "holds the row itself" in refused(main, [str(joint), "--partial"], capsys)
     (folders[0] / "metrics.json").write_text(json.dumps([{"round": 0}]))
     assert "no round with" in refused(main, [str(folders[0]), "--partial"], capsys)
 

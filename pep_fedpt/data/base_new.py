@@ -121,6 +121,8 @@ class BaseNewSplit:
     client_test: tuple[np.ndarray, ...]  # per partition id: central test of its classes
     base_test: np.ndarray
     new_test: np.ndarray
+    # Several data sets in one federation: per partition id, the index of its member set.
+    client_members: tuple[int, ...] = ()
 
 
 def base_new_split(
@@ -164,3 +166,58 @@ def harmonic_mean(local: float, base: float, new: float) -> float:
     if min(values) == 0.0:
         return 0.0
     return 3.0 / sum(1.0 / v for v in values)
+
+
+def member_base_new(groups: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], ...]]:
+    """Base and new labels of each member set of a joint federation: the first
+    ceil(C_m / 2) of its labels, and the rest (each set split as it is alone)."""
+    out = []
+    for labels in groups:
+        labels = tuple(int(c) for c in labels)
+        cut = math.ceil(len(labels) / 2)
+        out.append((labels[:cut], labels[cut:]))
+    return out
+
+
+def joint_base_new_split(
+    groups: Sequence[Sequence[int]],
+    names: Sequence[str],
+    train_indices: np.ndarray,
+    train_targets: np.ndarray,
+    test_indices: np.ndarray,
+    test_targets: np.ndarray,
+    num_partitions: int,
+    classes_per_client: int,
+    shots: int,
+    seed: int,
+) -> BaseNewSplit:
+    """The paper's one federation over several data sets (``groups``: each member's labels,
+    ``names`` its name): every member's base split into its released chunks, the clients of
+    the members one after another (the nine CoOp sets at 20 classes per chunk: 30)."""
+    halves = member_base_new(groups)
+    counts = [published_clients(len(base), classes_per_client) for base, _ in halves]
+    if num_partitions != sum(counts):
+        per_set = ", ".join(f"{n} {k}" for n, k in zip(names, counts, strict=True))
+        raise ConfigError(
+            f"num-partitions = {num_partitions}: the released chunks of "
+            f"fedmvp.classes-per-client = {classes_per_client} give {sum(counts)} clients "
+            f"over these sets ({per_set}); run that many SuperNodes"
+        )
+    classes: list[tuple[int, ...]] = []
+    members: list[int] = []
+    for m, ((base, _), count) in enumerate(zip(halves, counts, strict=True)):
+        classes += class_chunks(base, count, classes_per_client)
+        members += [m] * count
+    train = tuple(draw_shots(train_indices, train_targets, c, shots, seed) for c in classes)
+    base = tuple(c for b, _ in halves for c in b)
+    new = tuple(c for _, n in halves for c in n)
+    return BaseNewSplit(
+        base=base,
+        new=new,
+        client_classes=tuple(classes),
+        client_train=train,
+        client_test=tuple(of_classes(test_indices, test_targets, c) for c in classes),
+        base_test=of_classes(test_indices, test_targets, base),
+        new_test=of_classes(test_indices, test_targets, new),
+        client_members=tuple(members),
+    )

@@ -228,7 +228,13 @@ class PromptFLServer(FedMVPServer):
 
     prompt_type: type[ContextPrompts] = ContextPrompts
 
-    def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None) -> None:
+    def make_bank(
+        self,
+        classnames: list[str],
+        cache: Path,
+        domain: str | None = None,
+        dataset: str | None = None,
+    ) -> None:
         return None  # class names only: no attribute bank
 
     def features(self, name: str) -> torch.Tensor:
@@ -259,7 +265,7 @@ class PromptFLServer(FedMVPServer):
             correct, loss = score(prompts, features, labels, tokens, scale, names)
             out[f"{name}-accuracy"] = correct / len(labels) if len(labels) else 0.0
             out[f"{name}-loss"] = loss / max(len(labels), 1)
-        return out
+        return self.member_averages(out)
 
 
 register(

@@ -54,15 +54,22 @@ class ZeroShot:
 
 
 def zeroshot_bank(
-    cfg: RunConfig, bundle, classnames: list[str], cache: Path, domain: str | None = None
+    cfg: RunConfig,
+    bundle,
+    classnames: list[str],
+    cache: Path,
+    domain: str | None = None,
+    dataset: str | None = None,
 ):  # -> TextBank
-    """The bank ``fedmvp.zeroshot-text`` names for ``classnames`` (see the module)."""
+    """The bank ``fedmvp.zeroshot-text`` names for ``classnames`` (see the module);
+    ``dataset``: a member set of coop-nine."""
     if cfg.fedmvp.zeroshot_text == "attributes":
-        return text_bank(cfg, bundle, classnames, cache, domain)
+        return text_bank(cfg, bundle, classnames, cache, domain, dataset)
     from pep_fedpt.fedmvp.templates import hand_crafted
     from pep_fedpt.fedmvp.text_bank import encode_bank
 
-    per_class = [[hand_crafted(cfg.fedmvp, cfg.data.dataset, c, domain)] for c in classnames]
+    name = dataset or cfg.data.dataset
+    per_class = [[hand_crafted(cfg.fedmvp, name, c, domain)] for c in classnames]
     return encode_bank(bundle, classnames, per_class, cache)
 
 
@@ -74,7 +81,12 @@ class ZeroShotClient(FedMVPClient):
             names = load_central_data(self.cfg.data, self.bundle.spec).classes
             classnames = [names[c] for c in self.data.classes]
             self._bank = zeroshot_bank(
-                self.cfg, self.bundle, classnames, self.cache_dir, self.data.domain
+                self.cfg,
+                self.bundle,
+                classnames,
+                self.cache_dir,
+                self.data.domain,
+                self.data.dataset,
             )
         return self._bank
 
@@ -103,8 +115,14 @@ class ZeroShotClient(FedMVPClient):
 class ZeroShotServer(FedMVPServer):
     """Base and New zero-shot; the state has nothing to train."""
 
-    def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None):
-        return zeroshot_bank(self.cfg, self.bundle, classnames, cache, domain)
+    def make_bank(
+        self,
+        classnames: list[str],
+        cache: Path,
+        domain: str | None = None,
+        dataset: str | None = None,
+    ):
+        return zeroshot_bank(self.cfg, self.bundle, classnames, cache, domain, dataset)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {}
