@@ -8,6 +8,8 @@ method and name none.
                   the query sets ``counts-only``, as for the baselines).
 ``@app.train``    E local epochs on this node's partition; returns prompts, head, counts.
 ``@app.evaluate`` accuracy on this node's local test split with its own prior.
+``@app.query("secagg")`` one SecAgg+ stage (``client_app/secagg.py``): the prototype
+                  round's counts and sums as a masked vector, under secure aggregation.
 
 A held-out partition (``data.held-out-fraction``) says so in its prototype and evaluate
 replies and refuses to train.
@@ -32,10 +34,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app import secagg
 from pep_fedpt.config import RunConfig
 from pep_fedpt.feature_cache import resolve_cache_dir
 from pep_fedpt.methods.registry import Method, MethodClient, Received, client_for, get_method
 from strategies import wire
+from strategies.secagg import ACTION as SECAGG_ACTION
+from strategies.secagg import SUM_SCALE
 
 app = ClientApp()
 
@@ -230,3 +235,38 @@ def evaluate(msg: Message, context: Context) -> Message:
     method = get_method(client.cfg.method)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _secure_vector(config: ConfigRecord, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The prototype round's (counts, feature sums / sum-scale) for SecAgg+: the sums
+    scaled to the size of one feature value, which the clipping range bounds."""
+    task = config.get(wire.CFG_TASK)
+    if task != wire.TASK_PROTOTYPES:
+        raise ValueError(
+            f"unknown secure aggregation task {task!r}; this app sums {wire.TASK_PROTOTYPES!r}"
+        )
+    client = _client(context)
+    if client.data.held_out:
+        raise RuntimeError(
+            f"partition {client.data.partition_id} is held out: its statistics stay out of the "
+            "prototypes, and the server should not have asked for them"
+        )
+    if config.get(wire.CFG_COUNTS_ONLY, False):
+        return client.class_counts(), np.zeros(0)
+    if not hasattr(client, "prototype_stats"):
+        raise ValueError(f"method {client.cfg.method!r} has no prototypes to send")
+    sums, counts = client.prototype_stats()
+    scale = float(config[SUM_SCALE])
+    return np.asarray(counts, dtype=np.int64), np.asarray(sums, dtype=np.float64) / scale
+
+
+def _secure_facts(config: ConfigRecord, context: Context) -> dict[str, int]:
+    """What the server learns of this node in clear under SecAgg+: who it is and whether
+    it trains (a held-out node's statistics stay out of the sum)."""
+    client = _client(context)
+    return {wire.PARTITION_ID: client.data.partition_id, wire.HELD_OUT: int(client.data.held_out)}
+
+
+@app.query(SECAGG_ACTION)
+def secure_sum(msg: Message, context: Context) -> Message:
+    return secagg.answer(msg, context, _secure_vector, _secure_facts)

@@ -103,6 +103,8 @@ from strategies.aggregation import (
     scratch_buffer,
     validation_summary,
 )
+from strategies.secagg import SecAggParams, secure_prototypes
+from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
     array_view,
     check_evaluate_reply,
@@ -173,6 +175,12 @@ class PromptFedAvg(FedAvg):
         The float arrays of train and evaluate messages, both ways: the server casts what
         it sends and accepts replies in this dtype only (float32 also accepts float64).
         It still sums in float64 and keeps its state float32.
+    secure_aggregation : "off" (default) or "secaggplus"
+        SecAgg+ (strategies/secagg.py): the prototype round's counts and feature sums
+        travel masked and the server learns their totals only; ``secagg`` (a
+        ``SecAggParams``: threshold, clipping range, bit width, max count per node) tunes
+        it. The training round is not covered yet, so ``start`` refuses it
+        (docs/privacy.md).
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -226,6 +234,8 @@ class PromptFedAvg(FedAvg):
         min_available_nodes: int = 2,
         seed: int = 0,
         wire_dtype: str = "float32",
+        secure_aggregation: str = "off",
+        secagg: SecAggParams | None = None,
     ) -> None:
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
@@ -242,6 +252,8 @@ class PromptFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
+        # SecAgg+ parameters, or None: plain replies (strategies/secagg.py).
+        self.secagg = secure_aggregation_params(secure_aggregation, secagg)
         self.seed = seed
         self.wire_dtype = np.dtype(wire_dtype)
         self._rng = random.Random(seed)
@@ -294,6 +306,12 @@ class PromptFedAvg(FedAvg):
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
+        if self.secagg is not None:
+            raise NotImplementedError(
+                "secure_aggregation = 'secaggplus' covers the prototype round only so far "
+                "(prototype_round); train replies would still show each node's counts and "
+                "prompts (docs/privacy.md)"
+            )
         self.timeout = timeout
         arrays = initial_arrays
         if not self.has_prototypes(arrays):
@@ -443,7 +461,20 @@ class PromptFedAvg(FedAvg):
             tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
             counted[node] = (index, reported)
 
-        self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
+        if self.secagg is not None:  # only the totals reach the server
+            outcome = secure_prototypes(
+                self.secagg,
+                node_ids,
+                num_classes,
+                self._prototype_dim(arrays),
+                self._prototype_config(server_round),
+                lambda messages, _: self._exchange(grid, messages, server_round, "query"),
+            )
+            tally.add_total(outcome.sums, outcome.counts, len(outcome.contributors))
+            self.dropped.extend((server_round, n, why) for n, why in outcome.result.dropped)
+            held_out, partitions = outcome.held_out, outcome.partitions
+        else:
+            self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
         if not tally.clients:
             raise RuntimeError(
                 f"prototype round: none of {len(node_ids)} nodes sent a valid reply from a "
@@ -570,11 +601,7 @@ class PromptFedAvg(FedAvg):
         are logged at once and listed in ``dropped`` in the order sent."""
         num_classes = self.num_classes(arrays)
         dim = self._prototype_dim(arrays)
-        config = ConfigRecord(
-            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
-        )
-        if self.counts_only:
-            config[wire.CFG_COUNTS_ONLY] = True
+        config = self._prototype_config(server_round)
         messages = [
             Message(
                 content=RecordDict({wire.CONFIG: config}),
@@ -606,6 +633,15 @@ class PromptFedAvg(FedAvg):
 
         self._exchange(grid, messages, server_round, "query", consume)
         self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
+
+    def _prototype_config(self, server_round: int) -> ConfigRecord:
+        """The prototype QUERY's config (task, round, and counts-only where so)."""
+        config = ConfigRecord(
+            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
+        )
+        if self.counts_only:
+            config[wire.CFG_COUNTS_ONLY] = True
+        return config
 
     def num_classes(self, arrays: ArrayRecord) -> int:
         """Hook: C, the length of every reply's class counts: the head's rows (a method

@@ -430,3 +430,58 @@ def _config_bytes(content: RecordDict) -> int:
             elif isinstance(value, list):
                 total += sum(len(v) for v in value if isinstance(v, bytes))
     return total
+
+
+# ---------------------------------------------------------------- the prototype round
+# The task config's key for the factor a node divides its feature sums by before they are
+# clipped (the server multiplies the total back): max_count, so that a node's S_{k,c} /
+# max_count is a mean-sized number whatever its counts, and clipping_range bounds one
+# feature value |z_d|.
+SUM_SCALE = "sum-scale"
+
+
+@dataclass
+class SecurePrototypes:
+    """A secure prototype round's outcome, in the shapes ``prototype_round`` keeps."""
+
+    sums: np.ndarray | None  # Σ_k S_{k,c} (C, D) float64; None for a counts-only round
+    counts: np.ndarray  # Σ_k n_{k,c} (C,) int64, exact
+    contributors: list[int]
+    held_out: set[int]
+    # partition id -> (index of the node in the sorted node list, its entry)
+    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]]
+    result: SecureSum
+
+
+def secure_prototypes(
+    params: SecAggParams,
+    node_ids: Iterable[int],
+    num_classes: int,
+    dim: int | None,
+    task: ConfigRecord,
+    exchange: Exchange,
+) -> SecurePrototypes:
+    """The prototype round under SecAgg+: the server learns Σ_k n_{k,c} and Σ_k S_{k,c}
+    (``dim`` None: counts only) over the training nodes, and each node's partition id and
+    held-out flag (from setup), never one node's counts or sums."""
+    nodes = sorted(set(node_ids))
+    task = ConfigRecord(dict(task))
+    task[SUM_SCALE] = params.max_count
+    floats = 0 if dim is None else num_classes * dim
+
+    def trains(node: int, facts: MetricRecord) -> bool:
+        return not facts.get(wire.HELD_OUT, 0)
+
+    server = SecAggServer(params, num_classes, floats, task, exchange, select=trains)
+    result = server.run(nodes)
+    index = {node: i for i, node in enumerate(nodes)}
+    held_out = {node for node, facts in result.facts.items() if facts.get(wire.HELD_OUT, 0)}
+    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+    for node in sorted(set(result.contributors) | held_out):
+        pid = result.facts[node].get(wire.PARTITION_ID)
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+            # Per-node counts stay unknown under secure aggregation: none is kept.
+            entry = {"node-id": node, "held-out": node in held_out, "class-counts": []}
+            partitions[pid] = (index[node], entry)  # type: ignore[assignment]
+    sums = None if dim is None else (result.floats * params.max_count).reshape(num_classes, dim)
+    return SecurePrototypes(sums, result.ints, result.contributors, held_out, partitions, result)
