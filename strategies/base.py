@@ -599,6 +599,11 @@ class PromptFedAvg(FedAvg):
         it arrives: (sent index, node id, partition id or None, held out, its ``proto``
         arrays, views of the reply's bytes that live only during the call). Invalid replies
         are logged at once and listed in ``dropped`` in the order sent."""
+        if self.secagg is not None:  # a plain reply would show the node's counts and sums
+            raise RuntimeError(
+                "a plain prototype query under secure_aggregation = 'secaggplus' is refused "
+                "(late nodes cannot be admitted securely yet; docs/privacy.md)"
+            )
         num_classes = self.num_classes(arrays)
         dim = self._prototype_dim(arrays)
         config = self._prototype_config(server_round)

@@ -368,11 +368,13 @@ class SecAggServer:
             log(ERROR, message)
             raise SecAggError(message)
         shape = [(size,)]
+        # Any threshold shares rebuild a secret; Flower's combine_shares costs the square
+        # of the shares it gets (0.38 s for 40, 1.7 s for 100), so it gets no more.
         for owner in masked:  # its own mask, from its reconstructed seed
-            seed = combine_shares(shares[owner])
+            seed = combine_shares(shares[owner][: p.threshold])
             total -= pseudo_rand_gen(seed, self.mod, shape)[0]
         for owner in dead:  # the masks its neighbours added against it, from its key
-            secret = bytes_to_private_key(combine_shares(shares[owner]))
+            secret = bytes_to_private_key(combine_shares(shares[owner][: p.threshold]))
             for other in sorted(neighbours[owner] & set(masked)):
                 key = generate_shared_key(secret, bytes_to_public_key(keys[other][0]))
                 mask = pseudo_rand_gen(key, self.mod, shape)[0]

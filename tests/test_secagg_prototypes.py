@@ -22,6 +22,7 @@ from helpers.run_helpers import NODES
 from client_app import secagg as client_secagg
 from client_app.app import app as project_app
 from strategies import PEPFedPT, PromptFedAvg, wire
+from strategies.aggregation import PrototypeTally
 from strategies.secagg import ACTION, MASKED, SUM_SCALE, VECTOR_RECORD, SecAggParams
 
 C, D = 3, 2
@@ -197,3 +198,25 @@ def test_the_project_clientapp_gives_the_same_prototypes_securely(tiny_run_confi
     error = np.abs(secure_state[wire.PROTO_MEAN] - plain_state[wire.PROTO_MEAN])
     assert (error <= bound + 1e-6).all(), float(error.max())
     assert float(np.abs(plain_state[wire.PROTO_MEAN]).max()) < params.clipping_range
+
+
+def test_a_tally_takes_a_secure_total_as_that_many_clients() -> None:
+    tally = PrototypeTally(2, 1)
+    tally.add_total(np.array([[6.0], [-1.5]]), np.array([4, 1]), clients=3)
+    means, counts = tally.means()
+    np.testing.assert_array_equal(means, [[1.5], [-1.5]])
+    np.testing.assert_array_equal(counts, [4, 1])
+    assert tally.clients == 3
+    with pytest.raises(ValueError, match="clients = 0 must be >= 1"):
+        tally.add_total(np.zeros((2, 1)), np.array([0, 0]), clients=0)
+    with pytest.raises(ValueError, match="a counts-only tally takes no sums"):
+        PrototypeTally(2).add_total(np.zeros((2, 1)), np.array([1, 1]), clients=1)
+
+
+def test_late_nodes_are_never_asked_in_plain_under_secure_aggregation() -> None:
+    grid = InProcessGrid(app, {n: {} for n in STATS}, {})
+    strategy = _secure()
+    state = strategy.prototype_round(grid, _initial(), server_round=0)
+    with pytest.raises(RuntimeError, match="a plain prototype query under secure_aggregation"):
+        strategy.admit_late_nodes(grid, state, server_round=1)
+    assert ("query", 21) not in grid.sent
