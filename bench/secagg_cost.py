@@ -24,7 +24,7 @@ from logging import WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,8 @@ def node_app(stats: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> ClientApp:
         metrics = MetricRecord({wire.NUM_EXAMPLES: int(counts.sum()), wire.PARTITION_ID: pid})
         return Message(RecordDict({wire.PROTO: proto, wire.METRICS: metrics}), reply_to=msg)
 
-    def vector(config: ConfigRecord, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    def vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        config = msg.content[wire.CONFIG]
         counts, sums = stats[context.node_id]
         return counts, sums.reshape(-1).astype(np.float64) / float(config[server_secagg.SUM_SCALE])
 

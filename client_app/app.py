@@ -40,7 +40,7 @@ from pep_fedpt.feature_cache import resolve_cache_dir
 from pep_fedpt.methods.registry import Method, MethodClient, Received, client_for, get_method
 from strategies import wire
 from strategies.secagg import ACTION as SECAGG_ACTION
-from strategies.secagg import SUM_SCALE
+from strategies.secagg import SUM_SCALE, TASK_TRAIN, secure_update
 
 app = ClientApp()
 
@@ -205,8 +205,10 @@ def prototypes(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _trained(
+    msg: Message, context: Context
+) -> tuple[MethodClient, dict[str, np.ndarray], dict[str, float | int | list[int]]]:
+    """Local training on the message's state: (client, trained arrays, train metrics)."""
     client = _client(context)
     method = get_method(client.cfg.method)
     if client.data.held_out:
@@ -217,9 +219,15 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
-    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     if method.personal:
         _keep_personal(context, client, start, arrays, server_round)
+    return client, arrays, metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    client, arrays, metrics = _trained(msg, context)
+    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     content = RecordDict(
         {
             wire.ARRAYS: record,
@@ -237,13 +245,20 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _secure_vector(config: ConfigRecord, context: Context) -> tuple[np.ndarray, np.ndarray]:
-    """The prototype round's (counts, feature sums / sum-scale) for SecAgg+: the sums
-    scaled to the size of one feature value, which the clipping range bounds."""
+def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """This node's vector for SecAgg+: the prototype round's (counts, feature sums /
+    sum-scale), the sums scaled to the size of one feature value, which the clipping range
+    bounds; or a training round's (``secure_update``)."""
+    config = msg.content[wire.CONFIG]
     task = config.get(wire.CFG_TASK)
+    if task == TASK_TRAIN:
+        sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+        client, arrays, metrics = _trained(msg, context)
+        return secure_update(config, arrays, metrics, sent)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(
-            f"unknown secure aggregation task {task!r}; this app sums {wire.TASK_PROTOTYPES!r}"
+            f"unknown secure aggregation task {task!r}; this app sums "
+            f"{wire.TASK_PROTOTYPES!r} and {TASK_TRAIN!r}"
         )
     client = _client(context)
     if client.data.held_out:

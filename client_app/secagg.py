@@ -3,7 +3,7 @@
 Each ``query.secagg`` message is one stage. Setup, share-keys and unmask are Flower's own
 ``secaggplus_mod`` steps, run as they are on its ``SecAggPlusState`` (kept in
 ``context.state``); the masked-vector step follows the mod's but masks this node's vector
-(``vector(config, context)``: integers, summed exactly, then floats, quantised), not a
+(``vector(msg, context)``: integers, summed exactly, then floats, quantised), not a
 legacy ``FitRes``.
 """
 
@@ -42,8 +42,9 @@ from strategies.secagg import FLOATS, INTS, MASKED, RECORD, VECTOR_RECORD
 
 STATE = "pep-fedpt.secagg"  # this node's SecAggPlusState between stages
 
-# (integers, floats) this node contributes, from the task's config.
-Vector = Callable[[ConfigRecord, Context], tuple[np.ndarray, np.ndarray]]
+# (integers, floats) this node contributes, from the masked-vector request (its config
+# names the task; a train request also carries the arrays to train from).
+Vector = Callable[[Message, Context], tuple[np.ndarray, np.ndarray]]
 # This node's public facts for the server (e.g. held out), sent with its public keys.
 Facts = Callable[[ConfigRecord, Context], Mapping[str, int | float]]
 
@@ -67,7 +68,7 @@ def answer(msg: Message, context: Context, vector: Vector, facts: Facts | None =
     elif state.current_stage == Stage.SHARE_KEYS:
         res = _share_keys(state, configs)
     elif state.current_stage == Stage.COLLECT_MASKED_VECTORS:
-        ints, floats = vector(task, context)
+        ints, floats = vector(msg, context)
         masked = _masked_vector(state, configs, ints, floats)
         out[VECTOR_RECORD] = ArrayRecord({MASKED: Array(masked)})
         res = {}

@@ -15,6 +15,7 @@ stochastically quantised to ``bits`` bits (each node's error below one step,
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -74,6 +75,9 @@ class SecAggParams:
         on the node).
     num_shares : neighbours per node, itself included (SecAgg+'s sparse graph, odd);
         0: every node is every node's neighbour (SecAgg).
+    update_clipping_range : the clipping range of a training round, whose floats are a
+        node's changes of each value (small, so a tight range keeps the step small);
+        ``clipping_range`` is the prototype round's, a bound on one feature value.
     """
 
     threshold: int = 2
@@ -81,6 +85,7 @@ class SecAggParams:
     bits: int = 24
     max_count: int = 100_000
     num_shares: int = 0
+    update_clipping_range: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, int) or self.threshold < 2:
@@ -92,6 +97,14 @@ class SecAggParams:
             raise ValueError(
                 f"secagg clipping_range = {self.clipping_range!r} is not accepted; use a "
                 "positive finite number"
+            )
+        if not (
+            isinstance(self.update_clipping_range, int | float)
+            and 0 < self.update_clipping_range < 1e30
+        ):
+            raise ValueError(
+                f"secagg update_clipping_range = {self.update_clipping_range!r} is not "
+                "accepted; use a positive finite number"
             )
         if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
             raise ValueError(
@@ -168,6 +181,8 @@ class SecAggServer:
     ``select(node, metrics)``: whether a node that answered setup takes part (its setup
     reply's ``metrics``: e.g. a held-out node stays out). ``task``: the ConfigRecord every
     node computes its vector from (sent at setup and with the masked-vector request).
+    ``payload``: per node, records its masked-vector request also carries (a train
+    message's arrays and prototypes), the task's config taking the place of theirs.
     """
 
     def __init__(
@@ -179,6 +194,7 @@ class SecAggServer:
         exchange: Exchange,
         select: Callable[[int, MetricRecord], bool] | None = None,
         rng: random.Random | None = None,
+        payload: Mapping[int, RecordDict] | None = None,
     ) -> None:
         if ints < 0 or floats < 0 or ints + floats == 0:
             raise ValueError(f"a vector of {ints} ints and {floats} floats: need at least one")
@@ -188,6 +204,7 @@ class SecAggServer:
         self.exchange = exchange
         self.select = select or (lambda node, metrics: True)
         self.rng = rng or random.Random()
+        self.payload = dict(payload or {})
         self.mod = 1 << MOD_BITS
         self._result: SecureSum | None = None
 
@@ -226,9 +243,14 @@ class SecAggServer:
             log(WARNING, "secure aggregation: node %d lost at %s", node, why)
         return lost
 
-    def _protocol(self, stage: str, extra: Mapping[str, object]) -> RecordDict:
+    def _protocol(
+        self, stage: str, extra: Mapping[str, object], node: int | None = None
+    ) -> RecordDict:
         record = ConfigRecord({Key.STAGE: stage, **extra})  # type: ignore[dict-item]
-        return RecordDict({RECORD: record, wire.CONFIG: self.task})
+        content = RecordDict(dict(self.payload.get(node, RecordDict())))
+        content[RECORD] = record
+        content[wire.CONFIG] = self.task
+        return content
 
     def _need(self, stage: str, alive: Iterable[int]) -> None:
         alive = list(alive)
@@ -317,6 +339,7 @@ class SecAggServer:
                 n: self._protocol(
                     Stage.COLLECT_MASKED_VECTORS,
                     {Key.SOURCE_LIST: forward[n][0], Key.CIPHERTEXT_LIST: forward[n][1]},
+                    n,
                 )
                 for n in shared
             },
@@ -487,3 +510,98 @@ def secure_prototypes(
             partitions[pid] = (index[node], entry)  # type: ignore[assignment]
     sums = None if dim is None else (result.floats * params.max_count).reshape(num_classes, dim)
     return SecurePrototypes(sums, result.ints, result.contributors, held_out, partitions, result)
+
+
+# ---------------------------------------------------------------- the training round
+TASK_TRAIN = "train"  # a masked-vector request that trains first (config key "task")
+SECURE_KEYS = "secagg-keys"  # the trainable keys, in the vector's order
+SECURE_PER_CLASS = "secagg-per-class"  # per key, 1: rows weighted by n_{k,c}; 0: by n_k
+
+
+def secure_update(
+    config: ConfigRecord,
+    arrays: Mapping[str, np.ndarray],
+    metrics: Mapping[str, object],
+    reference: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A node's training round as a vector (the node's side): integers n_k and n_{k,c};
+    floats n_k loss, then per key n_k (θ - θ_sent) (or row c times n_{k,c}), all over
+    sum-scale (max_count). Updates, not values: they are small, so a tight clipping range
+    (a bound on one node's change of one value) keeps the quantisation step small."""
+    n = metrics[wire.NUM_EXAMPLES]
+    counts = np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.int64)
+    if not isinstance(n, int) or int(counts.sum()) != n:
+        raise ValueError(f"{wire.NUM_EXAMPLES} = {n!r} is not the sum of the class counts")
+    scale = float(config[SUM_SCALE])  # type: ignore[arg-type]
+    loss = float(metrics.get(wire.TRAIN_LOSS, 0.0))  # type: ignore[arg-type]
+    parts = [np.array([n * loss / scale])]
+    keys = list(config[SECURE_KEYS])  # type: ignore[arg-type]
+    for key, per_class in zip(keys, config[SECURE_PER_CLASS], strict=True):  # type: ignore[arg-type]
+        value = np.asarray(arrays[key], dtype=np.float64)
+        value = value - np.asarray(reference[key], dtype=np.float64)
+        if per_class:
+            if value.shape[:1] != counts.shape:
+                raise ValueError(f"{key} has {value.shape[:1]} rows, not one per class")
+            weight = counts.reshape(-1, *([1] * (value.ndim - 1))).astype(np.float64)
+            parts.append((weight * value / scale).reshape(-1))
+        else:
+            parts.append((n * value / scale).reshape(-1))
+    return np.concatenate([[n], counts]).astype(np.int64), np.concatenate(parts)
+
+
+@dataclass
+class SecureUpdate:
+    """A secure training round's outcome: the new values of the trainable keys."""
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    train_loss: float
+    result: SecureSum
+
+
+def secure_train(
+    params: SecAggParams,
+    messages: list[Message],
+    previous: Mapping[str, np.ndarray],
+    per_class: Mapping[str, bool],
+    num_classes: int,
+    exchange: Exchange,
+) -> SecureUpdate:
+    """A training round under SecAgg+ (the server's side): each train message goes out
+    with the masked-vector request; the server learns Σ n_k, Σ n_{k,c}, Σ n_k loss and the
+    weighted sums of the updates only, and divides: per key θ + Σ n_k Δ_k / Σ n_k, or per
+    class row P_c + Σ n_{k,c} Δ_{k,c} / Σ n_{k,c} (θ, P: the state as sent; rows no node
+    holds keep ``previous``). Every node gets the same arrays (``node_arrays`` is not
+    overridden under secure aggregation)."""
+    keys = list(per_class)
+    config = ConfigRecord(dict(messages[0].content[wire.CONFIG]))
+    config[wire.CFG_TASK] = TASK_TRAIN
+    config[SECURE_KEYS] = keys
+    config[SECURE_PER_CLASS] = [int(per_class[key]) for key in keys]
+    config[SUM_SCALE] = params.max_count
+    payload = {m.metadata.dst_node_id: m.content for m in messages}
+    floats = 1 + sum(int(previous[key].size) for key in keys)
+    params = dataclasses.replace(params, clipping_range=params.update_clipping_range)
+    server = SecAggServer(params, 1 + num_classes, floats, config, exchange, payload=payload)
+    result = server.run(payload)
+    n, counts = int(result.ints[0]), result.ints[1:]
+    totals = result.floats * params.max_count
+    # The arrays as they went out (in the wire dtype): what each node's update is from.
+    sent = messages[0].content[wire.ARRAYS]
+    arrays: dict[str, np.ndarray] = {}
+    offset = 1
+    for key in keys:
+        before = np.asarray(previous[key])
+        base = np.asarray(sent[key].numpy(), dtype=np.float64)
+        part = totals[offset : offset + before.size].reshape(before.shape)
+        offset += before.size
+        value = np.array(before, dtype=np.float64)
+        if per_class[key]:
+            held = counts > 0
+            rows = counts[held].reshape(-1, *([1] * (before.ndim - 1)))
+            value[held] = base[held] + part[held] / rows
+        elif n > 0:
+            value = base + part / n
+        arrays[key] = value.astype(np.float32)
+    loss = float(totals[0] / n) if n > 0 else float("nan")
+    return SecureUpdate(arrays, n, loss, result)

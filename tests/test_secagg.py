@@ -33,7 +33,7 @@ VECTORS = {
 PARAMS = SecAggParams(threshold=3, clipping_range=4.0, bits=20, max_count=10)
 
 
-def _vector(config: ConfigRecord, context: Context) -> tuple[np.ndarray, np.ndarray]:
+def _vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
     ints, floats = VECTORS[context.node_id]
     return np.array(ints, dtype=np.int64), np.array(floats)
 
@@ -176,6 +176,7 @@ def test_a_sparse_neighbour_graph_gives_the_same_sum() -> None:
         ({"threshold": 1}, "threshold = 1 is not accepted"),
         ({"bits": 31}, "bits = 31 is not accepted; use an integer in 1..30"),
         ({"clipping_range": 0.0}, "clipping_range = 0.0 is not accepted"),
+        ({"update_clipping_range": -1.0}, "update_clipping_range = -1.0 is not accepted"),
         ({"max_count": 0}, "max_count = 0 is not accepted"),
         ({"num_shares": 4}, "num_shares = 4 is not accepted"),
         ({"threshold": 5, "num_shares": 3}, "threshold = 5 exceeds num_shares = 3"),
