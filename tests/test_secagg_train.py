@@ -258,3 +258,42 @@ def test_the_project_clientapp_trains_securely_to_the_plain_rounds_state(
             assert error <= 0.05 * change, (key, error, change)
         else:  # the prototypes: quantised once, then fixed
             assert error <= 1e-4, (key, error)
+
+
+def test_the_run_config_keys_build_a_secure_strategy_and_refuse_bad_values() -> None:
+    from pep_fedpt.config import SECURE_AGGREGATIONS, ConfigError, RunConfig
+    from pep_fedpt.methods.registry import method_for
+    from strategies.secagg import MODES
+
+    assert SECURE_AGGREGATIONS == MODES  # the config's copy (it imports no flwr)
+
+    flat = RunConfig().to_flat()
+    flat.update({"fed.secure-aggregation": "secaggplus", "fed.secagg-threshold": 3})
+    cfg = RunConfig.from_flat(flat)
+    strategy = method_for(cfg).build_strategy(cfg)
+    assert strategy.secagg == SecAggParams(threshold=3, bits=30, max_count=10_000)
+    with pytest.raises(ConfigError, match=r"fed.secagg-\*: secagg bits = 31 is not accepted"):
+        RunConfig.from_flat(dict(flat, **{"fed.secagg-bits": 31}))
+    with pytest.raises(ConfigError, match=r"fed\.secure-aggregation = .on. is not accepted"):
+        RunConfig.from_flat(dict(flat, **{"fed.secure-aggregation": "on"}))
+
+
+@pytest.mark.integration
+def test_a_whole_secure_run_of_the_server_app_completes(tiny_run_config: dict) -> None:
+    import json
+    from pathlib import Path
+
+    from helpers.run_helpers import load_state, run_server
+
+    flat = dict(tiny_run_config, **{"num-server-rounds": 2})
+    flat.update({"fed.secure-aggregation": "secaggplus", "fed.secagg-max-count": 400})
+    grid = run_server(flat)
+    kinds = {kind for kind, _ in grid.sent}
+    assert kinds == {"query.secagg", "evaluate"}  # no plain query or train message
+    state = load_state(Path(flat["output-dir"]))
+    assert int(state[wire.PROTO_COUNT].sum()) > 0
+    metrics = json.loads((Path(flat["output-dir"]) / "metrics.json").read_text())
+    assert [row["train/valid-replies"] for row in metrics if "train/valid-replies" in row] == [
+        3,
+        3,
+    ]
