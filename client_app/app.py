@@ -8,6 +8,8 @@ method and name none.
                   the query sets ``counts-only``, as for the baselines).
 ``@app.train``    E local epochs on this node's partition; returns prompts, head, counts.
 ``@app.evaluate`` accuracy on this node's local test split with its own prior.
+``@app.query("secagg")`` one SecAgg+ stage (``client_app/secagg.py``): the prototype
+                  round's counts and sums as a masked vector, under secure aggregation.
 
 A held-out partition (``data.held-out-fraction``) says so in its prototype and evaluate
 replies and refuses to train.
@@ -32,10 +34,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app import secagg
 from pep_fedpt.config import RunConfig
 from pep_fedpt.feature_cache import resolve_cache_dir
 from pep_fedpt.methods.registry import Method, MethodClient, Received, client_for, get_method
 from strategies import wire
+from strategies.secagg import ACTION as SECAGG_ACTION
+from strategies.secagg import SUM_SCALE, TASK_TRAIN, secure_update
 
 app = ClientApp()
 
@@ -200,8 +205,10 @@ def prototypes(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _trained(
+    msg: Message, context: Context
+) -> tuple[MethodClient, dict[str, np.ndarray], dict[str, float | int | list[int]]]:
+    """Local training on the message's state: (client, trained arrays, train metrics)."""
     client = _client(context)
     method = get_method(client.cfg.method)
     if client.data.held_out:
@@ -212,9 +219,15 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
-    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     if method.personal:
         _keep_personal(context, client, start, arrays, server_round)
+    return client, arrays, metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    client, arrays, metrics = _trained(msg, context)
+    record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
     content = RecordDict(
         {
             wire.ARRAYS: record,
@@ -230,3 +243,45 @@ def evaluate(msg: Message, context: Context) -> Message:
     method = get_method(client.cfg.method)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """This node's vector for SecAgg+: the prototype round's (counts, feature sums /
+    sum-scale), the sums scaled to the size of one feature value, which the clipping range
+    bounds; or a training round's (``secure_update``)."""
+    config = msg.content[wire.CONFIG]
+    task = config.get(wire.CFG_TASK)
+    if task == TASK_TRAIN:
+        sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+        client, arrays, metrics = _trained(msg, context)
+        return secure_update(config, arrays, metrics, sent)
+    if task != wire.TASK_PROTOTYPES:
+        raise ValueError(
+            f"unknown secure aggregation task {task!r}; this app sums "
+            f"{wire.TASK_PROTOTYPES!r} and {TASK_TRAIN!r}"
+        )
+    client = _client(context)
+    if client.data.held_out:
+        raise RuntimeError(
+            f"partition {client.data.partition_id} is held out: its statistics stay out of the "
+            "prototypes, and the server should not have asked for them"
+        )
+    if config.get(wire.CFG_COUNTS_ONLY, False):
+        return client.class_counts(), np.zeros(0)
+    if not hasattr(client, "prototype_stats"):
+        raise ValueError(f"method {client.cfg.method!r} has no prototypes to send")
+    sums, counts = client.prototype_stats()
+    scale = float(config[SUM_SCALE])
+    return np.asarray(counts, dtype=np.int64), np.asarray(sums, dtype=np.float64) / scale
+
+
+def _secure_facts(config: ConfigRecord, context: Context) -> dict[str, int]:
+    """What the server learns of this node in clear under SecAgg+: who it is and whether
+    it trains (a held-out node's statistics stay out of the sum)."""
+    client = _client(context)
+    return {wire.PARTITION_ID: client.data.partition_id, wire.HELD_OUT: int(client.data.held_out)}
+
+
+@app.query(SECAGG_ACTION)
+def secure_sum(msg: Message, context: Context) -> Message:
+    return secagg.answer(msg, context, _secure_vector, _secure_facts)

@@ -30,6 +30,7 @@ MIXING_PRIORS = ("client", "uniform")
 PEP_FEDPT_ONLY = {"mixing_prior": "client", "test_prior_correction": False}
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
+SECURE_AGGREGATIONS = ("off", "secaggplus")  # strategies.secagg.MODES
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -314,6 +315,15 @@ class FedConfig:
     # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
     # server still aggregates in float64 and keeps its state float32.
     wire_dtype: str = "float32"
+    # Secure aggregation (docs/privacy.md): "off" | "secaggplus", and SecAgg+'s parameters
+    # (strategies.secagg.SecAggParams).
+    secure_aggregation: str = "off"
+    secagg_threshold: int = 2
+    secagg_clipping_range: float = 64.0
+    secagg_update_clipping_range: float = 1.0
+    secagg_bits: int = 30
+    secagg_max_count: int = 10_000
+    secagg_num_shares: int = 0
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -334,6 +344,25 @@ class FedConfig:
         _positive("fed.generator-lr", self.generator_lr)
         _positive("fed.wait-timeout", self.wait_timeout)
         _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
+        _choice("fed.secure-aggregation", self.secure_aggregation, SECURE_AGGREGATIONS)
+        if self.secure_aggregation != "off":  # checked there; flwr is imported only then
+            try:
+                self.secagg_params()
+            except ValueError as exc:
+                raise ConfigError(f"fed.secagg-*: {exc}") from None
+
+    def secagg_params(self) -> Any:
+        """The ``fed.secagg-*`` keys as SecAgg+'s parameters (``SecAggParams``)."""
+        from strategies.secagg import SecAggParams
+
+        return SecAggParams(
+            threshold=self.secagg_threshold,
+            clipping_range=self.secagg_clipping_range,
+            bits=self.secagg_bits,
+            max_count=self.secagg_max_count,
+            num_shares=self.secagg_num_shares,
+            update_clipping_range=self.secagg_update_clipping_range,
+        )
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ class RunRecorder:
             "partitions": entries,
         }
         atomic_write(self.directory / "partition.json", json.dumps(document, indent=2).encode())
-        if not entries:
+        # Under secure aggregation no node's counts reach the server: nothing to draw.
+        if not entries or not any(e["train-class-counts"] for e in entries):
             return
         counts = np.array([e["train-class-counts"] for e in entries])
         title = f"{data.dataset}, {data.partitioner} partition: training examples per class"

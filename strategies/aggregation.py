@@ -466,6 +466,23 @@ class PrototypeTally:
         self._counts += n
         self.clients += 1
 
+    def add_total(self, sums: np.ndarray | None, counts: np.ndarray, clients: int) -> None:
+        """The totals of ``clients`` clients at once (a secure aggregation's result, which
+        no client's own values reach): sums (C, D) float64 kept as they are, counts (C,)."""
+        n = self._checked_counts(counts)
+        if clients < 1:
+            raise ValueError(f"clients = {clients} must be >= 1")
+        if (sums is None) != (self._sums is None):
+            raise ValueError(
+                "a counts-only tally takes no sums"
+                if self._sums is None
+                else "this tally needs the clients' feature sums"
+            )
+        if self._sums is not None:
+            self._sums.add_checked(self._sums.check(np.asarray(sums, dtype=np.float64)))
+        self._counts += n
+        self.clients += clients
+
     def add_means(self, means: np.ndarray, counts: np.ndarray) -> None:
         """An earlier result: μ_c n_c for each class, exactly (μ float32 values: the
         state's; counts split below 2^29 so that every product is exact). Not a client."""

@@ -56,6 +56,8 @@ Override points (a method overrides these, never the private helpers):
                            how much one valid reply's value of a key weighs in its running
                            sum: a number or one weight per row (FedAvg's n_k; PEPFedPT:
                            n_{k,c} for class prompts; SGPT: n_{k,g} for group rows).
+``secure_per_class(key)``  under secure aggregation, whether a key's rows are weighted by
+                           n_{k,c} (PEPFedPT's class prompts) or the array by n_k.
 ``prepare_merge(metrics)`` / ``merge_result(key, running)``
                            the default ``aggregate_valid``'s new value of each key from its
                            running sum (the weighted mean; SGPT: with momentum).
@@ -103,6 +105,8 @@ from strategies.aggregation import (
     scratch_buffer,
     validation_summary,
 )
+from strategies.secagg import SecAggError, SecAggParams, secure_prototypes, secure_train
+from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
     array_view,
     check_evaluate_reply,
@@ -173,6 +177,12 @@ class PromptFedAvg(FedAvg):
         The float arrays of train and evaluate messages, both ways: the server casts what
         it sends and accepts replies in this dtype only (float32 also accepts float64).
         It still sums in float64 and keeps its state float32.
+    secure_aggregation : "off" (default) or "secaggplus"
+        SecAgg+ (strategies/secagg.py): the prototype round's counts and feature sums
+        and the training rounds' counts and weighted updates travel masked, and the
+        server learns their totals only (docs/privacy.md); ``secagg`` (a
+        ``SecAggParams``: threshold, clipping ranges, bit width, max count per node)
+        tunes it. A method whose aggregation needs single replies refuses it.
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -226,6 +236,8 @@ class PromptFedAvg(FedAvg):
         min_available_nodes: int = 2,
         seed: int = 0,
         wire_dtype: str = "float32",
+        secure_aggregation: str = "off",
+        secagg: SecAggParams | None = None,
     ) -> None:
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
@@ -242,6 +254,10 @@ class PromptFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
+        # SecAgg+ parameters, or None: plain replies (strategies/secagg.py).
+        self.secagg = secure_aggregation_params(secure_aggregation, secagg)
+        if self.secagg is not None:
+            self._check_secure_hooks()
         self.seed = seed
         self.wire_dtype = np.dtype(wire_dtype)
         self._rng = random.Random(seed)
@@ -320,13 +336,14 @@ class PromptFedAvg(FedAvg):
         for current_round in range(start_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            train_replies = self._exchange(
-                grid,
-                self.configure_train(current_round, arrays, train_config, grid),
-                current_round,
-                "train",
-            )
-            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
+            train_messages = self.configure_train(current_round, arrays, train_config, grid)
+            if self.secagg is not None:  # only the weighted totals reach the server
+                agg_arrays, agg_train_metrics = self.secure_train_round(
+                    grid, current_round, list(train_messages)
+                )
+            else:
+                train_replies = self._exchange(grid, train_messages, current_round, "train")
+                agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
             if agg_arrays is not None:
                 result.arrays = arrays = agg_arrays
             if agg_train_metrics is not None:
@@ -443,7 +460,22 @@ class PromptFedAvg(FedAvg):
             tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
             counted[node] = (index, reported)
 
-        self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
+        if self.secagg is not None:  # only the totals reach the server
+            outcome = secure_prototypes(
+                self.secagg,
+                node_ids,
+                num_classes,
+                self._prototype_dim(arrays),
+                self._prototype_config(server_round),
+                lambda messages, _: self._exchange(grid, messages, server_round, "query"),
+            )
+            tally.add_total(outcome.sums, outcome.counts, len(outcome.contributors))
+            # Contributors may train; their counts stay unknown (docs/privacy.md).
+            counted = {node: (i, []) for i, node in enumerate(outcome.contributors)}
+            self.dropped.extend((server_round, n, why) for n, why in outcome.result.dropped)
+            held_out, partitions = outcome.held_out, outcome.partitions
+        else:
+            self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
         if not tally.clients:
             raise RuntimeError(
                 f"prototype round: none of {len(node_ids)} nodes sent a valid reply from a "
@@ -488,6 +520,15 @@ class PromptFedAvg(FedAvg):
             if node not in self._node_counts and node not in self.held_out_nodes
         ]
         if not late:
+            return arrays
+        if self.secagg is not None:  # a plain query would show their counts and sums
+            log(
+                WARNING,
+                "round %d: %d node(s) outside the secure prototype round stay out of training "
+                "(late nodes cannot be admitted under secure aggregation yet)",
+                server_round,
+                len(late),
+            )
             return arrays
         log(INFO, "round %d: %d node(s) without verified class counts", server_round, len(late))
         tally = PrototypeTally(self.num_classes(arrays), self._prototype_dim(arrays))
@@ -568,13 +609,14 @@ class PromptFedAvg(FedAvg):
         it arrives: (sent index, node id, partition id or None, held out, its ``proto``
         arrays, views of the reply's bytes that live only during the call). Invalid replies
         are logged at once and listed in ``dropped`` in the order sent."""
+        if self.secagg is not None:  # a plain reply would show the node's counts and sums
+            raise RuntimeError(
+                "a plain prototype query under secure_aggregation = 'secaggplus' is refused "
+                "(late nodes cannot be admitted securely yet; docs/privacy.md)"
+            )
         num_classes = self.num_classes(arrays)
         dim = self._prototype_dim(arrays)
-        config = ConfigRecord(
-            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
-        )
-        if self.counts_only:
-            config[wire.CFG_COUNTS_ONLY] = True
+        config = self._prototype_config(server_round)
         messages = [
             Message(
                 content=RecordDict({wire.CONFIG: config}),
@@ -606,6 +648,15 @@ class PromptFedAvg(FedAvg):
 
         self._exchange(grid, messages, server_round, "query", consume)
         self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
+
+    def _prototype_config(self, server_round: int) -> ConfigRecord:
+        """The prototype QUERY's config (task, round, and counts-only where so)."""
+        config = ConfigRecord(
+            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
+        )
+        if self.counts_only:
+            config[wire.CFG_COUNTS_ONLY] = True
+        return config
 
     def num_classes(self, arrays: ArrayRecord) -> int:
         """Hook: C, the length of every reply's class counts: the head's rows (a method
@@ -767,6 +818,77 @@ class PromptFedAvg(FedAvg):
         for key, sums in running.items():
             state[key] = Array(self.merge_result(key, sums))
         return state
+
+    # Hooks whose override a secure training round cannot honour: it sees no reply, only
+    # the weighted totals (``secure_per_class`` stands in for ``merge_weight``).
+    SECURE_BLOCKERS = (
+        "aggregate_train",
+        "aggregate_valid",
+        "merge_result",
+        "prepare_merge",
+        "node_arrays",
+        "check_train_metrics",
+    )
+
+    def _check_secure_hooks(self) -> None:
+        """Refuse secure aggregation for a method whose aggregation needs single replies."""
+        cls = type(self)
+        found = [h for h in self.SECURE_BLOCKERS if getattr(cls, h) is not getattr(PromptFedAvg, h)]
+        if (
+            cls.merge_weight is not PromptFedAvg.merge_weight
+            and cls.secure_per_class is PromptFedAvg.secure_per_class
+        ):
+            found.append("merge_weight")
+        if found:
+            raise ValueError(
+                f"secure_aggregation = 'secaggplus' is not available for {cls.__name__}: its "
+                f"{', '.join(found)} need each reply, and the server sees only totals"
+            )
+
+    def secure_per_class(self, key: str) -> bool:
+        """Hook: under secure aggregation, whether key ``key``'s rows are weighted by each
+        node's class counts n_{k,c} (True) or the whole array by n_k (False, FedAvg)."""
+        return False
+
+    def secure_train_round(
+        self, grid: Grid, server_round: int, messages: list[Message]
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        """One training round under SecAgg+ (strategies/secagg.py): the new state from the
+        totals, or, with too few nodes left (SecAggError, logged), the previous state."""
+        assert self._global is not None  # configure_train set it
+        previous = record_arrays(self._global)
+        keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
+        if not messages:
+            return self._global, MetricRecord({"valid-replies": 0})
+        try:
+            update = secure_train(
+                self.secagg,  # type: ignore[arg-type]
+                messages,
+                previous,
+                keys,
+                self.num_classes(self._global),
+                lambda sent, _: self._exchange(grid, sent, server_round, "train"),
+            )
+        except SecAggError as exc:
+            log(WARNING, "round %d: %s; %s stays as it was", server_round, exc, self.kept_state)
+            metrics = MetricRecord({"valid-replies": 0, "dropped-replies": len(messages)})
+            self._remember(server_round, "train", metrics)
+            return self._global, metrics
+        lost = update.result.dropped
+        self.dropped.extend((server_round, node, why) for node, why in lost)
+        state = ArrayRecord({k: self._global[k] for k in self._global if self.server_only(k)})
+        for key, value in update.arrays.items():
+            state[key] = Array(value)
+        metrics = MetricRecord(
+            {
+                "valid-replies": len(update.result.contributors),
+                "dropped-replies": len(lost),
+                wire.TRAIN_LOSS: update.train_loss,
+                wire.NUM_EXAMPLES: update.num_examples,
+            }
+        )
+        self._remember(server_round, "train", metrics)
+        return state, metrics
 
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
         """The replies sorted by the client they answer for (``in_identity_order``), so

@@ -118,6 +118,10 @@ class PEPFedPT(PromptFedAvg):
             arrays = self.prototype_round(grid, arrays, server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
+    def secure_per_class(self, key: str) -> bool:
+        """Under secure aggregation too, class prompts per class by n_{k,c}."""
+        return wire.is_class_prompt(key) and self.class_prompt_aggregation == "per-class"
+
     def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
         """Class prompts per class by n_{k,c} (if so configured); the rest FedAvg by n_k."""
         if wire.is_class_prompt(key) and self.class_prompt_aggregation == "per-class":

@@ -201,6 +201,8 @@ class Method:
             min_available_nodes=fed.min_available_nodes,
             seed=cfg.seed,
             wire_dtype=fed.wire_dtype,
+            secure_aggregation=fed.secure_aggregation,
+            secagg=fed.secagg_params() if fed.secure_aggregation != "off" else None,
             **self.strategy_kwargs(cfg),
         )
 
