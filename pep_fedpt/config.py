@@ -310,6 +310,11 @@ class FedConfig:
     # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
     # server still aggregates in float64 and keeps its state float32.
     wire_dtype: str = "float32"
+    # A train reply that moved the state it was sent by more than this (L2 norm over every
+    # trainable array) is refused; 0 = no bound. Far above any honest update here.
+    max_update_norm: float = 1e4
+    # ... or by more than this many times the round's median update norm; 0 = no bound.
+    update_norm_factor: float = 100.0
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -330,6 +335,13 @@ class FedConfig:
         _positive("fed.generator-lr", self.generator_lr)
         _positive("fed.wait-timeout", self.wait_timeout)
         _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
+        _positive("fed.max-update-norm", self.max_update_norm, allow_zero=True)
+        _positive("fed.update-norm-factor", self.update_norm_factor, allow_zero=True)
+        if 0 < self.update_norm_factor < 1:
+            raise ConfigError(
+                f"fed.update-norm-factor = {self.update_norm_factor!r} would refuse the "
+                "round's median reply itself; use 0 (no bound) or a number >= 1"
+            )
 
 
 @dataclass(frozen=True)

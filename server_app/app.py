@@ -11,7 +11,7 @@ set it continues a run from its checkpoint at the next round, as if it had never
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +125,27 @@ def main(grid: Grid, context: Context) -> None:
     for line in recorder.failing_lines():
         log(WARNING, "pep-fedpt: %s", line)
     log(INFO, "pep-fedpt: results written to %s (summary.md, accuracy.png)", out)
+    unchanged = unchanged_run_line(strategy, len(recorder.dropped))
+    if unchanged:
+        recorder.record_failure(unchanged)
+        log(ERROR, "pep-fedpt: %s", unchanged)
+        raise RunUnchangedError(unchanged)
+
+
+class RunUnchangedError(RuntimeError):
+    """A run sent train messages but no round's replies changed the global state."""
+
+
+def unchanged_run_line(strategy: PromptFedAvg, dropped: int) -> str | None:
+    """The line that fails a run in which train messages went out and not one round
+    changed the global state (every reply refused, failed or too few), else None."""
+    if strategy.updated_rounds:
+        return None
+    sent = [r for r, m in strategy.round_metrics.items() if r > 0 and m.get("train/bytes-down")]
+    if not sent:
+        return None  # no round trained (fed.fraction-train = 0): nothing was to change
+    return (
+        f"NO ROUND CHANGED THE GLOBAL STATE: train messages went out in {len(sent)} round(s) "
+        f"and every round kept the state it started with ({dropped} replies refused, the "
+        "reasons in dropped.json); the results are those of the initial state"
+    )

@@ -76,6 +76,7 @@ class RunRecorder:
         self.node_replies: dict[int, dict[str, Any]] = {}
         self.partitions: dict[int, dict[str, Any]] = {}
         self._announced: set[int] = set()  # nodes newly_failing_lines has named
+        self.failure: str | None = None  # why the run as a whole failed (record_failure)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / "config.json", json.dumps(self.config, indent=2).encode())
 
@@ -244,6 +245,11 @@ class RunRecorder:
                 )
         return lines
 
+    def record_failure(self, line: str) -> None:
+        """Say at the top of summary.md that the run failed, and why."""
+        self.failure = line
+        self.write_summary()
+
     def write_summary(self) -> None:
         """summary.md: what ran (method, data, partition, seeds), where, how it went."""
         cfg, data = self.cfg, self.cfg.data
@@ -251,6 +257,7 @@ class RunRecorder:
         lines = [
             f"# {cfg.method} on {data.dataset}",
             "",
+            *([f"**RUN FAILED: {self.failure}**", ""] if self.failure else []),
             f"- method: {cfg.method}",
             f"- data set: {data.dataset}"
             + (f" ({data.data_dir})" if data.data_dir else "")

@@ -109,7 +109,10 @@ from strategies.validation import (
     check_known_counts,
     check_prototype_reply,
     check_train_reply,
+    check_update_norm,
+    norm_bound,
     record_arrays,
+    update_norm,
 )
 
 # What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
@@ -173,6 +176,13 @@ class PromptFedAvg(FedAvg):
         The float arrays of train and evaluate messages, both ways: the server casts what
         it sends and accepts replies in this dtype only (float32 also accepts float64).
         It still sums in float64 and keeps its state float32.
+    max_update_norm : float (default 0: no bound)
+        A train reply whose update norm ‖reply − the arrays sent to it‖₂ exceeds this is
+        refused (``fed.max-update-norm``).
+    update_norm_factor : float (default 0: no bound)
+        A train reply whose update norm exceeds this many times the round's median update
+        norm (of the replies that passed every other check) is refused
+        (``fed.update-norm-factor``).
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -226,11 +236,19 @@ class PromptFedAvg(FedAvg):
         min_available_nodes: int = 2,
         seed: int = 0,
         wire_dtype: str = "float32",
+        max_update_norm: float = 0.0,
+        update_norm_factor: float = 0.0,
     ) -> None:
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
                 f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
             )
+        for name, value in (
+            ("max_update_norm", max_update_norm),
+            ("update_norm_factor", update_norm_factor),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} = {value!r} must be a finite number >= 0 (0: no bound)")
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -244,6 +262,8 @@ class PromptFedAvg(FedAvg):
         self.timeout = 3600.0
         self.seed = seed
         self.wire_dtype = np.dtype(wire_dtype)
+        self.max_update_norm = float(max_update_norm)
+        self.update_norm_factor = float(update_norm_factor)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
         # node, the version it holds.
@@ -259,6 +279,9 @@ class PromptFedAvg(FedAvg):
         # Per round, the aggregated client-side metrics ("train/...", "evaluate/..."), so
         # that an evaluate_fn can record each finished round as soon as it ends.
         self.round_metrics: dict[int, dict[str, float | list[float]]] = {}
+        # Rounds whose train replies were aggregated into a new state (not kept as it was),
+        # so that a run in which none was can say so and fail.
+        self.updated_rounds: list[int] = []
         # From the latest prototype round: nodes that never train, and per partition id
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
@@ -384,6 +407,7 @@ class PromptFedAvg(FedAvg):
             "dropped": [list(entry) for entry in self.dropped],
             "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
             "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
+            "updated-rounds": list(self.updated_rounds),
         }
 
     def _partition_counts(self) -> dict[int, list[int]]:
@@ -407,6 +431,9 @@ class PromptFedAvg(FedAvg):
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
         self.node_replies = {int(n): dict(e) for n, e in state.get("node-replies", {}).items()}
+        # A checkpoint from before this was kept: its rounds are taken as having updated.
+        done = [int(r) for r in state["round-metrics"] if int(r) > 0]
+        self.updated_rounds = [int(r) for r in state.get("updated-rounds", done)]
 
     # ------------------------------------------------------------------ prototype round
     def has_prototypes(self, arrays: ArrayRecord) -> bool:
@@ -706,9 +733,16 @@ class PromptFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check each reply and, if valid, add it to the running sums at once (while its
-        bytes are still in the CPU cache), in node-id order: the result depends on the
-        set of valid replies only, and no reply is ever copied or stacked."""
+        """Check each reply, then bound its update norm, then add it to the running sums,
+        in node-id order: the result depends on the set of valid replies only, and no
+        reply is ever copied or stacked, nor its decoded arrays kept between the passes.
+
+        Two passes: the norm bound relative to the round (``update_norm_factor`` × the
+        median update norm) needs every reply's norm before any reply is accepted. The
+        first pass checks the reply's structure and counts and takes its norm against the
+        arrays sent to its node; the second refuses an update beyond the bound, runs the
+        method's own check and adds what passes.
+        """
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
@@ -716,6 +750,8 @@ class PromptFedAvg(FedAvg):
         num_classes = self.num_classes(self._global)
         replies = self._in_node_order(replies)
         running = self._running_sums(previous, expected)
+        norms_of: dict[int, float | None] = {}  # per node; its arrays are decoded again
+        sent_to = {msg.metadata.dst_node_id: msg for msg in self._outgoing}
 
         def check(content: RecordDict, node: int) -> str | None:
             arrays: dict[str, np.ndarray] = {}
@@ -724,15 +760,29 @@ class PromptFedAvg(FedAvg):
             )
             if reason:  # only a reply that passes has the records read below
                 return reason
-            metrics = content[wire.METRICS]
             reason = check_known_counts(
-                metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
-            ) or self.check_train_metrics(metrics, node)
-            if reason is None:  # valid: into the sums while it is in the cache
-                self._add_to_sums(running, arrays, metrics)
+                content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
+            )
+            if reason is None:
+                sent = self._sent_arrays(sent_to.get(node))
+                norms_of[node] = None if sent is None else update_norm(arrays, sent)
             return reason
 
-        valid, metrics = self._accepted_train(server_round, replies, check, self.kept_state)
+        checked = self._accepted(replies, server_round, check)
+        norms = [norm for norm in norms_of.values() if norm is not None]
+        bound, why = norm_bound(norms, self.max_update_norm, self.update_norm_factor)
+
+        def screen(content: RecordDict, node: int) -> str | None:
+            norm, metrics = norms_of[node], content[wire.METRICS]
+            reason = None if norm is None else check_update_norm(norm, bound, why)
+            reason = reason or self.check_train_metrics(metrics, node)
+            if reason is None:  # views of the reply's bytes again: nothing kept per reply
+                self._add_to_sums(running, record_arrays(content[wire.ARRAYS]), metrics)
+            return reason
+
+        valid, metrics = self._accepted_train(
+            server_round, checked, screen, self.kept_state, refused=len(replies) - len(checked)
+        )
         if valid is None:
             return self._global, metrics
         state = self.aggregate_valid(server_round, valid, metrics, running)
@@ -744,8 +794,21 @@ class PromptFedAvg(FedAvg):
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
+        if norms:
+            metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
         self._remember(server_round, "train", metrics)
+        if server_round not in self.updated_rounds:
+            self.updated_rounds.append(server_round)
         return state, metrics
+
+    @staticmethod
+    def _sent_arrays(msg: Message | None) -> dict[str, np.ndarray] | None:
+        """The arrays of a train message as sent (views, in the wire dtype), or None when
+        it carried none (LocalOnly's nodes that keep their own state) or none was sent."""
+        if msg is None or not msg.has_content():
+            return None
+        record = msg.content.get(wire.ARRAYS)
+        return record_arrays(record) if isinstance(record, ArrayRecord) else None
 
     def aggregate_valid(
         self,
@@ -1121,12 +1184,14 @@ class PromptFedAvg(FedAvg):
         replies: list[Message],
         check: Callable[[RecordDict, int], str | None],
         kept: str,
+        refused: int = 0,
     ) -> tuple[list[Message] | None, MetricRecord]:
-        """The valid train replies and the round's reply counts; ``None`` (logged, round
-        remembered) when fewer than min-train-nodes are valid and ``kept`` stays as it was."""
+        """The valid train replies and the round's reply counts (``refused``: replies an
+        earlier pass already dropped); ``None`` (logged, round remembered) when fewer than
+        min-train-nodes are valid and ``kept`` stays as it was."""
         valid = self._accepted(replies, server_round, check)
         metrics = MetricRecord(
-            {"valid-replies": len(valid), "dropped-replies": len(replies) - len(valid)}
+            {"valid-replies": len(valid), "dropped-replies": refused + len(replies) - len(valid)}
         )
         if len(valid) >= max(self.min_train_nodes, 1):
             return valid, metrics

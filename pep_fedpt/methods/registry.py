@@ -200,6 +200,8 @@ class Method:
             min_available_nodes=fed.min_available_nodes,
             seed=cfg.seed,
             wire_dtype=fed.wire_dtype,
+            max_update_norm=fed.max_update_norm,
+            update_norm_factor=fed.update_norm_factor,
             **self.strategy_kwargs(cfg),
         )
 
