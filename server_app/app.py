@@ -23,7 +23,7 @@ from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import method_for
 from pep_fedpt.output_dir import refuse_to_overwrite
-from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
+from server_app.checkpoint import Checkpoint, load_checkpoint, resume_refusal
 from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
 
@@ -41,13 +41,9 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
     if not cfg.resume_from:
         return None
     checkpoint = load_checkpoint(Path(cfg.resume_from))
-    changed = config_differences(checkpoint.config, cfg.to_flat())
-    if changed:
-        raise ConfigError(
-            f"resume-from = {cfg.resume_from!r}: the run config differs from the checkpoint's "
-            f"in {'; '.join(changed)}; resume with the same config (only num-server-rounds, "
-            "output-dir, cache-dir, fed.round-timeout and fed.wait-timeout may change)"
-        )
+    refusal = resume_refusal(cfg.resume_from, checkpoint.config, cfg.to_flat())
+    if refusal:
+        raise ConfigError(refusal)
     return checkpoint
 
 
@@ -66,6 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
+    strategy.on_client_error = recorder.record_client_error
     log(INFO, "pep-fedpt: results go to %s", out)
     recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
     recorded_at: list[float] = []  # when the previous round was recorded (monotonic clock)

@@ -48,6 +48,9 @@ DOMAIN_COLUMNS = (
     ("server/local-accuracy", "local acc"),
     ("server/target-accuracy", "target acc"),
 )
+# Every client error's full text (Ray's traceback included, colour codes stripped); the
+# other result files and the console keep its one-line form (strategies.errors.one_line).
+CLIENT_ERRORS = "client-errors.log"
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 
 
@@ -214,6 +217,8 @@ class RunRecorder:
                 "sent": int(entry["sent"]),
                 "failed": int(entry["failed"]),
                 "never-worked": int(entry.get("answered-work", 0)) == 0,
+                "trained": entry.get("trained"),
+                "evaluated": entry.get("evaluated"),
                 "last-failure": str(entry["last-failure"]),
             }
             for node, entry in sorted(self.node_replies.items())
@@ -244,6 +249,12 @@ class RunRecorder:
                     f"last: {f['last-failure']}"
                 )
         return lines
+
+    def record_client_error(self, server_round: int, node: int, phase: str, text: str) -> None:
+        """Append one client error's full text to client-errors.log."""
+        with open(self.directory / CLIENT_ERRORS, "a", encoding="utf-8") as log_file:
+            heading = f"=== round {server_round} {phase}, node {node} ==="
+            log_file.write(f"{heading}\n{text.rstrip()}\n\n")
 
     def record_failure(self, line: str) -> None:
         """Say at the top of summary.md that the run failed, and why."""
@@ -282,21 +293,35 @@ class RunRecorder:
             lines += [
                 "## Clients with failed messages",
                 "",
-                "A client that never trained or evaluated did not contribute to this run.",
+                "A client that never trained or evaluated did not contribute to this run. "
+                "Trained / evaluated: how many of its train / evaluate replies passed every "
+                "check (0: it never did); the full text of each client error is in "
+                f"{CLIENT_ERRORS}.",
                 "",
-                "| node | partition | failed / sent | never trained or evaluated | last failure |",
-                "|---|---|---|---|---|",
+                "| node | partition | failed / sent | trained | evaluated | "
+                "never trained or evaluated | last failure |",
+                "|---|---|---|---|---|---|---|",
             ]
             for f in failing:
                 reason = f["last-failure"].replace("|", "\\|").replace("\n", " ")
                 lines.append(
                     f"| {f['node']} | {_partition_text(f['partition-id'])} | "
-                    f"{f['failed']} / {f['sent']} | {'**yes**' if f['never-worked'] else 'no'} "
+                    f"{f['failed']} / {f['sent']} | {_times(f['trained'])} | "
+                    f"{_times(f['evaluated'])} | {'**yes**' if f['never-worked'] else 'no'} "
                     f"| {reason} |"
                 )
             lines.append("")
         lines += ["## Rounds", "", self.summary_table(), ""]
         atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
+
+
+def _times(count: object) -> str:
+    """How often a node's replies passed, in words: "no", "1 time", "3 times" ("-": not
+    counted, a run resumed from a checkpoint written before these counts)."""
+    if count is None:
+        return "-"
+    number = int(count)  # type: ignore[call-overload]
+    return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
 
 
 def _model_description(cfg: RunConfig) -> str:

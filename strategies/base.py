@@ -103,6 +103,7 @@ from strategies.aggregation import (
     scratch_buffer,
     validation_summary,
 )
+from strategies.errors import one_line, strip_ansi
 from strategies.validation import (
     array_view,
     check_evaluate_reply,
@@ -289,6 +290,10 @@ class PromptFedAvg(FedAvg):
         # Per node: messages sent, how many failed (error reply or none), how many train or
         # evaluate messages it answered with content, and the last failure.
         self.node_replies: dict[int, dict[str, Any]] = {}
+        # Called with (round, node, phase, full error text, colour codes stripped) for every
+        # error reply, whose one-line form is all the logs and results keep; the ServerApp
+        # writes them to the run's client-errors.log.
+        self.on_client_error: Callable[[int, int, str, str], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -856,6 +861,7 @@ class PromptFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         valid = self._accepted(list(replies), server_round, lambda c, _: check_evaluate_reply(c))
+        self._count_used(valid, "evaluated")
         if not valid:
             return None
         metrics = [msg.content[wire.METRICS] for msg in valid]
@@ -917,7 +923,12 @@ class PromptFedAvg(FedAvg):
         def take(reply: Message) -> bool:
             nonlocal received
             received += traffic.content_nbytes(reply.content) if reply.has_content() else 0
-            error = reply.error.reason if reply.has_error() else None
+            error = None
+            if reply.has_error():
+                error = one_line(reply.error.reason)
+                if self.on_client_error is not None:
+                    full = strip_ansi(reply.error.reason)
+                    self.on_client_error(server_round, self._sender(reply), phase, full)
             arrived.append((reply.metadata.reply_to_message_id, reply.metadata.src_node_id, error))
             return consume is None or consume(reply)
 
@@ -1065,9 +1076,18 @@ class PromptFedAvg(FedAvg):
             self._node_entry(node)["sent"] += 1
 
     def _node_entry(self, node: int) -> dict[str, Any]:
-        return self.node_replies.setdefault(
+        entry = self.node_replies.setdefault(
             node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
         )
+        entry.setdefault("trained", 0)  # an entry from a checkpoint written before these
+        entry.setdefault("evaluated", 0)
+        return entry
+
+    def _count_used(self, valid: Iterable[Message], what: str) -> None:
+        """Per node, how many of its train (``trained``) or evaluate (``evaluated``)
+        replies passed every check, so that results say plainly which node did which."""
+        for msg in valid:
+            self._node_entry(self._sender(msg))[what] += 1
 
     def _count_bytes(self, server_round: int, phase: str, down: int, up: int) -> None:
         """Add ``down`` and ``up`` array bytes to the round's ``<phase>/bytes-down|up`` and
@@ -1153,7 +1173,7 @@ class PromptFedAvg(FedAvg):
         if msg.has_error():
             # The node may have lost its state (restart): resend the prototypes next time.
             self._node_proto_version.pop(node, None)
-            return f"error reply: {msg.error.reason}"
+            return f"error reply: {one_line(msg.error.reason)}"
         try:
             return check(msg.content, node)
         except Exception as exc:  # a malformed reply must never stop the round
@@ -1190,6 +1210,7 @@ class PromptFedAvg(FedAvg):
         earlier pass already dropped); ``None`` (logged, round remembered) when fewer than
         min-train-nodes are valid and ``kept`` stays as it was."""
         valid = self._accepted(replies, server_round, check)
+        self._count_used(valid, "trained")
         metrics = MetricRecord(
             {"valid-replies": len(valid), "dropped-replies": refused + len(replies) - len(valid)}
         )
