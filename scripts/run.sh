@@ -16,6 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# NUM_SUPERNODES is named as what the user set, not as the --federation-config it becomes.
+if [ -n "${NUM_SUPERNODES:-}" ] && ! [[ $NUM_SUPERNODES =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: NUM_SUPERNODES = '$NUM_SUPERNODES' is not accepted; give the number of simulated SuperNodes, a positive integer (e.g. NUM_SUPERNODES=10; unset: 10)" >&2
+  exit 2
+fi
 federation_config="num-supernodes=${NUM_SUPERNODES:-10}"
 [ -n "${FEDERATION_CONFIG:-}" ] && federation_config="$federation_config $FEDERATION_CONFIG"
 args=(--federation-config "$federation_config" "$@")

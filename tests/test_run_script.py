@@ -44,6 +44,8 @@ def script_env(home: Path, **extra: str) -> dict[str, str]:
         (["-c", "num-server-rounds='five'"], {}, "num-server-rounds = 'five' has type str"),
         (["-c", "data.alpah=0.1"], {}, "unknown run-config key 'data.alpah' (= 0.1)"),
         ([], {"NUM_SUPERNODES": "1"}, "fed.min-available-nodes = 2 but the simulation has only 1"),
+        ([], {"NUM_SUPERNODES": "abc"}, "NUM_SUPERNODES = 'abc' is not accepted; give the"),
+        ([], {"NUM_SUPERNODES": "0"}, "NUM_SUPERNODES = '0' is not accepted"),
         (
             ["-c", "data.dataset='imagefolder' data.data-dir='/nonexistent/images'"],
             {},
