@@ -95,8 +95,11 @@ class ModelConfig:
     depth: int = 4  # 0 = the model's own
     num_heads: int = 3  # 0 = the model's own
     pretrain_epochs: int = 40  # for pretrained = "local:<classes>"
-    # Wall-clock cap on that pre-training (0 = none): the schedule is fitted to the steps
-    # that fit, measured on the first ones, so the cosine decay still ends at zero.
+    # Steps of that pre-training (0: pretrain-epochs full epochs): with the epochs, what
+    # alone fixes the backbone's weights.
+    pretrain_steps: int = 0
+    # Wall-clock cap on that pre-training (0 = none): it stops the schedule early, loudly,
+    # and the weights are then another backbone (their cache key holds the steps done).
     pretrain_minutes: float = 0.0
     # Init and shuffling of the pre-training; apart from the run seed, so that every seed
     # of a comparison tunes prompts on one backbone, as with hub weights.
@@ -131,6 +134,11 @@ class ModelConfig:
         if self.pretrain_epochs < 1:
             raise ConfigError(f"model.pretrain-epochs = {self.pretrain_epochs} must be >= 1")
         _positive("model.pretrain-minutes", self.pretrain_minutes, allow_zero=True)
+        if self.pretrain_steps < 0:
+            raise ConfigError(
+                f"model.pretrain-steps = {self.pretrain_steps} must be >= 0 "
+                "(0 = model.pretrain-epochs full epochs)"
+            )
         for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key.replace('_', '-')} must be >= 0 (0 = default)")

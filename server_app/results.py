@@ -52,6 +52,8 @@ DOMAIN_COLUMNS = (
 # other result files and the console keep its one-line form (strategies.errors.one_line).
 CLIENT_ERRORS = "client-errors.log"
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
+# What config.json records beyond the run config (RunConfig.from_flat refuses them).
+RECORDED_ONLY = ("model.pretrain-steps-done", "model.pretrain-steps-planned")
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -81,7 +83,15 @@ class RunRecorder:
         self._announced: set[int] = set()  # nodes newly_failing_lines has named
         self.failure: str | None = None  # why the run as a whole failed (record_failure)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / "config.json", json.dumps(self.config, indent=2).encode())
+        # The steps a local: backbone's pre-training actually did: the config alone fixes
+        # them, unless model.pretrain-minutes stopped it (then they are this host's).
+        recorded: dict[str, Any] = dict(self.config)
+        self.backbone = _backbone_record(cfg)
+        if self.backbone is not None:
+            done, planned = RECORDED_ONLY
+            recorded[done] = self.backbone.get("steps-done")
+            recorded[planned] = self.backbone.get("steps")
+        atomic_write(directory / "config.json", json.dumps(recorded, indent=2).encode())
 
     def record_round(
         self,
@@ -281,7 +291,7 @@ class RunRecorder:
                 if cfg.model.pretrained.startswith("local:")
                 else ""
             ),
-            f"- model: {_model_description(cfg)}",
+            f"- model: {_model_description(cfg)}" + _backbone_text(self.backbone),
             f"- rounds: {done} of {cfg.fed.num_rounds} done",
             f"- dropped replies: {len(self.dropped)}"
             + (" (reasons in dropped.json)" if self.dropped else ""),
@@ -322,6 +332,26 @@ def _times(count: object) -> str:
         return "-"
     number = int(count)  # type: ignore[call-overload]
     return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
+
+
+def _backbone_text(info: dict[str, Any] | None) -> str:
+    """The backbone's pre-training steps for summary.md, loudly when a cap cut them."""
+    if info is None or "steps-done" not in info:
+        return ""
+    done, planned = int(info["steps-done"]), int(info["steps"])
+    text = f", pre-trained {done} steps, train accuracy {float(info['train-accuracy']):.3f}"
+    if done < planned:
+        text += f" (**stopped by model.pretrain-minutes before the recipe's {planned} steps**)"
+    return text
+
+
+def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
+    """The .json of the run's local: backbone, if it is one and is pre-trained."""
+    if not cfg.model.pretrained.startswith("local:") or cfg.method in CLIP_METHODS:
+        return None
+    from pep_fedpt.pretrain import backbone_record
+
+    return backbone_record(cfg.model, cfg.data)
 
 
 def _model_description(cfg: RunConfig) -> str:
