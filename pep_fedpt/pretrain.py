@@ -211,6 +211,10 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Pat
         )
     targets = np.asarray(dataset.targets)[pool]
     chosen = pool[np.isin(targets, classes)]
+    names = class_names(dataset, classes)
+    note = narrow_pretraining_note(model_cfg.pretrained, names, num_classes)
+    if note:
+        print(note, flush=True)
     remap = {c: i for i, c in enumerate(classes)}
     images = torch.stack([dataset[int(i)][0] for i in chosen])
     labels = torch.tensor([remap[int(dataset.targets[i])] for i in chosen])
@@ -254,6 +258,7 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Pat
         "source": model_cfg.pretrained,
         "dataset": data_cfg.dataset,
         "classes": list(classes),
+        "class-names": names,
         "images": len(chosen),
         "steps": planned,
         "steps-done": steps_done,
@@ -276,6 +281,30 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Pat
     if steps_done < planned:
         _say_stopped(info)
     return path
+
+
+def class_names(dataset: object, classes: tuple[int, ...]) -> list[str]:
+    """The names of ``classes`` where the data set has them (torchvision's ``classes``,
+    under this project's ``Labeled`` wrapper), else their indices as text."""
+    names = getattr(getattr(dataset, "base", dataset), "classes", None)
+    if isinstance(names, list | tuple) and len(names) > max(classes):
+        return [str(names[c]) for c in classes]
+    return [str(c) for c in classes]
+
+
+def narrow_pretraining_note(source: str, names: list[str], num_classes: int) -> str | None:
+    """For a data set of many classes (50 or more) pre-trained on under a tenth of them
+    (the default local:0-4 on CIFAR-100: 5 of 100), which classes, and how to widen it."""
+    if num_classes < 50 or len(names) * 10 >= num_classes:
+        return None
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    half = num_classes // 2
+    return (
+        f"pep-fedpt: model.pretrained = {source!r} pre-trains the backbone on {len(names)} of "
+        f"{num_classes} classes ({shown}); to widen it, e.g. model.pretrained = "
+        f"'local:0-{half - 1}' ({half} classes: about {half / len(names):.0f}x the images, so "
+        f"{half / len(names):.0f}x the time of each pre-training epoch); docs/datasets.md"
+    )
 
 
 def near_chance_warning(

@@ -179,3 +179,24 @@ def test_a_pretraining_the_cap_stops_is_another_backbone_said_loudly_and_recorde
     assert line in capsys.readouterr().out
     assert pretrain.local_backbone_in_use(TINY, data) == pretrain.local_backbone_path(TINY, data)
     assert pretrain.backbone_record(capped, data)["steps-done"] == done  # type: ignore[index]
+
+
+def test_a_narrow_pretraining_of_a_100_class_data_set_names_its_classes_and_how_to_widen() -> None:
+    names = ["apple", "aquarium_fish", "baby", "bear", "beaver"]
+    assert pretrain.narrow_pretraining_note("local:0-4", names, 100) == (
+        "pep-fedpt: model.pretrained = 'local:0-4' pre-trains the backbone on 5 of 100 classes "
+        "(apple, aquarium_fish, baby, bear, beaver); to widen it, e.g. model.pretrained = "
+        "'local:0-49' (50 classes: about 10x the images, so 10x the time of each pre-training "
+        "epoch); docs/datasets.md"
+    )
+    assert pretrain.narrow_pretraining_note("local:0-4", names, 10) is None  # CIFAR-10: half
+    assert pretrain.narrow_pretraining_note("local:0-9", [str(c) for c in range(10)], 100) is None
+
+    class Base:
+        classes = ("apple", "aquarium_fish", "baby")
+
+    class Wrapped:
+        base = Base()
+
+    assert pretrain.class_names(Wrapped(), (0, 2)) == ["apple", "baby"]
+    assert pretrain.class_names(object(), (0, 2)) == ["0", "2"]
