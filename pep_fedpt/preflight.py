@@ -268,7 +268,7 @@ def check_layout(dataset: str, root: Path, download: bool) -> None:
     if layout:
         hint = (
             f"it holds {layout}: for images in class folders set data.dataset = "
-            "'imagefolder' (docs/datasets.md, 'Your own images')"
+            "'imagefolder' (docs/datasets.md, 'Any ImageFolder tree')"
         )
     raise PreflightError(
         f"data.dataset = {dataset!r} reads torchvision's {expected[0]}/ under data.data-dir "

@@ -121,8 +121,10 @@ superlink_start
 
 # In the background, so that a signal reaches this script at once (a background job
 # ignores the terminal's Ctrl-C: this script stops it).
+# scripts/console-filter.awk leaves out what no one can act on (Flower's note on its default
+# number of SuperNodes, the simulation engine's 60-line report of a client's exception).
 flwr run . --stream --run-config "$run_config" --federation-config "$federation_config" \
-  > >(tee -a "$log") 2>&1 &
+  > >(awk -f scripts/console-filter.awk | tee -a "$log") 2>&1 &
 flwr_pid=$!
 set +e
 wait "$flwr_pid"

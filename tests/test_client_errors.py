@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,15 @@ def test_a_long_error_is_cut_to_the_longest_line_kept() -> None:
 
 
 def _app_with_a_failing_client(root: Path) -> Path:
-    """This project's app with helpers/failing_client.py as its ClientApp."""
-    for folder in ("pep_fedpt", "client_app", "server_app", "strategies"):
+    """This project's app with helpers/failing_client.py as its ClientApp, and its
+    scripts (and .venv), so that it runs as a user runs the project."""
+    for folder in ("pep_fedpt", "client_app", "server_app", "strategies", "scripts"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
     shutil.copytree(ROOT / "conf" / "attributes", root / "conf" / "attributes")
     for name in ("README.md", "LICENSE"):
         shutil.copy(ROOT / name, root / name)
+    (root / ".venv").symlink_to(BIN.parent)
     shutil.copy(Path(failing_client.__file__), root / "failing_client.py")
     text = (ROOT / "pyproject.toml").read_text()
     text = text.replace('clientapp = "client_app.app:app"', 'clientapp = "failing_client:app"')
@@ -81,22 +84,32 @@ def _app_with_a_failing_client(root: Path) -> Path:
 def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
     tmp_path: Path,
 ) -> None:
+    """scripts/run.sh, 3 SuperNodes, partition 1's ClientApp raises OSError in train."""
     app = _app_with_a_failing_client(tmp_path / "app")
     home, out = tmp_path / "flwr-home", tmp_path / "run"
     overrides = (
         f"num-server-rounds=1 output-dir='{out}' model.pretrained='random' model.depth=2 "
         "model.embed-dim=64 model.num-heads=2 model.img-size=16"
     )
+    env = {
+        **flwr_env(home),
+        "NUM_SUPERNODES": "3",
+        "SKIP_SETUP": "1",  # the .venv is set up; never pip-install from a test
+        "PEP_FEDPT_PYTHON": sys.executable,
+    }
     try:
         run = subprocess.run(
-            [str(BIN / "flwr"), "run", ".", "--stream", "-c", overrides,
-             "--federation-config", "num-supernodes=3"],
-            cwd=app, env=flwr_env(home), capture_output=True, text=True, timeout=420,
+            [str(app / "scripts" / "run.sh"), "-c", overrides],
+            cwd=app, env=env, capture_output=True, text=True, timeout=420,
         )  # fmt: skip
     finally:
         stop_superlink(home)
-    console = run.stdout + run.stderr
+    console = strip_ansi(run.stdout + run.stderr)
     assert run.returncode == 0, console[-3000:]
+    # Flower's own 60-line report of the exception is replaced by one line.
+    assert "Traceback" not in console and "ray::" not in console, console
+    assert "run.sh: a ClientApp raised an exception; the server names it" in console
+    assert "default simulated SuperNodes changed" not in console
 
     source = Path(failing_client.__file__).read_text().splitlines()
     raised_at = next(i for i, text in enumerate(source, 1) if "raise OSError" in text)
@@ -124,3 +137,38 @@ def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
     assert full.startswith(f"=== round 1 train, node {node} ===\n")
     assert "Traceback" in full or "ray::" in full
     assert "\x1b" not in full and re.search(r'failing_client.py", line \d+', full)
+
+
+def test_the_console_filter_puts_one_line_for_the_engines_report_and_keeps_the_rest() -> None:
+    red, green, yellow, end = "\x1b[91m", "\x1b[92m", "\x1b[93m", "\x1b[0m"
+    console = [
+        f"{yellow}WARNING {end}:   Since flwr 1.32, default simulated SuperNodes changed from "
+        "10 to 2.",
+        f"{green}INFO {end}:      configure_train: sampled 3 nodes",
+        f"{red}ERROR {end}:     An exception was raised when processing a message by RayBackend",
+        f"{red}ERROR {end}:     \x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)",
+        '  File "/app/failing_client.py", line 29, in train',
+        "OSError: disk full",
+        "",
+        f"{red}ERROR {end}:     Traceback (most recent call last):",
+        '  File "/venv/flwr/vce_api.py", line 132, in worker',
+        "ray.exceptions.RayTaskError(ClientAppException): ray::ClientAppActor.run()",
+        "",
+        f"{green}INFO {end}:      round 1 train: 3/3 replies in 18.7 s",
+        f"{red}ERROR {end}:     a ServerApp error of its own",
+        "pep-fedpt summary (pep-fedpt, digits):",
+    ]
+    done = subprocess.run(
+        ["awk", "-f", str(ROOT / "scripts" / "console-filter.awk")],
+        input="\n".join(console) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert done.stdout.splitlines() == [
+        console[1],
+        "run.sh: a ClientApp raised an exception; the server names it in one line below "
+        "(dropped reply from node ...), its traceback is in client-errors.log in the run folder",
+        *console[11:],
+    ]

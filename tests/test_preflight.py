@@ -187,7 +187,7 @@ def test_a_cifar_folder_without_torchvisions_files_says_what_it_holds(tmp_path: 
         f"data.dataset = 'cifar100' reads torchvision's cifar-100-python/ under data.data-dir "
         f"= {str(tmp_path)!r}, which is not there; it holds train/<class>/<image> folders: "
         "for images in class folders set data.dataset = 'imagefolder' (docs/datasets.md, "
-        "'Your own images')"
+        "'Any ImageFolder tree')"
     )
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -215,6 +215,9 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
     assert f"the checkpoint of the last finished round: {out}" in text
     assert f"-c \"resume-from='{out}'\"" in text
     assert "NUM_SUPERNODES=2 scripts/run.sh -c " in text
+    # Start-up warnings a user cannot act on are not shown (scripts/run.sh, flwr-env.sh).
+    assert "default simulated SuperNodes changed" not in text
+    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in text
     time.sleep(2)  # Ray's workers exit on their own within a second of their raylet
     assert [pid for pid in tree if alive(pid)] == []
     assert not (home / "local-superlink" / "run.sh.pid").exists()
