@@ -200,3 +200,30 @@ def test_a_narrow_pretraining_of_a_100_class_data_set_names_its_classes_and_how_
 
     assert pretrain.class_names(Wrapped(), (0, 2)) == ["apple", "baby"]
     assert pretrain.class_names(object(), (0, 2)) == ["0", "2"]
+
+
+def test_every_run_records_the_steps_its_backbone_was_pretrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from pep_fedpt.config import RunConfig
+    from server_app.results import RunRecorder
+
+    monkeypatch.setenv("PEP_FEDPT_CACHE", str(tmp_path / "cache"))
+    cfg = RunConfig(model=dataclasses.replace(TINY, pretrain_steps=2))
+    create_backbone(cfg.model, seed=0, data=cfg.data)
+    recorder = RunRecorder(tmp_path / "run", cfg)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (recorded["model.pretrain-steps-done"], recorded["model.pretrain-steps-planned"]) == (
+        2,
+        2,
+    )
+    recorder.write_summary()
+    model_line = next(
+        line
+        for line in (tmp_path / "run" / "summary.md").read_text().splitlines()
+        if line.startswith("- model: ")
+    )
+    assert ", pre-trained 2 steps, train accuracy " in model_line
+    assert "stopped" not in model_line
