@@ -177,10 +177,10 @@ class PromptFedAvg(FedAvg):
         The float arrays of train and evaluate messages, both ways: the server casts what
         it sends and accepts replies in this dtype only (float32 also accepts float64).
         It still sums in float64 and keeps its state float32.
-    max_update_norm : float (default 0: no bound)
+    max_update_norm : float (default 1e4; 0: no bound)
         A train reply whose update norm ‖reply − the arrays sent to it‖₂ exceeds this is
         refused (``fed.max-update-norm``).
-    update_norm_factor : float (default 0: no bound)
+    update_norm_factor : float (default 100; 0: no bound)
         A train reply whose update norm exceeds this many times the round's median update
         norm (of the replies that passed every other check) is refused
         (``fed.update-norm-factor``).
@@ -237,8 +237,8 @@ class PromptFedAvg(FedAvg):
         min_available_nodes: int = 2,
         seed: int = 0,
         wire_dtype: str = "float32",
-        max_update_norm: float = 0.0,
-        update_norm_factor: float = 0.0,
+        max_update_norm: float = 1e4,
+        update_norm_factor: float = 100.0,
     ) -> None:
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
