@@ -30,6 +30,10 @@ MIXING_PRIORS = ("client", "uniform")
 PEP_FEDPT_ONLY = {"mixing_prior": "client", "test_prior_correction": False}
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
+ROBUST_AGGREGATIONS = ("mean", "median", "trimmed-mean")  # strategies.aggregation's
+# Methods whose server makes its new state itself (SGPT: group momentum; pFedPG: the
+# generator step): a median or trimmed mean of the replies would bypass it.
+OWN_AGGREGATION = ("sgpt", "pfedpg")
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -323,6 +327,9 @@ class FedConfig:
     max_update_norm: float = 1e4
     # ... or by more than this many times the round's median update norm; 0 = no bound.
     update_norm_factor: float = 100.0
+    # "mean" (weighted, exact), or "median" / "trimmed-mean": coordinate-wise, unweighted.
+    aggregation: str = "mean"
+    trim_fraction: float = 0.1  # trimmed-mean: the fraction left out at each end
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -345,6 +352,9 @@ class FedConfig:
         _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
         _positive("fed.max-update-norm", self.max_update_norm, allow_zero=True)
         _positive("fed.update-norm-factor", self.update_norm_factor, allow_zero=True)
+        _choice("fed.aggregation", self.aggregation, ROBUST_AGGREGATIONS)
+        if not (math.isfinite(self.trim_fraction) and 0.0 <= self.trim_fraction < 0.5):
+            raise ConfigError(f"fed.trim-fraction = {self.trim_fraction!r} must be in [0, 0.5)")
         if 0 < self.update_norm_factor < 1:
             raise ConfigError(
                 f"fed.update-norm-factor = {self.update_norm_factor!r} would refuse the "
@@ -429,6 +439,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
+        if self.method in OWN_AGGREGATION and self.fed.aggregation != "mean":
+            raise ConfigError(
+                f"fed.aggregation = {self.fed.aggregation!r}: method = {self.method!r} makes its "
+                "new state itself (SGPT's group momentum, pFedPG's generator step); use 'mean'"
+            )
         if self.method != "pep-fedpt":
             for attr, default in PEP_FEDPT_ONLY.items():
                 value = getattr(self.prompt, attr)

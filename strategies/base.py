@@ -97,9 +97,11 @@ from flwr.supercore import log
 
 from strategies import traffic, wire
 from strategies.aggregation import (
+    ROBUST_AGGREGATIONS,
     PrototypeTally,
     RunningMean,
     evaluation_summary,
+    robust_value,
     scratch_buffer,
     validation_summary,
 )
@@ -184,6 +186,12 @@ class PromptFedAvg(FedAvg):
         A train reply whose update norm exceeds this many times the round's median update
         norm (of the replies that passed every other check) is refused
         (``fed.update-norm-factor``).
+    aggregation : "mean" (default), "median" or "trimmed-mean"
+        How the valid replies make the new value of each key: the weighted mean
+        (``merge_weight``), or the coordinate-wise median or trimmed mean
+        (``strategies.aggregation.robust_value``; ``trim_fraction`` of each end left out),
+        which one reply cannot carry away however large. Only for methods whose new
+        state is the merge of the replies (no own ``merge_result`` or ``aggregate_valid``).
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -239,7 +247,27 @@ class PromptFedAvg(FedAvg):
         wire_dtype: str = "float32",
         max_update_norm: float = 1e4,
         update_norm_factor: float = 100.0,
+        aggregation: str = "mean",
+        trim_fraction: float = 0.1,
     ) -> None:
+        if aggregation not in ROBUST_AGGREGATIONS:
+            raise ValueError(
+                f"aggregation = {aggregation!r} is not accepted; use one of: "
+                f"{', '.join(ROBUST_AGGREGATIONS)}"
+            )
+        own = [
+            hook
+            for hook in ("merge_result", "aggregate_valid")
+            if getattr(type(self), hook) is not getattr(PromptFedAvg, hook)
+        ]
+        if aggregation != "mean" and own:
+            raise ValueError(
+                f"aggregation = {aggregation!r}: {type(self).__name__} makes its new state in "
+                f"its own {' and '.join(own)}, which a median or trimmed mean would bypass; "
+                "use aggregation = 'mean'"
+            )
+        if not 0.0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction = {trim_fraction!r} must be in [0, 0.5)")
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
                 f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
@@ -265,6 +293,8 @@ class PromptFedAvg(FedAvg):
         self.wire_dtype = np.dtype(wire_dtype)
         self.max_update_norm = float(max_update_norm)
         self.update_norm_factor = float(update_norm_factor)
+        self.aggregation = aggregation
+        self.trim_fraction = float(trim_fraction)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
         # node, the version it holds.
@@ -832,6 +862,20 @@ class PromptFedAvg(FedAvg):
             {key: self._global[key] for key in self._global if self.server_only(key)}
         )
         self.prepare_merge([msg.content[wire.METRICS] for msg in valid])
+        if self.aggregation != "mean":
+            replies = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
+            metrics_of = [msg.content[wire.METRICS] for msg in valid]
+            for key, sums in running.items():
+                state[key] = Array(
+                    robust_value(
+                        [reply[key] for reply in replies],
+                        [self.merge_weight(key, m) for m in metrics_of],
+                        sums.previous,
+                        self.aggregation,
+                        self.trim_fraction,
+                    )
+                )
+            return state
         for key, sums in running.items():
             state[key] = Array(self.merge_result(key, sums))
         return state

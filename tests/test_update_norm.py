@@ -20,8 +20,12 @@ from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import load_json, load_state, on, run_server
 
 from client_app.app import app as client_app
+from pep_fedpt.config import ROBUST_AGGREGATIONS as config_aggregations
+from pep_fedpt.config import ConfigError, RunConfig
 from server_app.app import RunUnchangedError
 from strategies import wire
+from strategies.aggregation import ROBUST_AGGREGATIONS, robust_value
+from strategies.sgpt import SGPT
 from strategies.validation import check_update_norm, norm_bound, update_norm
 
 NODES = {20 + p: {"partition-id": p, "num-partitions": 10} for p in range(10)}
@@ -163,3 +167,68 @@ def test_a_refusal_names_the_norm_and_the_bound() -> None:
         "update norm 2.5e+06 exceeds the bound 200 (fed.update-norm-factor = 100 x the "
         "round's median update norm 2 of 3 replies)"
     )
+
+
+# ---------------------------------------------------------------- robust aggregation
+@pytest.mark.integration
+def test_with_the_median_a_million_fold_update_moves_the_state_as_little_as_an_honest_one(
+    tiny_run_config: dict, tmp_path: Path, task_identity: None
+) -> None:
+    """fed.aggregation = 'median' with both norm bounds off: the scaled update is in the
+    aggregate, and the state ends within a few honest updates of the nine's mean (0.094
+    against the nine's own move of 0.041 when measured: the unweighted median of non-IID
+    clients is not their weighted mean, with or without the hostile one), where the mean
+    puts it over 100 away (the test above)."""
+    off = {"fed.max-update-norm": 0.0, "fed.update-norm-factor": 0.0}
+    median = {**off, "fed.aggregation": "median"}
+    _run(tiny_run_config, tmp_path / "median", "scaled", **median)
+    _run(tiny_run_config, tmp_path / "median-nine", "error", **median)
+    _run(tiny_run_config, tmp_path / "nine", "error", **off)
+    states = {name: load_state(tmp_path / name) for name in ("median", "median-nine", "nine")}
+    with np.load(tmp_path / "nine" / "initial-state.npz") as data:
+        initial = {key: data[key] for key in data.files}
+    trained = [k for k in initial if k.startswith(("head", "prompt"))]
+
+    def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        return math.sqrt(sum(float(np.sum((a[k] - b[k]) ** 2)) for k in trained))
+
+    moved = distance(states["nine"], initial)
+    apart = distance(states["median"], states["nine"])
+    assert 0 < apart < 10 * moved, (apart, moved)
+    # The gap is the median's (of the nine alone too), not the hostile client's.
+    without = distance(states["median-nine"], states["nine"])
+    assert abs(apart - without) < moved, (apart, without, moved)
+    assert load_json(tmp_path / "median" / "dropped.json") == []
+
+
+def test_the_median_and_trimmed_mean_by_hand() -> None:
+    values = [np.array([1.0, 10.0]), np.array([2.0, 20.0]), np.array([1e6, -1e6])]
+    # One number per reply: every coordinate over all three.
+    np.testing.assert_array_equal(
+        robust_value(values, [5, 5, 5], np.zeros(2), "median"), [2.0, 10.0]
+    )
+    # 3 replies, 0.34 of each end: int(1.02) = 1 left out at each end, the middle one kept.
+    np.testing.assert_array_equal(
+        robust_value(values, [5, 5, 5], np.zeros(2), "trimmed-mean", 0.34), [2.0, 10.0]
+    )
+    # One weight per row: row 0 from the replies that weigh it (all three), row 1 from the
+    # second alone; a row no reply weighs keeps its previous value.
+    rows = [np.array([1.0, 0.0]), np.array([1.0, 3.0]), np.array([1.0, 0.0])]
+    np.testing.assert_array_equal(
+        robust_value(values, rows, np.array([7.0, 8.0]), "median"), [2.0, 20.0]
+    )
+    nobody = [np.zeros(2), np.array([1.0, 0.0]), np.zeros(2)]
+    np.testing.assert_array_equal(
+        robust_value(values, nobody, np.array([7.0, 8.0]), "median"), [2.0, 8.0]
+    )
+
+
+def test_a_method_that_makes_its_own_state_refuses_the_median() -> None:
+    with pytest.raises(ValueError, match=r"SGPT makes its new state in its own merge_result"):
+        SGPT(aggregation="median")
+    flat = {"method": "sgpt", "fed.aggregation": "median"}
+    with pytest.raises(ConfigError, match=r"method = 'sgpt' makes its new state itself"):
+        RunConfig.from_flat(flat)
+    with pytest.raises(ConfigError, match=r"fed.aggregation = 'mode' is not accepted; use one"):
+        RunConfig.from_flat({"fed.aggregation": "mode"})
+    assert config_aggregations == ROBUST_AGGREGATIONS

@@ -202,6 +202,8 @@ class Method:
             wire_dtype=fed.wire_dtype,
             max_update_norm=fed.max_update_norm,
             update_norm_factor=fed.update_norm_factor,
+            aggregation=fed.aggregation,
+            trim_fraction=fed.trim_fraction,
             **self.strategy_kwargs(cfg),
         )
 
