@@ -106,8 +106,10 @@ def rebuilt_drift(run_dir: Path) -> Drift:
     from pep_fedpt.data import load_central_data
     from pep_fedpt.methods import initial_arrays
     from pep_fedpt.models import create_backbone, image_spec
+    from server_app.results import RECORDED_ONLY
 
-    cfg = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text()))
+    recorded = json.loads((run_dir / "config.json").read_text())
+    cfg = RunConfig.from_flat({k: v for k, v in recorded.items() if k not in RECORDED_ONLY})
     backbone = create_backbone(cfg.model, cfg.seed, cfg.data)
     num_classes = load_central_data(cfg.data, image_spec(backbone)).num_classes
     with np.load(run_dir / FINAL_STATE) as final:

@@ -31,6 +31,10 @@ PEP_FEDPT_ONLY = {"mixing_prior": "client", "test_prior_correction": False}
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
 SECURE_AGGREGATIONS = ("off", "secaggplus")  # strategies.secagg.MODES
+ROBUST_AGGREGATIONS = ("mean", "median", "trimmed-mean")  # strategies.aggregation's
+# Methods whose server makes its new state itself (SGPT: group momentum; pFedPG: the
+# generator step): a median or trimmed mean of the replies would bypass it.
+OWN_AGGREGATION = ("sgpt", "pfedpg")
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
@@ -100,8 +104,11 @@ class ModelConfig:
     depth: int = 4  # 0 = the model's own
     num_heads: int = 3  # 0 = the model's own
     pretrain_epochs: int = 40  # for pretrained = "local:<classes>"
-    # Wall-clock cap on that pre-training (0 = none): the schedule is fitted to the steps
-    # that fit, measured on the first ones, so the cosine decay still ends at zero.
+    # Steps of that pre-training (0: pretrain-epochs full epochs): with the epochs, what
+    # alone fixes the backbone's weights.
+    pretrain_steps: int = 0
+    # Wall-clock cap on that pre-training (0 = none): it stops the schedule early, loudly,
+    # and the weights are then another backbone (their cache key holds the steps done).
     pretrain_minutes: float = 0.0
     # Init and shuffling of the pre-training; apart from the run seed, so that every seed
     # of a comparison tunes prompts on one backbone, as with hub weights.
@@ -136,6 +143,11 @@ class ModelConfig:
         if self.pretrain_epochs < 1:
             raise ConfigError(f"model.pretrain-epochs = {self.pretrain_epochs} must be >= 1")
         _positive("model.pretrain-minutes", self.pretrain_minutes, allow_zero=True)
+        if self.pretrain_steps < 0:
+            raise ConfigError(
+                f"model.pretrain-steps = {self.pretrain_steps} must be >= 0 "
+                "(0 = model.pretrain-epochs full epochs)"
+            )
         for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key.replace('_', '-')} must be >= 0 (0 = default)")
@@ -324,6 +336,14 @@ class FedConfig:
     secagg_bits: int = 30
     secagg_max_count: int = 10_000
     secagg_num_shares: int = 0
+    # A train reply that moved the state it was sent by more than this (L2 norm over every
+    # trainable array) is refused; 0 = no bound. Far above any honest update here.
+    max_update_norm: float = 1e4
+    # ... or by more than this many times the round's median update norm; 0 = no bound.
+    update_norm_factor: float = 100.0
+    # "mean" (weighted, exact), or "median" / "trimmed-mean": coordinate-wise, unweighted.
+    aggregation: str = "mean"
+    trim_fraction: float = 0.1  # trimmed-mean: the fraction left out at each end
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -344,7 +364,22 @@ class FedConfig:
         _positive("fed.generator-lr", self.generator_lr)
         _positive("fed.wait-timeout", self.wait_timeout)
         _choice("fed.wire-dtype", self.wire_dtype, WIRE_DTYPES)
+        _positive("fed.max-update-norm", self.max_update_norm, allow_zero=True)
+        _positive("fed.update-norm-factor", self.update_norm_factor, allow_zero=True)
+        _choice("fed.aggregation", self.aggregation, ROBUST_AGGREGATIONS)
+        if not (math.isfinite(self.trim_fraction) and 0.0 <= self.trim_fraction < 0.5):
+            raise ConfigError(f"fed.trim-fraction = {self.trim_fraction!r} must be in [0, 0.5)")
+        if 0 < self.update_norm_factor < 1:
+            raise ConfigError(
+                f"fed.update-norm-factor = {self.update_norm_factor!r} would refuse the "
+                "round's median reply itself; use 0 (no bound) or a number >= 1"
+            )
         _choice("fed.secure-aggregation", self.secure_aggregation, SECURE_AGGREGATIONS)
+        if self.secure_aggregation != "off" and self.aggregation != "mean":
+            raise ConfigError(
+                f"fed.aggregation = {self.aggregation!r} needs every reply in the clear; with "
+                "fed.secure-aggregation = 'secaggplus' use fed.aggregation = 'mean'"
+            )
         if self.secure_aggregation != "off":  # checked there; flwr is imported only then
             try:
                 self.secagg_params()
@@ -470,6 +505,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
+        if self.method in OWN_AGGREGATION and self.fed.aggregation != "mean":
+            raise ConfigError(
+                f"fed.aggregation = {self.fed.aggregation!r}: method = {self.method!r} makes its "
+                "new state itself (SGPT's group momentum, pFedPG's generator step); use 'mean'"
+            )
         if self.method != "pep-fedpt":
             for attr, default in PEP_FEDPT_ONLY.items():
                 value = getattr(self.prompt, attr)

@@ -236,6 +236,7 @@ def check_data(config: RunConfig) -> None:
                 f"data.data-dir = {data.data_dir!r}: no such folder"
                 + (" (or set data.download = true)" if data.dataset in DOWNLOADABLE else "")
             )
+        check_layout(data.dataset, Path(data.data_dir), data.download)
     elif data.dataset in NEEDS_DATA_DIR:
         raise PreflightError(
             f"data.dataset = {data.dataset!r} needs data.data-dir = /absolute/path/to/it "
@@ -248,6 +249,70 @@ def check_data(config: RunConfig) -> None:
         )
 
 
+# What a built-in data set in torchvision's format needs under data.data-dir.
+TORCHVISION_FOLDERS = {
+    "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def check_layout(dataset: str, root: Path, download: bool) -> None:
+    """A data set in torchvision's format has its unpacked folder under ``root``; a folder
+    of class folders of images is named as what it is, with the key that reads it."""
+    expected = TORCHVISION_FOLDERS.get(dataset)
+    if expected is None or download or (root / expected[0]).is_dir():
+        return
+    hint = f"unpack {expected[1]} there, or set data.download = true"
+    layout = image_folder_layout(root)
+    if layout:
+        hint = (
+            f"it holds {layout}: for images in class folders set data.dataset = "
+            "'imagefolder' (docs/datasets.md, 'Any ImageFolder tree')"
+        )
+    raise PreflightError(
+        f"data.dataset = {dataset!r} reads torchvision's {expected[0]}/ under data.data-dir "
+        f"= {str(root)!r}, which is not there; {hint}"
+    )
+
+
+def image_folder_layout(root: Path) -> str:
+    """``train/<class>/<image>`` or ``<class>/<image>`` under ``root`` in words ("" if
+    neither): a look at the first few entries, so that a large folder costs no time."""
+    for base, words in ((root / "train", "train/<class>/<image> folders"), (root, "")):
+        if not base.is_dir():
+            continue
+        classes = [p for p in sorted(base.iterdir())[:20] if p.is_dir()]
+        with_images = [c for c in classes[:3] if _holds_images(c)]
+        if len(classes) >= 2 and with_images:
+            return words or f"{len(classes)}+ class folders of images"
+    return ""
+
+
+def _holds_images(folder: Path) -> bool:
+    for number, entry in enumerate(folder.iterdir()):
+        if entry.suffix.lower() in _IMAGE_SUFFIXES:
+            return True
+        if number >= 50:
+            return False
+    return False
+
+
+def check_resume(config: RunConfig) -> None:
+    """A resumed run's config is its checkpoint's (but for the keys a resume may change),
+    read from the checkpoint's meta data alone (no array is loaded)."""
+    from server_app.checkpoint import read_config, resume_refusal
+
+    folder = Path(config.resume_from)
+    try:
+        saved = read_config(folder)
+    except (OSError, ValueError) as exc:
+        raise PreflightError(str(exc)) from None
+    refusal = resume_refusal(config.resume_from, saved, config.to_flat())
+    if refusal:
+        raise PreflightError(refusal)
+
+
 def check_nodes(config: RunConfig, num_supernodes: int) -> None:
     """The simulation's SuperNodes can reach every ``fed.min-*-nodes``: otherwise the first
     round would wait for nodes that never come."""
@@ -257,25 +322,29 @@ def check_nodes(config: RunConfig, num_supernodes: int) -> None:
     held_out = round(config.data.held_out_fraction * num_supernodes)
     trainers = num_supernodes - held_out
     nodes = "SuperNode" if num_supernodes == 1 else "SuperNodes"
-    for key, minimum, available, what in (
-        ("fed.min-available-nodes", fed.min_available_nodes, num_supernodes, nodes),
-        ("fed.min-evaluate-nodes", fed.min_evaluate_nodes, num_supernodes, nodes),
-        (
-            "fed.min-train-nodes",
-            fed.min_train_nodes,
-            trainers,
-            nodes
-            if held_out == 0
-            else f"training SuperNode(s) ({num_supernodes} minus {held_out} held out "
-            f"by data.held-out-fraction = {config.data.held_out_fraction})",
-        ),
-    ):
-        if minimum > available:
-            raise PreflightError(
-                f"{key} = {minimum} but the simulation has only {available} {what} "
-                f"(NUM_SUPERNODES / num-supernodes = {num_supernodes}): the run would wait "
-                f"forever; lower {key} or run more SuperNodes"
-            )
+    short = [
+        f"{key} = {minimum} but the simulation has only {available} {what}"
+        for key, minimum, available, what in (
+            ("fed.min-available-nodes", fed.min_available_nodes, num_supernodes, nodes),
+            ("fed.min-evaluate-nodes", fed.min_evaluate_nodes, num_supernodes, nodes),
+            (
+                "fed.min-train-nodes",
+                fed.min_train_nodes,
+                trainers,
+                nodes
+                if held_out == 0
+                else f"training SuperNode(s) ({num_supernodes} minus {held_out} held out "
+                f"by data.held-out-fraction = {config.data.held_out_fraction})",
+            ),
+        )
+        if minimum > available
+    ]
+    if short:  # every key that must change, in one line: one command to fix them all
+        keys = "those keys" if len(short) > 1 else short[0].split(" = ")[0]
+        raise PreflightError(
+            f"{'; '.join(short)} (NUM_SUPERNODES / num-supernodes = {num_supernodes}): the "
+            f"run would wait forever; lower {keys} or run more SuperNodes"
+        )
 
 
 def num_supernodes_of(federation: Mapping[str, Scalar]) -> int:
@@ -298,6 +367,8 @@ def preflight(app: Path, args: Sequence[str]) -> Preflight:
     check_data(config)
     if config.resume_from and not Path(config.resume_from).is_dir():
         raise PreflightError(f"resume-from = {config.resume_from!r}: no such folder")
+    if config.resume_from:
+        check_resume(config)
     if config.output_dir:  # an earlier run's results are refused here too, in a second
         try:
             refuse_to_overwrite(Path(config.output_dir), config)

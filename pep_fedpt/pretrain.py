@@ -8,6 +8,12 @@ architecture with timm on classes 0-4 of the run's own data set, on the client p
 weights are cached under ``~/.cache/pep-fedpt/backbones/`` (``PEP_FEDPT_CACHE`` moves
 it), keyed by everything that shapes them, so every process of a run on one host loads
 the same file and only the first one trains.
+
+The weights are fixed by the recipe alone: ``model.pretrain-steps`` (or, when 0,
+``model.pretrain-epochs`` full epochs) steps of one warm-up/cosine schedule, never fitted
+to the machine's speed. ``model.pretrain-minutes`` only stops a pre-training that runs
+too long, with a loud line; weights stopped early are another backbone, cached under a
+key that holds the steps actually done, and a run that uses them records that number.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -36,9 +42,11 @@ from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import ConfigError, DataConfig, ModelConfig
 
 LOCAL_PREFIX = "local:"
-RECIPE_VERSION = 1  # bump when the training recipe below changes
+RECIPE_VERSION = 2  # bump when the training recipe below changes
 # An estimate longer than this (seconds) without model.pretrain-minutes says how to cap it.
 LONG_PRETRAINING = 10 * 60
+# Images per pre-training step.
+PRETRAIN_BATCH = 64
 # Training accuracy below this multiple of chance (1 / classes) counts as near chance.
 NEAR_CHANCE = 1.5
 
@@ -65,19 +73,30 @@ def parse_local_classes(source: str) -> tuple[int, ...]:
     return tuple(sorted(classes))
 
 
-def local_backbone_path(model: ModelConfig, data: DataConfig) -> Path:
-    """Where the pre-trained weights for this (architecture, data, classes, recipe) live.
+def local_backbone_path(
+    model: ModelConfig, data: DataConfig, steps_done: int | None = None
+) -> Path:
+    """Where the pre-trained weights for this (architecture, data, classes, recipe) live;
+    ``steps_done``: those of a pre-training that ``model.pretrain-minutes`` stopped after
+    that many steps (another backbone, another file).
 
     The run seed is not part of the key: every seed of a comparison shares one backbone.
+    Neither is the time cap: it does not shape a pre-training that finishes.
     """
+    recipe: dict[str, object] = (
+        {"steps": model.pretrain_steps}
+        if model.pretrain_steps
+        else {"epochs": model.pretrain_epochs}
+    )
+    if steps_done is not None:
+        recipe["steps-done"] = steps_done
     key = json.dumps(
         {
             "recipe": RECIPE_VERSION,
             "model": model.name,
             "arch": model.timm_overrides(),
             "classes": parse_local_classes(model.pretrained),
-            "epochs": model.pretrain_epochs,
-            "minutes": model.pretrain_minutes,
+            **recipe,
             "dataset": data.dataset,
             "data-dir": data.data_dir,
             "central-test-fraction": data.central_test_fraction,
@@ -88,6 +107,46 @@ def local_backbone_path(model: ModelConfig, data: DataConfig) -> Path:
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_root() / "backbones" / f"{model.name}-{data.dataset}-{digest}.pth"
+
+
+def _stopped_pointer(path: Path, model: ModelConfig) -> Path:
+    """The note that the recipe of ``path``, capped at ``model.pretrain-minutes``, stopped
+    early on this host: it names the file of those weights, so the next run with the same
+    cap reuses them instead of pre-training again."""
+    return path.with_name(f"{path.stem}.stopped-at-{model.pretrain_minutes:g}-min.json")
+
+
+def local_backbone_in_use(model: ModelConfig, data: DataConfig) -> Path:
+    """The weights a run of this config uses: the recipe's, or, where a time cap stopped
+    that recipe on this host, the stopped weights (their file's key holds the steps done)."""
+    path = local_backbone_path(model, data)
+    pointer = _stopped_pointer(path, model)
+    if not path.is_file() and model.pretrain_minutes and pointer.is_file():
+        stopped = path.with_name(json.loads(pointer.read_text())["file"])
+        if stopped.is_file():
+            return stopped
+    return path
+
+
+def backbone_record(model: ModelConfig, data: DataConfig) -> dict[str, object] | None:
+    """What the run's ``local:`` backbone is (its .json beside the weights: steps done of
+    how many, train accuracy...), or None when it is not pre-trained yet."""
+    info = local_backbone_in_use(model, data).with_suffix(".json")
+    return json.loads(info.read_text()) if info.is_file() else None
+
+
+def _say_stopped(info: Mapping[str, object]) -> None:
+    """The loud line of a backbone that a time cap stopped before its recipe's end."""
+    line = (
+        f"pep-fedpt: WARNING: the {info['source']} backbone is NOT its recipe's: "
+        f"model.pretrain-minutes = {info['minutes-cap']:g} stopped pre-training after "
+        f"{info['steps-done']} of {info['steps']} steps, so the weights depend on this "
+        f"machine's speed. For results that a command reproduces, set model.pretrain-steps "
+        f"= {info['steps-done']} (these weights' count) or model.pretrain-minutes = 0"
+    )
+    banner = "!" * 78
+    for stream in (sys.stdout, sys.stderr):
+        print(f"{banner}\n{line}\n{banner}", file=stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -112,16 +171,22 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def ensure_local_backbone(model: ModelConfig, data: DataConfig) -> Path:
     """The cached weights' path, training them first if no process has yet."""
-    path = local_backbone_path(model, data)
-    if path.is_file():
-        return path
-    with _file_lock(path):
-        if not path.is_file():
-            pretrain_to(path, model, data)
+    path = local_backbone_in_use(model, data)
+    if not path.is_file():
+        with _file_lock(local_backbone_path(model, data)):
+            path = local_backbone_in_use(model, data)
+            if not path.is_file():
+                path = pretrain_to(local_backbone_path(model, data), model, data)
+                return path
+    info = backbone_record(model, data)
+    if info is not None and int(info.get("steps-done", 0)) < int(info.get("steps", 0)):
+        _say_stopped(info)  # every run that uses such weights says so
     return path
 
 
-def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Path:
+    """Pre-train the recipe's weights into ``path``, or, if the time cap stops it early,
+    into the file keyed by the steps done (returned)."""
     # Here, not at the top: pep_fedpt.models imports this module (models.backbone).
     from pep_fedpt.data.client_data import client_pool
     from pep_fedpt.models.image_spec import image_spec
@@ -146,27 +211,45 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Non
         )
     targets = np.asarray(dataset.targets)[pool]
     chosen = pool[np.isin(targets, classes)]
+    names = class_names(dataset, classes)
+    note = narrow_pretraining_note(model_cfg.pretrained, names, num_classes)
+    if note:
+        print(note, flush=True)
     remap = {c: i for i, c in enumerate(classes)}
     images = torch.stack([dataset[int(i)][0] for i in chosen])
     labels = torch.tensor([remap[int(dataset.targets[i])] for i in chosen])
     print(
         f"pep-fedpt: pre-training {model_cfg.name} {model_cfg.timm_overrides()} on classes "
         f"{list(classes)} of {data_cfg.dataset} ({len(chosen)} images, "
-        f"{model_cfg.pretrain_epochs} epochs"
-        + (f", at most {model_cfg.pretrain_minutes} min" if model_cfg.pretrain_minutes else "")
+        + (
+            f"{model_cfg.pretrain_steps} steps"
+            if model_cfg.pretrain_steps
+            else f"{model_cfg.pretrain_epochs} epochs"
+        )
+        + (f", stopped at {model_cfg.pretrain_minutes:g} min" if model_cfg.pretrain_minutes else "")
         + f") -> {path}",
         flush=True,
     )
     start = time.monotonic()
+    steps_per_epoch = max(1, math.ceil(len(images) / PRETRAIN_BATCH))
+    planned = model_cfg.pretrain_steps or steps_per_epoch * model_cfg.pretrain_epochs
     accuracy, epochs_done = train_classifier(
         model,
         images,
         labels,
         epochs=model_cfg.pretrain_epochs,
+        steps=planned,
         seed=seed,
+        batch_size=PRETRAIN_BATCH,
         max_seconds=model_cfg.pretrain_minutes * 60 or None,
         progress=PretrainProgress(len(images)),
     )
+    steps_done = round(epochs_done * steps_per_epoch)
+    if steps_done < planned:  # the cap stopped it: another backbone, in another file
+        stopped = local_backbone_path(model_cfg, data_cfg, steps_done)
+        pointer = {"file": stopped.name, "steps-done": steps_done, "steps": planned}
+        atomic_write(_stopped_pointer(path, model_cfg), json.dumps(pointer).encode())
+        path = stopped
     model.reset_classifier(0)
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)
@@ -175,10 +258,14 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Non
         "source": model_cfg.pretrained,
         "dataset": data_cfg.dataset,
         "classes": list(classes),
+        "class-names": names,
         "images": len(chosen),
+        "steps": planned,
+        "steps-done": steps_done,
         "epochs": round(epochs_done, 2),
         "train-accuracy": accuracy,
         "minutes": round((time.monotonic() - start) / 60, 2),
+        "minutes-cap": model_cfg.pretrain_minutes,
     }
     warning = near_chance_warning(
         accuracy, len(classes), epochs_done, model_cfg.pretrain_epochs, model_cfg.pretrain_minutes
@@ -191,6 +278,33 @@ def pretrain_to(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> Non
         banner = "!" * 78
         for stream in (sys.stdout, sys.stderr):
             print(f"{banner}\npep-fedpt: WARNING: {warning}\n{banner}", file=stream, flush=True)
+    if steps_done < planned:
+        _say_stopped(info)
+    return path
+
+
+def class_names(dataset: object, classes: tuple[int, ...]) -> list[str]:
+    """The names of ``classes`` where the data set has them (torchvision's ``classes``,
+    under this project's ``Labeled`` wrapper), else their indices as text."""
+    names = getattr(getattr(dataset, "base", dataset), "classes", None)
+    if isinstance(names, list | tuple) and len(names) > max(classes):
+        return [str(names[c]) for c in classes]
+    return [str(c) for c in classes]
+
+
+def narrow_pretraining_note(source: str, names: list[str], num_classes: int) -> str | None:
+    """For a data set of many classes (50 or more) pre-trained on under a tenth of them
+    (the default local:0-4 on CIFAR-100: 5 of 100), which classes, and how to widen it."""
+    if num_classes < 50 or len(names) * 10 >= num_classes:
+        return None
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    half = num_classes // 2
+    return (
+        f"pep-fedpt: model.pretrained = {source!r} pre-trains the backbone on {len(names)} of "
+        f"{num_classes} classes ({shown}); to widen it, e.g. model.pretrained = "
+        f"'local:0-{half - 1}' ({half} classes: about {half / len(names):.0f}x the images, so "
+        f"{half / len(names):.0f}x the time of each pre-training epoch); docs/datasets.md"
+    )
 
 
 def near_chance_warning(
@@ -243,12 +357,16 @@ class PretrainProgress:
             f"pep-fedpt: pre-training estimate: {_duration(seconds)} for {epochs:.3g} epochs "
             f"of {self.num_images} images ({per_step * 1000:.0f} ms per step)"
         )
-        if max_seconds is not None:
-            line += f", fitted to model.pretrain-minutes = {max_seconds / 60:g}"
-        elif seconds > LONG_PRETRAINING:
+        if max_seconds is not None and seconds > max_seconds:
             line += (
-                ". That is long: cap it with model.pretrain-minutes = N (the schedule is "
-                "fitted to the steps that fit in N minutes) or lower model.pretrain-epochs; "
+                f"; model.pretrain-minutes = {max_seconds / 60:g} will stop it after about "
+                f"{int(max_seconds / per_step)} steps, and those weights are not the recipe's"
+            )
+        elif max_seconds is None and seconds > LONG_PRETRAINING:
+            line += (
+                ". That is long: lower model.pretrain-steps or model.pretrain-epochs "
+                "(model.pretrain-minutes = N stops it early, with other weights on a "
+                "slower machine); "
                 "data.subsample does not shrink pre-training (the backbone stands in for "
                 "hub weights and is shared by every subsample)"
             )
@@ -302,6 +420,7 @@ def train_classifier(
     *,
     epochs: int,
     seed: int,
+    steps: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     max_seconds: float | None = None,
@@ -310,30 +429,31 @@ def train_classifier(
 ) -> tuple[float, float]:
     """AdamW with warm-up and cosine decay, random shifts and label smoothing.
 
-    The first ``probe_steps`` steps are timed, for ``progress``'s estimate of the whole
-    schedule and, with ``max_seconds``, to shorten the schedule to the steps that fit
-    (re-fitted after every epoch, never lengthened), so a time-capped run still decays to
-    zero instead of stopping mid-schedule. Returns the last (possibly partial) epoch's
-    training accuracy and the number of epochs done.
+    ``steps`` steps (None: ``epochs`` full epochs) of one schedule, whatever the machine's
+    speed; ``max_seconds`` stops it early, mid-schedule (the caller says so loudly). The
+    first ``probe_steps`` steps are timed, for ``progress``'s estimate of the whole
+    schedule. Returns the last (possibly partial) epoch's training accuracy and the number
+    of epochs done (steps done / steps per epoch).
     images: (N, 3, H, W), already normalised.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = max(1, math.ceil(len(images) / batch_size))
-    plan = {"steps": steps_per_epoch * epochs}
+    plan = {"steps": steps if steps is not None else steps_per_epoch * epochs}
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, plan["steps"])
     )
     accuracy, step, start, seen_total, epoch = 0.0, 0, time.monotonic(), 0, 0
+    stopped = False
     probe = min(probe_steps, steps_per_epoch, plan["steps"])
     model.train()
     try:
-        while step < plan["steps"]:
+        while step < plan["steps"] and not stopped:
             order = torch.randperm(len(images), generator=generator)
             correct = seen = 0
             epoch += 1
             for i in range(0, len(order), batch_size):
-                if step >= plan["steps"]:
+                if step >= plan["steps"] or stopped:
                     break
                 idx = order[i : i + batch_size]
                 logits = model(random_shift(images[idx], generator))
@@ -345,10 +465,10 @@ def train_classifier(
                 step += 1
                 correct += int((logits.argmax(-1) == labels[idx]).sum())
                 seen += len(idx)
-                per_step = (time.monotonic() - start) / step
-                if max_seconds is not None and (step == probe or step % steps_per_epoch == 0):
-                    # Re-fitted every epoch too: a machine that gets busier must not overrun.
-                    plan["steps"] = max(step, min(plan["steps"], int(max_seconds / per_step)))
+                elapsed = time.monotonic() - start
+                per_step = elapsed / step
+                if max_seconds is not None and elapsed >= max_seconds:
+                    stopped = True
                 if progress is not None:
                     if step == probe:
                         progress.estimate(per_step, plan["steps"], steps_per_epoch, max_seconds)

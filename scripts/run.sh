@@ -16,6 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# NUM_SUPERNODES is named as what the user set, not as the --federation-config it becomes.
+if [ -n "${NUM_SUPERNODES:-}" ] && ! [[ $NUM_SUPERNODES =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: NUM_SUPERNODES = '$NUM_SUPERNODES' is not accepted; give the number of simulated SuperNodes, a positive integer (e.g. NUM_SUPERNODES=10; unset: 10)" >&2
+  exit 2
+fi
 federation_config="num-supernodes=${NUM_SUPERNODES:-10}"
 [ -n "${FEDERATION_CONFIG:-}" ] && federation_config="$federation_config $FEDERATION_CONFIG"
 args=(--federation-config "$federation_config" "$@")
@@ -116,8 +121,10 @@ superlink_start
 
 # In the background, so that a signal reaches this script at once (a background job
 # ignores the terminal's Ctrl-C: this script stops it).
+# scripts/console-filter.awk leaves out what no one can act on (Flower's note on its default
+# number of SuperNodes, the simulation engine's 60-line report of a client's exception).
 flwr run . --stream --run-config "$run_config" --federation-config "$federation_config" \
-  > >(tee -a "$log") 2>&1 &
+  > >(awk -f scripts/console-filter.awk | tee -a "$log") 2>&1 &
 flwr_pid=$!
 set +e
 wait "$flwr_pid"

@@ -11,7 +11,7 @@ set it continues a run from its checkpoint at the next round, as if it had never
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import method_for
 from pep_fedpt.output_dir import refuse_to_overwrite
-from server_app.checkpoint import Checkpoint, config_differences, load_checkpoint
+from server_app.checkpoint import Checkpoint, load_checkpoint, resume_refusal
 from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
 
@@ -41,13 +41,9 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
     if not cfg.resume_from:
         return None
     checkpoint = load_checkpoint(Path(cfg.resume_from))
-    changed = config_differences(checkpoint.config, cfg.to_flat())
-    if changed:
-        raise ConfigError(
-            f"resume-from = {cfg.resume_from!r}: the run config differs from the checkpoint's "
-            f"in {'; '.join(changed)}; resume with the same config (only num-server-rounds, "
-            "output-dir, cache-dir, fed.round-timeout and fed.wait-timeout may change)"
-        )
+    refusal = resume_refusal(cfg.resume_from, checkpoint.config, cfg.to_flat())
+    if refusal:
+        raise ConfigError(refusal)
     return checkpoint
 
 
@@ -66,6 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
+    strategy.on_client_error = recorder.record_client_error
     log(INFO, "pep-fedpt: results go to %s", out)
     recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
     recorded_at: list[float] = []  # when the previous round was recorded (monotonic clock)
@@ -125,3 +122,27 @@ def main(grid: Grid, context: Context) -> None:
     for line in recorder.failing_lines():
         log(WARNING, "pep-fedpt: %s", line)
     log(INFO, "pep-fedpt: results written to %s (summary.md, accuracy.png)", out)
+    unchanged = unchanged_run_line(strategy, len(recorder.dropped))
+    if unchanged:
+        recorder.record_failure(unchanged)
+        log(ERROR, "pep-fedpt: %s", unchanged)
+        raise RunUnchangedError(unchanged)
+
+
+class RunUnchangedError(RuntimeError):
+    """A run sent train messages but no round's replies changed the global state."""
+
+
+def unchanged_run_line(strategy: PromptFedAvg, dropped: int) -> str | None:
+    """The line that fails a run in which train messages went out and not one round
+    changed the global state (every reply refused, failed or too few), else None."""
+    if strategy.updated_rounds:
+        return None
+    sent = [r for r, m in strategy.round_metrics.items() if r > 0 and m.get("train/bytes-down")]
+    if not sent:
+        return None  # no round trained (fed.fraction-train = 0): nothing was to change
+    return (
+        f"NO ROUND CHANGED THE GLOBAL STATE: train messages went out in {len(sent)} round(s) "
+        f"and every round kept the state it started with ({dropped} replies refused, the "
+        "reasons in dropped.json); the results are those of the initial state"
+    )

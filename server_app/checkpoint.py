@@ -83,6 +83,35 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     )
 
 
+def read_config(directory: Path) -> dict[str, Any]:
+    """The run config a checkpoint was written with, from its meta data alone: the arrays
+    stay unread (``np.load`` of an .npz reads a member when asked for it)."""
+    path = directory / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume-from = {str(directory)!r}: no {CHECKPOINT} there; give the output-dir "
+            "of a run that finished at least its first round"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(data[_META].tobytes().decode())
+    config: dict[str, Any] = meta["config"]
+    return config
+
+
+def resume_refusal(
+    resume_from: str, saved: Mapping[str, Any], current: Mapping[str, Any]
+) -> str | None:
+    """Why a run config may not resume a checkpoint written with ``saved`` (None: it may)."""
+    changed = config_differences(saved, current)
+    if not changed:
+        return None
+    allowed = ", ".join(sorted(RESUMABLE_CHANGES - {"resume-from"}))
+    return (
+        f"resume-from = {resume_from!r}: the run config differs from the checkpoint's in "
+        f"{'; '.join(changed)}; resume with the same config (only {allowed} may change)"
+    )
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved -> current`` for every run-config key a resume must not change."""
     keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)

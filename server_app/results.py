@@ -48,7 +48,12 @@ DOMAIN_COLUMNS = (
     ("server/local-accuracy", "local acc"),
     ("server/target-accuracy", "target acc"),
 )
+# Every client error's full text (Ray's traceback included, colour codes stripped); the
+# other result files and the console keep its one-line form (strategies.errors.one_line).
+CLIENT_ERRORS = "client-errors.log"
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
+# What config.json records beyond the run config (RunConfig.from_flat refuses them).
+RECORDED_ONLY = ("model.pretrain-steps-done", "model.pretrain-steps-planned")
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -76,8 +81,17 @@ class RunRecorder:
         self.node_replies: dict[int, dict[str, Any]] = {}
         self.partitions: dict[int, dict[str, Any]] = {}
         self._announced: set[int] = set()  # nodes newly_failing_lines has named
+        self.failure: str | None = None  # why the run as a whole failed (record_failure)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / "config.json", json.dumps(self.config, indent=2).encode())
+        # The steps a local: backbone's pre-training actually did: the config alone fixes
+        # them, unless model.pretrain-minutes stopped it (then they are this host's).
+        recorded: dict[str, Any] = dict(self.config)
+        self.backbone = _backbone_record(cfg)
+        if self.backbone is not None:
+            done, planned = RECORDED_ONLY
+            recorded[done] = self.backbone.get("steps-done")
+            recorded[planned] = self.backbone.get("steps")
+        atomic_write(directory / "config.json", json.dumps(recorded, indent=2).encode())
 
     def record_round(
         self,
@@ -214,6 +228,8 @@ class RunRecorder:
                 "sent": int(entry["sent"]),
                 "failed": int(entry["failed"]),
                 "never-worked": int(entry.get("answered-work", 0)) == 0,
+                "trained": entry.get("trained"),
+                "evaluated": entry.get("evaluated"),
                 "last-failure": str(entry["last-failure"]),
             }
             for node, entry in sorted(self.node_replies.items())
@@ -245,6 +261,17 @@ class RunRecorder:
                 )
         return lines
 
+    def record_client_error(self, server_round: int, node: int, phase: str, text: str) -> None:
+        """Append one client error's full text to client-errors.log."""
+        with open(self.directory / CLIENT_ERRORS, "a", encoding="utf-8") as log_file:
+            heading = f"=== round {server_round} {phase}, node {node} ==="
+            log_file.write(f"{heading}\n{text.rstrip()}\n\n")
+
+    def record_failure(self, line: str) -> None:
+        """Say at the top of summary.md that the run failed, and why."""
+        self.failure = line
+        self.write_summary()
+
     def write_summary(self) -> None:
         """summary.md: what ran (method, data, partition, seeds), where, how it went."""
         cfg, data = self.cfg, self.cfg.data
@@ -252,6 +279,7 @@ class RunRecorder:
         lines = [
             f"# {cfg.method} on {data.dataset}",
             "",
+            *([f"**RUN FAILED: {self.failure}**", ""] if self.failure else []),
             f"- method: {cfg.method}",
             f"- data set: {data.dataset}"
             + (f" ({data.data_dir})" if data.data_dir else "")
@@ -264,7 +292,7 @@ class RunRecorder:
                 if cfg.model.pretrained.startswith("local:")
                 else ""
             ),
-            f"- model: {_model_description(cfg)}",
+            f"- model: {_model_description(cfg)}" + _backbone_text(self.backbone),
             f"- rounds: {done} of {cfg.fed.num_rounds} done",
             f"- dropped replies: {len(self.dropped)}"
             + (" (reasons in dropped.json)" if self.dropped else ""),
@@ -276,21 +304,55 @@ class RunRecorder:
             lines += [
                 "## Clients with failed messages",
                 "",
-                "A client that never trained or evaluated did not contribute to this run.",
+                "A client that never trained or evaluated did not contribute to this run. "
+                "Trained / evaluated: how many of its train / evaluate replies passed every "
+                "check (0: it never did); the full text of each client error is in "
+                f"{CLIENT_ERRORS}.",
                 "",
-                "| node | partition | failed / sent | never trained or evaluated | last failure |",
-                "|---|---|---|---|---|",
+                "| node | partition | failed / sent | trained | evaluated | "
+                "never trained or evaluated | last failure |",
+                "|---|---|---|---|---|---|---|",
             ]
             for f in failing:
                 reason = f["last-failure"].replace("|", "\\|").replace("\n", " ")
                 lines.append(
                     f"| {f['node']} | {_partition_text(f['partition-id'])} | "
-                    f"{f['failed']} / {f['sent']} | {'**yes**' if f['never-worked'] else 'no'} "
+                    f"{f['failed']} / {f['sent']} | {_times(f['trained'])} | "
+                    f"{_times(f['evaluated'])} | {'**yes**' if f['never-worked'] else 'no'} "
                     f"| {reason} |"
                 )
             lines.append("")
         lines += ["## Rounds", "", self.summary_table(), ""]
         atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
+
+
+def _times(count: object) -> str:
+    """How often a node's replies passed, in words: "no", "1 time", "3 times" ("-": not
+    counted, a run resumed from a checkpoint written before these counts)."""
+    if count is None:
+        return "-"
+    number = int(count)  # type: ignore[call-overload]
+    return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
+
+
+def _backbone_text(info: dict[str, Any] | None) -> str:
+    """The backbone's pre-training steps for summary.md, loudly when a cap cut them."""
+    if info is None or "steps-done" not in info:
+        return ""
+    done, planned = int(info["steps-done"]), int(info["steps"])
+    text = f", pre-trained {done} steps, train accuracy {float(info['train-accuracy']):.3f}"
+    if done < planned:
+        text += f" (**stopped by model.pretrain-minutes before the recipe's {planned} steps**)"
+    return text
+
+
+def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
+    """The .json of the run's local: backbone, if it is one and is pre-trained."""
+    if not cfg.model.pretrained.startswith("local:") or cfg.method in CLIP_METHODS:
+        return None
+    from pep_fedpt.pretrain import backbone_record
+
+    return backbone_record(cfg.model, cfg.data)
 
 
 def _model_description(cfg: RunConfig) -> str:

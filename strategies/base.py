@@ -99,12 +99,15 @@ from flwr.supercore import log
 
 from strategies import traffic, wire
 from strategies.aggregation import (
+    ROBUST_AGGREGATIONS,
     PrototypeTally,
     RunningMean,
     evaluation_summary,
+    robust_value,
     scratch_buffer,
     validation_summary,
 )
+from strategies.errors import one_line, strip_ansi
 from strategies.secagg import SecAggError, SecAggParams, secure_prototypes, secure_train
 from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
@@ -113,7 +116,10 @@ from strategies.validation import (
     check_known_counts,
     check_prototype_reply,
     check_train_reply,
+    check_update_norm,
+    norm_bound,
     record_arrays,
+    update_norm,
 )
 
 # What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
@@ -183,6 +189,19 @@ class PromptFedAvg(FedAvg):
         server learns their totals only (docs/privacy.md); ``secagg`` (a
         ``SecAggParams``: threshold, clipping ranges, bit width, max count per node)
         tunes it. A method whose aggregation needs single replies refuses it.
+    max_update_norm : float (default 1e4; 0: no bound)
+        A train reply whose update norm ‖reply − the arrays sent to it‖₂ exceeds this is
+        refused (``fed.max-update-norm``).
+    update_norm_factor : float (default 100; 0: no bound)
+        A train reply whose update norm exceeds this many times the round's median update
+        norm (of the replies that passed every other check) is refused
+        (``fed.update-norm-factor``).
+    aggregation : "mean" (default), "median" or "trimmed-mean"
+        How the valid replies make the new value of each key: the weighted mean
+        (``merge_weight``), or the coordinate-wise median or trimmed mean
+        (``strategies.aggregation.robust_value``; ``trim_fraction`` of each end left out),
+        which one reply cannot carry away however large. Only for methods whose new
+        state is the merge of the replies (no own ``merge_result`` or ``aggregate_valid``).
     """
 
     # The prototype round asks only for class counts; PEP-FedPT also wants the feature sums.
@@ -238,11 +257,39 @@ class PromptFedAvg(FedAvg):
         wire_dtype: str = "float32",
         secure_aggregation: str = "off",
         secagg: SecAggParams | None = None,
+        max_update_norm: float = 1e4,
+        update_norm_factor: float = 100.0,
+        aggregation: str = "mean",
+        trim_fraction: float = 0.1,
     ) -> None:
+        if aggregation not in ROBUST_AGGREGATIONS:
+            raise ValueError(
+                f"aggregation = {aggregation!r} is not accepted; use one of: "
+                f"{', '.join(ROBUST_AGGREGATIONS)}"
+            )
+        own = [
+            hook
+            for hook in ("merge_result", "aggregate_valid")
+            if getattr(type(self), hook) is not getattr(PromptFedAvg, hook)
+        ]
+        if aggregation != "mean" and own:
+            raise ValueError(
+                f"aggregation = {aggregation!r}: {type(self).__name__} makes its new state in "
+                f"its own {' and '.join(own)}, which a median or trimmed mean would bypass; "
+                "use aggregation = 'mean'"
+            )
+        if not 0.0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction = {trim_fraction!r} must be in [0, 0.5)")
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(
                 f"wire_dtype = {wire_dtype!r} is not accepted; use one of: {', '.join(WIRE_DTYPES)}"
             )
+        for name, value in (
+            ("max_update_norm", max_update_norm),
+            ("update_norm_factor", update_norm_factor),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} = {value!r} must be a finite number >= 0 (0: no bound)")
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -258,8 +305,18 @@ class PromptFedAvg(FedAvg):
         self.secagg = secure_aggregation_params(secure_aggregation, secagg)
         if self.secagg is not None:
             self._check_secure_hooks()
+            if aggregation != "mean":  # a masked reply has no coordinates to take a median of
+                raise ValueError(
+                    f"aggregation = {aggregation!r} needs every reply in the clear; under "
+                    "secure_aggregation = 'secaggplus' only the mean exists (its clipping "
+                    "ranges bound what one node can add)"
+                )
         self.seed = seed
         self.wire_dtype = np.dtype(wire_dtype)
+        self.max_update_norm = float(max_update_norm)
+        self.update_norm_factor = float(update_norm_factor)
+        self.aggregation = aggregation
+        self.trim_fraction = float(trim_fraction)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
         # node, the version it holds.
@@ -275,6 +332,9 @@ class PromptFedAvg(FedAvg):
         # Per round, the aggregated client-side metrics ("train/...", "evaluate/..."), so
         # that an evaluate_fn can record each finished round as soon as it ends.
         self.round_metrics: dict[int, dict[str, float | list[float]]] = {}
+        # Rounds whose train replies were aggregated into a new state (not kept as it was),
+        # so that a run in which none was can say so and fail.
+        self.updated_rounds: list[int] = []
         # From the latest prototype round: nodes that never train, and per partition id
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
@@ -282,6 +342,10 @@ class PromptFedAvg(FedAvg):
         # Per node: messages sent, how many failed (error reply or none), how many train or
         # evaluate messages it answered with content, and the last failure.
         self.node_replies: dict[int, dict[str, Any]] = {}
+        # Called with (round, node, phase, full error text, colour codes stripped) for every
+        # error reply, whose one-line form is all the logs and results keep; the ServerApp
+        # writes them to the run's client-errors.log.
+        self.on_client_error: Callable[[int, int, str, str], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -401,6 +465,7 @@ class PromptFedAvg(FedAvg):
             "dropped": [list(entry) for entry in self.dropped],
             "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
             "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
+            "updated-rounds": list(self.updated_rounds),
         }
 
     def _partition_counts(self) -> dict[int, list[int]]:
@@ -424,6 +489,9 @@ class PromptFedAvg(FedAvg):
         self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
         self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
         self.node_replies = {int(n): dict(e) for n, e in state.get("node-replies", {}).items()}
+        # A checkpoint from before this was kept: its rounds are taken as having updated.
+        done = [int(r) for r in state["round-metrics"] if int(r) > 0]
+        self.updated_rounds = [int(r) for r in state.get("updated-rounds", done)]
 
     # ------------------------------------------------------------------ prototype round
     def has_prototypes(self, arrays: ArrayRecord) -> bool:
@@ -757,9 +825,16 @@ class PromptFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check each reply and, if valid, add it to the running sums at once (while its
-        bytes are still in the CPU cache), in node-id order: the result depends on the
-        set of valid replies only, and no reply is ever copied or stacked."""
+        """Check each reply, then bound its update norm, then add it to the running sums,
+        in node-id order: the result depends on the set of valid replies only, and no
+        reply is ever copied or stacked, nor its decoded arrays kept between the passes.
+
+        Two passes: the norm bound relative to the round (``update_norm_factor`` × the
+        median update norm) needs every reply's norm before any reply is accepted. The
+        first pass checks the reply's structure and counts and takes its norm against the
+        arrays sent to its node; the second refuses an update beyond the bound, runs the
+        method's own check and adds what passes.
+        """
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
         previous = record_arrays(self._global)
@@ -767,6 +842,8 @@ class PromptFedAvg(FedAvg):
         num_classes = self.num_classes(self._global)
         replies = self._in_node_order(replies)
         running = self._running_sums(previous, expected)
+        norms_of: dict[int, float | None] = {}  # per node; its arrays are decoded again
+        sent_to = {msg.metadata.dst_node_id: msg for msg in self._outgoing}
 
         def check(content: RecordDict, node: int) -> str | None:
             arrays: dict[str, np.ndarray] = {}
@@ -775,15 +852,29 @@ class PromptFedAvg(FedAvg):
             )
             if reason:  # only a reply that passes has the records read below
                 return reason
-            metrics = content[wire.METRICS]
             reason = check_known_counts(
-                metrics[wire.CLASS_COUNTS], self._node_counts.get(node)
-            ) or self.check_train_metrics(metrics, node)
-            if reason is None:  # valid: into the sums while it is in the cache
-                self._add_to_sums(running, arrays, metrics)
+                content[wire.METRICS][wire.CLASS_COUNTS], self._node_counts.get(node)
+            )
+            if reason is None:
+                sent = self._sent_arrays(sent_to.get(node))
+                norms_of[node] = None if sent is None else update_norm(arrays, sent)
             return reason
 
-        valid, metrics = self._accepted_train(server_round, replies, check, self.kept_state)
+        checked = self._accepted(replies, server_round, check)
+        norms = [norm for norm in norms_of.values() if norm is not None]
+        bound, why = norm_bound(norms, self.max_update_norm, self.update_norm_factor)
+
+        def screen(content: RecordDict, node: int) -> str | None:
+            norm, metrics = norms_of[node], content[wire.METRICS]
+            reason = None if norm is None else check_update_norm(norm, bound, why)
+            reason = reason or self.check_train_metrics(metrics, node)
+            if reason is None:  # views of the reply's bytes again: nothing kept per reply
+                self._add_to_sums(running, record_arrays(content[wire.ARRAYS]), metrics)
+            return reason
+
+        valid, metrics = self._accepted_train(
+            server_round, checked, screen, self.kept_state, refused=len(replies) - len(checked)
+        )
         if valid is None:
             return self._global, metrics
         state = self.aggregate_valid(server_round, valid, metrics, running)
@@ -795,8 +886,21 @@ class PromptFedAvg(FedAvg):
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
+        if norms:
+            metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
         self._remember(server_round, "train", metrics)
+        if server_round not in self.updated_rounds:
+            self.updated_rounds.append(server_round)
         return state, metrics
+
+    @staticmethod
+    def _sent_arrays(msg: Message | None) -> dict[str, np.ndarray] | None:
+        """The arrays of a train message as sent (views, in the wire dtype), or None when
+        it carried none (LocalOnly's nodes that keep their own state) or none was sent."""
+        if msg is None or not msg.has_content():
+            return None
+        record = msg.content.get(wire.ARRAYS)
+        return record_arrays(record) if isinstance(record, ArrayRecord) else None
 
     def aggregate_valid(
         self,
@@ -815,6 +919,20 @@ class PromptFedAvg(FedAvg):
             {key: self._global[key] for key in self._global if self.server_only(key)}
         )
         self.prepare_merge([msg.content[wire.METRICS] for msg in valid])
+        if self.aggregation != "mean":
+            replies = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
+            metrics_of = [msg.content[wire.METRICS] for msg in valid]
+            for key, sums in running.items():
+                state[key] = Array(
+                    robust_value(
+                        [reply[key] for reply in replies],
+                        [self.merge_weight(key, m) for m in metrics_of],
+                        sums.previous,
+                        self.aggregation,
+                        self.trim_fraction,
+                    )
+                )
+            return state
         for key, sums in running.items():
             state[key] = Array(self.merge_result(key, sums))
         return state
@@ -921,6 +1039,7 @@ class PromptFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         valid = self._accepted(list(replies), server_round, lambda c, _: check_evaluate_reply(c))
+        self._count_used(valid, "evaluated")
         if not valid:
             return None
         metrics = [msg.content[wire.METRICS] for msg in valid]
@@ -982,7 +1101,12 @@ class PromptFedAvg(FedAvg):
         def take(reply: Message) -> bool:
             nonlocal received
             received += traffic.content_nbytes(reply.content) if reply.has_content() else 0
-            error = reply.error.reason if reply.has_error() else None
+            error = None
+            if reply.has_error():
+                error = one_line(reply.error.reason)
+                if self.on_client_error is not None:
+                    full = strip_ansi(reply.error.reason)
+                    self.on_client_error(server_round, self._sender(reply), phase, full)
             arrived.append((reply.metadata.reply_to_message_id, reply.metadata.src_node_id, error))
             return consume is None or consume(reply)
 
@@ -1130,9 +1254,18 @@ class PromptFedAvg(FedAvg):
             self._node_entry(node)["sent"] += 1
 
     def _node_entry(self, node: int) -> dict[str, Any]:
-        return self.node_replies.setdefault(
+        entry = self.node_replies.setdefault(
             node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
         )
+        entry.setdefault("trained", 0)  # an entry from a checkpoint written before these
+        entry.setdefault("evaluated", 0)
+        return entry
+
+    def _count_used(self, valid: Iterable[Message], what: str) -> None:
+        """Per node, how many of its train (``trained``) or evaluate (``evaluated``)
+        replies passed every check, so that results say plainly which node did which."""
+        for msg in valid:
+            self._node_entry(self._sender(msg))[what] += 1
 
     def _count_bytes(self, server_round: int, phase: str, down: int, up: int) -> None:
         """Add ``down`` and ``up`` array bytes to the round's ``<phase>/bytes-down|up`` and
@@ -1218,7 +1351,7 @@ class PromptFedAvg(FedAvg):
         if msg.has_error():
             # The node may have lost its state (restart): resend the prototypes next time.
             self._node_proto_version.pop(node, None)
-            return f"error reply: {msg.error.reason}"
+            return f"error reply: {one_line(msg.error.reason)}"
         try:
             return check(msg.content, node)
         except Exception as exc:  # a malformed reply must never stop the round
@@ -1249,12 +1382,15 @@ class PromptFedAvg(FedAvg):
         replies: list[Message],
         check: Callable[[RecordDict, int], str | None],
         kept: str,
+        refused: int = 0,
     ) -> tuple[list[Message] | None, MetricRecord]:
-        """The valid train replies and the round's reply counts; ``None`` (logged, round
-        remembered) when fewer than min-train-nodes are valid and ``kept`` stays as it was."""
+        """The valid train replies and the round's reply counts (``refused``: replies an
+        earlier pass already dropped); ``None`` (logged, round remembered) when fewer than
+        min-train-nodes are valid and ``kept`` stays as it was."""
         valid = self._accepted(replies, server_round, check)
+        self._count_used(valid, "trained")
         metrics = MetricRecord(
-            {"valid-replies": len(valid), "dropped-replies": len(replies) - len(valid)}
+            {"valid-replies": len(valid), "dropped-replies": refused + len(replies) - len(valid)}
         )
         if len(valid) >= max(self.min_train_nodes, 1):
             return valid, metrics

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
@@ -251,3 +251,46 @@ def check_validation_counts(metrics: MetricRecord) -> str | None:
             f"{wire.VAL_CORRECT} = {correct} with {wire.VAL_NUM_EXAMPLES} = {total} is impossible"
         )
     return None
+
+
+def update_norm(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> float:
+    """‖reply − sent‖₂ over every key the two share, in float64: how far one client moved
+    the state it was sent (keys it was not sent are left out)."""
+    total = 0.0
+    for key, value in arrays.items():
+        reference = sent.get(key)
+        if reference is None or np.shape(reference) != np.shape(value):
+            continue
+        diff = np.subtract(value, reference, dtype=np.float64)
+        total += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+    return math.sqrt(total)
+
+
+def norm_bound(norms: Sequence[float], max_norm: float, factor: float) -> tuple[float, str]:
+    """The largest update norm a round accepts, and in words where that bound comes from.
+
+    ``max_norm`` (0: none) bounds every update; ``factor`` (0: none) × the round's median
+    update norm bounds it relative to the others. The median is the lower one of an even
+    count (``statistics.median_low``): with two replies, one enormous update cannot lift
+    the bound to half of itself.
+    """
+    bound, why = math.inf, ""
+    if max_norm > 0:
+        bound, why = max_norm, f"fed.max-update-norm = {max_norm:g}"
+    median = sorted(norms)[(len(norms) - 1) // 2] if norms else 0.0
+    if factor > 0 and median > 0:  # a round whose median client did not move: no scale
+        relative = factor * median
+        if relative < bound:
+            bound = relative
+            why = (
+                f"fed.update-norm-factor = {factor:g} x the round's median update norm "
+                f"{median:.4g} of {len(norms)} replies"
+            )
+    return bound, why
+
+
+def check_update_norm(norm: float, bound: float, why: str) -> str | None:
+    """An update no larger than the round's bound (``norm_bound``)."""
+    if norm <= bound:
+        return None
+    return f"update norm {norm:.4g} exceeds the bound {bound:.4g} ({why})"

@@ -21,6 +21,7 @@ from helpers.run_helpers import load_json, load_state, on, recorder, run_server
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods import initial_arrays
 from pep_fedpt.models import cached_backbone
+from server_app.app import RunUnchangedError
 from strategies import wire
 from strategies.validation import (
     MAX_EXAMPLES_PER_CLIENT,
@@ -255,7 +256,8 @@ def test_below_min_train_nodes_the_global_state_stays_as_it_was(
 ) -> None:
     flat.update({"fed.min-train-nodes": 2, "num-server-rounds": 1})
     nan = on(MessageType.TRAIN, FAULTS["nan"][0])
-    with caplog.at_level(logging.WARNING, logger="flwr"):
+    # Its only round kept the state: the run ends with an error that says so.
+    with caplog.at_level(logging.WARNING, logger="flwr"), pytest.raises(RunUnchangedError):
         run_server(flat, {11: nan, 12: on(MessageType.TRAIN, _error)})
 
     out = Path(flat["output-dir"])

@@ -17,6 +17,7 @@ from helpers.run_helpers import NODES, load_json, load_state, on, recorder, run_
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods import client_for, initial_arrays
+from server_app.app import RunUnchangedError
 from strategies import PFedPG, wire
 from strategies import prompt_generator as gen
 from strategies.pfedpg import descriptor_key
@@ -334,7 +335,8 @@ def test_nan_replies_below_min_train_nodes_leave_the_generator_unchanged(
     flat: dict, tmp_path, task_identity
 ) -> None:
     flat = {**flat, "num-server-rounds": 1, "fed.min-train-nodes": 3}
-    _run(flat, {10: on(MessageType.TRAIN, _nan_prompt)})
+    with pytest.raises(RunUnchangedError):  # its only round kept the state
+        _run(flat, {10: on(MessageType.TRAIN, _nan_prompt)})
     state0 = _census_generator(RunConfig.from_flat(flat), [0, 1, 2])
     got = _generator_state(load_state(tmp_path / "run"))
     for name in gen.PARAM_NAMES:

@@ -163,3 +163,63 @@ def test_it_imports_neither_torch_nor_flwr() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_every_minimum_the_simulation_cannot_reach_is_named_in_one_line() -> None:
+    message = refusal(
+        "-c", "fed.min-train-nodes=3 fed.min-evaluate-nodes=3", "--federation-config",
+        "num-supernodes=2",
+    )  # fmt: skip
+    assert message == (
+        "fed.min-evaluate-nodes = 3 but the simulation has only 2 SuperNodes; "
+        "fed.min-train-nodes = 3 but the simulation has only 2 SuperNodes "
+        "(NUM_SUPERNODES / num-supernodes = 2): the run would wait forever; lower those "
+        "keys or run more SuperNodes"
+    )
+
+
+def test_a_cifar_folder_without_torchvisions_files_says_what_it_holds(tmp_path: Path) -> None:
+    for name in ("apple", "bear"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "0001.jpg").write_bytes(b"\xff\xd8")
+    message = refusal("-c", f"data.dataset='cifar100' data.data-dir='{tmp_path}'")
+    assert message == (
+        f"data.dataset = 'cifar100' reads torchvision's cifar-100-python/ under data.data-dir "
+        f"= {str(tmp_path)!r}, which is not there; it holds train/<class>/<image> folders: "
+        "for images in class folders set data.dataset = 'imagefolder' (docs/datasets.md, "
+        "'Any ImageFolder tree')"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = refusal("-c", f"data.dataset='cifar10' data.data-dir='{empty}'")
+    assert message.endswith(
+        "which is not there; unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
+        "there, or set data.download = true"
+    )
+    (empty / "cifar-10-batches-py").mkdir()
+    preflight(ROOT, ["-c", f"data.dataset='cifar10' data.data-dir='{empty}'"])
+
+
+def test_a_resumed_run_with_a_changed_key_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import numpy as np
+
+    from pep_fedpt.config import RunConfig
+
+    saved = RunConfig().to_flat()
+    saved.update({"output-dir": str(tmp_path), "train.lr": 0.05})
+    meta = {"format": 1, "round": 1, "strategy": {}, "rows": [], "config": saved}
+    np.savez(
+        tmp_path / "checkpoint.npz",
+        **{"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)},
+    )
+    message = refusal("-c", f"resume-from='{tmp_path}' train.lr=0.01")
+    assert message == (
+        f"resume-from = {str(tmp_path)!r}: the run config differs from the checkpoint's in "
+        "train.lr: 0.05 -> 0.01; resume with the same config (only cache-dir, "
+        "fed.round-timeout, fed.wait-timeout, num-server-rounds, output-dir may change)"
+    )
+    preflight(ROOT, ["-c", f"resume-from='{tmp_path}' train.lr=0.05 num-server-rounds=9"])

@@ -72,9 +72,9 @@ def test_a_long_estimate_says_how_to_cap_it(monkeypatch: pytest.MonkeyPatch) -> 
         progress=pretrain.PretrainProgress(len(images), stream),
     )
     first = stream.getvalue().splitlines()[0]
-    assert "That is long: cap it with model.pretrain-minutes = N" in first
+    assert "That is long: lower model.pretrain-steps or model.pretrain-epochs" in first
     assert "data.subsample does not shrink pre-training" in first
-    # With a cap the estimate is the capped schedule, and says which cap.
+    # With a cap the estimate is the recipe's whole schedule, and says the cap cuts it.
     stream = io.StringIO()
     pretrain.train_classifier(
         model,
@@ -84,12 +84,15 @@ def test_a_long_estimate_says_how_to_cap_it(monkeypatch: pytest.MonkeyPatch) -> 
         seed=0,
         batch_size=16,
         max_seconds=1e-9,
-        probe_steps=3,
+        probe_steps=1,
         progress=pretrain.PretrainProgress(len(images), stream),
     )
     first = stream.getvalue().splitlines()[0]
-    assert "for 0.75 epochs of 64 images" in first
-    assert "fitted to model.pretrain-minutes = 1.66667e-11" in first
+    assert "for 50 epochs of 64 images" in first
+    assert (
+        "; model.pretrain-minutes = 1.66667e-11 will stop it after about 0 steps, and those "
+        "weights are not the recipe's"
+    ) in first
     assert "That is long" not in first
 
 
@@ -118,7 +121,7 @@ def test_pretraining_a_backbone_shows_its_progress(
             "It stopped after 0.3 of 2 epochs at model.pretrain-minutes = 0.5: give it more",
         ),
         (0.24, 2.0, "It ran all 2 epochs: raise model.pretrain-epochs"),
-        (0.31, 0.3, None),  # 5 classes: chance 0.2, near chance below 0.3
+        (0.31, 2.0, None),  # 5 classes: chance 0.2, near chance below 0.3
     ],
 )
 def test_a_backbone_that_ends_near_chance_is_warned_about_loudly(
@@ -135,7 +138,7 @@ def test_a_backbone_that_ends_near_chance_is_warned_about_loudly(
     create_backbone(cfg, seed=0, data=DataConfig())
     captured = capsys.readouterr()
     info = json.loads(
-        pretrain.local_backbone_path(cfg, DataConfig()).with_suffix(".json").read_text()
+        pretrain.local_backbone_in_use(cfg, DataConfig()).with_suffix(".json").read_text()
     )
     if expected is None:
         assert "WARNING" not in captured.out + captured.err and "warning" not in info

