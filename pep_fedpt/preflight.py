@@ -42,6 +42,7 @@ DATASETS = (
     "cifar10",
     "cifar10-folder",
     "cifar100",
+    "coop-nine",
     "digits",
     "domainnet",
     "domainnet-10",
