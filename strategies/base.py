@@ -315,7 +315,7 @@ class PromptFedAvg(FedAvg):
         self.wire_dtype = np.dtype(wire_dtype)
         self.max_update_norm = float(max_update_norm)
         self.update_norm_factor = float(update_norm_factor)
-        self.aggregation = aggregation
+        self.reply_aggregation = aggregation  # FedMVP's own "aggregation" is its weights
         self.trim_fraction = float(trim_fraction)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per
@@ -919,7 +919,7 @@ class PromptFedAvg(FedAvg):
             {key: self._global[key] for key in self._global if self.server_only(key)}
         )
         self.prepare_merge([msg.content[wire.METRICS] for msg in valid])
-        if self.aggregation != "mean":
+        if self.reply_aggregation != "mean":
             replies = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
             metrics_of = [msg.content[wire.METRICS] for msg in valid]
             for key, sums in running.items():
@@ -928,7 +928,7 @@ class PromptFedAvg(FedAvg):
                         [reply[key] for reply in replies],
                         [self.merge_weight(key, m) for m in metrics_of],
                         sums.previous,
-                        self.aggregation,
+                        self.reply_aggregation,
                         self.trim_fraction,
                     )
                 )
