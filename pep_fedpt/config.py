@@ -39,7 +39,7 @@ FEDMVP_AGGREGATIONS = ("equal", "num-examples")
 FEDMVP_STEPS = ("batch", "round")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -259,9 +259,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     proximal_mu: float = 0.01  # fedprox-vpt: mu of (mu/2) ||theta - theta_global||^2
-    # Autocast dtype of local training: "fp32" (none) | "bf16" | "fp16" (with a gradient
-    # scaler). Evaluation and z(x) always run in float32; the wire always carries float32.
-    precision: str = "fp32"
+    # Autocast dtype of local training: "auto" (bf16 on a CUDA device that has it, else
+    # fp32: pep_fedpt.engine.resolve_precision) | "fp32" (none) | "bf16" | "fp16" (with a
+    # gradient scaler). Evaluation and z(x) always run in float32; the wire carries float32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1:
