@@ -29,6 +29,7 @@ from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, sp
 from pep_fedpt.data.client_data import client_pool
 from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
+from pep_fedpt.data.pixel_cache import cached_subset
 from pep_fedpt.engine import pick_device
 from pep_fedpt.feature_cache import (
     default_cache_dir,
@@ -226,6 +227,17 @@ def client_data(
     )
 
 
+def node_subset(subset: ClassSubset, cfg: RunConfig, split: str, cache_dir: Path) -> ClassSubset:
+    """``subset`` as a node (or the server) reads it: its decoded, resized images from the
+    pixel cache in ``cache_dir`` with ``data.pixel-cache`` (evaluated every round, a split
+    would be decoded again every round), its loaders in ``data.num-workers`` processes."""
+    if not cfg.data.pixel_cache:
+        subset.loader_workers = cfg.data.num_workers  # type: ignore[attr-defined]
+        return subset
+    prefix = f"clip|{cfg.data!r}|{split}"
+    return cached_subset(subset, prefix, cache_dir, cfg.data.num_workers)
+
+
 @functools.lru_cache(maxsize=2)
 def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
     """The frozen CLIP of a run, once per process (a simulation worker serves many)."""
@@ -296,9 +308,14 @@ class FedMVPClient:
         self.cfg = cfg
         self.device = pick_device()
         self.bundle = cached_clip(cfg, str(self.device))
-        self.data = client_data(cfg, self.bundle.spec, partition_id, num_partitions)
         self.num_partitions = num_partitions
         self.cache_dir = cache_dir or default_cache_dir()
+        data = client_data(cfg, self.bundle.spec, partition_id, num_partitions)
+        self.data = dataclasses.replace(
+            data,
+            train=node_subset(data.train, cfg, f"client-train:{partition_id}", self.cache_dir),
+            test=node_subset(data.test, cfg, f"client-test:{partition_id}", self.cache_dir),
+        )
         self._bank = None
 
     def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -430,12 +447,14 @@ class FedMVPServer:
             target = target_index(names, cfg.fedmvp.target_domain)
             every = tuple(range(central.num_classes))
             in_target = test_idx[np.asarray(test_data.domains)[test_idx] == target]
-            self.sets["target"] = ClassSubset(test_data, in_target, every)
+            subset = ClassSubset(test_data, in_target, every)
+            self.sets["target"] = node_subset(subset, cfg, "central-target", cache)
             self.banks["target"] = self.make_bank(list(self.classes), cache, names[target])
             return
         base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
-            self.sets[name] = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            subset = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
             self.banks[name] = self.make_bank([self.classes[c] for c in group], cache)
 
     def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None):
