@@ -311,10 +311,18 @@ class FedConfig:
     # Float arrays in train/evaluate messages, both ways (docs/performance.md); the
     # server still aggregates in float64 and keeps its state float32.
     wire_dtype: str = "float32"
+    # Clients and server evaluate in every k-th round, round 0 and always the last
+    # (strategies.base.evaluation_round); training never depends on it.
+    evaluate_every: int = 1
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ConfigError(f"num-server-rounds = {self.num_rounds} must be >= 1")
+        if self.evaluate_every < 1:
+            raise ConfigError(
+                f"fed.evaluate-every = {self.evaluate_every} must be >= 1 (1 = every round; "
+                "k = rounds k, 2k, ... and the last)"
+            )
         for key in ("fraction_train", "fraction_evaluate"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:

@@ -134,6 +134,14 @@ RENAMED_HOOKS = {
 PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
 
 
+def evaluation_round(server_round: int, every: int, num_rounds: int) -> bool:
+    """Whether round ``server_round`` of ``num_rounds`` evaluates, clients and server alike:
+    every ``every``-th round, the initial state (round 0) and always the last round."""
+    if every < 1:
+        raise ValueError(f"every = {every}: evaluate every 1 or more rounds")
+    return server_round % every == 0 or server_round == num_rounds
+
+
 def _keep_later(
     partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]],
     pid: int,
@@ -266,6 +274,10 @@ class PromptFedAvg(FedAvg):
         # Per node: messages sent, how many failed (error reply or none), how many train or
         # evaluate messages it answered with content, and the last failure.
         self.node_replies: dict[int, dict[str, Any]] = {}
+        # Evaluate messages go out in rounds ``evaluation_round`` picks (the last of
+        # ``num_rounds`` always): a run of many cheap rounds need not evaluate each.
+        self.evaluate_every = 1
+        self.num_rounds = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -295,6 +307,7 @@ class PromptFedAvg(FedAvg):
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
         self.timeout = timeout
+        self.num_rounds = num_rounds
         arrays = initial_arrays
         if not self.has_prototypes(arrays):
             arrays = self.prototype_round(grid, arrays, server_round=0)
@@ -778,6 +791,9 @@ class PromptFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if self.fraction_evaluate == 0.0:
+            return []
+        if not evaluation_round(server_round, self.evaluate_every, self.num_rounds):
+            log(INFO, "configure_evaluate: none this round (every %d)", self.evaluate_every)
             return []
         node_ids = self._sample(
             grid, self.fraction_evaluate, self.min_evaluate_nodes, exclude=self.held_out_nodes

@@ -52,8 +52,16 @@ WITH_HELD_OUT = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}
     [
         ("all-processes", {}),
         ("server-only", {}),
-        # Prototypes refreshed in round 3 (the resumed run's first), a held-out node.
-        ("all-processes", {"fed.prototype-refresh-every": 2, "data.held-out-fraction": 0.125}),
+        # Prototypes refreshed in round 3 (the resumed run's first), a held-out node, and
+        # evaluation in rounds 0, 3 and 4 only (fed.evaluate-every = 3, the last always).
+        (
+            "all-processes",
+            {
+                "fed.prototype-refresh-every": 2,
+                "data.held-out-fraction": 0.125,
+                "fed.evaluate-every": 3,
+            },
+        ),
     ],
     ids=["all-processes", "server-only", "refresh-and-held-out"],
 )
@@ -106,6 +114,10 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
         assert ("train", 13) not in uninterrupted.sent
         assert ("evaluate", 13) in resumed.sent
         assert "evaluate/held-out-accuracy" in rows_got[-1]
+        # Clients and server evaluated in rounds 0, 3 and 4 only; every round was recorded.
+        evaluated = [int(r["round"]) for r in rows_got if "server/accuracy" in r]
+        assert evaluated == [0, 3, 4]
+        assert [int(r["round"]) for r in rows_got if "evaluate/global-accuracy" in r] == [3, 4]
     assert load_checkpoint(broken_dir).server_round == 4
 
 
