@@ -47,7 +47,10 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool) ->
 
 
 def training_precision(requested: str, device: torch.device) -> str:
-    """``resolve_precision`` with this process's facts about ``device``."""
+    """``resolve_precision`` with this process's facts about ``device`` (asked only for
+    "auto": autocast calls this for every batch)."""
+    if requested != "auto":
+        return requested
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     return resolve_precision(requested, device.type, bf16)
 

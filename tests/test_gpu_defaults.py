@@ -101,3 +101,20 @@ def test_a_persistent_loader_yields_every_epoch_what_a_fresh_one_does() -> None:
         for (a, la, _), (b, lb, _) in zip(got, want, strict=True):
             assert torch.equal(a, b) and torch.equal(la, lb)
     assert kept._persistent is not None and kept._persistent.persistent_workers
+
+
+@pytest.mark.parametrize(("supported", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_asks_the_cuda_device_whether_it_has_bf16(
+    supported: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA branch without a GPU: torch's answer is replaced, the question is real."""
+    asked: list[bool] = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert training_precision("auto", torch.device("cuda")) == expected
+    assert asked == [False]  # emulated bf16 (pre-Ampere) is no reason to pick it
+    assert training_precision("fp16", torch.device("cuda")) == "fp16" and asked == [False]
