@@ -64,6 +64,9 @@ DEFAULT_TARBALLS = (
     ROOT / "shared" / "datasets" / TARBALL,
 )
 GIB = 2**30
+# CIFAR-100's class folders through the generic image-folder loader: sorted folder names
+# are the official labels 0-99, and the tiny test's archive need not hold all 100 classes.
+FOLDER_DATASET = "imagefolder"
 MFU_TARGET = 0.40  # prompt tuning in bf16 on an H100-class GPU (issue 22)
 
 # Dense peak TFLOP/s per precision (no sparsity) from the vendors' data sheets. "fp32" is
@@ -300,18 +303,10 @@ def real_batch(data_dir: str, spec: Any, size: int) -> tuple[Any, Any]:
     from pep_fedpt.config import DataConfig
     from pep_fedpt.data import load_dataset
 
-    train = load_dataset(DataConfig(dataset=folder_dataset(), data_dir=data_dir), spec).train
+    train = load_dataset(DataConfig(dataset=FOLDER_DATASET, data_dir=data_dir), spec).train
     step = max(len(train) // size, 1)
     items = [train[(i * step) % len(train)] for i in range(size)]
     return torch.stack([image for image, _ in items]), torch.tensor([y for _, y in items])
-
-
-def folder_dataset() -> str:
-    """The data set key of CIFAR-100's class folders: its own one where it exists."""
-    import pep_fedpt.data  # noqa: F401  (registers the loaders)
-    from pep_fedpt.data.registry import dataset_names
-
-    return "cifar100-folder" if "cifar100-folder" in dataset_names() else "imagefolder"
 
 
 def stage_vit(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: float) -> dict:
@@ -456,6 +451,7 @@ class MemorySampler(threading.Thread):
         self.home, self.cuda = str(home), cuda
         self.seen: dict[int, dict[str, Any]] = {}
         self.gpu_note: str | None = None
+        self.peak_gpu_total_bytes: int | None = None  # the whole GPU, whoever holds it
         self._stop_event = threading.Event()
 
     def stop(self) -> dict[int, dict[str, Any]]:
@@ -470,6 +466,8 @@ class MemorySampler(threading.Thread):
 
     def sample(self) -> None:
         gpu = self._gpu_bytes() if self.cuda else {}
+        if self.cuda:
+            self._gpu_total()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -492,6 +490,15 @@ class MemorySampler(threading.Thread):
                 entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], int(hwm.group(1)) * 1024)
             if pid in gpu:
                 entry["peak_gpu_bytes"] = max(entry["peak_gpu_bytes"] or 0, gpu[pid])
+
+    def _gpu_total(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+        try:
+            out = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True)
+            used = int(out.stdout.split()[0]) * 2**20
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return
+        self.peak_gpu_total_bytes = max(self.peak_gpu_total_bytes or 0, used)
 
     def _gpu_bytes(self) -> dict[int, int]:
         query = [
@@ -537,7 +544,7 @@ def stage_simulation(
         "num-server-rounds": rounds,
         "output-dir": str(out),
         "cache-dir": str(work / "sim-cache"),
-        "data.dataset": folder_dataset(),
+        "data.dataset": FOLDER_DATASET,
         "data.data-dir": data["data_dir"],
         "fed.min-train-nodes": clients,
         "fed.min-evaluate-nodes": clients,
@@ -591,6 +598,12 @@ def stage_simulation(
     )
     finished = not timed_out and process.returncode == 0 and recorded[-1:] == [rounds]
     clientapps = [p for p in processes.values() if p["role"] == "clientapp"]
+    if device.type == "cuda" and not any(p["peak_gpu_bytes"] for p in clientapps):
+        # In a container nvidia-smi may list host PIDs, or none: the total still tells.
+        sampler.gpu_note = sampler.gpu_note or (
+            "nvidia-smi listed none of the run's ClientApp processes (another PID "
+            "namespace?): only the GPU's total is known"
+        )
     return {
         "finished": finished,
         "timed_out": timed_out,
@@ -601,6 +614,7 @@ def stage_simulation(
         "processes": [{"pid": pid, **entry} for pid, entry in sorted(processes.items())],
         "clientapp_processes": len(clientapps),
         "gpu_note": sampler.gpu_note,
+        "peak_gpu_total_bytes": sampler.peak_gpu_total_bytes,
         "command": [
             "flwr",
             "run",
@@ -680,6 +694,10 @@ def _cell(value: Any, fmt: str, scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, fmt)
 
 
+def _gib(value: Any) -> str:
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
 def render_report(document: Mapping[str, Any]) -> str:
     """The document's figures as Markdown tables: device, step stages, simulation."""
     versions_ = _need(document, "versions", "the document")
@@ -742,8 +760,7 @@ def _step_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {r['flops'] / 1e9:,.1f} | {r['achieved_tflops']:.2f} "
             f"| {_cell(r['mfu'], '.1%')} "
             f"| {share_cell} "
-            f"| {_cell(r['peak_memory_bytes'], '.2f', 1 / GIB)}"
-            f"{'' if r['peak_memory_bytes'] is None else ' GiB'} |"
+            f"| {_gib(r['peak_memory_bytes'])} |"
         )
     lines.append("")
     return lines
@@ -751,11 +768,13 @@ def _step_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _simulation_lines(entry: Mapping[str, Any]) -> list[str]:
     rounds = ", ".join(f"round {r}: {s:.1f} s" for r, s in entry["round_s"].items()) or "none"
+    total = entry.get("peak_gpu_total_bytes")
     lines = [
         f"- finished: {'yes' if entry['finished'] else 'no'}"
         + (" (timed out)" if entry["timed_out"] else "")
         + f"; rounds recorded {entry['rounds_recorded']}; {rounds}; "
-        f"{entry['clientapp_processes']} ClientApp processes",
+        f"{entry['clientapp_processes']} ClientApp processes"
+        + (f"; the GPU's peak {total / GIB:.2f} GiB in all" if total else ""),
         "",
         "| process | role | peak host memory | peak GPU memory |",
         "|---|---|---|---|",
@@ -764,8 +783,8 @@ def _simulation_lines(entry: Mapping[str, Any]) -> list[str]:
         if p["role"] in ("other", "ray worker"):
             continue
         lines.append(
-            f"| {p['pid']} | {p['role']} | {p['peak_rss_bytes'] / GIB:.2f} GiB "
-            f"| {_cell(p['peak_gpu_bytes'], '.2f', 1 / GIB)} |"
+            f"| {p['pid']} | {p['role']} | {_gib(p['peak_rss_bytes'])} "
+            f"| {_gib(p['peak_gpu_bytes'])} |"
         )
     if entry.get("gpu_note"):
         lines.append(f"\n{entry['gpu_note']}")

@@ -197,3 +197,91 @@ def test_a_ray_worker_is_a_clientapp_once_it_has_loaded_torch() -> None:
     assert role(worker, "7f00 r-xp /usr/lib/libc.so.6") == "ray worker"
     assert role("/venv/bin/python /venv/bin/flwr-simulation --token x", "") == "simulation"
     assert role("/venv/bin/python /venv/bin/flower-superlink", "libtorch") == "other"
+
+
+def gpu_document() -> dict:
+    """What a GPU run writes, in short: one bf16 row of each step stage, a finished run."""
+    row = {
+        "precision": "bf16",
+        "batch": 128,
+        "median_step_s": 0.05,
+        "flops": 2e13,
+        "images_per_s": 2560.0,
+        "achieved_tflops": 400.0,
+        "mfu": 400.0 / 989.4,
+        "peak_memory_bytes": 12 * 2**30,
+    }
+    return {
+        "versions": {
+            "torch": "2.14.1",
+            "cuda": "13.0",
+            "flwr": "1.42.0",
+            "timm": "1",
+            "open_clip": "3",
+        },
+        "device": {
+            "type": "cuda",
+            "name": "NVIDIA H100 80GB HBM3",
+            "board": "H100 SXM",
+            "peak_tflops": PEAK_TFLOPS["H100 SXM"],
+        },
+        "stages": {
+            "data": {"status": "done", "seconds": 3.0, "budget_s": 60},
+            "vit": {
+                "status": "done",
+                "seconds": 40.0,
+                "budget_s": 120,
+                "notes": [],
+                "rows": [
+                    {"method": "pep-fedpt", **row},
+                    {"method": "fedavg-vpt-deep", **row, "median_step_s": 0.045},
+                ],
+                "ratios": [{"precision": "bf16", "batch": 128, "ccmp_over_vpt_deep": 0.05 / 0.045}],
+            },
+            "fedmvp": {
+                "status": "partial",
+                "seconds": 90.0,
+                "budget_s": 90,
+                "notes": ["fedmvp bf16 batch 128: budget spent, skipped"],
+                "rows": [{"method": "fedmvp", **row, "batch": 64, "promptformer_flops": 2e12}],
+            },
+            "simulation": {
+                "status": "done",
+                "seconds": 100.0,
+                "budget_s": 210,
+                "finished": True,
+                "timed_out": False,
+                "rounds_recorded": [0, 1, 2],
+                "round_s": {"1": 20.5, "2": 12.25},
+                "clientapp_processes": 4,
+                "peak_gpu_total_bytes": 30 * 2**30,
+                "gpu_note": None,
+                "processes": [
+                    {
+                        "pid": 7,
+                        "role": "clientapp",
+                        "peak_rss_bytes": 3 * 2**30,
+                        "peak_gpu_bytes": 6 * 2**30,
+                    }
+                ],
+            },
+        },
+    }
+
+
+def test_the_report_of_a_gpu_run_shows_mfu_memory_and_the_run() -> None:
+    from bench.device_check import verdict
+
+    text = render_report(gpu_document())
+    assert "H100 SXM, peak 989.4 bf16 / 66.9 fp32 TFLOP/s" in text
+    assert (
+        "| pep-fedpt | bf16 | 128 | 50.0 ms | 2560 | 20,000.0 | 400.00 | 40.4% | - | 12.00 GiB |"
+        in text
+    )
+    assert "| bf16 | 128 | 1.111 |" in text
+    assert "| fedmvp | bf16 | 64 |" in text and "| 10.0% | 12.00 GiB |" in text
+    assert "**fedmvp**: partial" in text and "- fedmvp bf16 batch 128: budget spent" in text
+    assert "round 1: 20.5 s, round 2: 12.2 s; 4 ClientApp processes" in text
+    assert "the GPU's peak 30.00 GiB in all" in text
+    assert "| 7 | clientapp | 3.00 GiB | 6.00 GiB |" in text
+    assert verdict(gpu_document()) == "PEP-FedPT bf16 MFU 40.4%: target >= 40% met"
