@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python bench/device_check.py                   # on the GPU: about 8 minutes on an H100
+    python bench/device_check.py          # on the GPU: ~8 minutes on an H100, writes
+                                          # bench/results/device-check.json
     python bench/device_check.py --device cpu --tiny --out /tmp/device-check.json
     python bench/device_check.py --report bench/results/device-check.json   # tables only
 
@@ -64,6 +65,7 @@ DEFAULT_TARBALLS = (
     ROOT / "shared" / "datasets" / TARBALL,
 )
 GIB = 2**30
+DEFAULT_OUT = ROOT / "bench" / "results" / "device-check.json"
 # CIFAR-100's class folders through the generic image-folder loader: sorted folder names
 # are the official labels 0-99, and the tiny test's archive need not hold all 100 classes.
 FOLDER_DATASET = "imagefolder"
@@ -639,6 +641,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     work = args.work or Path(tempfile.mkdtemp(prefix="device-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.out is None:  # the full run's file is the one to commit; a tiny one is not
+        args.out = work / "device-check.json" if args.tiny else DEFAULT_OUT
     load = os.getloadavg()
     setting = {
         "tiny": args.tiny,
@@ -681,10 +685,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         document["stages"][name] = entry
         document["machine"]["loadavg_at_end"] = list(os.getloadavg())
-        if args.out is not None:
-            from bench.result_file import write
+        from bench.result_file import write
 
-            write(args.out, document)
+        write(args.out, document)
         print(f"device_check: {name} {entry['status']}", file=sys.stderr, flush=True)
     return document
 
@@ -816,7 +819,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU test's run")
     parser.add_argument("--cifar100", type=Path, help=f"the {TARBALL} (default: ../shared)")
     parser.add_argument("--work", type=Path, help="unpacked data and the flwr run (default: temp)")
-    parser.add_argument("--out", type=Path, help="the JSON result file, rewritten per stage")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON result file, rewritten per stage (default: bench/results/"
+        "device-check.json; with --tiny, device-check.json in the work folder)",
+    )
     parser.add_argument(
         "--budget",
         action="append",
