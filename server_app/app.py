@@ -48,7 +48,8 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
         raise ConfigError(
             f"resume-from = {cfg.resume_from!r}: the run config differs from the checkpoint's "
             f"in {'; '.join(changed)}; resume with the same config (only num-server-rounds, "
-            "output-dir, cache-dir, fed.round-timeout and fed.wait-timeout may change)"
+            "output-dir, cache-dir, fed.round-timeout, fed.wait-timeout and "
+            "fed.evaluate-every may change)"
         )
     return checkpoint
 

@@ -792,9 +792,6 @@ class PromptFedAvg(FedAvg):
     ) -> Iterable[Message]:
         if self.fraction_evaluate == 0.0:
             return []
-        if not evaluation_round(server_round, self.evaluate_every, self.num_rounds):
-            log(INFO, "configure_evaluate: none this round (every %d)", self.evaluate_every)
-            return []
         node_ids = self._sample(
             grid, self.fraction_evaluate, self.min_evaluate_nodes, exclude=self.held_out_nodes
         )
@@ -802,6 +799,11 @@ class PromptFedAvg(FedAvg):
             held = sorted(self.held_out_nodes & set(grid.get_node_ids()))
             size = min(len(held), max(int(len(held) * self.fraction_evaluate), 1))
             node_ids = sorted(node_ids + self._rng.sample(held, size))
+        if not evaluation_round(server_round, self.evaluate_every, self.num_rounds):
+            # Drawn and not sent: the sampler's stream, and so which nodes train in later
+            # rounds, is the same whatever fed.evaluate-every is.
+            log(INFO, "configure_evaluate: none this round (every %d)", self.evaluate_every)
+            return []
         log(INFO, "configure_evaluate: sampled %d nodes", len(node_ids))
         return self._messages(arrays, config, node_ids, MessageType.EVALUATE, server_round)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers.run_helpers import NODES, load_json, run_server
+from helpers.run_helpers import NODES, load_json, load_state, run_server
 
 from pep_fedpt.config import ConfigError, RunConfig
+from server_app.checkpoint import config_differences
 from strategies.base import evaluation_round
 
 
@@ -24,6 +26,11 @@ from strategies.base import evaluation_round
 )
 def test_evaluation_rounds(every: int, rounds: int, evaluated: list[int]) -> None:
     assert [t for t in range(rounds + 1) if evaluation_round(t, every, rounds)] == evaluated
+
+
+def test_a_resumed_run_may_evaluate_more_or_less_often() -> None:
+    saved = RunConfig().to_flat()
+    assert config_differences(saved, saved | {"fed.evaluate-every": 10}) == []
 
 
 def test_evaluate_every_below_one_is_refused_naming_the_value() -> None:
@@ -56,3 +63,25 @@ def test_a_run_evaluates_only_in_its_evaluation_rounds(
     assert all("train/train-loss" in r for r in rows[1:])
     evaluated = [kind for kind, _ in grid.sent].count("evaluate")
     assert evaluated == 2 * len({node for kind, node in grid.sent if kind == "evaluate"})
+
+
+@pytest.mark.integration
+def test_training_does_not_depend_on_evaluate_every(
+    tiny_run_config: dict, tmp_path: Path, task_identity: None
+) -> None:
+    """2 of 3 nodes sampled per round for training and for evaluation from one seeded
+    stream: a round that does not evaluate still draws its evaluation sample, so the same
+    nodes train in every round and the final state is the same, bit for bit."""
+    states, trained = {}, {}
+    for every in (1, 2):
+        out = tmp_path / f"every-{every}"
+        flat = dict(tiny_run_config, **{"num-server-rounds": 3, "fed.evaluate-every": every})
+        flat.update({"output-dir": str(out), "fed.fraction-train": 0.67})
+        flat.update({"fed.fraction-evaluate": 0.67, "fed.min-evaluate-nodes": 1})
+        grid = run_server(flat)
+        trained[every] = [node for kind, node in grid.sent if kind == "train"]
+        states[every] = load_state(out)
+    assert trained[1] == trained[2]
+    assert sorted(states[1]) == sorted(states[2])
+    for key, value in states[1].items():
+        np.testing.assert_array_equal(states[2][key], value, err_msg=key)
