@@ -201,20 +201,24 @@ def device_facts(device: Any) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    import flwr
-    import open_clip
-    import timm
+    """The versions that made the figures; a package missing on the machine is None (a GPU
+    image may lack flwr or open_clip: the stages that need them fail, the others run)."""
+    import importlib
+
     import torch
 
-    return {
+    found: dict[str, str | None] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else None,
-        "flwr": flwr.__version__,
-        "timm": timm.__version__,
-        "open_clip": open_clip.__version__,
     }
+    for name in ("flwr", "timm", "open_clip", "ray"):
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
 
 
 class Clock:
@@ -712,9 +716,12 @@ def render_report(document: Mapping[str, Any]) -> str:
         f"Device: {device.get('name')} ({device.get('type')}"
         + (f", {board}" if board else "")
         + (f", peak {peak['bf16']} bf16 / {peak['fp32']} fp32 TFLOP/s" if peak else "")
-        + f"); torch {versions_.get('torch')}, CUDA {versions_.get('cuda')}, "
-        f"flwr {versions_.get('flwr')}, timm {versions_.get('timm')}, "
-        f"open_clip {versions_.get('open_clip')}.",
+        + "); "
+        + ", ".join(
+            f"{name} {versions_.get(name) or 'not installed'}"
+            for name in ("torch", "timm", "flwr", "ray", "open_clip")
+        )
+        + f", CUDA {versions_.get('cuda')}.",
         "",
     ]
     for name in STAGES:

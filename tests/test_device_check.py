@@ -284,3 +284,17 @@ def test_the_report_of_a_gpu_run_shows_mfu_memory_and_the_run() -> None:
     assert "the GPU's peak 30.00 GiB in all" in text
     assert "| 7 | clientapp | 3.00 GiB | 6.00 GiB |" in text
     assert verdict(gpu_document()) == "PEP-FedPT bf16 MFU 40.4%: target >= 40% met"
+
+
+def test_a_package_missing_on_the_gpu_image_is_a_version_of_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lent GPU's image has torch and timm but may lack flwr, ray or open_clip: the run
+    must still start (the stages that need them fail with a note, the others run)."""
+    from bench.device_check import versions
+
+    for name in ("flwr", "open_clip", "ray"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    found = versions()
+    assert found["flwr"] is None and found["open_clip"] is None and found["ray"] is None
+    assert found["torch"] and found["timm"]
