@@ -36,7 +36,11 @@ INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini",
 HEAD_INITS = ("zeros", "normal")
 FEDMVP_PROTOCOLS = ("base-new", "domain")
 FEDMVP_AGGREGATIONS = ("equal", "num-examples")
-FEDMVP_STEPS = ("batch", "round")
+FEDMVP_STEPS = ("batch", "round", "round-mean")
+FEDMVP_ACTIVATIONS = ("auto", "quick-gelu", "gelu")
+FEDMVP_TARGET_SPLITS = ("test", "all")
+FEDMVP_TEMPLATES = ("released", "design")
+FEDMVP_ZEROSHOT_TEXTS = ("hand-crafted", "attributes")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -353,11 +357,22 @@ class FedMVPConfig:
     clip_model: str = "tiny"
     # "openai" (open_clip download), "random" (seeded init) or an absolute checkpoint path.
     clip_pretrained: str = "random"
+    # The activation of CLIP's blocks: "auto" reads it from open_clip's config of the weights'
+    # tag (OpenAI's weights: QuickGELU) and refuses to guess for a checkpoint path of a model
+    # whose config does not fix it; "quick-gelu" / "gelu" say it outright.
+    clip_activation: str = "auto"
     attributes_dir: str = ""  # folder of <dataset>.json files: class name -> phrases
     # A class without attribute phrases uses "a photo of a {class}." instead of failing.
     plain_template: bool = False
-    prompt_prefix: str = ""  # data set / domain words before the class ("" = none)
-    prompt_suffix: str = ""  # ... after "a photo of a {class}, " ("" = none)
+    # "released": the released code's per-data-set / per-domain words, from the table
+    # conf/templates/released.json; "design": prompt-prefix and prompt-suffix below.
+    templates: str = "released"
+    prompt_prefix: str = ""  # templates = "design": words before "a photo of a {class}"
+    prompt_suffix: str = ""  # templates = "design": words after "a photo of a {class}, "
+    # method = "zeroshot-clip": one hand-crafted sentence per class (the paper's row) or the
+    # attribute sentences FedMVP uses (a row of its own).
+    zeroshot_text: str = "hand-crafted"
+    promptfl_context: int = 4  # promptfl, fedtpg: context tokens of the text prompt (FedTPG's: 4)
     num_prompts: int = 4  # m: prompt tokens pooled from the PromptFormer's outputs
     num_heads: int = 4  # heads of the PromptFormer's cross-attention
     consistency_weight: float = 10.0  # alpha of 1 - cos(f(x), g(x'))
@@ -365,11 +380,16 @@ class FedMVPConfig:
     adapter_threshold: float = 0.5  # sigma: a client switches to adapters below this loss
     logit_scale: float = 100.0
     aggregation: str = "equal"  # "equal" (the paper) | "num-examples" (n_k weights)
-    step_every: str = "batch"  # "batch" (the design) | "round" (the released code's defect)
+    # "batch" (the design) | "round" (the released code: one step per round, on its last
+    # batch) | "round-mean" (one step per round on the round's mean loss)
+    step_every: str = "batch"
     protocol: str = "base-new"  # "base-new" | "domain" (leave-one-domain-out)
     classes_per_client: int = 20  # base classes per client, disjoint across clients
     shots: int = 8  # training examples per class, drawn with the seed
     target_domain: str = ""  # protocol = "domain": the held-out test domain
+    # protocol = "domain": Target scores the held-out domain's central test examples
+    # ("test") or every example of it ("all").
+    target_split: str = "test"
 
     def __post_init__(self) -> None:
         if not self.clip_model:
@@ -384,7 +404,8 @@ class FedMVPConfig:
             raise ConfigError(
                 f"fedmvp.attributes-dir = {self.attributes_dir!r} must be an absolute path"
             )
-        for key in ("num_prompts", "num_heads", "adapter_rank", "classes_per_client", "shots"):
+        positive = ("num_prompts", "num_heads", "adapter_rank", "classes_per_client", "shots")
+        for key in (*positive, "promptfl_context"):
             if getattr(self, key) < 1:
                 raise ConfigError(
                     f"fedmvp.{key.replace('_', '-')} = {getattr(self, key)} must be >= 1"
@@ -394,7 +415,18 @@ class FedMVPConfig:
         _positive("fedmvp.logit-scale", self.logit_scale)
         _choice("fedmvp.aggregation", self.aggregation, FEDMVP_AGGREGATIONS)
         _choice("fedmvp.step-every", self.step_every, FEDMVP_STEPS)
+        _choice("fedmvp.clip-activation", self.clip_activation, FEDMVP_ACTIVATIONS)
         _choice("fedmvp.protocol", self.protocol, FEDMVP_PROTOCOLS)
+        _choice("fedmvp.target-split", self.target_split, FEDMVP_TARGET_SPLITS)
+        _choice("fedmvp.templates", self.templates, FEDMVP_TEMPLATES)
+        if self.templates == "released" and (self.prompt_prefix or self.prompt_suffix):
+            raise ConfigError(
+                f"fedmvp.prompt-prefix = {self.prompt_prefix!r} / prompt-suffix = "
+                f"{self.prompt_suffix!r} apply to fedmvp.templates = 'design' only; with "
+                "'released' the table conf/templates/released.json decides (set "
+                "templates = 'design' to use them)"
+            )
+        _choice("fedmvp.zeroshot-text", self.zeroshot_text, FEDMVP_ZEROSHOT_TEXTS)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from pep_fedpt.data.base_new import harmonic_mean
 
 # The methods on a CLIP (FedMVP and its baselines): their own model and protocol keys.
-CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl")
+CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl", "fedtpg")
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
+# Several data sets in one federation: the mean over the sets of their clients' mean.
+MEMBER_LOCAL_SOURCE = "evaluate/mean-member-accuracy"
 BASE, NEW = "server/base-accuracy", "server/new-accuracy"
 LOCAL, HM = "server/local-accuracy", "server/hm"
 TARGET = "server/target-accuracy"  # the domain protocol's held-out domain
@@ -26,10 +28,11 @@ def base_new_metrics(row: Mapping[str, object]) -> dict[str, float]:
     """``server/local-accuracy`` and ``server/hm`` of a round's metrics row, when the row
     holds Base, New and the clients' accuracies (the domain protocol: Local beside the
     Target accuracy); nothing otherwise."""
-    local_value = row.get(LOCAL_SOURCE)
+    source = MEMBER_LOCAL_SOURCE if MEMBER_LOCAL_SOURCE in row else LOCAL_SOURCE
+    local_value = row.get(source)
     if TARGET in row and isinstance(local_value, int | float):
         return {LOCAL: float(local_value)}
-    values = [row.get(key) for key in (LOCAL_SOURCE, BASE, NEW)]
+    values = [row.get(key) for key in (source, BASE, NEW)]
     if not all(isinstance(v, int | float) for v in values):
         return {}
     local, base, new = (float(v) for v in values)  # type: ignore[arg-type]

@@ -782,9 +782,15 @@ class PromptFedAvg(FedAvg):
         return state
 
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
-        """The replies sorted by the node they answer for (stable), so that checks, logs
-        and sums run in the same order however the replies arrived."""
-        return sorted(replies, key=self._sender)
+        """The replies sorted by the client they answer for (``in_identity_order``), so
+        that checks, logs and sums run in the same order however the replies arrived and
+        whatever ids the nodes got this run."""
+        replies = list(replies)
+        rank = {
+            node: i
+            for i, node in enumerate(self.in_identity_order({self._sender(m) for m in replies}))
+        }
+        return sorted(replies, key=lambda msg: rank[self._sender(msg)])
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -796,9 +802,9 @@ class PromptFedAvg(FedAvg):
             grid, self.fraction_evaluate, self.min_evaluate_nodes, exclude=self.held_out_nodes
         )
         if self.held_out_nodes:  # sampled apart, at the same fraction, at least one
-            held = sorted(self.held_out_nodes & set(grid.get_node_ids()))
+            held = self.in_identity_order(self.held_out_nodes & set(grid.get_node_ids()))
             size = min(len(held), max(int(len(held) * self.fraction_evaluate), 1))
-            node_ids = sorted(node_ids + self._rng.sample(held, size))
+            node_ids = self.in_identity_order(node_ids + self._rng.sample(held, size))
         if not evaluation_round(server_round, self.evaluate_every, self.num_rounds):
             # Drawn and not sent: the sampler's stream, and so which nodes train in later
             # rounds, is the same whatever fed.evaluate-every is.
@@ -1206,10 +1212,27 @@ class PromptFedAvg(FedAvg):
         """Seeded sampling of max(fraction * candidates, minimum) nodes, not in ``exclude``
         (and, with ``verified_only``, only nodes whose class counts were verified)."""
         connected = self._wait_for_nodes(grid, max(self.min_available_nodes, minimum))
-        candidates = [
+        candidates = self.in_identity_order(
             node
             for node in connected
             if node not in (exclude or set()) and (not verified_only or node in self._node_counts)
-        ]
+        )
         size = min(len(candidates), max(int(len(candidates) * fraction), minimum))
-        return sorted(self._rng.sample(candidates, size))
+        return self.in_identity_order(self._rng.sample(candidates, size))
+
+    def in_identity_order(self, nodes: Iterable[int]) -> list[int]:
+        """``nodes`` sorted by the client each one is: its partition id where the prototype
+        round (or late-node admission) learnt one, then nodes without one by node id.
+
+        Sampling draws over this order, never over raw node ids: Flower gives SuperNodes
+        new random ids in every simulation and a restarted SuperNode a new id, so the same
+        seed would pick other clients in another run or after a resume, while a node's
+        partition is its data and stays.
+        """
+        partition_of = {int(entry["node-id"]): pid for pid, entry in self.partitions.items()}  # type: ignore[call-overload]
+
+        def identity(node: int) -> tuple[int, int]:
+            pid = partition_of.get(node)
+            return (0, pid) if pid is not None else (1, node)
+
+        return sorted(nodes, key=identity)

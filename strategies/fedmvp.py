@@ -48,12 +48,24 @@ class FedMVP(PromptFedAvg):
         C, the data set's classes: the length of every reply's class counts.
     aggregation : str (default "equal")
         "equal": every valid reply weighs the same (the paper); "num-examples": by n_k.
+    member_of : sequence of int (default empty)
+        Several data sets in one federation (coop-nine): the member set of each partition
+        id. Evaluation then adds ``mean-member-accuracy``, the mean over the members of the
+        mean accuracy of each member's clients (the paper's Local of the nine sets).
     The base's ``wire_dtype`` ("float16": half the bytes each way) applies as for every
     method; the state is kept and averaged in float32.
     """
 
-    def __init__(self, *, num_classes: int, aggregation: str = "equal", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        aggregation: str = "equal",
+        member_of: Sequence[int] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.member_of = tuple(int(m) for m in member_of)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes = {num_classes!r} must be an integer >= 1")
         if aggregation not in AGGREGATIONS:
@@ -176,4 +188,23 @@ class FedMVP(PromptFedAvg):
                 for other in [n for n, p in self.node_partitions.items() if p == pid]:
                     del self.node_partitions[other]
                 self.node_partitions[node] = pid
-        return super().aggregate_evaluate(server_round, replies)
+        record = super().aggregate_evaluate(server_round, replies)
+        return self._member_local(server_round, record)
+
+    def _member_local(self, server_round: int, record: MetricRecord | None) -> MetricRecord | None:
+        """coop-nine: ``mean-member-accuracy``, the mean over the member sets of the mean
+        accuracy of each set's (not held-out) clients."""
+        if record is None or not self.member_of or "client-accuracies" not in record:
+            return record
+        by_member: dict[int, list[float]] = {}
+        accuracies = record["client-accuracies"]
+        pids = record["client-partition-ids"]
+        for accuracy, pid in zip(accuracies, pids, strict=True):  # type: ignore[call-overload]
+            if 0 <= int(pid) < len(self.member_of):
+                by_member.setdefault(self.member_of[int(pid)], []).append(float(accuracy))
+        if by_member:
+            means = [sum(v) / len(v) for v in by_member.values()]
+            extra = MetricRecord({"mean-member-accuracy": sum(means) / len(means)})
+            record["mean-member-accuracy"] = extra["mean-member-accuracy"]
+            self._remember(server_round, "evaluate", extra)
+        return record

@@ -23,7 +23,7 @@ from pep_fedpt.state import trainable_arrays
 from strategies import LocalOnly, PromptFedAvg, wire
 
 # FedMVP, zero-shot CLIP and PromptFL (CLIP models): tests/test_fedmvp_*
-CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl")
+CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl", "fedtpg")
 BASELINES = [m for m in METHODS if m not in ("pep-fedpt", *CLIP_METHODS)]
 # The tiny ViT has 3 blocks; prompt.ccmp-blocks = "2-L" puts a deep prompt in blocks 2, 3.
 DEEP = {wire.deep_prompt_key(1), wire.deep_prompt_key(2)}

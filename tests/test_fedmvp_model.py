@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import tarfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +18,11 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
+from PIL import Image
 
-from pep_fedpt.config import FedMVPConfig, RunConfig, TrainConfig
+from pep_fedpt.config import ConfigError, FedMVPConfig, RunConfig, TrainConfig
+from pep_fedpt.data.images import ImageFiles
 from pep_fedpt.feature_cache import feature_store
 from pep_fedpt.fedmvp import (
     FedMVPModel,
@@ -33,7 +37,13 @@ from pep_fedpt.fedmvp import (
     train_local,
 )
 from pep_fedpt.fedmvp.attributes import AttributesError, connector
-from pep_fedpt.fedmvp.clip import ClipBundle, ClipWeightsError
+from pep_fedpt.fedmvp.clip import (
+    ClipBundle,
+    ClipWeightsError,
+    clip_image_spec,
+    uses_quick_gelu,
+    wants_quick_gelu,
+)
 
 CPU = torch.device("cpu")
 ATTRIBUTES = next(
@@ -210,6 +220,108 @@ def test_unavailable_openai_weights_fail_with_the_alternatives(
         build_clip(FedMVPConfig(clip_model="ViT-Q-99"), 0, CPU)
 
 
+def test_the_activation_follows_the_key_and_keys_the_fingerprint(tmp_path: Path) -> None:
+    gelu = build_clip(FedMVPConfig(), 0, CPU)
+    quick = build_clip(FedMVPConfig(clip_activation="quick-gelu"), 0, CPU)
+    assert (uses_quick_gelu(gelu.model), uses_quick_gelu(quick.model)) == (False, True)
+    assert quick.quick_gelu and "quick_gelu" in quick.fingerprint
+    assert gelu.fingerprint != quick.fingerprint  # no cached feature crosses activations
+    # The same weights run with the other activation give other features.
+    torch.save(gelu.model.state_dict(), tmp_path / "tiny.pt")
+    loaded = build_clip(
+        FedMVPConfig(clip_pretrained=str(tmp_path / "tiny.pt"), clip_activation="quick-gelu"),
+        0,
+        CPU,
+    )
+    tokens = gelu.tokenizer(["a photo of a dog"])
+    assert not torch.allclose(gelu.model.encode_text(tokens), loaded.model.encode_text(tokens))
+
+
+def test_auto_reads_the_tag_and_refuses_to_guess_for_a_checkpoint_path(tmp_path: Path) -> None:
+    assert wants_quick_gelu(FedMVPConfig(clip_model="ViT-B-16", clip_pretrained="openai"))
+    assert not wants_quick_gelu(FedMVPConfig(clip_model="ViT-B-16", clip_pretrained="random"))
+    assert wants_quick_gelu(FedMVPConfig(clip_model="ViT-B-16-quickgelu"))
+    path = str(tmp_path / "ViT-B-16.pt")
+    with pytest.raises(ClipWeightsError, match=r"checkpoint file.*clip-activation = 'quick-gelu'"):
+        wants_quick_gelu(FedMVPConfig(clip_model="ViT-B-16", clip_pretrained=path))
+    explicit = FedMVPConfig(clip_model="ViT-B-16", clip_pretrained=path, clip_activation="gelu")
+    assert not wants_quick_gelu(explicit)
+    with pytest.raises(ConfigError, match=r"clip-activation = 'relu'.*auto, quick-gelu, gelu"):
+        FedMVPConfig(clip_activation="relu")
+
+
+@pytest.mark.integration
+def test_vit_b_16_for_the_openai_tag_builds_quick_gelu_offline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The paper's backbone through open_clip's own tag path, its download replaced by a
+    local checkpoint of random weights: the blocks must be QuickGELU, as the tag says."""
+    path = tmp_path / "ViT-B-16-openai.pt"
+    random_weights = open_clip.create_model("ViT-B-16").state_dict()
+    torch.save({k: v.half() for k, v in random_weights.items()}, path)
+    asked: list[str] = []
+
+    def local_file(cfg: dict, *args: object, **kwargs: object) -> str:
+        asked.append(str(cfg.get("hf_hub") or cfg.get("url")))
+        return str(path)
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", local_file)
+    bundle = build_clip(FedMVPConfig(clip_model="ViT-B-16", clip_pretrained="openai"), 0, CPU)
+    assert asked and "openai" in asked[0]
+    activations = {type(block.mlp.gelu) for block in bundle.model.visual.transformer.resblocks}
+    assert activations == {QuickGELU}
+    assert {type(b.mlp.gelu) for b in bundle.model.transformer.resblocks} == {QuickGELU}
+    assert bundle.quick_gelu and "quick_gelu" in bundle.fingerprint
+    assert torch.equal(
+        bundle.model.visual.proj, random_weights["visual.proj"].half().float()
+    )  # the local file's weights were loaded
+
+
+CIFAR10_ARCHIVE = next(
+    (p / "shared" / "datasets" / "cifar10-jpeg.tar.gz" for p in Path(__file__).resolve().parents
+     if (p / "shared" / "datasets" / "cifar10-jpeg.tar.gz").is_file()),
+    None,
+)  # fmt: skip
+
+
+def _real_jpeg() -> bytes:
+    """The first JPEG of the shared CIFAR-10 archive, read in place (nothing extracted)."""
+    assert CIFAR10_ARCHIVE is not None
+    with tarfile.open(CIFAR10_ARCHIVE) as archive:
+        for member in archive:
+            if member.isfile() and member.name.endswith(".jpg"):
+                handle = archive.extractfile(member)
+                assert handle is not None
+                return handle.read()
+    raise AssertionError(f"no JPEG in {CIFAR10_ARCHIVE}")
+
+
+@pytest.mark.skipif(CIFAR10_ARCHIVE is None, reason="the shared CIFAR-10 archive is not here")
+def test_clip_images_are_pixel_equal_to_open_clips_own_transform(tmp_path: Path) -> None:
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16")
+    spec = clip_image_spec(model)
+    assert (spec.size, spec.resize_mode, spec.interpolation) == (224, "shortest", "bicubic")
+    square = tmp_path / "cifar.jpg"
+    square.write_bytes(_real_jpeg())
+    # A wide image of the same photo, so that the short-side resize and the centre crop act.
+    photo = Image.open(square).convert("RGB")
+    canvas = Image.new("RGB", (3 * photo.width, photo.height), (10, 200, 30))
+    canvas.paste(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (0, 0))
+    canvas.paste(photo, (photo.width, 0))
+    wide = tmp_path / "wide.png"
+    canvas.save(wide)
+    files = ImageFiles([square, wide], [0, 1], spec)
+    for index, path in enumerate((square, wide)):
+        with Image.open(path) as image:
+            expected = preprocess(image)
+        assert expected.shape == (3, 224, 224)
+        assert torch.equal(files[index][0], expected)
+    # Squashing the wide image (the ViT methods' input) would give other pixels.
+    squashed = ImageFiles([wide], [1], replace(spec, resize_mode="", interpolation=""))
+    assert not torch.allclose(squashed[0][0], files[1][0])
+    assert build_clip(FedMVPConfig(), 0, CPU).spec.resize_mode == "shortest"  # tiny too
+
+
 # ---------------------------------------------------------------- the text bank and its cache
 
 
@@ -250,7 +362,13 @@ def test_the_text_cache_is_reused_and_invalidated_when_a_sentence_changes(
     second = build_text_bank(bundle, ["cat", "dog"], attrs, cfg, cache)
     assert calls[0] == 1  # read from the node's disk, not encoded
     assert torch.equal(first.features, second.features)
-    build_text_bank(bundle, ["cat", "dog"], attrs, replace(cfg, prompt_suffix="a pet"), cache)
+    build_text_bank(
+        bundle,
+        ["cat", "dog"],
+        attrs,
+        replace(cfg, templates="design", prompt_suffix="a pet"),
+        cache,
+    )
     assert calls[0] == 2  # other sentences: encoded again
     changed = {"cat": ["pointed ears", "a long tail", "often found outdoors"], "dog": TOY["dog"]}
     build_text_bank(bundle, ["cat", "dog"], changed, cfg, cache)
@@ -307,9 +425,9 @@ def test_the_promptformer_computes_the_designs_cross_attention_by_hand() -> None
         weights = torch.softmax(q[..., s] @ k[:, s].t() / math.sqrt(4), dim=-1)
         heads.append(weights @ v[:, s])
     hidden = att.out(torch.cat(heads, dim=-1))  # no residual from the patches
-    fx = hidden + former.ffn.fc2(
-        former.ffn.fc1(hidden)[..., :32] * F.gelu(former.ffn.fc1(hidden)[..., 32:])
-    )
+    normed = F.layer_norm(hidden, (8,), former.ffn.norm.weight, former.ffn.norm.bias)
+    up = former.ffn.fc1(normed)  # the feed-forward's own LayerNorm first
+    fx = hidden + former.ffn.fc2(up[..., :32] * F.gelu(up[..., 32:]))
     expected = torch.stack([fx[:, 0:2].mean(1), fx[:, 2:4].mean(1)], dim=1)  # two bands
     assert torch.allclose(former(patches, bank), expected, atol=1e-5)
 
@@ -336,8 +454,10 @@ def test_adapters_change_nothing_while_off_and_decide_what_trains() -> None:
 def test_the_promptformer_has_the_designs_size_at_vit_b16_widths() -> None:
     former = PromptFormer(text_dim=512, width=768)
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in former.named_children()}
-    # 9.84 M without the adapters (the paper: "about 9.85 M"); rank-8 adapters add 36,864
-    assert counts == {"proj": 393_984, "attn": 2_365_440, "ffn": 7_084_800, "adapter": 36_864}
+    # The released PromptFormer's 9,845,760 without the adapters (the paper: "about 9.85 M"),
+    # its feed-forward's LayerNorm included; rank-8 adapters add 36,864.
+    assert counts == {"proj": 393_984, "attn": 2_365_440, "ffn": 7_086_336, "adapter": 36_864}
+    assert sum(counts.values()) - counts["adapter"] == 9_845_760
 
 
 # ---------------------------------------------------------------- the prompted encoder
@@ -458,17 +578,42 @@ def test_training_steps_once_per_batch_and_is_seeded(model: FedMVPModel, bank: T
 
 
 def test_one_step_per_round_accumulates_the_batches(model: FedMVPModel, bank: TextBank) -> None:
-    cfg = _run_config(step_every="round")
+    cfg = _run_config(step_every="round-mean")
     result = train_local(model, _toy_data(), bank, cfg, CPU, seed=0, adapters_on=False)
     assert result.steps == 1
 
 
-def test_the_round_step_follows_the_mean_gradient_of_the_round(
+def test_the_released_round_step_follows_the_last_batch_alone(
+    model: FedMVPModel, bank: TextBank
+) -> None:
+    """step-every = "round": one SGD step on the loss of the round's last batch (10 examples
+    in batches of 4: the last batch holds the 2 last of the seeded order), as released."""
+    start = model.trainable_arrays()
+    data = _toy_data(10)
+    cfg = _run_config(step_every="round")
+    cfg = replace(cfg, train=replace(cfg.train, momentum=0.0, weight_decay=0.0))
+    result = train_local(model, data, bank, cfg, CPU, seed=5, adapters_on=False, lr=0.1)
+    assert (result.steps, result.num_examples) == (1, 10)
+    stepped = model.trainable_arrays()["fedmvp.proj.weight"]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(5))  # the loader's
+    images, labels = (t[order[8:]] for t in data.tensors)
+    model.load_trainable_arrays(start)
+    model.zero_grad(set_to_none=True)
+    f = model.encode_image(images, bank)
+    ce = F.cross_entropy(model.logits_from_features(f, bank), labels)
+    loss = ce + 10 * model.consistency_loss(f, images)
+    loss.backward()
+    grad = model.promptformer.proj.weight.grad.numpy()
+    assert np.allclose(stepped, start["fedmvp.proj.weight"] - 0.1 * grad, atol=1e-5)
+    assert result.loss == pytest.approx(loss.item(), rel=1e-5)  # that batch's, as logged
+
+
+def test_the_round_mean_step_follows_the_mean_gradient_of_the_round(
     model: FedMVPModel, bank: TextBank
 ) -> None:
     start = model.trainable_arrays()
     data = _toy_data(8)
-    cfg = _run_config(step_every="round")
+    cfg = _run_config(step_every="round-mean")
     cfg = replace(cfg, train=replace(cfg.train, momentum=0.0, weight_decay=0.0))
     train_local(model, data, bank, cfg, CPU, seed=0, adapters_on=False, lr=0.1)  # the round's lr
     stepped = model.trainable_arrays()["fedmvp.proj.weight"]
@@ -544,6 +689,7 @@ def test_trainable_arrays_round_trip_under_stable_names(bundle: ClipBundle) -> N
         "fedmvp.attn.q_norm.weight",
         "fedmvp.attn.k_norm.bias",
         "fedmvp.attn.v.weight",
+        "fedmvp.ffn.norm.weight",
         "fedmvp.ffn.fc1.weight",
         "fedmvp.adapter.q.down",
         "fedmvp.adapter.v.up",

@@ -13,7 +13,7 @@ from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.fedmvp import cached_clip
-from pep_fedpt.methods.promptfl import CTX_KEY, N_CTX, ContextPrompts
+from pep_fedpt.methods.promptfl import CTX_KEY, ContextPrompts
 from strategies import wire
 
 
@@ -21,10 +21,10 @@ def test_the_context_sits_where_the_placeholders_were() -> None:
     """With the context set to the embeddings of the "X" placeholders themselves, the
     prompted encoder is open_clip's encode_text of the same tokens, exactly."""
     bundle = cached_clip(RunConfig(), "cpu")
-    prompts = ContextPrompts(bundle, seed=0)
+    prompts = ContextPrompts(bundle, seed=0, n_ctx=16)  # CoOp's own length
     tokens = prompts.tokens(["dog", "alarm_clock"])
     with torch.no_grad():
-        prompts.ctx.copy_(bundle.model.token_embedding(tokens)[0, 1 : 1 + N_CTX])
+        prompts.ctx.copy_(bundle.model.token_embedding(tokens)[0, 1 : 1 + 16])
         expected = bundle.model.encode_text(tokens, normalize=True)
         np.testing.assert_allclose(prompts.text_features(tokens), expected, atol=1e-6)
     # and the context is what moves them: another context, other features (a random one:
@@ -37,6 +37,7 @@ def test_the_context_sits_where_the_placeholders_were() -> None:
 def test_the_context_is_seeded_and_round_trips() -> None:
     bundle = cached_clip(RunConfig(), "cpu")
     first, second = ContextPrompts(bundle, 3), ContextPrompts(bundle, 3)
+    assert first.ctx.shape == (4, 64)  # FedTPG's PromptFL row: 4 context tokens
     np.testing.assert_array_equal(
         first.trainable_arrays()[CTX_KEY], second.trainable_arrays()[CTX_KEY]
     )
@@ -48,7 +49,12 @@ def test_the_context_is_seeded_and_round_trips() -> None:
 
 
 @pytest.mark.integration
-def test_one_promptfl_round_averages_the_context_by_n_k(tmp_path: Path, task_identity) -> None:
+@pytest.mark.parametrize("aggregation", ["equal", "num-examples"])
+def test_one_promptfl_round_averages_the_context_as_configured(
+    tmp_path: Path, task_identity, aggregation: str
+) -> None:
+    """Equal weights by default (FedTPG's PromptFL row), n_k with "num-examples"; the
+    context has fedmvp.promptfl-context tokens."""
     flat = RunConfig().to_flat()
     flat.update(
         {
@@ -59,6 +65,8 @@ def test_one_promptfl_round_averages_the_context_by_n_k(tmp_path: Path, task_ide
             "fedmvp.classes-per-client": 2,
             "fedmvp.shots": 1000,  # more than any class has: every example, so n_k differ
             "train.batch-size": 64,
+            "fedmvp.aggregation": aggregation,
+            "fedmvp.promptfl-context": 3,
         }
     )
     nodes = {10 + p: {"partition-id": p, "num-partitions": 2} for p in range(2)}
@@ -69,8 +77,10 @@ def test_one_promptfl_round_averages_the_context_by_n_k(tmp_path: Path, task_ide
     sizes = [m.content[wire.METRICS][wire.NUM_EXAMPLES] for m in trains]
     assert sizes[0] != sizes[1]
     ctxs = [m.content[wire.ARRAYS][CTX_KEY].numpy().astype(np.float64) for m in trains]
-    mean = sum(n * c for n, c in zip(sizes, ctxs, strict=True)) / sum(sizes)
+    weights = sizes if aggregation == "num-examples" else [1, 1]
+    mean = sum(n * c for n, c in zip(weights, ctxs, strict=True)) / sum(weights)
     np.testing.assert_allclose(state[CTX_KEY], mean, rtol=1e-5, atol=1e-7)
+    assert state[CTX_KEY].shape == (3, 64)
     assert not np.allclose(ctxs[0], ctxs[1])  # each client trained its own way
     row = load_json(tmp_path / "run" / "metrics.json")[1]
     for key in (

@@ -57,7 +57,10 @@ def test_validating_a_method_name_imports_no_torch() -> None:
 def test_every_method_builds_its_strategy_client_and_server_through_the_registry(
     name: str, tiny_run_config: dict
 ) -> None:
-    cfg = RunConfig.from_flat({**tiny_run_config, "method": name})
+    # The CLIP methods' clients take consecutive chunks of the 5 base classes of digits: one
+    # class each, so that 3 clients have one.
+    chunks = {"fedmvp.classes-per-client": 1}
+    cfg = RunConfig.from_flat({**tiny_run_config, **chunks, "method": name})
     method = method_for(cfg)
     strategy = method.build_strategy(cfg)
     assert isinstance(strategy, PromptFedAvg)
@@ -69,7 +72,7 @@ def test_every_method_builds_its_strategy_client_and_server_through_the_registry
     server = method.build_server(cfg, pick_device())
     state = server.initial_arrays()
     if method.layout is None:  # CLIP methods, no head (zero-shot CLIP: nothing to train)
-        assert all(key.startswith((wire.FEDMVP_PREFIX, "promptfl.")) for key in state)
+        assert all(key.startswith((wire.FEDMVP_PREFIX, "promptfl.", "fedtpg.")) for key in state)
         assert bool(state) == (name != "zeroshot-clip")
         return
     assert wire.HEAD_WEIGHT in state
@@ -97,8 +100,8 @@ def test_a_method_s_own_config_check_runs_before_anything_is_built() -> None:
 
 
 def test_an_unknown_name_is_refused_with_the_accepted_ones() -> None:
-    with pytest.raises(ValueError, match=r"method = 'fedtpg' is not accepted; use one of: pep-"):
-        get_method("fedtpg")
+    with pytest.raises(ValueError, match=r"method = 'fedclip' is not accepted; use one of: pep-"):
+        get_method("fedclip")
 
 
 def test_a_registration_without_module_class_strategy_is_refused() -> None:

@@ -221,3 +221,43 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint(tmp_path: Path
         atomic_write(tmp_path / CHECKPOINT, object())  # type: ignore[arg-type]  # dies in write
     assert load_checkpoint(tmp_path).server_round == 2
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+
+
+class _Connected:
+    """The one grid call sampling makes: which nodes are connected."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def _strategy_with_partitions(node_of: dict[int, int]) -> PEPFedPT:
+    strategy = PEPFedPT(seed=3, min_available_nodes=1)
+    for pid, node in node_of.items():
+        strategy.partitions[pid] = {"node-id": node, "held-out": False, "class-counts": [1]}
+        strategy._node_counts[node] = [1]
+    return strategy
+
+
+def test_nodes_are_ordered_by_partition_then_nodes_without_one_by_id() -> None:
+    strategy = _strategy_with_partitions({0: 900, 1: 5, 2: 77})
+    assert strategy.in_identity_order([5, 3, 77, 900, 1]) == [900, 5, 77, 1, 3]
+
+
+def test_the_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> None:
+    one = _strategy_with_partitions({pid: 100 + pid for pid in range(8)})
+    other = _strategy_with_partitions({pid: 9_000 - 13 * pid for pid in range(8)})
+    grid_one, grid_other = _Connected(list(one._node_counts)), _Connected(list(other._node_counts))
+    partition_of = [
+        {node: pid for pid, entry in s.partitions.items() for node in [entry["node-id"]]}
+        for s in (one, other)
+    ]
+    for _ in range(5):  # five rounds of half the clients
+        picked = [
+            [partition_of[i][node] for node in s._sample(grid, 0.5, 1, verified_only=True)]
+            for i, (s, grid) in enumerate(((one, grid_one), (other, grid_other)))
+        ]
+        assert picked[0] == picked[1]
+        assert len(picked[0]) == 4

@@ -1,4 +1,5 @@
-"""One real `flwr run .` in Flower's simulation engine, as the README runs it."""
+"""Real `flwr run .` in Flower's simulation engine, as the README runs it: it finishes, and
+the same seed gives the same run (fresh, and resumed) though node ids differ every run."""
 
 from __future__ import annotations
 
@@ -58,3 +59,66 @@ def test_flwr_run_simulation_finishes_completed(tmp_path: Path) -> None:
         assert rows[1]["evaluate/num-clients"] == 2
     finally:
         stop_superlink(home)
+
+
+TINY = (
+    "model.pretrained='random' model.depth=2 model.embed-dim=64 model.num-heads=2 model.img-size=16"
+)
+
+
+def flwr_run(home: Path, overrides: str, supernodes: int) -> str:
+    """One `flwr run .` to its end; its log (fails the test unless it exited 0)."""
+    run = subprocess.run(
+        [
+            str(BIN / "flwr"),
+            "run",
+            ".",
+            "--stream",
+            "-c",
+            f"{TINY} {overrides}",
+            "--federation-config",
+            f"num-supernodes={supernodes}",
+        ],
+        cwd=ROOT,
+        env=flwr_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log
+    return log
+
+
+@pytest.mark.timeout(1200)
+def test_the_same_seed_trains_the_same_clients_in_every_run_and_after_a_resume(
+    tmp_path: Path,
+) -> None:
+    # Half of 4 clients train each round: which half is the seed's choice alone, although
+    # the simulation gives the SuperNodes new random node ids in every run.
+    home = tmp_path / "flwr-home"
+    sampled = (
+        "fed.fraction-train=0.5 fed.fraction-evaluate=0.5 "
+        "fed.min-train-nodes=2 fed.min-evaluate-nodes=2"
+    )
+    try:
+        for name in ("first", "second"):
+            flwr_run(home, f"num-server-rounds=3 {sampled} output-dir='{tmp_path / name}'", 4)
+        stopped = tmp_path / "stopped"
+        flwr_run(home, f"num-server-rounds=1 {sampled} output-dir='{stopped}'", 4)
+        flwr_run(home, f"num-server-rounds=3 {sampled} output-dir='' resume-from='{stopped}'", 4)
+    finally:
+        stop_superlink(home)
+    state = (tmp_path / "first" / "state.npz").read_bytes()
+    assert (tmp_path / "second" / "state.npz").read_bytes() == state
+    assert (stopped / "state.npz").read_bytes() == state
+    rows = {
+        name: json.loads((tmp_path / name / "metrics.json").read_text())
+        for name in ("first", "second", "stopped")
+    }
+    evaluated = {
+        name: [row.get("evaluate/client-partition-ids") for row in runs]
+        for name, runs in rows.items()
+    }
+    assert evaluated["second"] == evaluated["first"]
+    assert evaluated["stopped"] == evaluated["first"]

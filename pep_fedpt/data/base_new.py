@@ -1,7 +1,8 @@
 """The base->new protocol of CoOp, CoCoOp and FedTPG, as FedMVP evaluates it (numpy only).
 
 A data set's classes split in two by label: base (the first half, ceil(C/2) classes) and
-new (the rest). Clients hold disjoint sets of ``classes-per-client`` base classes and
+new (the rest). Clients hold consecutive chunks of ``classes-per-client`` base classes, the
+last client the remainder, so every base class is trained (the released code's split), and
 ``shots`` training examples of each, drawn with the seed from the client pool (the train
 split); no client ever sees a new class. Tests come from the central test split:
 
@@ -39,41 +40,47 @@ def split_base_new(num_classes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(range(cut)), tuple(range(cut, num_classes))
 
 
-def assign_classes(
-    base: Sequence[int], num_clients: int, classes_per_client: int, seed: int
-) -> list[tuple[int, ...]]:
-    """Disjoint sets of base classes, one per client, in a seeded order of the classes.
+def published_clients(num_classes: int, classes_per_client: int) -> int:
+    """How many clients the released code gives ``num_classes`` classes: round(m / c) with
+    numpy's rounding (halves to even), at least one."""
+    return max(1, int(np.around(num_classes / classes_per_client)))
 
-    Each client gets ``classes_per_client`` classes, or fewer when the base classes do not
-    suffice for every client (said in a log line); too few base classes to give every
-    client one is an error naming the numbers.
+
+def class_chunks(
+    classes: Sequence[int], num_clients: int, classes_per_client: int
+) -> list[tuple[int, ...]]:
+    """Consecutive chunks of ``classes_per_client`` classes, one per client, the last client
+    taking the remainder, so that every class is held (as the released code splits them).
+
+    The released code has ``published_clients`` clients; another count is accepted (a log
+    line names the published one) as long as every client gets a class.
     """
     if num_clients < 1:
         raise ConfigError(f"num-partitions = {num_clients} must be >= 1")
     if classes_per_client < 1:
         raise ConfigError(f"fedmvp.classes-per-client = {classes_per_client} must be >= 1")
-    per_client = min(classes_per_client, len(base) // num_clients)
-    if per_client < 1:
+    classes = tuple(int(c) for c in classes)
+    if (num_clients - 1) * classes_per_client >= len(classes):
+        most = -(-len(classes) // classes_per_client)
         raise ConfigError(
-            f"base->new: {len(base)} base classes cannot give each of {num_clients} clients "
-            "a disjoint class of its own; use fewer clients (num-partitions) or a data set "
-            "with more classes"
+            f"{len(classes)} classes in consecutive chunks of fedmvp.classes-per-client = "
+            f"{classes_per_client} leave no class for the last of {num_clients} clients; use at "
+            f"most {most} clients (the released code uses "
+            f"{published_clients(len(classes), classes_per_client)}) or fewer classes per client"
         )
-    if per_client < classes_per_client:
+    published = published_clients(len(classes), classes_per_client)
+    if num_clients != published:
         _LOG.warning(
-            "base->new: fedmvp.classes-per-client = %d, but %d base classes over %d clients "
-            "give each client only %d disjoint classes; using %d",
+            "%d classes in chunks of %d: the released code uses %d clients, this run %d "
+            "(the last client holds %d classes)",
+            len(classes),
             classes_per_client,
-            len(base),
+            published,
             num_clients,
-            per_client,
-            per_client,
+            len(classes) - (num_clients - 1) * classes_per_client,
         )
-    order = np.random.default_rng(seed).permutation(np.asarray(base, dtype=np.int64))
-    return [
-        tuple(sorted(int(c) for c in order[k * per_client : (k + 1) * per_client]))
-        for k in range(num_clients)
-    ]
+    cut = [k * classes_per_client for k in range(num_clients)] + [len(classes)]
+    return [classes[cut[k] : cut[k + 1]] for k in range(num_clients)]
 
 
 def draw_shots(
@@ -114,6 +121,8 @@ class BaseNewSplit:
     client_test: tuple[np.ndarray, ...]  # per partition id: central test of its classes
     base_test: np.ndarray
     new_test: np.ndarray
+    # Several data sets in one federation: per partition id, the index of its member set.
+    client_members: tuple[int, ...] = ()
 
 
 def base_new_split(
@@ -129,7 +138,7 @@ def base_new_split(
 ) -> BaseNewSplit:
     """The whole base->new split of one run (see the module docstring)."""
     base, new = split_base_new(num_classes)
-    classes = assign_classes(base, num_partitions, classes_per_client, seed)
+    classes = class_chunks(base, num_partitions, classes_per_client)
     train = tuple(draw_shots(train_indices, train_targets, c, shots, seed) for c in classes)
     for pid, (own, idx) in enumerate(zip(classes, train, strict=True)):
         if len(idx) == 0:
@@ -157,3 +166,58 @@ def harmonic_mean(local: float, base: float, new: float) -> float:
     if min(values) == 0.0:
         return 0.0
     return 3.0 / sum(1.0 / v for v in values)
+
+
+def member_base_new(groups: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], ...]]:
+    """Base and new labels of each member set of a joint federation: the first
+    ceil(C_m / 2) of its labels, and the rest (each set split as it is alone)."""
+    out = []
+    for labels in groups:
+        labels = tuple(int(c) for c in labels)
+        cut = math.ceil(len(labels) / 2)
+        out.append((labels[:cut], labels[cut:]))
+    return out
+
+
+def joint_base_new_split(
+    groups: Sequence[Sequence[int]],
+    names: Sequence[str],
+    train_indices: np.ndarray,
+    train_targets: np.ndarray,
+    test_indices: np.ndarray,
+    test_targets: np.ndarray,
+    num_partitions: int,
+    classes_per_client: int,
+    shots: int,
+    seed: int,
+) -> BaseNewSplit:
+    """The paper's one federation over several data sets (``groups``: each member's labels,
+    ``names`` its name): every member's base split into its released chunks, the clients of
+    the members one after another (the nine CoOp sets at 20 classes per chunk: 30)."""
+    halves = member_base_new(groups)
+    counts = [published_clients(len(base), classes_per_client) for base, _ in halves]
+    if num_partitions != sum(counts):
+        per_set = ", ".join(f"{n} {k}" for n, k in zip(names, counts, strict=True))
+        raise ConfigError(
+            f"num-partitions = {num_partitions}: the released chunks of "
+            f"fedmvp.classes-per-client = {classes_per_client} give {sum(counts)} clients "
+            f"over these sets ({per_set}); run that many SuperNodes"
+        )
+    classes: list[tuple[int, ...]] = []
+    members: list[int] = []
+    for m, ((base, _), count) in enumerate(zip(halves, counts, strict=True)):
+        classes += class_chunks(base, count, classes_per_client)
+        members += [m] * count
+    train = tuple(draw_shots(train_indices, train_targets, c, shots, seed) for c in classes)
+    base = tuple(c for b, _ in halves for c in b)
+    new = tuple(c for _, n in halves for c in n)
+    return BaseNewSplit(
+        base=base,
+        new=new,
+        client_classes=tuple(classes),
+        client_train=train,
+        client_test=tuple(of_classes(test_indices, test_targets, c) for c in classes),
+        base_test=of_classes(test_indices, test_targets, base),
+        new_test=of_classes(test_indices, test_targets, new),
+        client_members=tuple(members),
+    )

@@ -16,10 +16,10 @@ the split file, in label order, so they match the attribute files' keys.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pep_fedpt.config import DataConfig
+from pep_fedpt.config import ConfigError, DataConfig
 from pep_fedpt.data.images import ImageFiles, data_root, require_path
 from pep_fedpt.data.registry import DatasetNotFoundError, DatasetSplits, ImageSpec, register_dataset
 
@@ -160,3 +160,69 @@ def _register(name: str) -> None:
 
 for _name in COOP_SETS:
     _register(_name)
+
+
+# The paper's one base->new federation: the nine sets in the released code's order.
+NINE = (
+    "caltech101",
+    "oxford_flowers",
+    "fgvc_aircraft",
+    "ucf101",
+    "oxford_pets",
+    "food101",
+    "dtd",
+    "stanford_cars",
+    "sun397",
+)
+NINE_SETS = "coop-nine"
+
+
+def nine_members(cfg: DataConfig) -> tuple[str, ...]:
+    """The member sets of ``coop-nine``: all nine, or those ``data.domains`` keeps."""
+    names = [d.strip() for d in cfg.domains.split(",") if d.strip()] or list(NINE)
+    unknown = sorted(set(names) - set(NINE))
+    if unknown:
+        raise ConfigError(
+            f"data.domains = {cfg.domains!r}: {unknown} are not CoOp sets of {NINE_SETS}; "
+            f"use some of {list(NINE)}"
+        )
+    return tuple(n for n in NINE if n in names)
+
+
+@register_dataset(NINE_SETS)
+def load_nine(cfg: DataConfig, spec: ImageSpec) -> DatasetSplits:
+    """The nine sets as one: ``data.data-dir`` is CoOp's data root (each set in its CoOp
+    folder beneath it), labels offset set by set, every example's set in ``domains`` (its
+    index among the members), class names in label order."""
+    where = (
+        "data.data-dir is CoOp's data root, each set in its CoOp folder beneath it "
+        f"({', '.join(COOP_SETS[n].folder for n in NINE)}), as CoOp's DATASETS.md lays them out"
+    )
+    root = data_root(cfg.data_dir, NINE_SETS, where)
+    parts: dict[str, tuple[list[Path], list[int], list[int]]] = {
+        "train": ([], [], []),
+        "test": ([], [], []),
+    }
+    classes: list[str] = []
+    for index, name in enumerate(nine_members(cfg)):
+        coop = COOP_SETS[name]
+        member_cfg = replace(cfg, dataset=name, data_dir=str(root / coop.folder))
+        try:
+            member = load_coop(member_cfg, spec, coop)
+        except DatasetNotFoundError as exc:
+            raise DatasetNotFoundError(
+                f"{NINE_SETS}, member {name}: {exc} (For {NINE_SETS}, data.data-dir is the "
+                f"root that holds {coop.folder}/: {root}.)"
+            ) from exc
+        for split, files in (("train", member.train), ("test", member.test)):
+            assert isinstance(files, ImageFiles)
+            paths, targets, sets = parts[split]
+            paths += files.paths
+            targets += [len(classes) + int(t) for t in files.targets]
+            sets += [index] * len(files.targets)
+        classes += member.classes
+    splits = {
+        split: ImageFiles(paths, targets, spec, domains=sets)
+        for split, (paths, targets, sets) in parts.items()
+    }
+    return DatasetSplits(train=splits["train"], test=splits["test"], classes=classes)

@@ -7,7 +7,7 @@ labels live in a numpy ``targets`` array so that partitioning never opens an ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +46,31 @@ def _rgb(image: Image.Image) -> Image.Image:
 class ImageTransform:
     """PIL image -> (3, size, size) float tensor, normalised with the backbone's mean/std.
 
-    The whole image is resized (no crop): a 32 px CIFAR image becomes the 224 px input a
-    ViT-B/16 was pre-trained on, and a grey image gets three identical channels.
+    With ``spec.resize_mode`` "" the whole image is resized (no crop): a 32 px CIFAR image
+    becomes the 224 px input a ViT-B/16 was pre-trained on, and a grey image gets three
+    identical channels. Otherwise (a CLIP) the geometry is open_clip's own eval transform
+    for the spec (``open_clip.image_transform``: short side resized with the spec's
+    interpolation, centre crop, RGB), used as open_clip builds it, not rewritten.
 
     Two stages, so that the expensive one can be cached: ``pixels`` (decode, RGB, resize:
     uint8) and ``finish`` (to float in [0, 1], normalise). ``finish(pixels(image))`` is
-    bit-identical to torchvision's ``ToTensor`` + ``Normalize`` on the resized image.
+    bit-identical to torchvision's ``ToTensor`` + ``Normalize`` on the resized image, so for
+    a CLIP to open_clip's whole transform.
     """
 
     def __init__(self, spec: ImageSpec) -> None:
         self.spec = spec
-        self._resize = transforms.Resize((spec.size, spec.size), antialias=True)
         self._normalize = transforms.Normalize(spec.mean, spec.std)
+        # A Compose of module-level callables, so that the transform pickles (loader workers).
+        if spec.resize_mode:
+            self._geometry = transforms.Compose(_open_clip_geometry(spec))
+        else:
+            resize = transforms.Resize((spec.size, spec.size), antialias=True)
+            self._geometry = transforms.Compose([_rgb, resize])
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """(3, size, size) uint8: the decoded, resized image (the cacheable stage)."""
-        resized = self._resize(_rgb(image))
+        resized = _rgb(self._geometry(image))
         array = np.array(resized, dtype=np.uint8, copy=True)
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -71,6 +80,35 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.finish(self.pixels(image))
+
+
+def open_clip_transform(spec: ImageSpec) -> transforms.Compose:
+    """open_clip's eval transform for a CLIP's ``spec`` (what ``create_model_and_transforms``
+    returns as its validation transform for the same preprocessing config)."""
+    import open_clip
+
+    return open_clip.image_transform(
+        spec.size,
+        is_train=False,
+        mean=spec.mean,
+        std=spec.std,
+        resize_mode=spec.resize_mode,
+        interpolation=spec.interpolation,
+    )
+
+
+def _open_clip_geometry(spec: ImageSpec) -> list[Callable[[Image.Image], Image.Image]]:
+    """The PIL stages of open_clip's transform: everything before its ``ToTensor``."""
+    stages = list(open_clip_transform(spec).transforms)
+    to_tensor = [i for i, t in enumerate(stages) if isinstance(t, transforms.ToTensor)]
+    if len(to_tensor) != 1 or to_tensor[0] != len(stages) - 2:
+        raise RuntimeError(
+            f"open_clip's transform for {spec} is {stages}; expected PIL stages, ToTensor, "
+            "Normalize (the layout this loader splits into its cacheable pixel stage)"
+        )
+    if not isinstance(stages[-1], transforms.Normalize):
+        raise RuntimeError(f"open_clip's transform for {spec} does not end in Normalize")
+    return stages[: to_tensor[0]]
 
 
 def image_transform(spec: ImageSpec) -> ImageTransform:

@@ -2,11 +2,14 @@
 
 Multi-source -> single target, as DomainBed and the FedMVP paper evaluate it: one domain
 (``fedmvp.target-domain``) is held out; every other (source) domain gets k clients
-(num-partitions = k x #sources), each holding a seeded 1/k share of its domain's pool
-and training on ``fedmvp.shots`` examples per class drawn from that share. Tests:
+(num-partitions = k x #sources), each holding a consecutive chunk of
+``classes-per-client`` classes of its domain (the last client of a domain the remainder, as
+the released code splits them: OfficeHome 3 clients of 20, 20 and 25 classes per domain)
+and training on ``fedmvp.shots`` examples of each of its classes from its domain's pool.
+Tests:
 
-- Local: each client, on the central test examples of its own domain (every class);
-- Target: the server, on the central test examples of the held-out domain.
+- Local: each client, on the central test examples of its own domain and classes;
+- Target: the server, on the held-out domain (its central test examples, or all of it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pep_fedpt.config import ConfigError
-from pep_fedpt.data.base_new import draw_shots
+from pep_fedpt.data.base_new import class_chunks, draw_shots
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class DomainSplit:
 
     target: int  # domain id of the held-out domain
     client_domains: tuple[int, ...]  # per partition id: its source domain
+    client_classes: tuple[tuple[int, ...], ...]  # per partition id: its chunk of classes
     client_train: tuple[np.ndarray, ...]
     client_test: tuple[np.ndarray, ...]
     target_test: np.ndarray
@@ -53,11 +57,14 @@ def leave_one_domain_out(
     target: int,
     num_partitions: int,
     num_classes: int,
+    classes_per_client: int,
     shots: int,
     seed: int,
+    test_targets: np.ndarray | None = None,
 ) -> DomainSplit:
     """The whole split of one run (see the module docstring). ``pool_domains`` etc. are
-    indexed by data set index, ``pool``/``test`` the indices in play."""
+    indexed by data set index, ``pool``/``test`` the indices in play; ``test_targets``
+    (the test data set's labels) defaults to ``pool_targets`` (one data set for both)."""
     sources = [d for d in range(num_domains) if d != target]
     if num_partitions % len(sources):
         raise ConfigError(
@@ -65,23 +72,28 @@ def leave_one_domain_out(
             "source domains: every source domain gets the same number of clients"
         )
     per_domain = num_partitions // len(sources)
+    chunks = class_chunks(range(num_classes), per_domain, classes_per_client)
     pool = np.asarray(pool, dtype=np.int64)
     test = np.asarray(test, dtype=np.int64)
-    domains, train, tests = [], [], []
+    test_targets = np.asarray(pool_targets if test_targets is None else test_targets)
+    domains, classes, train, tests = [], [], [], []
     for d in sources:
         own = pool[np.asarray(pool_domains)[pool] == d]
-        shares = np.array_split(np.random.default_rng([seed, d]).permutation(own), per_domain)
         domain_test = test[np.asarray(test_domains)[test] == d]
-        for share in shares:
-            drawn = draw_shots(share, pool_targets, range(num_classes), shots, seed)
+        for chunk in chunks:
+            drawn = draw_shots(own, pool_targets, chunk, shots, seed)
             if len(drawn) == 0:
-                raise ConfigError(f"source domain {d} has no pool example for a client")
+                raise ConfigError(
+                    f"source domain {d} has no pool example of the classes {list(chunk)}"
+                )
             domains.append(d)
+            classes.append(chunk)
             train.append(drawn)
-            tests.append(domain_test)
+            tests.append(domain_test[np.isin(test_targets[domain_test], chunk)])
     return DomainSplit(
         target=target,
         client_domains=tuple(domains),
+        client_classes=tuple(classes),
         client_train=tuple(train),
         client_test=tuple(tests),
         target_test=test[np.asarray(test_domains)[test] == target],

@@ -31,11 +31,19 @@ class LabeledDataset(Protocol):
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What the backbone expects: square input size and per-channel normalisation."""
+    """What the backbone expects: square input size and per-channel normalisation.
+
+    ``resize_mode`` "" (the ViT backbones): the whole image resized to size x size. A CLIP
+    sets open_clip's ``resize_mode`` ("shortest": the short side to ``size``, then a centre
+    crop) and ``interpolation`` ("bicubic"): its images go through open_clip's own eval
+    transform, as the weights were trained.
+    """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize_mode: str = ""
+    interpolation: str = ""
 
 
 @dataclass

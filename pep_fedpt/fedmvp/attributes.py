@@ -111,23 +111,31 @@ def connector(phrase: str) -> str:
     return "which has"
 
 
-def sentences(classname: str, phrases: list[str], prefix: str = "", suffix: str = "") -> list[str]:
-    """One sentence per phrase; no phrases: the plain template "a photo of a {class}."
+def sentences(
+    classname: str,
+    phrases: list[str],
+    prefix: str = "",
+    suffix: str = "",
+    lead: str = "a photo of a",
+) -> list[str]:
+    """One sentence per phrase, ``[prefix ]{lead} {class}, [suffix, ]{connector} {phrase}``;
+    no phrases: the plain sentence ``[prefix ]{lead} {class}[, suffix].``
 
-    ``prefix`` (data set / domain words) opens every sentence, ``suffix`` follows
-    "a photo of a {class}, "; both are stripped and joined with a space / ", ".
+    ``lead`` frames the class ("a photo of a", the released UCF101's "a photo of a person
+    doing"); ``prefix`` (data set / domain words) opens every sentence, ``suffix`` follows
+    the class; all are stripped and joined with a space / ", ".
     """
     name = display_class_name(classname)
-    head = f"{prefix.strip()} " if prefix.strip() else ""
+    head = f"{prefix.strip()} {lead.strip()}".strip()
     tail = suffix.strip().rstrip(",").strip()
     if not phrases:
         middle = f", {tail}" if tail else ""
-        return [f"{head}a photo of a {name}{middle}."]
+        return [f"{head} {name}{middle}."]
     tail = f"{tail}, " if tail else ""
     out = []
     for phrase in phrases:
         text = phrase.strip()
-        out.append(f"{head}a photo of a {name}, {tail}{connector(text)} {text}")
+        out.append(f"{head} {name}, {tail}{connector(text)} {text}")
     return out
 
 

@@ -82,7 +82,7 @@ class FedMVPModel(nn.Module):
     def encode_image(self, images: torch.Tensor, bank: TextBank) -> torch.Tensor:
         """f(x): the prompted image feature, from [cls; E; P] with P = PromptFormer(E, A)."""
         tokens = self.embed(images)
-        prompts = self.promptformer(tokens[:, 1:], bank.features.to(tokens.dtype))
+        prompts = self.promptformer(tokens[:, 1:], bank.prompt_context.to(tokens.dtype))
         return self.encode_tokens(torch.cat([tokens, prompts.to(tokens.dtype)], dim=1))
 
     @torch.no_grad()

@@ -5,7 +5,7 @@ prompt tokens (the design's module, about 9.85 M parameters at ViT-B/16 widths).
    image: the keys and values are shared by the whole batch);
 2. one cross-attention: queries = LayerNorm_q(patches), keys = LayerNorm_k(proj(A)), values
    = proj(A) without normalisation; no residual from the patches: H = attention output;
-3. F = H + FFN(H), FFN a GEGLU width -> 8*width (two halves) -> width;
+3. F = H + FFN(H), FFN a LayerNorm, then a GEGLU width -> 8*width (two halves) -> width;
 4. F (B, N, width) pooled into m tokens: the mean over m consecutive bands of patches.
 
 Low-rank adapters (rank r) run beside the query, key and value projections (LoRA: q = W_q x
@@ -54,15 +54,17 @@ class CrossAttention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    """width -> 8*width, split in two halves a, b -> a * gelu(b) -> width."""
+    """LayerNorm, then width -> 8*width, split in two halves a, b -> a * gelu(b) -> width
+    (the released feed-forward: its own pre-norm, so F = H + FFN(LN(H)))."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, 8 * width)
         self.fc2 = nn.Linear(4 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.fc1(x).chunk(2, dim=-1)
+        a, b = self.fc1(self.norm(x)).chunk(2, dim=-1)
         return self.fc2(a * F.gelu(b))
 
 

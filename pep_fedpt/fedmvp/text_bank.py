@@ -21,6 +21,7 @@ from pep_fedpt.config import FedMVPConfig
 from pep_fedpt.feature_cache import default_cache_dir, feature_store
 from pep_fedpt.fedmvp.attributes import sentences
 from pep_fedpt.fedmvp.clip import ClipBundle
+from pep_fedpt.fedmvp.templates import Template
 
 ENCODE_BATCH = 256  # sentences per text-tower pass
 
@@ -35,6 +36,13 @@ class TextBank:
     num_classes: int
     classnames: list[str]
     sentences: list[str]
+    # What the PromptFormer reads as keys and values, when not ``features``: the released
+    # code's raw phrases for OfficeHome and TerraIncognita (the logits keep the sentences).
+    context: torch.Tensor | None = None
+
+    @property
+    def prompt_context(self) -> torch.Tensor:
+        return self.features if self.context is None else self.context
 
     def __post_init__(self) -> None:
         counts = torch.bincount(self.class_index, minlength=self.num_classes)
@@ -57,18 +65,24 @@ class TextBank:
             self.num_classes,
             self.classnames,
             self.sentences,
+            None if self.context is None else self.context.to(device),
         )
 
 
 def bank_sentences(
-    classnames: Sequence[str], attributes: Mapping[str, list[str]], cfg: FedMVPConfig
+    classnames: Sequence[str],
+    attributes: Mapping[str, list[str]],
+    template: Template | FedMVPConfig,
 ) -> list[list[str]]:
-    """The sentences of each class, in ``classnames`` order (``sentences`` per class)."""
+    """The sentences of each class, in ``classnames`` order (``sentences`` per class);
+    a FedMVPConfig stands for its "design" template (prompt-prefix / prompt-suffix)."""
+    if isinstance(template, FedMVPConfig):
+        template = Template.design(template)
     missing = [name for name in classnames if name not in attributes]
     if missing:
         raise KeyError(f"no attribute entry for classes {missing}; load_attributes gives one each")
     return [
-        sentences(name, attributes[name], cfg.prompt_prefix, cfg.prompt_suffix)
+        sentences(name, attributes[name], suffix=template.suffix, lead=template.lead)
         for name in classnames
     ]
 
@@ -94,16 +108,35 @@ def build_text_bank(
     bundle: ClipBundle,
     classnames: Sequence[str],
     attributes: Mapping[str, list[str]],
-    cfg: FedMVPConfig,
+    template: Template | FedMVPConfig,
     cache_dir: Path | None = None,
 ) -> TextBank:
     """The bank of ``classnames`` on the CLIP's device; encoded only if no cache holds it.
 
     ``cache_dir``: the node's feature cache folder (None: ``~/.cache/pep-fedpt/features``).
+    A template with ``raw_context`` adds the raw phrases' features as the PromptFormer's
+    context (a class without phrases contributes its plain sentence there too).
     """
     if not classnames:
         raise ValueError("a text bank needs at least one class")
-    per_class = bank_sentences(classnames, attributes, cfg)
+    per_class = bank_sentences(classnames, attributes, template)
+    bank = encode_bank(bundle, classnames, per_class, cache_dir)
+    if isinstance(template, Template) and template.raw_context:
+        raw = [
+            [p.strip() for p in attributes[name]] or per_class[k]
+            for k, name in enumerate(classnames)
+        ]
+        bank.context = encode_bank(bundle, classnames, raw, cache_dir).features
+    return bank
+
+
+def encode_bank(
+    bundle: ClipBundle,
+    classnames: Sequence[str],
+    per_class: list[list[str]],
+    cache_dir: Path | None = None,
+) -> TextBank:
+    """The bank of the given sentences of each class (disk-cached like every bank)."""
     flat = [text for group in per_class for text in group]
     store = feature_store(cache_dir if cache_dir is not None else default_cache_dir())
     features = store.get(

@@ -3,15 +3,20 @@
 Objective per batch: CE(logits, y) + alpha (1 - cos(f(x), g(x'))), alpha =
 ``fedmvp.consistency-weight``. SGD with ``train.lr`` / momentum / weight-decay, a fresh
 optimiser per call (as for every method of the project); the server's cosine schedule over
-rounds arrives as ``lr``. One optimiser step per batch (the design); ``fedmvp.step-every =
-"round"`` reproduces the authors' code, which steps once per round: the batch gradients are
-accumulated (weighted by batch size, so the one step follows the round's mean loss) and
-applied once at the end, at no extra memory.
+rounds arrives as ``lr``. ``fedmvp.step-every``:
 
-The adapter switch: at the end of each epoch (with ``step-every = "round"``: at the end of
-the round) a client whose mean training objective fell below ``fedmvp.adapter-threshold``
-switches to training the adapters, and stays switched; the switch is returned so that it can
-travel with the client's reply.
+- "batch" (the design): one optimiser step per batch;
+- "round": what the released code does, one step per round on the loss of the round's last
+  batch (in the seeded order of the last epoch). The released code runs the earlier batches
+  forward and discards them; they change nothing (CLIP is frozen in eval mode, the
+  PromptFormer has no batch statistics), so they are not computed here;
+- "round-mean": one step per round on the round's mean loss: every batch's gradient is
+  accumulated, weighted by its share of the examples, and applied once, at no extra memory.
+
+The adapter switch: at the end of each epoch (with a step per round: at the end of the
+round, on the loss that step follows) a client whose training objective fell below
+``fedmvp.adapter-threshold`` switches to training the adapters, and stays switched; the
+switch is returned so that it can travel with the client's reply.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler, Subset
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.engine import Batches, autocast, grad_scaler, indexed_batches, training_precision
+from pep_fedpt.engine import (
+    Batches,
+    autocast,
+    grad_scaler,
+    indexed_batches,
+    training_precision,
+)
 from pep_fedpt.fedmvp.model import FedMVPModel
 from pep_fedpt.fedmvp.text_bank import TextBank
 
@@ -97,7 +108,8 @@ def train_local(
         raise ValueError("the local training split is empty")
     if flipped is not None and flipped.shape[0] != size:
         raise ValueError(f"flipped holds {flipped.shape[0]} features for {size} examples")
-    per_round = cfg.fedmvp.step_every == "round"
+    per_round = cfg.fedmvp.step_every == "round-mean"
+    last_batch = cfg.fedmvp.step_every == "round"
     epochs, alpha = cfg.train.local_epochs, cfg.fedmvp.consistency_weight
     precision = training_precision(cfg.train.precision, device)
     scaler = grad_scaler(device, precision)
@@ -106,6 +118,8 @@ def train_local(
     optimizer = _optimizer(model, cfg, cfg.train.lr if lr is None else lr)
     optimizer.zero_grad(set_to_none=True)
     total, ce_total, cons_total, correct, steps = 0.0, 0.0, 0.0, 0, 0
+    if last_batch:
+        return _step_on_last_batch(model, dataset, bank, cfg, device, seed, optimizer, flipped)
     batches = Batches(dataset, cfg.train.batch_size, True, device)
     for epoch in range(epochs):
         epoch_loss = 0.0
@@ -150,6 +164,52 @@ def train_local(
         ce_loss=ce_total / seen,
         consistency_loss=cons_total / seen,
         steps=steps,
+    )
+
+
+def _step_on_last_batch(
+    model: FedMVPModel,
+    dataset: Dataset,
+    bank: TextBank,
+    cfg: RunConfig,
+    device: torch.device,
+    seed: int,
+    optimizer: torch.optim.SGD,
+    flipped: torch.Tensor | None,
+) -> FedMVPTrainResult:
+    """``step-every = "round"``: one step on the last batch of the last epoch's seeded order;
+    the loss and accuracy reported are that batch's, as the released code logs them."""
+    epoch = cfg.train.local_epochs - 1
+    # The order indexed_batches shuffles into (the DataLoader's own sampler and seed),
+    # without reading an image: only the last batch's are read.
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = list(RandomSampler(dataset, generator=generator))  # type: ignore[arg-type]
+    tail = order[(len(order) - 1) // cfg.train.batch_size * cfg.train.batch_size :]
+    batch = next(indexed_batches(Subset(dataset, tail), len(tail), False, 0, device, 0))
+    images, labels, inside = batch
+    positions = torch.as_tensor(tail)[inside]
+    target = None if flipped is None else flipped[positions].to(device)
+    precision = training_precision(cfg.train.precision, device)
+    scaler = grad_scaler(device, precision)
+    with autocast(device, precision):
+        features = model.encode_image(images, bank)
+        logits = model.logits_from_features(features, bank)
+        ce = F.cross_entropy(logits.float(), labels)
+        cons = model.consistency_loss(features.float(), images, target)
+    loss = ce + cfg.fedmvp.consistency_weight * cons
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if loss.item() < cfg.fedmvp.adapter_threshold:
+        model.adapters_on = True  # decided on the loss the step followed; from the next round
+    return FedMVPTrainResult(
+        loss=loss.item(),
+        accuracy=float((logits.argmax(dim=-1) == labels).float().mean()),
+        num_examples=len(dataset),  # type: ignore[arg-type]
+        adapters_on=model.adapters_on,
+        ce_loss=ce.item(),
+        consistency_loss=cons.item(),
+        steps=1,
     )
 
 

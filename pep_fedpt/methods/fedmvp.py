@@ -3,11 +3,11 @@ evaluation) over the base->new protocol (``pep_fedpt.data.base_new``).
 
 The model is not a PromptedViT: a frozen open_clip CLIP with a trained PromptFormer
 (``pep_fedpt.fedmvp``). Each client holds ``fedmvp.shots`` examples of each of its
-disjoint base classes; it trains and evaluates with a text bank of its own classes only
-(Local). The server evaluates the global state on all base classes with the base bank
-(Base) and on all new classes with the new bank (New), so new classes need only their
-attribute phrases. The adapter switch comes from the server in every message's config
-(``adapters-on``) and goes back in the train metrics.
+base classes (a consecutive chunk, ``pep_fedpt.data.base_new``); it trains and evaluates
+with a text bank of its own classes only (Local). The server evaluates the global state
+on all base classes with the base bank (Base) and on all new classes with the new bank
+(New), so new classes need only their attribute phrases. The adapter switch comes from
+the server in every message's config (``adapters-on``) and goes back in the train metrics.
 """
 
 from __future__ import annotations
@@ -23,10 +23,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pep_fedpt.config import ConfigError, FedMVPConfig, RunConfig
+from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.data import ImageSpec, LabeledDataset, load_central_data
-from pep_fedpt.data.base_new import BaseNewSplit, base_new_split, of_classes, split_base_new
+from pep_fedpt.data.base_new import (
+    BaseNewSplit,
+    base_new_split,
+    joint_base_new_split,
+    member_base_new,
+    of_classes,
+    published_clients,
+    split_base_new,
+)
 from pep_fedpt.data.client_data import client_pool
+from pep_fedpt.data.coop import NINE_SETS, nine_members
 from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
 from pep_fedpt.data.pixel_cache import cached_subset
@@ -52,17 +61,19 @@ BUNDLED_ATTRIBUTES = Path(__file__).resolve().parents[2] / "conf" / "attributes"
 ATTRIBUTE_FILE_NAMES = {"cifar10-folder": "cifar10"}
 
 
-def attribute_set(cfg: RunConfig) -> str:
-    """The name of the data set's attribute file, ``<name>.json``."""
-    return ATTRIBUTE_FILE_NAMES.get(cfg.data.dataset, cfg.data.dataset)
+def attribute_set(cfg: RunConfig, dataset: str | None = None) -> str:
+    """The name of the data set's attribute file, ``<name>.json`` (``dataset``: a member set
+    of a joint federation, else the run's data set)."""
+    name = dataset or cfg.data.dataset
+    return ATTRIBUTE_FILE_NAMES.get(name, name)
 
 
-def attributes_dir(cfg: RunConfig) -> str:
+def attributes_dir(cfg: RunConfig, dataset: str | None = None) -> str:
     """``fedmvp.attributes-dir``, or the bundled folder when that is empty and holds the
     data set's file ("" otherwise: load_attributes then says what is missing)."""
     if cfg.fedmvp.attributes_dir:
         return cfg.fedmvp.attributes_dir
-    if (BUNDLED_ATTRIBUTES / f"{attribute_set(cfg)}.json").is_file():
+    if (BUNDLED_ATTRIBUTES / f"{attribute_set(cfg, dataset)}.json").is_file():
         return str(BUNDLED_ATTRIBUTES)
     return ""
 
@@ -101,6 +112,7 @@ class FedMVPClientData:
     train_counts: np.ndarray  # (num_classes,) shots per class, 0 outside its classes
     held_out: bool = False
     domain: str | None = None  # protocol = "domain": its source domain
+    dataset: str | None = None  # coop-nine: its member set (attribute file and template)
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,6 +125,21 @@ def _protocol(
     central = load_central_data(cfg.data, spec)
     test_data = central.test.dataset
     test_idx = np.asarray(central.test.indices, dtype=np.int64)
+    if cfg.data.dataset == NINE_SETS:
+        members, groups = nine_groups(cfg, pool_data)
+        split = joint_base_new_split(
+            groups,
+            members,
+            pool,
+            np.asarray(pool_data.targets),
+            test_idx,
+            np.asarray(test_data.targets),
+            num_partitions,
+            cfg.fedmvp.classes_per_client,
+            cfg.fedmvp.shots,
+            cfg.seed,
+        )
+        return split, pool_data, test_data, central.classes
     split = base_new_split(
         pool,
         np.asarray(pool_data.targets),
@@ -125,6 +152,17 @@ def _protocol(
         cfg.seed,
     )
     return split, pool_data, test_data, central.classes
+
+
+def nine_groups(
+    cfg: RunConfig, pool_data: LabeledDataset
+) -> tuple[tuple[str, ...], list[tuple[int, ...]]]:
+    """coop-nine: the member sets and each one's labels (contiguous, in the members' order)."""
+    members = nine_members(cfg.data)
+    targets = np.asarray(pool_data.targets)
+    sets = np.asarray(pool_data.domains)  # type: ignore[attr-defined]
+    groups = [tuple(int(c) for c in np.unique(targets[sets == m])) for m in range(len(members))]
+    return members, groups
 
 
 def run_domains(cfg: RunConfig) -> tuple[str, ...]:
@@ -167,8 +205,10 @@ def _domain_protocol(
         target_index(names, cfg.fedmvp.target_domain),
         num_partitions,
         central.num_classes,
+        cfg.fedmvp.classes_per_client,
         cfg.fedmvp.shots,
         cfg.seed,
+        test_targets=np.asarray(test_data.targets),
     )
     return split, pool_data, test_data, central.classes, names
 
@@ -183,6 +223,7 @@ def _client_data(
     partition_id: int,
     num_partitions: int,
     domain: str | None = None,
+    dataset: str | None = None,
 ) -> FedMVPClientData:
     """One client's train and Local-test subsets of ``own`` classes, either protocol."""
     train = ClassSubset(pool_data, split.client_train[partition_id], own)
@@ -197,6 +238,7 @@ def _client_data(
         train_counts=counts.astype(np.int64),
         held_out=partition_id in held,
         domain=domain,
+        dataset=dataset,
     )
 
 
@@ -207,7 +249,6 @@ def client_data(
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
     if cfg.fedmvp.protocol == "domain":
         split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
-        every = tuple(range(len(classes)))
         domain = names[split.client_domains[partition_id]]
         return _client_data(
             cfg,
@@ -215,15 +256,26 @@ def client_data(
             pool_data,
             test_data,
             len(classes),
-            every,
+            split.client_classes[partition_id],
             partition_id,
             num_partitions,
             domain,
         )
     split, pool_data, test_data, classes = _protocol(cfg, spec, num_partitions)
     own = split.client_classes[partition_id]
+    member = None
+    if split.client_members:
+        member = nine_members(cfg.data)[split.client_members[partition_id]]
     return _client_data(
-        cfg, split, pool_data, test_data, len(classes), own, partition_id, num_partitions
+        cfg,
+        split,
+        pool_data,
+        test_data,
+        len(classes),
+        own,
+        partition_id,
+        num_partitions,
+        dataset=member,
     )
 
 
@@ -246,31 +298,28 @@ def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
     return build_clip(cfg.fedmvp, cfg.seed, device)
 
 
-DOMAIN_SUFFIX = "{domain} style"
-
-
-def domain_template(cfg: RunConfig, domain: str) -> FedMVPConfig:
-    """The sentence settings of one domain: ``fedmvp.prompt-suffix`` with ``{domain}``
-    replaced by the domain's words (default "{domain} style": "a photo of a dog, sketch
-    style, which has ...")."""
-    suffix = cfg.fedmvp.prompt_suffix or DOMAIN_SUFFIX
-    return dataclasses.replace(
-        cfg.fedmvp, prompt_suffix=suffix.replace("{domain}", domain_words(domain))
-    )
-
-
 def text_bank(
-    cfg: RunConfig, bundle, classnames: list[str], cache_dir: Path, domain: str | None = None
+    cfg: RunConfig,
+    bundle,
+    classnames: list[str],
+    cache_dir: Path,
+    domain: str | None = None,
+    dataset: str | None = None,
 ):  # -> TextBank
-    """The frozen text features of the sentences of ``classnames`` (disk-cached), in
-    ``domain``'s template when given (the domain protocol)."""
+    """The frozen text features of the sentences of ``classnames`` (disk-cached), in the
+    template ``fedmvp.templates`` selects for the data set (for ``domain``'s, given one;
+    ``dataset``: a member set of coop-nine, whose attribute file and template it uses)."""
     from pep_fedpt.fedmvp import build_text_bank, load_attributes
+    from pep_fedpt.fedmvp.templates import sentence_template
 
+    template = sentence_template(cfg.fedmvp, dataset or cfg.data.dataset, domain)
     attributes = load_attributes(
-        attributes_dir(cfg), attribute_set(cfg), classnames, cfg.fedmvp.plain_template
+        attributes_dir(cfg, dataset),
+        attribute_set(cfg, dataset),
+        classnames,
+        cfg.fedmvp.plain_template,
     )
-    sentences = cfg.fedmvp if domain is None else domain_template(cfg, domain)
-    return build_text_bank(bundle, classnames, attributes, sentences, cache_dir)
+    return build_text_bank(bundle, classnames, attributes, template, cache_dir)
 
 
 def build_fedmvp_model(cfg: RunConfig, bundle, arrays: Mapping[str, np.ndarray] | None = None):
@@ -332,7 +381,12 @@ class FedMVPClient:
             names = load_central_data(self.cfg.data, self.bundle.spec).classes
             classnames = [names[c] for c in self.data.classes]
             self._bank = text_bank(
-                self.cfg, self.bundle, classnames, self.cache_dir, self.data.domain
+                self.cfg,
+                self.bundle,
+                classnames,
+                self.cache_dir,
+                self.data.domain,
+                self.data.dataset,
             )
         return self._bank
 
@@ -421,6 +475,27 @@ class FedMVPClient:
         return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
 
 
+def target_examples(
+    cfg: RunConfig, spec: ImageSpec, test_data: LabeledDataset, test_idx: np.ndarray, target: int
+) -> np.ndarray:
+    """The examples Target scores: the held-out domain's central test examples
+    (``fedmvp.target-split = "test"``) or every example of it (``"all"``: no client ever
+    trains on the target, so all of it is unseen). "all" needs the central test carved from
+    the same data set as the pool (the DomainBed sets); DomainNet's official test lists
+    hold only the test part."""
+    domains = np.asarray(test_data.domains)
+    if cfg.fedmvp.target_split == "test":
+        return test_idx[domains[test_idx] == target]
+    pool_data, _ = client_pool(cfg.data, spec)
+    if pool_data is not test_data:
+        raise ConfigError(
+            f"fedmvp.target-split = 'all' scores every example of the target domain, but "
+            f"data.dataset = {cfg.data.dataset!r} has a separate official test set; use "
+            "'test' (its test list of the target domain)"
+        )
+    return np.flatnonzero(domains == target).astype(np.int64)
+
+
 class FedMVPServer:
     """FedMVP's server side: the seeded initial state and the central Base and New
     evaluation of the global state, each on the central test examples of its classes with
@@ -442,14 +517,28 @@ class FedMVPServer:
         cache = resolve_cache_dir(cfg.cache_dir)
         self.sets: dict[str, ClassSubset] = {}
         self.banks: dict[str, object] = {}
+        self.members: tuple[str, ...] = ()  # coop-nine: the member sets
         if cfg.fedmvp.protocol == "domain":  # Target: the held-out domain, its template
             names = run_domains(cfg)
             target = target_index(names, cfg.fedmvp.target_domain)
             every = tuple(range(central.num_classes))
-            in_target = test_idx[np.asarray(test_data.domains)[test_idx] == target]
+            in_target = target_examples(cfg, self.bundle.spec, test_data, test_idx, target)
             subset = ClassSubset(test_data, in_target, every)
             self.sets["target"] = node_subset(subset, cfg, "central-target", cache)
             self.banks["target"] = self.make_bank(list(self.classes), cache, names[target])
+            return
+        if cfg.data.dataset == NINE_SETS:  # Base and New per member set, with its bank
+            pool_data, _ = client_pool(cfg.data, self.bundle.spec)
+            self.members, groups = nine_groups(cfg, pool_data)
+            halves = member_base_new(groups)
+            for member, (base, new) in zip(self.members, halves, strict=True):
+                for kind, group in (("base", base), ("new", new)):
+                    name = f"{kind}-{member}"
+                    indices = of_classes(test_idx, targets, group)
+                    subset = ClassSubset(test_data, indices, group)
+                    self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
+                    names = [self.classes[c] for c in group]
+                    self.banks[name] = self.make_bank(names, cache, None, member)
             return
         base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
@@ -457,9 +546,26 @@ class FedMVPServer:
             self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
             self.banks[name] = self.make_bank([self.classes[c] for c in group], cache)
 
-    def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None):
+    def make_bank(
+        self,
+        classnames: list[str],
+        cache: Path,
+        domain: str | None = None,
+        dataset: str | None = None,
+    ):
         """The text bank of ``classnames`` (a method without attribute banks: None)."""
-        return text_bank(self.cfg, self.bundle, classnames, cache, domain)
+        return text_bank(self.cfg, self.bundle, classnames, cache, domain, dataset)
+
+    def member_averages(self, out: dict[str, float]) -> dict[str, float]:
+        """coop-nine: Base and New (and their losses) as the means over the member sets,
+        each set weighing the same (the paper's nine-set averages); per set they stay as
+        ``base-<set>-accuracy`` etc."""
+        for kind in ("base", "new"):
+            for metric in ("accuracy", "loss"):
+                values = [out[f"{kind}-{m}-{metric}"] for m in self.members]
+                if values:
+                    out[f"{kind}-{metric}"] = float(np.mean(values))
+        return out
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return fedmvp_initial_arrays(self.cfg, self.bundle)
@@ -483,14 +589,22 @@ class FedMVPServer:
             )
             out[f"{name}-accuracy"] = correct / total if total else 0.0
             out[f"{name}-loss"] = float(loss)
-        return out
+        return self.member_averages(out)
 
 
 def _strategy_kwargs(cfg: RunConfig) -> dict[str, object]:
     """The data set's class count (FedMVP has no head to read it from) and the weights."""
     spec = cached_clip(cfg, str(pick_device())).spec
     num_classes = load_central_data(cfg.data, spec).num_classes
-    return {"num_classes": num_classes, "aggregation": cfg.fedmvp.aggregation}
+    kwargs: dict[str, object] = {"num_classes": num_classes, "aggregation": cfg.fedmvp.aggregation}
+    if cfg.data.dataset == NINE_SETS and cfg.fedmvp.protocol == "base-new":
+        _, groups = nine_groups(cfg, client_pool(cfg.data, spec)[0])
+        counts = [
+            published_clients(len(base), cfg.fedmvp.classes_per_client)
+            for base, _ in member_base_new(groups)
+        ]
+        kwargs["member_of"] = [m for m, count in enumerate(counts) for _ in range(count)]
+    return kwargs
 
 
 def _adapter_switch(received: Received) -> bool:

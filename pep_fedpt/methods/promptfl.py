@@ -1,11 +1,14 @@
 """PromptFL (method = "promptfl", Guo et al., 2023): the FedAvg baseline of FedMVP's tables.
 
 CoOp's learnable text context, trained federatedly: the class prompt is
-``[SOS] v_1 ... v_M {class}. [EOS]`` with M = 16 context vectors shared by every class
-(CoOp's class-agnostic context, initialised N(0, 0.02^2) from the seed) and the frozen CLIP
-text encoder; logits = ``fedmvp.logit-scale`` x cos(g(x), t_c) with g the frozen CLIP image
-feature. Only the context (``promptfl.ctx``, M x text width) trains and travels; the server
-averages it by n_k (FedAvg). Class names only: no attribute phrases.
+``[SOS] v_1 ... v_M {class}. [EOS]`` with M = ``fedmvp.promptfl-context`` context vectors
+(default 4, the PromptFL row of FedTPG's and FedMVP's tables; CoOp's own is 16) shared by
+every class (CoOp's class-agnostic context, initialised N(0, 0.02^2) from the seed) and the
+frozen CLIP text encoder; logits = ``fedmvp.logit-scale`` x cos(g(x), t_c) with g the
+frozen CLIP image feature. Only the context (``promptfl.ctx``, M x text width) trains and
+travels; the server averages it with ``fedmvp.aggregation``: equal weights (default, as
+FedTPG's run of it) or n_k ("num-examples", FedAvg's). Class names only: no attribute
+phrases.
 
 It runs under FedMVP's protocols (base->new: Local / Base / New / HM; leave one domain out)
 on the same data, prototype round, checks and results; the frozen image features of a client's
@@ -23,7 +26,6 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from pep_fedpt.config import RunConfig
 from pep_fedpt.engine import autocast, grad_scaler, indexed_batches, training_precision
 from pep_fedpt.feature_cache import examples_digest, feature_store
 from pep_fedpt.methods.fedmvp import (
@@ -38,36 +40,52 @@ from pep_fedpt.methods.fedmvp import (
 from pep_fedpt.methods.registry import Method, register
 from strategies import wire
 
-N_CTX = 16  # CoOp's and PromptFL's context length
 CTX_KEY = "promptfl.ctx"
 
 
 class ContextPrompts(nn.Module):
-    """The text side of CoOp: learnable context before each class name, frozen encoder."""
+    """The text side of CoOp: learnable context before each class name, frozen encoder.
 
-    def __init__(self, bundle, seed: int) -> None:  # bundle: ClipBundle
+    ``context(classnames)`` is what fills the M placeholders: here one learnt context for
+    every class; a subclass may compute it from the classes (FedTPG's generator), with
+    ``learnable = False`` so that no context parameter of its own exists.
+    """
+
+    def __init__(
+        self, bundle, seed: int, n_ctx: int = 4, learnable: bool = True
+    ) -> None:  # bundle: ClipBundle
         super().__init__()
         self.clip = bundle.model
         self.tokenizer = bundle.tokenizer
-        width = int(self.clip.token_embedding.weight.shape[1])
-        generator = torch.Generator().manual_seed(seed)
-        ctx = torch.randn(N_CTX, width, generator=generator) * 0.02
-        self.ctx = nn.Parameter(ctx.to(bundle.device))
+        self.n_ctx = n_ctx
+        self.device = bundle.device
+        self.width = int(self.clip.token_embedding.weight.shape[1])
+        if learnable:
+            generator = torch.Generator().manual_seed(seed)
+            ctx = torch.randn(n_ctx, self.width, generator=generator) * 0.02
+            self.ctx = nn.Parameter(ctx.to(bundle.device))
+
+    def context(self, classnames: Sequence[str]) -> torch.Tensor:
+        """(M, token width): the context of these classes' prompts (CoOp: the same for all)."""
+        return self.ctx
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.ctx]
 
     def tokens(self, classnames: Sequence[str], domain: str | None = None) -> torch.Tensor:
         """(C, context length): "X" x M placeholders, then the class (and domain) words."""
         tail = f" {domain_words(domain)} style" if domain else ""
-        texts = [" ".join(["X"] * N_CTX) + f" {domain_words(c)}{tail}." for c in classnames]
-        return self.tokenizer(texts).to(self.ctx.device)
+        texts = [" ".join(["X"] * self.n_ctx) + f" {domain_words(c)}{tail}." for c in classnames]
+        return self.tokenizer(texts).to(self.device)
 
-    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+    def text_features(self, tokens: torch.Tensor, classnames: Sequence[str] = ()) -> torch.Tensor:
         """(C, D) L2-normalised: open_clip's encode_text with the placeholders' embeddings
-        (positions 1..M, after [SOS]) replaced by the context."""
+        (positions 1..M, after [SOS]) replaced by ``context(classnames)``."""
         clip = self.clip
         cast = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast)
-        ctx = self.ctx.to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
-        x = torch.cat([x[:, :1], ctx, x[:, 1 + N_CTX :]], dim=1)
+        ctx = self.context(classnames).to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx :]], dim=1)
         x = x + clip.positional_embedding.to(cast)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
         x = text_global_pool(x, tokens, clip.text_pool_type)
@@ -99,11 +117,16 @@ def image_features(bundle, dataset, device: torch.device) -> torch.Tensor:
 
 
 def score(
-    prompts: ContextPrompts, features: torch.Tensor, labels: torch.Tensor, tokens, scale: float
+    prompts: ContextPrompts,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    scale: float,
+    classnames: Sequence[str],
 ) -> tuple[int, float]:
     """(correct, summed cross-entropy) of cached image features against the classes."""
     with torch.no_grad():
-        logits = scale * features @ prompts.text_features(tokens).t()
+        logits = scale * features @ prompts.text_features(tokens, classnames).t()
         loss = float(F.cross_entropy(logits, labels, reduction="sum"))
         return int((logits.argmax(dim=-1) == labels).sum()), loss
 
@@ -111,15 +134,20 @@ def score(
 class PromptFLClient(FedMVPClient):
     """CoOp context trained on this client's classes; Local on its own classes."""
 
+    prompt_type: type[ContextPrompts] = ContextPrompts  # FedTPG: its generated prompts
+
     def prompts(self, arrays: Mapping[str, np.ndarray]) -> ContextPrompts:
-        prompts = ContextPrompts(self.bundle, self.cfg.seed)
+        ctx = self.cfg.fedmvp.promptfl_context
+        prompts = self.prompt_type(self.bundle, self.cfg.seed, ctx)
         if arrays:
             prompts.load_trainable_arrays(arrays)
         return prompts
 
+    def own_names(self) -> list[str]:
+        return [self.classnames[c] for c in self.data.classes]
+
     def own_tokens(self, prompts: ContextPrompts) -> torch.Tensor:
-        names = [self.classnames[c] for c in self.data.classes]
-        return prompts.tokens(names, self.data.domain)
+        return prompts.tokens(self.own_names(), self.data.domain)
 
     @property
     def classnames(self) -> list[str]:
@@ -140,12 +168,12 @@ class PromptFLClient(FedMVPClient):
     ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
         """``train.local-epochs`` epochs of SGD on the context (cached image features)."""
         prompts = self.prompts(arrays)
-        tokens = self.own_tokens(prompts)
+        names, tokens = self.own_names(), self.own_tokens(prompts)
         features = self.cached_features(self.data.train, "train").to(self.device)
         labels = torch.as_tensor(self.data.train.targets, device=self.device)
         train = self.cfg.train
         optimizer = torch.optim.SGD(
-            [prompts.ctx],
+            prompts.trainable_parameters(),
             lr=self.round_lr(server_round),
             momentum=train.momentum,
             weight_decay=train.weight_decay,
@@ -160,13 +188,14 @@ class PromptFLClient(FedMVPClient):
             order = torch.randperm(len(labels), generator=generator).to(self.device)
             for batch in order.split(train.batch_size):
                 with autocast(self.device, precision):
-                    logits = scale * features[batch] @ prompts.text_features(tokens).t()
+                    text = prompts.text_features(tokens, names)
+                    logits = scale * features[batch] @ text.t()
                     loss = F.cross_entropy(logits.float(), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
                 correct += int((logits.argmax(dim=-1) == labels[batch]).sum())
                 seen += len(batch)
         metrics: dict[str, float | int | list[int]] = {
@@ -186,9 +215,8 @@ class PromptFLClient(FedMVPClient):
         prompts = self.prompts(arrays)
         features = self.cached_features(self.data.test, "test").to(self.device)
         labels = torch.as_tensor(self.data.test.targets, device=self.device)
-        correct, loss = score(
-            prompts, features, labels, self.own_tokens(prompts), self.cfg.fedmvp.logit_scale
-        )
+        tokens, scale = self.own_tokens(prompts), self.cfg.fedmvp.logit_scale
+        correct, loss = score(prompts, features, labels, tokens, scale, self.own_names())
         total = len(labels)
         return {
             wire.NUM_EXAMPLES: total,
@@ -203,7 +231,15 @@ class PromptFLClient(FedMVPClient):
 class PromptFLServer(FedMVPServer):
     """The seeded initial context; Base and New (or Target) with the context's prompts."""
 
-    def make_bank(self, classnames: list[str], cache: Path, domain: str | None = None) -> None:
+    prompt_type: type[ContextPrompts] = ContextPrompts
+
+    def make_bank(
+        self,
+        classnames: list[str],
+        cache: Path,
+        domain: str | None = None,
+        dataset: str | None = None,
+    ) -> None:
         return None  # class names only: no attribute bank
 
     def features(self, name: str) -> torch.Tensor:
@@ -214,10 +250,13 @@ class PromptFLServer(FedMVPServer):
         return cached[name]
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return ContextPrompts(self.bundle, self.cfg.seed).trainable_arrays()
+        return self.prompts().trainable_arrays()
+
+    def prompts(self) -> ContextPrompts:
+        return self.prompt_type(self.bundle, self.cfg.seed, self.cfg.fedmvp.promptfl_context)
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        prompts = ContextPrompts(self.bundle, self.cfg.seed)
+        prompts = self.prompts()
         prompts.load_trainable_arrays(state)
         device = self.bundle.device
         domain = self.cfg.fedmvp.target_domain if self.cfg.fedmvp.protocol == "domain" else None
@@ -225,16 +264,13 @@ class PromptFLServer(FedMVPServer):
         for name, dataset in self.sets.items():
             features = self.features(name).to(device)
             labels = torch.as_tensor(dataset.targets, device=device)
-            tokens = prompts.tokens([self.classes[c] for c in dataset.classes], domain)
-            correct, loss = score(prompts, features, labels, tokens, self.cfg.fedmvp.logit_scale)
+            names = [self.classes[c] for c in dataset.classes]
+            tokens = prompts.tokens(names, domain)
+            scale = self.cfg.fedmvp.logit_scale
+            correct, loss = score(prompts, features, labels, tokens, scale, names)
             out[f"{name}-accuracy"] = correct / len(labels) if len(labels) else 0.0
             out[f"{name}-loss"] = loss / max(len(labels), 1)
-        return out
-
-
-def _promptfl_strategy_kwargs(cfg: RunConfig) -> dict[str, object]:
-    """FedMVP's server with PromptFL's FedAvg weights (n_k)."""
-    return {**_strategy_kwargs(cfg), "aggregation": "num-examples"}
+        return self.member_averages(out)
 
 
 register(
@@ -242,7 +278,7 @@ register(
         name="promptfl",
         client=PromptFLClient,
         strategy="strategies.fedmvp:FedMVP",
-        strategy_kwargs=_promptfl_strategy_kwargs,
+        strategy_kwargs=_strategy_kwargs,  # fedmvp.aggregation: "equal" or n_k
         layout=None,
         server=PromptFLServer,
         extra=_adapter_switch,

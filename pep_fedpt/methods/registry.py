@@ -45,6 +45,7 @@ METHOD_MODULES: dict[str, str] = {
     "fedmvp": "pep_fedpt.methods.fedmvp",
     "zeroshot-clip": "pep_fedpt.methods.zeroshot_clip",
     "promptfl": "pep_fedpt.methods.promptfl",
+    "fedtpg": "pep_fedpt.methods.fedtpg",
 }
 
 

@@ -1,10 +1,14 @@
 """Zero-shot CLIP (method = "zeroshot-clip"): the baseline of the base->new protocol.
 
-No training: the frozen, un-prompted CLIP image feature g(x) against the same text bank
-as FedMVP's (logits = scale x mean over a class's sentences of cos(g(x), t)), so the
-numbers differ from FedMVP's only by what the PromptFormer learned. With
-``fedmvp.plain-template = true`` and an attributes folder without the data set's file,
-every class has the single sentence "a photo of a {class}." (plain zero-shot CLIP).
+No training: the frozen, un-prompted CLIP image feature g(x) against a text bank (logits =
+scale x mean over a class's sentences of cos(g(x), t)). ``fedmvp.zeroshot-text`` picks the
+bank:
+
+- "hand-crafted" (the default, the paper's row, from FedTPG's setting): one sentence per
+  class, the data set's hand-crafted template ("a photo of a {}, a type of pet.", the table
+  in ``conf/templates/released.json``; ``pep_fedpt.fedmvp.templates.hand_crafted``);
+- "attributes": FedMVP's own bank of attribute sentences, so that the numbers differ from
+  FedMVP's only by what the PromptFormer learned (a row of its own).
 
 It runs through the same app as every method (prototype round, rounds, Local/Base/New/HM on disk):
 the state holds no trainable array, a train reply carries none and reports the zero-shot
@@ -14,10 +18,13 @@ cross-entropy of the client's training examples; every round scores the same.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from pep_fedpt.config import RunConfig
+from pep_fedpt.data import load_central_data
 from pep_fedpt.methods.fedmvp import (
     FedMVPClient,
     FedMVPServer,
@@ -25,6 +32,7 @@ from pep_fedpt.methods.fedmvp import (
     _check_config,
     _strategy_kwargs,
     build_fedmvp_model,
+    text_bank,
 )
 from pep_fedpt.methods.registry import Method, register
 from strategies import wire
@@ -45,8 +53,42 @@ class ZeroShot:
         return self.model.logits_from_features(self.model.frozen_features(images), bank)
 
 
+def zeroshot_bank(
+    cfg: RunConfig,
+    bundle,
+    classnames: list[str],
+    cache: Path,
+    domain: str | None = None,
+    dataset: str | None = None,
+):  # -> TextBank
+    """The bank ``fedmvp.zeroshot-text`` names for ``classnames`` (see the module);
+    ``dataset``: a member set of coop-nine."""
+    if cfg.fedmvp.zeroshot_text == "attributes":
+        return text_bank(cfg, bundle, classnames, cache, domain, dataset)
+    from pep_fedpt.fedmvp.templates import hand_crafted
+    from pep_fedpt.fedmvp.text_bank import encode_bank
+
+    name = dataset or cfg.data.dataset
+    per_class = [[hand_crafted(cfg.fedmvp, name, c, domain)] for c in classnames]
+    return encode_bank(bundle, classnames, per_class, cache)
+
+
 class ZeroShotClient(FedMVPClient):
     """Evaluates zero-shot on its own classes; "training" only scores its train set."""
+
+    def bank(self):  # -> TextBank
+        if self._bank is None:
+            names = load_central_data(self.cfg.data, self.bundle.spec).classes
+            classnames = [names[c] for c in self.data.classes]
+            self._bank = zeroshot_bank(
+                self.cfg,
+                self.bundle,
+                classnames,
+                self.cache_dir,
+                self.data.domain,
+                self.data.dataset,
+            )
+        return self._bank
 
     def train(
         self, arrays: Mapping[str, np.ndarray], adapters_on: bool, server_round: int
@@ -72,6 +114,15 @@ class ZeroShotClient(FedMVPClient):
 
 class ZeroShotServer(FedMVPServer):
     """Base and New zero-shot; the state has nothing to train."""
+
+    def make_bank(
+        self,
+        classnames: list[str],
+        cache: Path,
+        domain: str | None = None,
+        dataset: str | None = None,
+    ):
+        return zeroshot_bank(self.cfg, self.bundle, classnames, cache, domain, dataset)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {}
