@@ -32,7 +32,7 @@ import argparse
 import os
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +145,67 @@ def render_report(documents: Sequence[Mapping[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------- the run
+# The pieces bench/device_check.py reuses on a GPU: both models around one backbone, and
+# one training step of either.
+
+
+def prompt_pair(backbone: Any, classes: int, shared_length: int) -> tuple[Any, Any]:
+    """(VPT-deep, CCMP) PromptedViTs around one frozen ``backbone``: the same shared prompt
+    and one prompt token per block 2..L; VPT-deep learns one set, CCMP one per class."""
+    from pep_fedpt.models import PromptedViT
+
+    common = {
+        "shared_length": shared_length,
+        "class_length": 1,
+        "ccmp_blocks": tuple(range(1, len(backbone.blocks))),
+        "head_init": "normal",
+    }
+    ccmp = PromptedViT(backbone, classes, **common)
+    deep = PromptedViT(backbone, classes, num_prompt_sets=1, **common)
+    return deep, ccmp
+
+
+def sgd(model: Any) -> Any:
+    """The clients' optimiser over the trainable tensors (prompts and head)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def train_step(
+    model: Any,
+    optimizer: Any,
+    images: Any,
+    labels: Any,
+    weights: Callable[[], Any],
+    precision: str = "fp32",
+) -> Any:
+    """One local training step as ``pep_fedpt.engine.train_epochs`` takes it: the mixing
+    ``weights()`` (CCMP: from z(x); VPT-deep: ones) + forward under ``precision``'s autocast
+    + cross-entropy in float32 + backward + SGD update. Returns the loss."""
+    import torch.nn.functional as F
+
+    from pep_fedpt.engine import autocast
+
+    mix = weights()
+    with autocast(images.device, precision):
+        loss = F.cross_entropy(model(images, mix).float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def measure(settings: argparse.Namespace) -> tuple[list[float], list[float], int]:
     """Every timed VPT-deep and CCMP step (seconds, interleaved) and torch's thread count."""
     import time
 
     import torch
-    import torch.nn.functional as F
 
     from pep_fedpt.ccmp import mixing_weights, smoothed_prior
     from pep_fedpt.config import ModelConfig
-    from pep_fedpt.models import PromptedViT, create_backbone
+    from pep_fedpt.models import create_backbone
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -167,14 +218,7 @@ def measure(settings: argparse.Namespace) -> tuple[list[float], list[float], int
         num_heads=settings.heads,
     )
     backbone = create_backbone(cfg, seed=0)
-    common = {
-        "shared_length": settings.shared_length,
-        "class_length": 1,
-        "ccmp_blocks": tuple(range(1, settings.depth)),
-        "head_init": "normal",
-    }
-    ccmp = PromptedViT(backbone, settings.classes, **common)
-    deep = PromptedViT(backbone, settings.classes, num_prompt_sets=1, **common)
+    deep, ccmp = prompt_pair(backbone, settings.classes, settings.shared_length)
 
     torch.manual_seed(0)
     batch, size, width = settings.batch, settings.img_size, settings.width
@@ -186,23 +230,14 @@ def measure(settings: argparse.Namespace) -> tuple[list[float], list[float], int
     log_prior = smoothed_prior(torch.randint(0, 50, (settings.classes,))).log()
     ones = torch.ones(batch, 1)
 
-    def step(model: PromptedViT, optimizer: torch.optim.Optimizer, is_ccmp: bool) -> float:
-        start = time.perf_counter()
-        if is_ccmp:
-            z = model.query_features(images) if settings.recompute_z else cached_z[positions]
-            weights = mixing_weights(z, prototypes, log_prior, 0.1)
-        else:
-            weights = ones
-        loss = F.cross_entropy(model(images, weights), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
+    def ccmp_weights() -> torch.Tensor:
+        z = ccmp.query_features(images) if settings.recompute_z else cached_z[positions]
+        return mixing_weights(z, prototypes, log_prior, 0.1)
 
-    def sgd(model: PromptedViT) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
-        )
+    def step(model: Any, optimizer: torch.optim.Optimizer, is_ccmp: bool) -> float:
+        start = time.perf_counter()
+        train_step(model, optimizer, images, labels, ccmp_weights if is_ccmp else lambda: ones)
+        return time.perf_counter() - start
 
     opt_ccmp, opt_deep = sgd(ccmp), sgd(deep)
     for _ in range(WARMUP):

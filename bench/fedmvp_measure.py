@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pep_fedpt.config import FedMVPConfig
+from pep_fedpt.engine import autocast
 from pep_fedpt.fedmvp import FedMVPModel, PromptFormer, TextBank, build_clip, build_text_bank
 from pep_fedpt.fedmvp.clip import ClipBundle
 from pep_fedpt.fedmvp.text_bank import encode_sentences
@@ -166,6 +167,29 @@ def measure(
     }
 
 
+def train_step(
+    model: FedMVPModel,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    bank: TextBank,
+    precision: str = "fp32",
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One FedMVP training step as ``pep_fedpt.fedmvp.train_local`` takes it: the prompted
+    forward (PromptFormer over the bank, prompts into the image tower) under ``precision``'s
+    autocast, CE + 10 x consistency in float32 (``target``: the cached g(x'); None: the
+    frozen forward of the flipped images in the step), backward, SGD update. The loss."""
+    with autocast(images.device, precision):
+        features = model.encode_image(images, bank)
+        loss = F.cross_entropy(model.logits_from_features(features, bank).float(), labels)
+        loss = loss + 10.0 * model.consistency_loss(features.float(), images, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def timing(
     model: FedMVPModel, bundle: ClipBundle, bank: TextBank, batch: int, repeats: int
 ) -> dict[str, Any]:
@@ -186,13 +210,7 @@ def timing(
 
     def step(reencode: bool) -> float:
         start = _now(bundle)
-        current = features_of(reencode)
-        features = model.encode_image(images, current)
-        loss = F.cross_entropy(model.logits_from_features(features, current), labels)
-        loss = loss + 10.0 * model.consistency_loss(features, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, labels, features_of(reencode))
         return _now(bundle) - start
 
     @torch.no_grad()

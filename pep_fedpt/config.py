@@ -48,7 +48,7 @@ FEDMVP_TEMPLATES = ("released", "design")
 FEDMVP_ZEROSHOT_TEXTS = ("hand-crafted", "attributes")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -276,9 +276,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     proximal_mu: float = 0.01  # fedprox-vpt: mu of (mu/2) ||theta - theta_global||^2
-    # Autocast dtype of local training: "fp32" (none) | "bf16" | "fp16" (with a gradient
-    # scaler). Evaluation and z(x) always run in float32; the wire always carries float32.
-    precision: str = "fp32"
+    # Autocast dtype of local training: "auto" (bf16 on a CUDA device that has it, else
+    # fp32: pep_fedpt.engine.resolve_precision) | "fp32" (none) | "bf16" | "fp16" (with a
+    # gradient scaler). Evaluation and z(x) always run in float32; the wire carries float32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1:
@@ -344,10 +345,18 @@ class FedConfig:
     # "mean" (weighted, exact), or "median" / "trimmed-mean": coordinate-wise, unweighted.
     aggregation: str = "mean"
     trim_fraction: float = 0.1  # trimmed-mean: the fraction left out at each end
+    # Clients and server evaluate in every k-th round, round 0 and always the last
+    # (strategies.base.evaluation_round); training never depends on it.
+    evaluate_every: int = 1
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ConfigError(f"num-server-rounds = {self.num_rounds} must be >= 1")
+        if self.evaluate_every < 1:
+            raise ConfigError(
+                f"fed.evaluate-every = {self.evaluate_every} must be >= 1 (1 = every round; "
+                "k = rounds k, 2k, ... and the last)"
+            )
         for key in ("fraction_train", "fraction_evaluate"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:

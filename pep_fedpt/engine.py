@@ -36,11 +36,53 @@ def pick_device() -> torch.device:
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_precision(requested: str, device_type: str, bf16_supported: bool) -> str:
+    """The autocast precision local training runs in: ``requested`` unless it is "auto",
+    which is "bf16" on a CUDA device with bf16 (Ampere and later: full speed, no loss
+    scaling) and "fp32" everywhere else (a CPU's bf16 matmuls are slower than its fp32 ones,
+    and an older GPU's fp16 needs a gradient scaler a user should ask for)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device_type == "cuda" and bf16_supported else "fp32"
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """``resolve_precision`` with this process's facts about ``device`` (asked only for
+    "auto": autocast calls this for every batch)."""
+    if requested != "auto":
+        return requested
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return resolve_precision(requested, device.type, bf16)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a DataLoader feeds ``device``: pinned host memory and asynchronous copies on
+    CUDA (a pinned batch's copy overlaps the previous step), and worker processes kept
+    from one epoch to the next when there are workers on CUDA (each epoch would start
+    them again, seconds per epoch at 224 px)."""
+
+    pin_memory: bool
+    non_blocking: bool
+    persistent_workers: bool
+
+
+def loader_options(device_type: str, num_workers: int) -> LoaderOptions:
+    """The DataLoader settings for a device type and a number of worker processes: on the
+    CPU none of them (nothing to pin or overlap; a CPU run reads as it always did)."""
+    cuda = device_type == "cuda"
+    return LoaderOptions(
+        pin_memory=cuda, non_blocking=cuda, persistent_workers=cuda and num_workers > 0
+    )
+
+
 def autocast(
     device: torch.device, precision: str = "fp32"
 ) -> contextlib.AbstractContextManager[object]:
-    """Autocast to ``precision`` ("fp32": none) on ``device``'s type: one code path for
-    CPU and CUDA (torch autocasts bf16 and fp16 on both)."""
+    """Autocast to ``precision`` ("fp32": none; "auto": ``training_precision``) on
+    ``device``'s type: one code path for CPU and CUDA (torch autocasts bf16 and fp16 on
+    both)."""
+    precision = training_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in AUTOCAST_DTYPES:
@@ -53,7 +95,8 @@ def autocast(
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """fp16 needs loss scaling (its small gradients underflow); bf16 and fp32 do not: the
     scaler is then disabled and passes the step through unchanged."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    enabled = training_precision(precision, device) == "fp16"
+    return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
 class _Indexed(Dataset):
@@ -70,6 +113,92 @@ class _Indexed(Dataset):
         return image, label, index
 
 
+def shuffle_order(size: int, seed: int) -> list[int]:
+    """The order a fresh ``DataLoader(shuffle=True, generator=manual_seed(seed))`` visits
+    ``size`` examples in: its iterator first draws the workers' base seed from the
+    generator, then its sampler draws the permutation (``test_engine_loader`` checks the
+    two against each other). A persistent loader reuses its iterator, so the draw is done
+    here, and an epoch's order stays what it is without persistent workers."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+class _SeededOrder(torch.utils.data.Sampler[int]):
+    """``shuffle_order`` of the seed set before each epoch."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shuffle_order(self.size, self.seed))
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Batches:
+    """The batches of one split on ``device``, epoch after epoch (``epoch(seed)``).
+
+    ``num_workers`` > 0 reads them in that many worker processes (None: the split's
+    ``loader_workers``, which ``data.pixel_cache.node_splits`` sets from
+    ``data.num-workers``; else 0); ``loader_options`` says how (pinned, asynchronous,
+    persistent workers). A split from the pixel cache loads its pixels first, so that the
+    workers inherit them instead of each decoding the split."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        device: torch.device,
+        num_workers: int | None = None,
+    ) -> None:
+        if num_workers is None:
+            num_workers = int(getattr(dataset, "loader_workers", 0))
+        prepare = getattr(dataset, "prepare", None)
+        if callable(prepare):
+            prepare()
+        self.dataset = _Indexed(dataset)
+        self.batch_size, self.shuffle, self.device = batch_size, shuffle, device
+        self.num_workers = num_workers
+        self.options = loader_options(device.type, num_workers)
+        self._order = _SeededOrder(len(self.dataset)) if shuffle else None
+        self._persistent: DataLoader | None = None
+
+    def _loader(self, seed: int) -> DataLoader:
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.options.pin_memory,
+        }
+        if not self.options.persistent_workers:
+            generator = torch.Generator().manual_seed(seed)
+            return DataLoader(self.dataset, shuffle=self.shuffle, generator=generator, **common)
+        if self._order is not None:
+            self._order.seed = seed
+        if self._persistent is None:
+            self._persistent = DataLoader(
+                self.dataset, sampler=self._order, persistent_workers=True, **common
+            )
+        return self._persistent
+
+    def epoch(self, seed: int) -> Iterator[Batch]:
+        """(images, labels) on the device and the examples' positions, in the order of
+        ``seed`` when shuffled."""
+        non_blocking = self.options.non_blocking
+        for images, labels, positions in self._loader(seed):
+            yield (
+                images.to(self.device, non_blocking=non_blocking),
+                labels.to(self.device, non_blocking=non_blocking),
+                positions,
+            )
+
+
 def indexed_batches(
     dataset: Dataset,
     batch_size: int,
@@ -77,28 +206,9 @@ def indexed_batches(
     seed: int,
     device: torch.device,
     num_workers: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches on ``device``; ``num_workers`` > 0 reads them in that many worker processes
-    (None: the split's ``loader_workers``, which ``data.pixel_cache.node_splits`` sets from
-    ``data.num-workers``; else 0). A split from the pixel cache loads its pixels first, so
-    that the workers inherit them instead of each decoding the split."""
-    if num_workers is None:
-        num_workers = int(getattr(dataset, "loader_workers", 0))
-    prepare = getattr(dataset, "prepare", None)
-    if callable(prepare):
-        prepare()
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        _Indexed(dataset),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        pin_memory=device.type == "cuda",
-        num_workers=num_workers,
-        persistent_workers=False,
-    )
-    for images, labels, positions in loader:
-        yield images.to(device, non_blocking=True), labels.to(device), positions
+) -> Iterator[Batch]:
+    """One pass over ``dataset``: ``Batches(...).epoch(seed)``."""
+    return Batches(dataset, batch_size, shuffle, device, num_workers).epoch(seed)
 
 
 @torch.no_grad()
@@ -194,21 +304,22 @@ def train_epochs(
     ``lr_scale``: the schedule's factor for this round (``PromptClient.lr_scale``).
     The reported loss is the cross-entropy alone.
 
-    ``cfg.precision``: the forward pass runs under ``autocast`` in that dtype; parameters,
+    ``cfg.precision``: the forward pass runs under ``autocast`` in that dtype ("auto":
+    ``training_precision``, bf16 on a CUDA device that has it, else fp32); parameters,
     gradients and optimiser state stay float32 (autocast never changes them), so what the
     client sends is float32 whatever the precision. fp16 scales the loss (``grad_scaler``).
     """
     optimizer = build_optimizer(model, cfg, lr_scale)
-    scaler = grad_scaler(device, cfg.precision)
+    precision = training_precision(cfg.precision, device)
+    scaler = grad_scaler(device, precision)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
+    batches = Batches(dataset, cfg.batch_size, True, device, num_workers)
     for epoch in range(cfg.local_epochs):
-        for images, labels, positions in indexed_batches(
-            dataset, cfg.batch_size, True, seed + epoch, device, num_workers
-        ):
+        for images, labels, positions in batches.epoch(seed + epoch):
             query = features[positions].to(device)
             weights = weights_fn(query, labels, True)
-            with autocast(device, cfg.precision):
+            with autocast(device, precision):
                 logits = model(images, weights)
                 loss = F.cross_entropy(logits.float(), labels)
             objective = loss if regularizer is None else loss + regularizer()

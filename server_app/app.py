@@ -2,9 +2,10 @@
 
 Looks up ``cfg.method``'s registration (``pep_fedpt.methods.registry``), builds its seeded
 initial state and its strategy (a ``PromptFedAvg`` subclass), evaluates the global state
-on the data set's central test split after every round (the method's server side; the
-PromptedViT one uses the global prior), records each finished round on disk (with a
-checkpoint of the whole server state) and prints a summary table. With ``resume-from``
+on the data set's central test split after every ``fed.evaluate-every``-th round and the
+last (the method's server side; the PromptedViT one uses the global prior), records each
+finished round on disk (with a checkpoint of the whole server state) and prints a summary
+table. With ``resume-from``
 set it continues a run from its checkpoint at the next round, as if it had never stopped.
 """
 
@@ -26,6 +27,7 @@ from pep_fedpt.output_dir import refuse_to_overwrite
 from server_app.checkpoint import Checkpoint, load_checkpoint, resume_refusal
 from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
+from strategies.base import evaluation_round
 
 app = ServerApp()
 
@@ -61,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
     strategy = build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
+    strategy.evaluate_every = cfg.fed.evaluate_every
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
     strategy.on_client_error = recorder.record_client_error
     log(INFO, "pep-fedpt: results go to %s", out)
@@ -71,7 +74,9 @@ def main(grid: Grid, context: Context) -> None:
         """The method's central evaluation (``MethodServer.evaluate``); then record the
         round."""
         state = {key: array.numpy() for key, array in arrays.items()}
-        metrics = MetricRecord(server.evaluate(state))
+        evaluates = evaluation_round(server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds)
+        # A round without evaluation is still recorded: its checkpoint is what a resume reads.
+        metrics = MetricRecord(server.evaluate(state) if evaluates else {})
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
         recorder.record_round(

@@ -33,6 +33,8 @@ RESUMABLE_CHANGES = frozenset(
         "cache-dir",
         "fed.round-timeout",
         "fed.wait-timeout",
+        # Training does not depend on it (a skipped evaluation still draws its sample).
+        "fed.evaluate-every",
     }
 )
 

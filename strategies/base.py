@@ -144,6 +144,14 @@ RENAMED_HOOKS = {
 PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
 
 
+def evaluation_round(server_round: int, every: int, num_rounds: int) -> bool:
+    """Whether round ``server_round`` of ``num_rounds`` evaluates, clients and server alike:
+    every ``every``-th round, the initial state (round 0) and always the last round."""
+    if every < 1:
+        raise ValueError(f"every = {every}: evaluate every 1 or more rounds")
+    return server_round % every == 0 or server_round == num_rounds
+
+
 def _keep_later(
     partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]],
     pid: int,
@@ -346,6 +354,10 @@ class PromptFedAvg(FedAvg):
         # error reply, whose one-line form is all the logs and results keep; the ServerApp
         # writes them to the run's client-errors.log.
         self.on_client_error: Callable[[int, int, str, str], None] | None = None
+        # Evaluate messages go out in rounds ``evaluation_round`` picks (the last of
+        # ``num_rounds`` always): a run of many cheap rounds need not evaluate each.
+        self.evaluate_every = 1
+        self.num_rounds = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -375,6 +387,7 @@ class PromptFedAvg(FedAvg):
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
         self.timeout = timeout
+        self.num_rounds = num_rounds
         arrays = initial_arrays
         if not self.has_prototypes(arrays):
             arrays = self.prototype_round(grid, arrays, server_round=0)
@@ -1032,6 +1045,11 @@ class PromptFedAvg(FedAvg):
             held = self.in_identity_order(self.held_out_nodes & set(grid.get_node_ids()))
             size = min(len(held), max(int(len(held) * self.fraction_evaluate), 1))
             node_ids = self.in_identity_order(node_ids + self._rng.sample(held, size))
+        if not evaluation_round(server_round, self.evaluate_every, self.num_rounds):
+            # Drawn and not sent: the sampler's stream, and so which nodes train in later
+            # rounds, is the same whatever fed.evaluate-every is.
+            log(INFO, "configure_evaluate: none this round (every %d)", self.evaluate_every)
+            return []
         log(INFO, "configure_evaluate: sampled %d nodes", len(node_ids))
         return self._messages(arrays, config, node_ids, MessageType.EVALUATE, server_round)
 

@@ -96,3 +96,17 @@ def test_flat_dotted_keys_and_nested_tables_agree(tmp_path: Path) -> None:
     ]
     assert configs[0] == configs[1]
     assert (configs[0].fed.num_rounds, configs[0].data.alpha) == (7, 0.1)
+
+
+GPU_FILES = [p for p in CONF_FILES if "-bench" not in p.stem and p.stem != "fedmvp-offline"]
+
+
+@pytest.mark.parametrize("path", GPU_FILES, ids=lambda p: p.name)
+def test_a_gpu_conf_says_how_its_packing_was_had_and_the_command_that_measures_it(
+    path: Path,
+) -> None:
+    """No GPU has run this project: a conf's client-resources-num-gpus is an assumption or
+    a CPU estimate, says so, and names the one command that measures it on a GPU."""
+    text = path.read_text()
+    assert "bench/device_check.py" in text
+    assert "not measured" in text or "CPU estimate" in text

@@ -52,8 +52,17 @@ WITH_HELD_OUT = {**NODES, 13: {"partition-id": 6, "num-partitions": 8}}
     [
         ("all-processes", {}),
         ("server-only", {}),
-        # Prototypes refreshed in round 3 (the resumed run's first), a held-out node.
-        ("all-processes", {"fed.prototype-refresh-every": 2, "data.held-out-fraction": 0.125}),
+        # Prototypes refreshed in round 3 (the resumed run's first), a held-out node, and
+        # evaluation in rounds 0, 2 and 4 only (fed.evaluate-every = 2): the resumed run's
+        # first round does not evaluate.
+        (
+            "all-processes",
+            {
+                "fed.prototype-refresh-every": 2,
+                "data.held-out-fraction": 0.125,
+                "fed.evaluate-every": 2,
+            },
+        ),
     ],
     ids=["all-processes", "server-only", "refresh-and-held-out"],
 )
@@ -67,7 +76,8 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
 
     broken_dir = tmp_path / "broken"
     broken = dict(flat, **{"output-dir": str(broken_dir)})
-    crash = CrashMidRound(crash_round=3, num_nodes=len(nodes))
+    every = int(flat.get("fed.evaluate-every", 1))
+    crash = CrashMidRound(crash_round=3, num_nodes=len(nodes), evaluate_every=every)
     grid = InProcessGrid(client_app, nodes, broken)
     with pytest.raises(RuntimeError, match="killed mid-round"):
         run_server(broken, {node: crash for node in nodes}, grid=grid)
@@ -95,7 +105,7 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
         assert rows_got[3]["bytes-down"] > rows_expected[3]["bytes-down"]
     for row in (rows_got[3], rows_expected[3]):
         for key in resent:
-            del row[key]
+            row.pop(key, None)  # no evaluate phase in a round that does not evaluate
     assert rows_got == rows_expected
     assert load_json(broken_dir / "dropped.json") == load_json(tmp_path / "whole" / "dropped.json")
     # No second prototype round (unless a refresh is due), and rounds 3-4 asked the same
@@ -106,6 +116,10 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
         assert ("train", 13) not in uninterrupted.sent
         assert ("evaluate", 13) in resumed.sent
         assert "evaluate/held-out-accuracy" in rows_got[-1]
+        # Clients and server evaluated in rounds 0, 2 and 4 only; every round was recorded.
+        evaluated = [int(r["round"]) for r in rows_got if "server/accuracy" in r]
+        assert evaluated == [0, 2, 4]
+        assert [int(r["round"]) for r in rows_got if "evaluate/global-accuracy" in r] == [2, 4]
     assert load_checkpoint(broken_dir).server_round == 4
 
 

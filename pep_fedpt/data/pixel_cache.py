@@ -9,8 +9,11 @@ labels, the transform) and written atomically; a damaged file is recomputed. Onl
 cheap stage (to float, normalise) runs per item, so the tensors a split yields are
 bit-identical to the uncached ones.
 
-Data sets already held as tensors in memory (the digits) and any data set whose images
-do not go through ``ImageTransform`` are left as they are.
+Any transform with these two stages (``pixels``, ``finish``) and an image ``spec`` is
+cached the same way: the ViT methods' ``ImageTransform`` and a CLIP method's. Data sets
+already held as tensors in memory (the digits) and any data set whose images do not go
+through such a transform are left as they are. A subset with labels of its own (FedMVP's
+``ClassSubset``: positions in its text bank) keeps them (``targets``).
 """
 
 from __future__ import annotations
@@ -39,12 +42,28 @@ def pixel_store(directory: Path) -> TensorStore:
     return TensorStore(directory, FORMAT, torch.uint8, keep_in_memory=False)
 
 
-def _transform_of(dataset: Any) -> ImageTransform | None:
-    """The ``ImageTransform`` a data set's items go through (None: not an image data set)."""
+def _two_stage(transform: Any) -> bool:
+    """Whether ``transform`` splits into a cacheable ``pixels`` stage (uint8) and a cheap
+    ``finish`` stage, with the ``spec`` it produces (``ImageTransform`` does)."""
+    if isinstance(transform, ImageTransform):
+        return True
+    return all(callable(getattr(transform, name, None)) for name in ("pixels", "finish")) and (
+        hasattr(transform, "spec")
+    )
+
+
+def _transform_of(dataset: Any) -> Any:
+    """The two-stage transform a data set's items go through (None: not an image data set
+    or a transform that cannot be split)."""
     if isinstance(dataset, Labeled):
         return _transform_of(dataset.base)
     transform = getattr(dataset, "transform", None)
-    return transform if isinstance(transform, ImageTransform) else None
+    return transform if _two_stage(transform) else None
+
+
+def can_cache(dataset: Any) -> bool:
+    """Whether the pixels of ``dataset``'s images can be cached (``with_pixel_cache``)."""
+    return _transform_of(dataset) is not None
 
 
 def _pixel_view(dataset: Any) -> Any:
@@ -62,15 +81,20 @@ class CachedSubset(Subset):
     cache (or are decoded once and written there). ``dataset`` and ``indices`` stay those
     of the subset, so labels, keys and counts read as before."""
 
-    def __init__(self, subset: Subset, key: str, store: TensorStore) -> None:
+    def __init__(self, subset: Any, key: str, store: TensorStore) -> None:
         super().__init__(subset.dataset, subset.indices)
         transform = _transform_of(subset.dataset)
         if transform is None:
             raise ValueError(
-                f"{type(subset.dataset).__name__} does not use ImageTransform; nothing to cache"
+                f"{type(subset.dataset).__name__} does not use a two-stage image transform "
+                "(ImageTransform or one with pixels/finish/spec); nothing to cache"
             )
         self._finish = transform.finish
-        self._targets = subset_targets(subset)
+        own = getattr(subset, "targets", None)  # a ClassSubset's bank positions
+        self.targets = subset_targets(subset) if own is None else np.asarray(own)
+        self._targets = self.targets
+        if hasattr(subset, "classes"):
+            self.classes = subset.classes
         self.key = key
         self.store = store
         self.loader_workers = 0  # worker processes of its loaders (and of the first decode)
@@ -87,8 +111,8 @@ class CachedSubset(Subset):
 
     def _decode(self) -> torch.Tensor:
         view = _pixel_view(self.dataset)
-        if not self.indices:
-            size = _transform_of(self.dataset).spec.size  # type: ignore[union-attr]
+        if not len(self.indices):
+            size = _transform_of(self.dataset).spec.size
             return torch.zeros(0, 3, size, size, dtype=torch.uint8)
         loader = DataLoader(
             Subset(view, self.indices), batch_size=64, num_workers=self.loader_workers
@@ -107,8 +131,28 @@ def split_key(data: ClientData, split: str, subset: Subset) -> str:
     """What a split's pixels depend on: data config and partition (``cache_key``, which
     includes the image spec), the exact examples with their labels, and the transform."""
     examples = examples_digest(np.asarray(subset.indices), subset_targets(subset))
-    spec = _transform_of(subset.dataset).spec  # type: ignore[union-attr]
+    spec = _transform_of(subset.dataset).spec
     return f"{data.cache_key}|{split}|{examples}|{FORMAT}:{spec}"
+
+
+def examples_key(prefix: str, subset: Any) -> str:
+    """What the pixels of any subset (``dataset``, ``indices``) depend on: ``prefix`` (the
+    data config and the split's name), the exact examples with their data set labels, and
+    the transform (its type and spec: a CLIP transform crops where ``ImageTransform``
+    squashes)."""
+    indices = np.asarray(subset.indices, dtype=np.int64)
+    examples = examples_digest(indices, np.asarray(subset.dataset.targets)[indices])
+    transform = _transform_of(subset.dataset)
+    return f"{prefix}|{examples}|{FORMAT}:{type(transform).__qualname__}:{transform.spec}"
+
+
+def cached_subset(subset: Any, prefix: str, directory: Path, num_workers: int) -> Any:
+    """``subset`` served from the pixel cache in ``directory`` when its images can be cached
+    (else as it is), its loaders in ``num_workers`` worker processes."""
+    if can_cache(subset.dataset):
+        subset = CachedSubset(subset, examples_key(prefix, subset), pixel_store(directory))
+    subset.loader_workers = num_workers
+    return subset
 
 
 def node_splits(data: ClientData, cfg: DataConfig, directory: Path) -> ClientData:

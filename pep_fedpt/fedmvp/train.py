@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, RandomSampler, Subset
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.engine import autocast, indexed_batches
+from pep_fedpt.engine import (
+    Batches,
+    autocast,
+    grad_scaler,
+    indexed_batches,
+    training_precision,
+)
 from pep_fedpt.fedmvp.model import FedMVPModel
 from pep_fedpt.fedmvp.text_bank import TextBank
 
@@ -92,7 +98,10 @@ def train_local(
     """``train.local-epochs`` epochs over ``dataset`` (labels index ``bank``'s classes).
 
     ``lr`` overrides ``train.lr`` (the round's value of a schedule); ``flipped``: g(x') of
-    every example (``flipped_features``), else computed in every step.
+    every example (``flipped_features``), else computed in every step. The forward pass
+    runs in ``train.precision`` (``training_precision``: "auto" is bf16 on a CUDA device
+    with bf16, fp32 on the CPU; fp16 with a gradient scaler); the PromptFormer's
+    parameters, gradients and what the client sends stay float32.
     """
     size = len(dataset)  # type: ignore[arg-type]
     if size == 0:
@@ -102,6 +111,8 @@ def train_local(
     per_round = cfg.fedmvp.step_every == "round-mean"
     last_batch = cfg.fedmvp.step_every == "round"
     epochs, alpha = cfg.train.local_epochs, cfg.fedmvp.consistency_weight
+    precision = training_precision(cfg.train.precision, device)
+    scaler = grad_scaler(device, precision)
     model.adapters_on = adapters_on
     model.train()
     optimizer = _optimizer(model, cfg, cfg.train.lr if lr is None else lr)
@@ -109,23 +120,24 @@ def train_local(
     total, ce_total, cons_total, correct, steps = 0.0, 0.0, 0.0, 0, 0
     if last_batch:
         return _step_on_last_batch(model, dataset, bank, cfg, device, seed, optimizer, flipped)
+    batches = Batches(dataset, cfg.train.batch_size, True, device)
     for epoch in range(epochs):
         epoch_loss = 0.0
-        batches = indexed_batches(dataset, cfg.train.batch_size, True, seed + epoch, device)
-        for images, labels, positions in batches:
+        for images, labels, positions in batches.epoch(seed + epoch):
             target = None if flipped is None else flipped[positions].to(device)
-            with autocast(device):
+            with autocast(device, precision):
                 features = model.encode_image(images, bank)
                 logits = model.logits_from_features(features, bank)
                 ce = F.cross_entropy(logits.float(), labels)
                 cons = model.consistency_loss(features.float(), images, target)
             loss = ce + alpha * cons
             if per_round:
-                (loss * (len(labels) / (size * epochs))).backward()
+                scaler.scale(loss * (len(labels) / (size * epochs))).backward()
             else:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 steps += 1
             n = len(labels)
             epoch_loss += loss.item() * n
@@ -138,7 +150,8 @@ def train_local(
             model.adapters_on = True  # from the next epoch on, the adapters alone train
             optimizer = _optimizer(model, cfg, cfg.train.lr if lr is None else lr)
     if per_round:
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         steps += 1
         if total / (size * epochs) < cfg.fedmvp.adapter_threshold:
             model.adapters_on = True
@@ -176,14 +189,17 @@ def _step_on_last_batch(
     images, labels, inside = batch
     positions = torch.as_tensor(tail)[inside]
     target = None if flipped is None else flipped[positions].to(device)
-    with autocast(device):
+    precision = training_precision(cfg.train.precision, device)
+    scaler = grad_scaler(device, precision)
+    with autocast(device, precision):
         features = model.encode_image(images, bank)
         logits = model.logits_from_features(features, bank)
         ce = F.cross_entropy(logits.float(), labels)
         cons = model.consistency_loss(features.float(), images, target)
     loss = ce + cfg.fedmvp.consistency_weight * cons
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     if loss.item() < cfg.fedmvp.adapter_threshold:
         model.adapters_on = True  # decided on the loss the step followed; from the next round
     return FedMVPTrainResult(

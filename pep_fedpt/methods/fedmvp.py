@@ -12,6 +12,7 @@ the server in every message's config (``adapters-on``) and goes back in the trai
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from pep_fedpt.data.client_data import client_pool
 from pep_fedpt.data.coop import NINE_SETS, nine_members
 from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
+from pep_fedpt.data.pixel_cache import cached_subset
 from pep_fedpt.engine import pick_device
 from pep_fedpt.feature_cache import (
     default_cache_dir,
@@ -277,6 +279,17 @@ def client_data(
     )
 
 
+def node_subset(subset: ClassSubset, cfg: RunConfig, split: str, cache_dir: Path) -> ClassSubset:
+    """``subset`` as a node (or the server) reads it: its decoded, resized images from the
+    pixel cache in ``cache_dir`` with ``data.pixel-cache`` (evaluated every round, a split
+    would be decoded again every round), its loaders in ``data.num-workers`` processes."""
+    if not cfg.data.pixel_cache:
+        subset.loader_workers = cfg.data.num_workers  # type: ignore[attr-defined]
+        return subset
+    prefix = f"clip|{cfg.data!r}|{split}"
+    return cached_subset(subset, prefix, cache_dir, cfg.data.num_workers)
+
+
 @functools.lru_cache(maxsize=2)
 def cached_clip(cfg: RunConfig, device: str):  # -> ClipBundle
     """The frozen CLIP of a run, once per process (a simulation worker serves many)."""
@@ -344,9 +357,14 @@ class FedMVPClient:
         self.cfg = cfg
         self.device = pick_device()
         self.bundle = cached_clip(cfg, str(self.device))
-        self.data = client_data(cfg, self.bundle.spec, partition_id, num_partitions)
         self.num_partitions = num_partitions
         self.cache_dir = cache_dir or default_cache_dir()
+        data = client_data(cfg, self.bundle.spec, partition_id, num_partitions)
+        self.data = dataclasses.replace(
+            data,
+            train=node_subset(data.train, cfg, f"client-train:{partition_id}", self.cache_dir),
+            test=node_subset(data.test, cfg, f"client-test:{partition_id}", self.cache_dir),
+        )
         self._bank = None
 
     def personal_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -505,7 +523,8 @@ class FedMVPServer:
             target = target_index(names, cfg.fedmvp.target_domain)
             every = tuple(range(central.num_classes))
             in_target = target_examples(cfg, self.bundle.spec, test_data, test_idx, target)
-            self.sets["target"] = ClassSubset(test_data, in_target, every)
+            subset = ClassSubset(test_data, in_target, every)
+            self.sets["target"] = node_subset(subset, cfg, "central-target", cache)
             self.banks["target"] = self.make_bank(list(self.classes), cache, names[target])
             return
         if cfg.data.dataset == NINE_SETS:  # Base and New per member set, with its bank
@@ -516,13 +535,15 @@ class FedMVPServer:
                 for kind, group in (("base", base), ("new", new)):
                     name = f"{kind}-{member}"
                     indices = of_classes(test_idx, targets, group)
-                    self.sets[name] = ClassSubset(test_data, indices, group)
+                    subset = ClassSubset(test_data, indices, group)
+                    self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
                     names = [self.classes[c] for c in group]
                     self.banks[name] = self.make_bank(names, cache, None, member)
             return
         base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
-            self.sets[name] = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            subset = ClassSubset(test_data, of_classes(test_idx, targets, group), group)
+            self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
             self.banks[name] = self.make_bank([self.classes[c] for c in group], cache)
 
     def make_bank(

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
-from torch.utils.data import DataLoader
 
+from pep_fedpt.engine import autocast, grad_scaler, indexed_batches, training_precision
 from pep_fedpt.feature_cache import examples_digest, feature_store
 from pep_fedpt.methods.fedmvp import (
     ClassSubset,
@@ -111,8 +111,8 @@ class ContextPrompts(nn.Module):
 def image_features(bundle, dataset, device: torch.device) -> torch.Tensor:
     """g(x) of every example, in order: (N, D) float32 on the CPU."""
     chunks = [torch.zeros(0, int(bundle.model.text_projection.shape[-1]))]
-    for images, _ in DataLoader(dataset, batch_size=128, shuffle=False):
-        chunks.append(bundle.model.encode_image(images.to(device), normalize=True).float().cpu())
+    for images, _, _ in indexed_batches(dataset, 128, False, 0, device):
+        chunks.append(bundle.model.encode_image(images, normalize=True).float().cpu())
     return torch.cat(chunks)
 
 
@@ -180,16 +180,21 @@ class PromptFLClient(FedMVPClient):
         )
         generator = torch.Generator().manual_seed(self.train_seed(server_round))
         scale = self.cfg.fedmvp.logit_scale
+        # The text tower's forward and backward: autocast per train.precision.
+        precision = training_precision(train.precision, self.device)
+        scaler = grad_scaler(self.device, precision)
         total, correct, seen = 0.0, 0, 0
         for _ in range(train.local_epochs):
             order = torch.randperm(len(labels), generator=generator).to(self.device)
             for batch in order.split(train.batch_size):
-                text = prompts.text_features(tokens, names)
-                logits = scale * features[batch] @ text.t()
-                loss = F.cross_entropy(logits, labels[batch])
+                with autocast(self.device, precision):
+                    text = prompts.text_features(tokens, names)
+                    logits = scale * features[batch] @ text.t()
+                    loss = F.cross_entropy(logits.float(), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 total += loss.item() * len(batch)
                 correct += int((logits.argmax(dim=-1) == labels[batch]).sum())
                 seen += len(batch)

@@ -85,12 +85,16 @@ def load_json(path: Path) -> list[dict]:
 class CrashMidRound:
     """Plays a ServerApp process that dies in round ``crash_round``, after one node trained.
 
-    Rounds are told apart by the evaluate replies seen so far (every node evaluates each
+    Rounds are told apart by the evaluate replies seen so far (every node evaluates in each
+    round that evaluates: every ``evaluate_every``-th, so one must fall before the crash
     round); raising from the grid is what a killed server looks like to the strategy.
     """
 
-    def __init__(self, crash_round: int, num_nodes: int) -> None:
-        self.evaluates_before = num_nodes * (crash_round - 1)
+    def __init__(self, crash_round: int, num_nodes: int, evaluate_every: int = 1) -> None:
+        evaluated = [t for t in range(1, crash_round) if t % evaluate_every == 0]
+        if evaluate_every > 1 and not evaluated:
+            raise ValueError(f"no round before {crash_round} evaluates: rounds look alike")
+        self.evaluates_before = num_nodes * len(evaluated)
         self.evaluated = 0
         self.trained = 0
 
