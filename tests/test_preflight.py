@@ -219,7 +219,7 @@ def test_a_resumed_run_with_a_changed_key_is_refused_before_anything_starts(
     message = refusal("-c", f"resume-from='{tmp_path}' train.lr=0.01")
     assert message == (
         f"resume-from = {str(tmp_path)!r}: the run config differs from the checkpoint's in "
-        "train.lr: 0.05 -> 0.01; resume with the same config (only cache-dir, "
+        "train.lr: 0.05 -> 0.01; resume with the same config (only cache-dir, fed.evaluate-every, "
         "fed.round-timeout, fed.wait-timeout, num-server-rounds, output-dir may change)"
     )
     preflight(ROOT, ["-c", f"resume-from='{tmp_path}' train.lr=0.05 num-server-rounds=9"])
