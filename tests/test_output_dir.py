@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pep_fedpt.config import ConfigError, RunConfig
@@ -29,7 +31,14 @@ def test_a_new_or_empty_folder_is_fine_and_a_full_one_is_refused(tmp_path: Path)
 
 
 def test_preflight_refuses_an_earlier_runs_folder_in_one_line(tmp_path: Path) -> None:
+    # An earlier run that finished a round: its summary and its checkpoint's config.
     (tmp_path / "summary.md").write_text("# an earlier run\n")
+    saved = dict(RunConfig().to_flat(), **{"output-dir": str(tmp_path)})
+    meta = {"format": 1, "round": 1, "strategy": {}, "rows": [], "config": saved}
+    np.savez(
+        tmp_path / "checkpoint.npz",
+        **{"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)},
+    )
     with pytest.raises(PreflightError) as failure:
         preflight(ROOT, ["-c", f"output-dir='{tmp_path}'"])
     message = str(failure.value)
