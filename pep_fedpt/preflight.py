@@ -42,6 +42,7 @@ DATASETS = (
     "cifar10",
     "cifar10-folder",
     "cifar100",
+    "cifar100-folder",
     "digits",
     "domainnet",
     "domainnet-10",
