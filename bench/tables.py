@@ -66,9 +66,11 @@ from bench.figures import (  # noqa: E402
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
     COMPARISON,
+    DIAGNOSTIC_NOTE,
     FINAL,
     Outcome,
     Selection,
+    diagnostics,
     load_results,
     method_rows,
     method_table,
@@ -220,13 +222,16 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
     to its first seed's run folder."""
     keys = ", ".join(key for key, _ in comparison.selection.grid) if comparison.selection else ""
     seeds = ", ".join(map(str, comparison.seeds))
+    extra = diagnostics(comparison.outcomes)
+    titles = ["method", "mean client acc", "worst client", "held-out", "global"]
+    titles += [a.column for a in extra]
+    titles += ["prompt drift (median)", f"chosen {keys or 'point'}"]
     lines = [
         f"**{comparison.title}** (final round, mean over seeds {seeds}; every run with its "
         f"config and log: {_link('results.md', comparison.folder / 'results.md', page_dir)})",
         "",
-        "| method | mean client acc | worst client | held-out | global | prompt drift (median) "
-        f"| chosen {keys or 'point'} |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(titles) + " |",
+        "|" + "---|" * len(titles),
     ]
     for row in method_rows(comparison.outcomes, comparison.methods):
         folder = _run_folder(comparison, row.method)
@@ -234,7 +239,7 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
         if 0 < row.completed < row.runs:  # the mean is over fewer seeds than the others'
             name += f" ({row.completed}/{row.runs} runs)"
         if row.completed == 0:
-            cells = ["failed"] * 5
+            cells = ["failed"] * (len(titles) - 2)
         else:
             stats = row.stats
             cells = [
@@ -242,11 +247,14 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
                 _acc(stats[WORST]),
                 _acc(stats[HELD_OUT]),
                 _acc(stats[GLOBAL]),
+                *(_acc(stats[a.key]) for a in extra),
                 percent(stats["prompt-drift-median"][0]),
             ]
         cells.append(_chosen(comparison, row.method))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", DRIFT_NOTE]
+    if extra:
+        lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -314,14 +322,17 @@ def _reference_config(reference: tuple[Outcome, Comparison] | None) -> Mapping[s
     return flat
 
 
-def _ablation_cells(stats: Mapping[str, tuple[float, float]], completed: int) -> list[str]:
+def _ablation_cells(
+    stats: Mapping[str, tuple[float, float]], completed: int, extra: Sequence[Any] = ()
+) -> list[str]:
     if completed == 0:
-        return ["failed"] * 6
+        return ["failed"] * (6 + len(extra))
     return [
         _acc(stats[MEAN], with_std=True),
         _acc(stats[WORST]),
         _acc(stats[HELD_OUT]),
         _acc(stats[GLOBAL]),
+        *(_acc(stats[a.key]) for a in extra),
         percent(stats["prompt-drift-median"][0]),
         percent(stats["prompt-drift-max"][0]),
     ]
@@ -343,21 +354,22 @@ def ablations_block(
     reference = _reference(comparisons, folder_name)
     config = _reference_config(reference)
     _, method, seed = REFERENCE
-    lines = [
-        "| setting | value | mean client acc | worst client | held-out | global "
-        "| prompt drift (median) | prompt drift (max) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    cells, title = ["not collected"] * 6, folder_name
+    found = ablations(comparisons, alpha)
+    involved = [o for c in found for o in c.outcomes] + ([reference[0]] if reference else [])
+    extra = diagnostics(involved)
+    titles = ["setting", "value", "mean client acc", "worst client", "held-out", "global"]
+    titles += [a.column for a in extra]
+    titles += ["prompt drift (median)", "prompt drift (max)"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    cells, title = ["not collected"] * (len(titles) - 2), folder_name
     if reference is not None:
         outcome, comparison = reference
         (row,) = method_rows([outcome], [outcome.label])
-        cells, title = _ablation_cells(row.stats, row.completed), comparison.title
+        cells, title = _ablation_cells(row.stats, row.completed, extra), comparison.title
         if (comparison.folder / outcome.path).is_dir():
             method = _link(method, comparison.folder / outcome.path, page_dir, "/")
     setting = f"reference: {method}, {title}, seed {seed}"
     lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
-    found = ablations(comparisons, alpha)
     seeds = sorted({o.seed for c in found for o in c.outcomes})
     if reference is not None and seeds not in ([], [seed]):
         # Some ablation ran more seeds: the reference over the same seeds, for its rows.
@@ -365,7 +377,7 @@ def ablations_block(
         same = [o for o in comparison.outcomes if o.label == outcome.label and o.seed in seeds]
         (row,) = method_rows(same, [outcome.label])
         setting = f"reference: {method}, {title}, seeds {', '.join(map(str, seeds))}"
-        cells = _ablation_cells(row.stats, row.completed)
+        cells = _ablation_cells(row.stats, row.completed, extra)
         lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
     for comparison in found:
         sweep = comparison.sweep or []
@@ -379,7 +391,7 @@ def ablations_block(
             value = _values(point)
             if len(comparison.methods) > 1:
                 value = f"{name}: {value}"
-            cells = _ablation_cells(row.stats, row.completed)
+            cells = _ablation_cells(row.stats, row.completed, extra)
             lines.append(f"| {setting} | {value} | " + " | ".join(cells) + " |")
     if not found:
         lines.append("")
@@ -391,6 +403,8 @@ def ablations_block(
         "of that setting. Final round; mean ± sample std over the seeds a row ran (one "
         "seed: the value alone); prompt drift as in the tables above.",
     ]
+    if extra:
+        lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -387,3 +387,46 @@ def test_an_ablation_folder_names_its_alpha_or_ran_at_the_first_one() -> None:
     assert tables.ablation_alpha(named("ablation-alpha-1-tau")) == "1"
     found = tables.ablations([named("ablation-tau"), named("ablation-alpha-0.5-x")], "0.5")
     assert [c.name for c in found] == ["ablation-alpha-0.5-x"]
+
+
+def _add_diagnostic(run: Path, prior: float, uniform: float, held_out: float) -> None:
+    """The last round of ``run``'s metrics as a PEP-FedPT run records the CCMP diagnostic."""
+    rows = json.loads((run / "metrics.json").read_text())
+    rows[-1].update(
+        {
+            "evaluate/ccmp-prior-mean-client-accuracy": prior,
+            "evaluate/ccmp-uniform-mean-client-accuracy": uniform,
+            "evaluate/held-out-ccmp-prior-accuracy": held_out,
+        }
+    )
+    (run / "metrics.json").write_text(json.dumps(rows))
+
+
+def test_the_ccmp_diagnostic_stands_beside_every_pep_fedpt_row(repo: Path) -> None:
+    results = repo / "bench" / "results" / "cifar10"
+    _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s0", 0.30, 0.10, 0.20)
+    _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s1", 0.40, 0.20, 0.30)
+    _add_diagnostic(results / "ablation-tau" / "runs" / "pep-fedpt-v0-s0", 0.25, 0.05, 0.15)
+    assert tables.main(["--root", str(repo)]) == 0
+    readme = (repo / "README.md").read_text()
+    alpha01 = readme[readme.index("**α = 0.1**") : readme.index("**α = 0.5**")]
+    assert (
+        "| method | mean client acc | worst client | held-out | global | CCMP argmax, own prior "
+        "| CCMP argmax, uniform | held-out CCMP argmax, own prior | prompt drift (median) |"
+    ) in alpha01
+    pep = next(line for line in alpha01.splitlines() if line.startswith("| [pep-fedpt]"))
+    assert "| 0.3500 | 0.1500 | 0.2500 |" in pep  # the means over seeds 0 and 1
+    local = next(line for line in alpha01.splitlines() if line.startswith("| [local]"))
+    assert "| 0.6500 | - | - | - | 10.0% |" in local  # no diagnostic for the baselines
+    assert "CCMP argmax: PEP-FedPT's zero-training diagnostic" in alpha01
+    # alpha = 0.5 recorded none: its table is as before
+    alpha05 = readme[readme.index("**α = 0.5**") :]
+    assert "CCMP" not in alpha05.split("\n\n")[1]
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    ablations = docs[docs.index("<!-- bench:ablations -->") :]
+    assert "| CCMP argmax, own prior | CCMP argmax, uniform |" in ablations
+    reference = next(line for line in ablations.splitlines() if "reference:" in line)
+    assert "| 0.3000 | 0.1000 | 0.2000 |" in reference
+    row = next(line for line in ablations.splitlines() if "| 0.3 |" in line)
+    assert "| 0.2500 | 0.0500 | 0.1500 |" in row
+    assert tables.main(["--root", str(repo), "--check"]) == 0
