@@ -99,6 +99,7 @@ from strategies import traffic, wire
 from strategies.aggregation import (
     PrototypeTally,
     RunningMean,
+    ccmp_summary,
     evaluation_summary,
     scratch_buffer,
     validation_summary,
@@ -807,6 +808,14 @@ class PromptFedAvg(FedAvg):
             validation_summary(
                 [m.get(wire.VAL_CORRECT) for m in metrics],  # type: ignore[misc]
                 [m.get(wire.VAL_NUM_EXAMPLES) for m in metrics],  # type: ignore[misc]
+                held_out,
+            )
+        )
+        summary.update(
+            ccmp_summary(
+                [m.get(wire.CCMP_PRIOR_CORRECT) for m in metrics],  # type: ignore[misc]
+                [m.get(wire.CCMP_UNIFORM_CORRECT) for m in metrics],  # type: ignore[misc]
+                totals,
                 held_out,
             )
         )
