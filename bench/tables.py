@@ -15,7 +15,10 @@ pages, each block on lines of its own:
 
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection``, ``ablations`` (the ablations at
-α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); and from the
+α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); from the
+CIFAR-100 benchmark's results in ``bench/results/cifar100``, whatever RESULTS is,
+``cifar100-main``, ``cifar100-selection`` and ``cifar100-ablations`` (docs/benchmark.md;
+each setting's ``-onehot`` folder is a row of that setting); and from the
 speed and backbone result files beside them (``bench/figures.py``): ``aggregation`` and
 ``pixel-cache`` (README.md, docs/performance.md), ``sim-overhead-summary`` (both too),
 ``sim-overhead``, ``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
@@ -31,13 +34,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,11 @@ from pep_fedpt.atomic import atomic_write  # noqa: E402
 from pep_fedpt.config import RunConfig  # noqa: E402
 
 DEFAULT_RESULTS = Path("bench/results/cifar10")
+# The CIFAR-100 benchmark's results (bench/cifar100-benchmark.sh), relative to the
+# repository root; its blocks are named cifar100-*.
+CIFAR100_RESULTS = Path("bench/results/cifar100")
+ONEHOT_SUFFIX, ONEHOT_METHOD = "-onehot", "pep-fedpt"
+ONEHOT_ROW = "pep-fedpt (one-hot training weights)"
 # The speed and backbone result files (bench/figures.py), relative to the repository root.
 FIGURES = Path("bench/results")
 # The ablations' reference: this method's final run on this seed in this folder.
@@ -121,12 +130,18 @@ class Comparison:
     methods: list[str]
     selection: Selection | None
     sweep: Grid | None
+    # A row whose runs lie in another comparison folder (``merge_onehot``): that folder.
+    row_folders: dict[str, Path] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
-        """``alpha-0.1`` -> ``α = 0.1``; other names as they are."""
+        """``alpha-0.1`` -> ``α = 0.1``, ``pathological-10`` -> ``pathological, 10 classes
+        per client``; other names as they are."""
         found = re.fullmatch(r"alpha-(.+)", self.name)
-        return f"α = {found.group(1)}" if found else self.name
+        if found:
+            return f"α = {found.group(1)}"
+        found = re.fullmatch(r"pathological-(\d+)", self.name)
+        return f"pathological, {found.group(1)} classes per client" if found else self.name
 
     @property
     def seeds(self) -> list[int]:
@@ -146,6 +161,40 @@ def load_comparisons(results: Path) -> list[Comparison]:
         methods = [str(m) for m in document["methods"]]
         found.append(Comparison(name, folder, outcomes, methods, selection, sweep))
     return found
+
+
+def merge_onehot(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Each setting folder X with a folder X-onehot beside it (PEP-FedPT with one-hot
+    training weights, its own grid search and seeds: bench/cifar100-benchmark.sh) as one
+    comparison, the one-hot runs a row ``ONEHOT_ROW`` of X's tables."""
+    by_name = {c.name: c for c in comparisons}
+    merged = []
+    for comparison in comparisons:
+        base = comparison.name.removesuffix(ONEHOT_SUFFIX)
+        if comparison.name != base and base in by_name and not by_name[base].sweep:
+            continue  # folded into its setting below
+        onehot = by_name.get(comparison.name + ONEHOT_SUFFIX)
+        if comparison.sweep or onehot is None:
+            merged.append(comparison)
+            continue
+        rows = [dataclasses.replace(o, method=ONEHOT_ROW) for o in onehot.outcomes]
+        selection = comparison.selection
+        if selection is not None and onehot.selection is not None:
+            grid_runs = onehot.selection.outcomes.get(ONEHOT_METHOD, [])
+            renamed = [dataclasses.replace(o, method=ONEHOT_ROW) for o in grid_runs]
+            selection = dataclasses.replace(
+                selection, outcomes={**selection.outcomes, ONEHOT_ROW: renamed}
+            )
+        merged.append(
+            dataclasses.replace(
+                comparison,
+                outcomes=comparison.outcomes + rows,
+                methods=[*comparison.methods, ONEHOT_ROW],
+                selection=selection,
+                row_folders={ONEHOT_ROW: onehot.folder},
+            )
+        )
+    return merged
 
 
 def _alpha_key(comparison: Comparison) -> tuple[float, str]:
@@ -204,7 +253,10 @@ def _chosen(comparison: Comparison, method: str) -> str:
 def _run_folder(comparison: Comparison, method: str) -> Path | None:
     """The folder of the method's first-seed final run, if it was collected."""
     seeds = comparison.seeds
-    folder = comparison.folder / FINAL / run_name(method, seeds[0]) if seeds else None
+    where, name = comparison.folder, method
+    if method in comparison.row_folders:  # a row merged from another folder
+        where, name = comparison.row_folders[method], ONEHOT_METHOD
+    folder = where / FINAL / run_name(name, seeds[0]) if seeds else None
     return folder if folder is not None and folder.is_dir() else None
 
 
@@ -430,6 +482,23 @@ def _figure(render: Callable[[Path], str]) -> Renderer:
     return lambda _comparisons, _page_dir, figures: render(figures)
 
 
+NO_CIFAR100 = (
+    "No CIFAR-100 results collected yet: `bench/cifar100-benchmark.sh` collects them into "
+    "`bench/results/cifar100`.\n"
+)
+
+
+def _cifar100(render: Callable[[Sequence[Comparison], Path], str]) -> Renderer:
+    """A block of the CIFAR-100 benchmark: from CIFAR100_RESULTS beside the figures (the
+    one-hot folders merged into their settings), whatever RESULTS the command was given."""
+
+    def rendered(_comparisons: Sequence[Comparison], page_dir: Path, figures: Path) -> str:
+        found = merge_onehot(load_comparisons(figures.parent.parent / CIFAR100_RESULTS))
+        return render(found, page_dir) if found else NO_CIFAR100
+
+    return rendered
+
+
 # Per page (relative to the repository root), its blocks.
 PAGES: dict[str, dict[str, Renderer]] = {
     "README.md": {
@@ -441,6 +510,9 @@ PAGES: dict[str, dict[str, Renderer]] = {
     },
     "docs/benchmark.md": {
         "main": _accuracy(main_full),
+        "cifar100-main": _cifar100(main_full),
+        "cifar100-selection": _cifar100(selection_block),
+        "cifar100-ablations": _cifar100(ablations_block),
         "ccmp-step": _figure(ccmp_step_block),
         "selection": _accuracy(selection_block),
         "ablations": _accuracy(ablations_block),

@@ -430,3 +430,74 @@ def test_the_ccmp_diagnostic_stands_beside_every_pep_fedpt_row(repo: Path) -> No
     row = next(line for line in ablations.splitlines() if "| 0.3 |" in line)
     assert "| 0.2500 | 0.0500 | 0.1500 |" in row
     assert tables.main(["--root", str(repo), "--check"]) == 0
+
+
+@pytest.fixture(scope="module")
+def collected_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small fake CIFAR-100 benchmark: the fake benchmark's folders plus alpha-0.1-onehot
+    (PEP-FedPT with one-hot training weights, its own two-point grid and seeds 0, 1)."""
+    from helpers.fake_results import FakeRuns
+
+    from bench import compare
+    from bench.grid import parse_grid
+
+    base = tmp_path_factory.mktemp("cifar100")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        out = fake_benchmark(base / "out", monkeypatch)
+        scores = {("pep-fedpt", 0.01): 0.7, ("pep-fedpt", 0.05): 0.65}
+        monkeypatch.setattr(compare, "execute", FakeRuns(scores, states=True))
+        grid = parse_grid("train.lr=0.01,0.05")
+        base_cfg = {"data.val-fraction": 0.1, "prompt.train-weights": "onehot"}
+        compare.compare(["pep-fedpt"], [0, 1], out / "alpha-0.1-onehot", base_cfg, "", grid)
+    collect.collect(out, base / "results")
+    return base / "results"
+
+
+def _with_cifar100_blocks(repo: Path) -> None:
+    page = repo / "docs" / "benchmark.md"
+    names = ("cifar100-main", "cifar100-selection", "cifar100-ablations")
+    page.write_text(
+        page.read_text() + "".join(f"\n<!-- bench:{n} -->\n<!-- /bench:{n} -->\n" for n in names)
+    )
+
+
+def test_without_cifar100_results_its_blocks_say_so(repo: Path) -> None:
+    _with_cifar100_blocks(repo)
+    assert tables.main(["--root", str(repo)]) == 0
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    block = docs[docs.index("<!-- bench:cifar100-main -->") :]
+    assert block.split("<!-- /bench")[0].strip().endswith(tables.NO_CIFAR100.strip())
+
+
+def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
+    repo: Path, collected_cifar100: Path
+) -> None:
+    _with_cifar100_blocks(repo)
+    shutil.copytree(collected_cifar100, repo / "bench" / "results" / "cifar100")
+    cifar10_readme = (repo / "README.md").read_text()
+    assert tables.main(["--root", str(repo)]) == 0
+    assert (repo / "README.md").read_text() != cifar10_readme  # README's main: CIFAR-10's
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    start = docs.index("<!-- bench:cifar100-main -->")
+    main = docs[start : docs.index("<!-- /bench:cifar100-main -->")]
+    alpha01 = main[main.index("**α = 0.1**") : main.index("**α = 0.5**")]
+    row = next(line for line in alpha01.splitlines() if "one-hot training weights" in line)
+    # seeds 0 and 1 at its chosen point (0.01, the better validation score): test
+    # accuracies 0.5 and 0.6 (FakeRuns: 0.5 + seed / 10), its link into its own folder
+    assert row.startswith(
+        "| [pep-fedpt (one-hot training weights)]"
+        "(../bench/results/cifar100/alpha-0.1-onehot/runs/pep-fedpt-s0/) | 0.5500 ± 0.0707 |"
+    )
+    assert row.endswith("| 0.01 |")  # its own chosen point
+    assert "alpha-0.1-onehot" not in main.replace("/alpha-0.1-onehot/", "")  # no table of its own
+    assert (
+        "**α = 0.5**" in main
+        and "one-hot" not in main[main.index("**α = 0.5**") :].split("Every column")[0]
+    )
+    selection = docs[docs.index("<!-- bench:cifar100-selection -->") :]
+    assert "| pep-fedpt (one-hot training weights) | **0.7000** | 0.6500 | train.lr=0.01 |" in (
+        selection
+    )
+    ablations = docs[docs.index("<!-- bench:cifar100-ablations -->") :]
+    assert "/cifar100/ablation-tau/results.md)" in ablations.split("<!-- /bench")[0]
+    assert tables.main(["--root", str(repo), "--check"]) == 0
