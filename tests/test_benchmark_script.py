@@ -120,7 +120,7 @@ def test_the_cifar100_benchmark_runs_three_settings_one_hot_rows_and_the_ablatio
     data = f"data.data-dir='{tmp_path / 'data'}'"
     dirichlet = f"{data} data.partitioner='dirichlet' data.alpha=0.1"
     onehot = "prompt.train-weights='onehot'"
-    grid = "train.lr=0.05,0.25,1"
+    grid = "train.lr=0.003,0.01,0.03"
     settings = {
         "alpha-0.5": f"{data} data.partitioner='dirichlet' data.alpha=0.5",
         "pathological-10": f"{data} data.partitioner='pathological' data.classes-per-client=10",
