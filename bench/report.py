@@ -38,7 +38,13 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
 from bench.grid import Grid, Point, grid_points, point_label, select  # noqa: E402
 from bench.prompt_drift import DriftSummary, recorded_drift, summarize  # noqa: E402
 from pep_fedpt.atomic import atomic_write  # noqa: E402
-from server_app.metric_keys import ACCURACIES, BY_KEY, VALIDATION  # noqa: E402
+from server_app.metric_keys import (  # noqa: E402
+    ACCURACIES,
+    BY_KEY,
+    CCMP_DIAGNOSTICS,
+    VALIDATION,
+    Accuracy,
+)
 
 Row = Mapping[str, Any]
 
@@ -173,6 +179,8 @@ def run_row(outcome: Outcome) -> dict[str, Any]:
     for accuracy in ACCURACIES:
         row[accuracy.key] = final_value(outcome.rows, accuracy.key)
     row[VALIDATION.key] = final_value(outcome.rows, VALIDATION.key)
+    for accuracy in CCMP_DIAGNOSTICS:
+        row[accuracy.key] = final_value(outcome.rows, accuracy.key)
     drift = outcome.drift
     row["prompt-drift-median"] = drift.prompt_median if drift else math.nan
     row["prompt-drift-max"] = drift.prompt_max if drift else math.nan
@@ -183,6 +191,22 @@ def run_row(outcome: Outcome) -> dict[str, Any]:
     row["wall-s"] = outcome.wall_s if outcome.wall_s is not None else math.nan
     row["log"] = outcome.log
     return row
+
+
+def diagnostics(outcomes: Sequence[Outcome]) -> tuple[Accuracy, ...]:
+    """The CCMP-as-classifier columns, if any of ``outcomes`` recorded the diagnostic (a
+    PEP-FedPT run since it exists); none otherwise, so older tables stay as they were."""
+    recorded = any(a.key in row for o in outcomes for row in o.rows for a in CCMP_DIAGNOSTICS)
+    return CCMP_DIAGNOSTICS if recorded else ()
+
+
+DIAGNOSTIC_NOTE = (
+    "CCMP argmax: PEP-FedPT's zero-training diagnostic, the accuracy of its mixing weights "
+    "used directly as a classifier (argmax over c of cos(z(x), μ_c) / τ + log π(c), no "
+    "prompt or head), with each client's own prior and with a uniform one, mean over the "
+    'training clients (held-out: pooled over the held-out clients); "-" for the other '
+    "methods."
+)
 
 
 # ---------------------------------------------------------------------- per method
@@ -207,6 +231,7 @@ class MethodRow:
 
 TABLE_KEYS = (
     *(a.key for a in ACCURACIES),
+    *(a.key for a in CCMP_DIAGNOSTICS),
     *(key for key, _ in DRIFT_COLUMNS),
     f"{BYTES_DOWN}-per-round",
     f"{BYTES_UP}-per-round",
@@ -324,10 +349,12 @@ def runs_table(outcomes: Sequence[Outcome]) -> str:
 def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
     """The method table of results.md (one row per method, mean ± std over the completed
     seeds) and the paragraph under it that says what each column is."""
+    extra = diagnostics(outcomes)
     titles = [
         "method",
         "runs",
         *(a.column for a in ACCURACIES),
+        *(a.column for a in extra),
         *(title for _, title in DRIFT_COLUMNS),
         "down / round",
         "up / round",
@@ -340,7 +367,7 @@ def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
             # a comparison still running has methods it has not reached: not failures
             cells = ["failed" if started else "not run"] * (len(titles) - 2)
         else:
-            cells = [_cell(row.stats[a.key], ".4f") for a in ACCURACIES]
+            cells = [_cell(row.stats[a.key], ".4f") for a in (*ACCURACIES, *extra)]
             cells += _drift_cells(row.stats)
             for key in (f"{BYTES_DOWN}-per-round", f"{BYTES_UP}-per-round"):
                 mean, _ = row.stats[key]
@@ -357,6 +384,8 @@ def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
         "before round 1 included), mean over seeds; wall time: the whole `flwr run`, simulation "
         "start-up included."
     )
+    if extra:
+        lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 

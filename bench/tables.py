@@ -15,7 +15,10 @@ pages, each block on lines of its own:
 
 Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
 and docs/benchmark.md, with every column), ``selection``, ``ablations`` (the ablations at
-α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); and from the
+α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); from the
+CIFAR-100 benchmark's results in ``bench/results/cifar100``, whatever RESULTS is,
+``cifar100-main``, ``cifar100-selection`` and ``cifar100-ablations`` (docs/benchmark.md;
+each setting's ``-onehot`` folder is a row of that setting); and from the
 speed and backbone result files beside them (``bench/figures.py``): ``aggregation`` and
 ``pixel-cache`` (README.md, docs/performance.md), ``sim-overhead-summary`` (both too),
 ``sim-overhead``, ``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
@@ -31,13 +34,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +70,11 @@ from bench.figures import (  # noqa: E402
 from bench.grid import Grid, Point, grid_points  # noqa: E402
 from bench.report import (  # noqa: E402
     COMPARISON,
+    DIAGNOSTIC_NOTE,
     FINAL,
     Outcome,
     Selection,
+    diagnostics,
     load_results,
     method_rows,
     method_table,
@@ -81,6 +87,11 @@ from pep_fedpt.atomic import atomic_write  # noqa: E402
 from pep_fedpt.config import RunConfig  # noqa: E402
 
 DEFAULT_RESULTS = Path("bench/results/cifar10")
+# The CIFAR-100 benchmark's results (bench/cifar100-benchmark.sh), relative to the
+# repository root; its blocks are named cifar100-*.
+CIFAR100_RESULTS = Path("bench/results/cifar100")
+ONEHOT_SUFFIX, ONEHOT_METHOD = "-onehot", "pep-fedpt"
+ONEHOT_ROW = "pep-fedpt (one-hot training weights)"
 # The speed and backbone result files (bench/figures.py), relative to the repository root.
 FIGURES = Path("bench/results")
 # The ablations' reference: this method's final run on this seed in this folder.
@@ -119,12 +130,18 @@ class Comparison:
     methods: list[str]
     selection: Selection | None
     sweep: Grid | None
+    # A row whose runs lie in another comparison folder (``merge_onehot``): that folder.
+    row_folders: dict[str, Path] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
-        """``alpha-0.1`` -> ``α = 0.1``; other names as they are."""
+        """``alpha-0.1`` -> ``α = 0.1``, ``pathological-10`` -> ``pathological, 10 classes
+        per client``; other names as they are."""
         found = re.fullmatch(r"alpha-(.+)", self.name)
-        return f"α = {found.group(1)}" if found else self.name
+        if found:
+            return f"α = {found.group(1)}"
+        found = re.fullmatch(r"pathological-(\d+)", self.name)
+        return f"pathological, {found.group(1)} classes per client" if found else self.name
 
     @property
     def seeds(self) -> list[int]:
@@ -144,6 +161,40 @@ def load_comparisons(results: Path) -> list[Comparison]:
         methods = [str(m) for m in document["methods"]]
         found.append(Comparison(name, folder, outcomes, methods, selection, sweep))
     return found
+
+
+def merge_onehot(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Each setting folder X with a folder X-onehot beside it (PEP-FedPT with one-hot
+    training weights, its own grid search and seeds: bench/cifar100-benchmark.sh) as one
+    comparison, the one-hot runs a row ``ONEHOT_ROW`` of X's tables."""
+    by_name = {c.name: c for c in comparisons}
+    merged = []
+    for comparison in comparisons:
+        base = comparison.name.removesuffix(ONEHOT_SUFFIX)
+        if comparison.name != base and base in by_name and not by_name[base].sweep:
+            continue  # folded into its setting below
+        onehot = by_name.get(comparison.name + ONEHOT_SUFFIX)
+        if comparison.sweep or onehot is None:
+            merged.append(comparison)
+            continue
+        rows = [dataclasses.replace(o, method=ONEHOT_ROW) for o in onehot.outcomes]
+        selection = comparison.selection
+        if selection is not None and onehot.selection is not None:
+            grid_runs = onehot.selection.outcomes.get(ONEHOT_METHOD, [])
+            renamed = [dataclasses.replace(o, method=ONEHOT_ROW) for o in grid_runs]
+            selection = dataclasses.replace(
+                selection, outcomes={**selection.outcomes, ONEHOT_ROW: renamed}
+            )
+        merged.append(
+            dataclasses.replace(
+                comparison,
+                outcomes=comparison.outcomes + rows,
+                methods=[*comparison.methods, ONEHOT_ROW],
+                selection=selection,
+                row_folders={ONEHOT_ROW: onehot.folder},
+            )
+        )
+    return merged
 
 
 def _alpha_key(comparison: Comparison) -> tuple[float, str]:
@@ -202,7 +253,10 @@ def _chosen(comparison: Comparison, method: str) -> str:
 def _run_folder(comparison: Comparison, method: str) -> Path | None:
     """The folder of the method's first-seed final run, if it was collected."""
     seeds = comparison.seeds
-    folder = comparison.folder / FINAL / run_name(method, seeds[0]) if seeds else None
+    where, name = comparison.folder, method
+    if method in comparison.row_folders:  # a row merged from another folder
+        where, name = comparison.row_folders[method], ONEHOT_METHOD
+    folder = where / FINAL / run_name(name, seeds[0]) if seeds else None
     return folder if folder is not None and folder.is_dir() else None
 
 
@@ -220,13 +274,16 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
     to its first seed's run folder."""
     keys = ", ".join(key for key, _ in comparison.selection.grid) if comparison.selection else ""
     seeds = ", ".join(map(str, comparison.seeds))
+    extra = diagnostics(comparison.outcomes)
+    titles = ["method", "mean client acc", "worst client", "held-out", "global"]
+    titles += [a.column for a in extra]
+    titles += ["prompt drift (median)", f"chosen {keys or 'point'}"]
     lines = [
         f"**{comparison.title}** (final round, mean over seeds {seeds}; every run with its "
         f"config and log: {_link('results.md', comparison.folder / 'results.md', page_dir)})",
         "",
-        "| method | mean client acc | worst client | held-out | global | prompt drift (median) "
-        f"| chosen {keys or 'point'} |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(titles) + " |",
+        "|" + "---|" * len(titles),
     ]
     for row in method_rows(comparison.outcomes, comparison.methods):
         folder = _run_folder(comparison, row.method)
@@ -234,7 +291,7 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
         if 0 < row.completed < row.runs:  # the mean is over fewer seeds than the others'
             name += f" ({row.completed}/{row.runs} runs)"
         if row.completed == 0:
-            cells = ["failed"] * 5
+            cells = ["failed"] * (len(titles) - 2)
         else:
             stats = row.stats
             cells = [
@@ -242,11 +299,14 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
                 _acc(stats[WORST]),
                 _acc(stats[HELD_OUT]),
                 _acc(stats[GLOBAL]),
+                *(_acc(stats[a.key]) for a in extra),
                 percent(stats["prompt-drift-median"][0]),
             ]
         cells.append(_chosen(comparison, row.method))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", DRIFT_NOTE]
+    if extra:
+        lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -314,14 +374,17 @@ def _reference_config(reference: tuple[Outcome, Comparison] | None) -> Mapping[s
     return flat
 
 
-def _ablation_cells(stats: Mapping[str, tuple[float, float]], completed: int) -> list[str]:
+def _ablation_cells(
+    stats: Mapping[str, tuple[float, float]], completed: int, extra: Sequence[Any] = ()
+) -> list[str]:
     if completed == 0:
-        return ["failed"] * 6
+        return ["failed"] * (6 + len(extra))
     return [
         _acc(stats[MEAN], with_std=True),
         _acc(stats[WORST]),
         _acc(stats[HELD_OUT]),
         _acc(stats[GLOBAL]),
+        *(_acc(stats[a.key]) for a in extra),
         percent(stats["prompt-drift-median"][0]),
         percent(stats["prompt-drift-max"][0]),
     ]
@@ -343,21 +406,22 @@ def ablations_block(
     reference = _reference(comparisons, folder_name)
     config = _reference_config(reference)
     _, method, seed = REFERENCE
-    lines = [
-        "| setting | value | mean client acc | worst client | held-out | global "
-        "| prompt drift (median) | prompt drift (max) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    cells, title = ["not collected"] * 6, folder_name
+    found = ablations(comparisons, alpha)
+    involved = [o for c in found for o in c.outcomes] + ([reference[0]] if reference else [])
+    extra = diagnostics(involved)
+    titles = ["setting", "value", "mean client acc", "worst client", "held-out", "global"]
+    titles += [a.column for a in extra]
+    titles += ["prompt drift (median)", "prompt drift (max)"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    cells, title = ["not collected"] * (len(titles) - 2), folder_name
     if reference is not None:
         outcome, comparison = reference
         (row,) = method_rows([outcome], [outcome.label])
-        cells, title = _ablation_cells(row.stats, row.completed), comparison.title
+        cells, title = _ablation_cells(row.stats, row.completed, extra), comparison.title
         if (comparison.folder / outcome.path).is_dir():
             method = _link(method, comparison.folder / outcome.path, page_dir, "/")
     setting = f"reference: {method}, {title}, seed {seed}"
     lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
-    found = ablations(comparisons, alpha)
     seeds = sorted({o.seed for c in found for o in c.outcomes})
     if reference is not None and seeds not in ([], [seed]):
         # Some ablation ran more seeds: the reference over the same seeds, for its rows.
@@ -365,7 +429,7 @@ def ablations_block(
         same = [o for o in comparison.outcomes if o.label == outcome.label and o.seed in seeds]
         (row,) = method_rows(same, [outcome.label])
         setting = f"reference: {method}, {title}, seeds {', '.join(map(str, seeds))}"
-        cells = _ablation_cells(row.stats, row.completed)
+        cells = _ablation_cells(row.stats, row.completed, extra)
         lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
     for comparison in found:
         sweep = comparison.sweep or []
@@ -379,7 +443,7 @@ def ablations_block(
             value = _values(point)
             if len(comparison.methods) > 1:
                 value = f"{name}: {value}"
-            cells = _ablation_cells(row.stats, row.completed)
+            cells = _ablation_cells(row.stats, row.completed, extra)
             lines.append(f"| {setting} | {value} | " + " | ".join(cells) + " |")
     if not found:
         lines.append("")
@@ -391,6 +455,8 @@ def ablations_block(
         "of that setting. Final round; mean ± sample std over the seeds a row ran (one "
         "seed: the value alone); prompt drift as in the tables above.",
     ]
+    if extra:
+        lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -416,6 +482,23 @@ def _figure(render: Callable[[Path], str]) -> Renderer:
     return lambda _comparisons, _page_dir, figures: render(figures)
 
 
+NO_CIFAR100 = (
+    "No CIFAR-100 results collected yet: `bench/cifar100-benchmark.sh` collects them into "
+    "`bench/results/cifar100`.\n"
+)
+
+
+def _cifar100(render: Callable[[Sequence[Comparison], Path], str]) -> Renderer:
+    """A block of the CIFAR-100 benchmark: from CIFAR100_RESULTS beside the figures (the
+    one-hot folders merged into their settings), whatever RESULTS the command was given."""
+
+    def rendered(_comparisons: Sequence[Comparison], page_dir: Path, figures: Path) -> str:
+        found = merge_onehot(load_comparisons(figures.parent.parent / CIFAR100_RESULTS))
+        return render(found, page_dir) if found else NO_CIFAR100
+
+    return rendered
+
+
 # Per page (relative to the repository root), its blocks.
 PAGES: dict[str, dict[str, Renderer]] = {
     "README.md": {
@@ -427,6 +510,9 @@ PAGES: dict[str, dict[str, Renderer]] = {
     },
     "docs/benchmark.md": {
         "main": _accuracy(main_full),
+        "cifar100-main": _cifar100(main_full),
+        "cifar100-selection": _cifar100(selection_block),
+        "cifar100-ablations": _cifar100(ablations_block),
         "ccmp-step": _figure(ccmp_step_block),
         "selection": _accuracy(selection_block),
         "ablations": _accuracy(ablations_block),

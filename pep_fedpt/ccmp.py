@@ -19,19 +19,51 @@ def smoothed_prior(class_counts: torch.Tensor, smoothing: float = 1.0) -> torch.
     return ((counts + smoothing) / (counts.sum() + num_classes * smoothing)).to(torch.float32)
 
 
+def mixing_logits(
+    query: torch.Tensor,
+    prototypes: torch.Tensor,
+    log_prior: torch.Tensor,
+    tau: float = 0.1,
+) -> torch.Tensor:
+    """cos(z(x), μ_c) / τ + log π(c), the logits of the mixing weights.
+
+    query: (B, D) prompt-free features z(x); prototypes: (C, D); log_prior: (C,).
+    A zero prototype (a class nobody holds) has cosine 0, not NaN.
+    """
+    cos = F.normalize(query.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).T
+    return cos / tau + log_prior.float()
+
+
 def mixing_weights(
     query: torch.Tensor,
     prototypes: torch.Tensor,
     log_prior: torch.Tensor,
     tau: float = 0.1,
 ) -> torch.Tensor:
-    """w_c(x) = softmax_c(cos(z(x), μ_c) / τ + log π(c)).
+    """w_c(x) = softmax_c(cos(z(x), μ_c) / τ + log π(c)) (shapes as ``mixing_logits``)."""
+    return torch.softmax(mixing_logits(query, prototypes, log_prior, tau), dim=-1)
 
-    query: (B, D) prompt-free features z(x); prototypes: (C, D); log_prior: (C,).
-    A zero prototype (a class nobody holds) has cosine 0, not NaN.
+
+def ccmp_correct(
+    query: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    log_prior: torch.Tensor,
+    tau: float = 0.1,
+) -> int:
+    """How many of ``labels`` (B,) the mixing weights get right used directly as a
+    classifier: argmax over c of the mixing logits (on a tie the lower class).
+
+    No training is involved, so it says how much the prototypes and the prior alone
+    carry, and what the class prompts can add on top. τ does not change the argmax under
+    a uniform prior; with a prior it sets how strongly the prior pulls.
     """
-    cos = F.normalize(query.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).T
-    return torch.softmax(cos / tau + log_prior.float(), dim=-1)
+    if query.shape[0] != labels.shape[0]:
+        raise ValueError(f"{query.shape[0]} features but {labels.shape[0]} labels")
+    if query.shape[0] == 0:
+        return 0
+    predicted = mixing_logits(query, prototypes, log_prior, tau).argmax(dim=-1)
+    return int((predicted.cpu() == labels.cpu().long()).sum())
 
 
 def mix_prompts(weights: torch.Tensor, class_prompts: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ DATASETS = (
     "cifar10-folder",
     "cifar100",
     "coop-nine",
+    "cifar100-folder",
     "digits",
     "domainnet",
     "domainnet-10",

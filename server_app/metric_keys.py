@@ -32,4 +32,24 @@ ACCURACIES = (
 VALIDATION = Accuracy(
     "evaluate/val-mean-client-accuracy", "val mean client acc", "validation mean client"
 )
-BY_KEY = {a.key: a for a in (*ACCURACIES, VALIDATION)}
+# PEP-FedPT's zero-training diagnostic (strategies.aggregation.ccmp_summary): the CCMP
+# mixing weights used directly as a classifier, with each client's own prior and with a
+# uniform one; only PEP-FedPT runs record it, and a table shows it only where one did.
+CCMP_DIAGNOSTICS = (
+    Accuracy(
+        "evaluate/ccmp-prior-mean-client-accuracy",
+        "CCMP argmax, own prior",
+        "CCMP weights as classifier, own prior (mean client)",
+    ),
+    Accuracy(
+        "evaluate/ccmp-uniform-mean-client-accuracy",
+        "CCMP argmax, uniform",
+        "CCMP weights as classifier, uniform prior (mean client)",
+    ),
+    Accuracy(
+        "evaluate/held-out-ccmp-prior-accuracy",
+        "held-out CCMP argmax, own prior",
+        "CCMP weights as classifier, own prior (held-out clients)",
+    ),
+)
+BY_KEY = {a.key: a for a in (*ACCURACIES, VALIDATION, *CCMP_DIAGNOSTICS)}

@@ -614,6 +614,39 @@ def evaluation_summary(
     return summary
 
 
+def ccmp_summary(
+    prior_correct: Sequence[int | None],
+    uniform_correct: Sequence[int | None],
+    totals: Sequence[int],
+    held_out: Sequence[bool],
+) -> dict[str, float]:
+    """The CCMP-as-classifier accuracies (PEP-FedPT's zero-training diagnostic) of the
+    clients that reported them (None: not reported): per prior (``prior``: the client's
+    own, ``uniform``), ``ccmp-<prior>-accuracy`` (pooled) and
+    ``ccmp-<prior>-mean-client-accuracy`` over the training clients, and the same with a
+    ``held-out-`` prefix over the held-out ones; {} if none reported them."""
+    if not len(prior_correct) == len(uniform_correct) == len(totals) == len(held_out):
+        raise ValueError(
+            f"need one of each per client: {len(prior_correct)} prior counts, "
+            f"{len(uniform_correct)} uniform counts, {len(totals)} totals, "
+            f"{len(held_out)} held-out flags"
+        )
+    summary: dict[str, float] = {}
+    for name, correct in (("prior", prior_correct), ("uniform", uniform_correct)):
+        for flag, prefix in ((False, ""), (True, "held-out-")):
+            pairs = [
+                (int(c), int(n))
+                for c, n, h in zip(correct, totals, held_out, strict=True)
+                if h == flag and c is not None and n > 0
+            ]
+            if not pairs:
+                continue
+            part = accuracy_summary([c for c, _ in pairs], [n for _, n in pairs])
+            summary[f"{prefix}ccmp-{name}-accuracy"] = part["global-accuracy"]
+            summary[f"{prefix}ccmp-{name}-mean-client-accuracy"] = part["mean-client-accuracy"]
+    return summary
+
+
 def validation_summary(
     correct: Sequence[int | None], totals: Sequence[int | None], held_out: Sequence[bool]
 ) -> dict[str, float]:

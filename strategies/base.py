@@ -102,6 +102,7 @@ from strategies.aggregation import (
     ROBUST_AGGREGATIONS,
     PrototypeTally,
     RunningMean,
+    ccmp_summary,
     evaluation_summary,
     robust_value,
     scratch_buffer,
@@ -1072,6 +1073,14 @@ class PromptFedAvg(FedAvg):
             validation_summary(
                 [m.get(wire.VAL_CORRECT) for m in metrics],  # type: ignore[misc]
                 [m.get(wire.VAL_NUM_EXAMPLES) for m in metrics],  # type: ignore[misc]
+                held_out,
+            )
+        )
+        summary.update(
+            ccmp_summary(
+                [m.get(wire.CCMP_PRIOR_CORRECT) for m in metrics],  # type: ignore[misc]
+                [m.get(wire.CCMP_UNIFORM_CORRECT) for m in metrics],  # type: ignore[misc]
+                totals,
                 held_out,
             )
         )

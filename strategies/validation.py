@@ -231,7 +231,7 @@ def check_evaluate_reply(content: RecordDict) -> str | None:
     assert isinstance(total, int) and isinstance(correct, int)
     if not 0 <= correct <= total <= MAX_EXAMPLES_PER_CLIENT:
         return f"{wire.CORRECT} = {correct} with {wire.NUM_EXAMPLES} = {total} is impossible"
-    return check_validation_counts(metrics)
+    return check_validation_counts(metrics) or check_ccmp_counts(metrics)
 
 
 def check_validation_counts(metrics: MetricRecord) -> str | None:
@@ -294,3 +294,23 @@ def check_update_norm(norm: float, bound: float, why: str) -> str | None:
     if norm <= bound:
         return None
     return f"update norm {norm:.4g} exceeds the bound {bound:.4g} ({why})"
+
+
+def check_ccmp_counts(metrics: MetricRecord) -> str | None:
+    """The optional CCMP-as-classifier counts of an evaluate reply (PEP-FedPT): both absent,
+    or two integers, each between 0 and num-examples (they count the same test examples)."""
+    keys = (wire.CCMP_PRIOR_CORRECT, wire.CCMP_UNIFORM_CORRECT)
+    present = [key in metrics for key in keys]
+    if not any(present):
+        return None
+    if not all(present):
+        return f"{keys[0]} and {keys[1]} come together or not at all"
+    total = metrics[wire.NUM_EXAMPLES]
+    for key in keys:
+        value = metrics[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{key} must be an integer, got {value!r}"
+        assert isinstance(total, int)
+        if not 0 <= value <= total:
+            return f"{key} = {value} with {wire.NUM_EXAMPLES} = {total} is impossible"
+    return None

@@ -37,7 +37,11 @@ and ``held-out`` (1: this client never trains; its sums stay out of the prototyp
 Evaluate reply: ``metrics`` with ``num-examples``, ``correct`` and ``accuracy``, and
 optionally ``held-out`` (held-out clients are summarised apart) and, when the run carves a
 validation split from each training split (``data.val-fraction``), ``val-num-examples`` and
-``val-correct`` (both or neither): the same state scored on that split.
+``val-correct`` (both or neither): the same state scored on that split. A PEP-FedPT client
+adds ``ccmp-prior-correct`` and ``ccmp-uniform-correct`` (both or neither): how many of its
+``num-examples`` test examples the CCMP mixing weights get right used directly as a
+classifier (argmax over c of cos(z(x), μ_c) / τ + log π(c)), with its own prior π and with
+a uniform one; no prompt or head is involved.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ PARTITION_ID = "partition-id"
 HELD_OUT = "held-out"
 VAL_NUM_EXAMPLES = "val-num-examples"
 VAL_CORRECT = "val-correct"
+CCMP_PRIOR_CORRECT = "ccmp-prior-correct"
+CCMP_UNIFORM_CORRECT = "ccmp-uniform-correct"
 
 # Config keys the strategy sets in every message it sends.
 CFG_SERVER_ROUND = "server-round"

@@ -37,16 +37,19 @@ ABLATIONS_01 = [
 ]
 
 
-def _run(tmp_path: Path, **env: str) -> tuple[int, list[list[str]], Path]:
-    """The script in a fake repository under ``tmp_path``: its exit status, every
+def _run(
+    tmp_path: Path, script: str = "benchmark.sh", **env: str
+) -> tuple[int, list[list[str]], Path]:
+    """``bench/<script>`` in a fake repository under ``tmp_path``: its exit status, every
     recorded call (program name first) and its OUT folder."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     root = tmp_path / "repo"
     (root / "bench").mkdir(parents=True)
-    shutil.copy(ROOT / "bench" / "benchmark.sh", root / "bench" / "benchmark.sh")
+    shutil.copy(ROOT / "bench" / script, root / "bench" / script)
     data = tmp_path / "data"
     (root / "bench" / "cifar10-data.sh").write_text(f"cache={tmp_path}\ndata={data}\n")
+    (root / "bench" / "cifar100-data.sh").write_text(f"cache={tmp_path}\ndata100={data}\n")
     for program, text in (("scripts/compare.sh", RECORD), (".venv/bin/python", PYTHON)):
         path = root / program
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,7 @@ def _run(tmp_path: Path, **env: str) -> tuple[int, list[list[str]], Path]:
         path.chmod(0o755)
     calls, out = tmp_path / "calls", tmp_path / "out"
     done = subprocess.run(
-        ["bash", str(root / "bench" / "benchmark.sh"), str(out)],
+        ["bash", str(root / "bench" / script), str(out)],
         env={"PATH": "/usr/bin:/bin", "CALLS": str(calls), **env},
         capture_output=True,
         text=True,
@@ -107,3 +110,51 @@ def test_without_a_choice_at_alpha_05_its_ablation_is_skipped_and_the_script_fai
     folders = [_compare(c)[0] for c in calls if c[0] == "compare.sh"]
     assert folders[-1] == "alpha-0.5" and "ablation-alpha-0.5-train-weights" not in folders
     assert [c[2] for c in calls[-2:]] == ["bench.collect", "bench.tables"]  # still collected
+
+
+def test_the_cifar100_benchmark_runs_three_settings_one_hot_rows_and_the_ablations(
+    tmp_path: Path,
+) -> None:
+    status, calls, out = _run(tmp_path, "cifar100-benchmark.sh")
+    assert status == 0
+    data = f"data.data-dir='{tmp_path / 'data'}'"
+    dirichlet = f"{data} data.partitioner='dirichlet' data.alpha=0.1"
+    onehot = "prompt.train-weights='onehot'"
+    grid = "train.lr=0.003,0.01,0.03"
+    settings = {
+        "alpha-0.5": f"{data} data.partitioner='dirichlet' data.alpha=0.5",
+        "pathological-10": f"{data} data.partitioner='pathological' data.classes-per-client=10",
+    }
+    ablations = [
+        ("ablation-train-weights", onehot),
+        ("ablation-prior-smoothing", "prompt.prior-smoothing=0.01,0.1"),
+        ("ablation-aggregation", "fed.class-prompt-aggregation='fedavg'"),
+        ("ablation-tau", "prompt.tau=0.03,0.3"),
+        ("ablation-ccmp-blocks", "prompt.ccmp-blocks='1-L','4'"),
+        ("ablation-class-length", "prompt.class-length=2,4"),
+    ]
+    assert [_compare(c) for c in calls if c[0] == "compare.sh"] == [
+        ("alpha-0.1", "0,1,2", dirichlet, grid),
+        ("alpha-0.1-onehot", "0,1,2", f"{dirichlet} {onehot}", grid),
+        *[(f, "0", f"{dirichlet} train.lr=0.25", w) for f, w in ablations],
+        *[
+            row
+            for name, c in settings.items()
+            for row in (
+                (name, "0,1,2", c, grid),
+                (f"{name}-onehot", "0,1,2", f"{c} {onehot}", grid),
+            )
+        ],
+    ]
+    methods = [c[c.index("--methods") + 1] for c in calls if c[0] == "compare.sh"]
+    every = "pep-fedpt,fedavg-vpt-shallow,fedavg-vpt-deep,fedprox-vpt,head-only,"
+    every += "fedavg-vpt-prior,local,sgpt,pfedpg"
+    assert [i for i, m in enumerate(methods) if m == every] == [0, 8, 10]  # the settings
+    assert all(m == "pep-fedpt" for i, m in enumerate(methods) if i not in (0, 8, 10))
+    supernodes = {c[c.index("--num-supernodes") + 1] for c in calls if c[0] == "compare.sh"}
+    assert supernodes == {"10"}
+    assert calls[-1][2:] == [
+        "bench.collect",
+        str(out),
+        str(tmp_path / "repo" / "bench" / "results" / "cifar100"),
+    ]

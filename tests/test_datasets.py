@@ -15,6 +15,7 @@ from helpers.data import CIFAR10_ARCHIVE, SPEC, fake_domainnet, write_image
 from pep_fedpt.config import ConfigError, DataConfig
 from pep_fedpt.data import DatasetNotFoundError, load_dataset
 from pep_fedpt.data.domainnet import DOMAINNET10_CLASSES
+from pep_fedpt.data.torchvision_sets import CIFAR100_CLASSES
 
 
 def load(dataset: str, data_dir: Path | str = "", **kwargs: object):
@@ -205,10 +206,60 @@ def test_image_folder_tree(tmp_path: Path) -> None:
     (tmp_path / "val" / "c").mkdir()
     with pytest.raises(DatasetNotFoundError, match=r"same class folders"):
         load("imagefolder", tmp_path)
-    with pytest.raises(DatasetNotFoundError, match=r"classes .*expected.*airplane"):
+    with pytest.raises(DatasetNotFoundError, match=r"expected the 10 classes.*airplane.*missing"):
         load("cifar10-folder", tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"train: no such folder.*cifar10-jpeg"):
         load("cifar10-folder", tmp_path / "empty")
+
+
+def fake_cifar100(root: Path, train: int = 2, test: int = 1) -> None:
+    """Every fine class folder, created in reverse order (so that the loader, not the
+    file system, sorts them), each image's grey level its class index."""
+    for label, name in reversed(list(enumerate(CIFAR100_CLASSES))):
+        for split, count in (("train", train), ("test", test)):
+            for i in range(count):
+                write_image(root / split / name / f"{i:04d}.jpg", label * 2)
+
+
+def test_cifar100_folder_labels_in_the_official_order(tmp_path: Path) -> None:
+    root = tmp_path / "cifar100"
+    fake_cifar100(root)
+    splits = load("cifar100-folder", root)
+    assert len(splits.classes) == 100 and splits.classes == sorted(splits.classes)
+    # Spot checks against CIFAR-100's published fine label numbers.
+    for name, label in (
+        ("apple", 0),
+        ("aquarium_fish", 1),
+        ("cattle", 19),
+        ("lion", 43),
+        ("maple_tree", 47),
+        ("sweet_pepper", 83),
+        ("worm", 99),
+    ):
+        assert splits.classes[label] == name
+    assert np.bincount(splits.train.targets).tolist() == [2] * 100
+    assert splits.test is not None and np.bincount(splits.test.targets).tolist() == [1] * 100
+    # The image of class c really carries label c (grey level 2c, JPEG within a few levels).
+    for index in (0, 2 * 43, 2 * 99 + 1):
+        _, label = splits.train[index]
+        check_item(splits.train[index], 2 * label, index // 2)
+    check_item(splits.test[47], 94, 47)
+
+
+def test_cifar100_folder_refuses_a_wrong_tree(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=r"needs data.data-dir.*cifar100-images"):
+        load("cifar100-folder")
+    root = tmp_path / "cifar100"
+    fake_cifar100(root, test=0)
+    (root / "test").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"same class folders"):
+        load("cifar100-folder", root)
+    for image in (root / "train" / "lion").iterdir():
+        image.unlink()
+    (root / "train" / "lion").rmdir()
+    write_image(root / "train" / "lions" / "0.jpg", 3)
+    with pytest.raises(DatasetNotFoundError, match=r"missing \['lion'\], unexpected \['lions'\]"):
+        load("cifar100-folder", root)
 
 
 def test_inputs_follow_the_backbone_224px(tmp_path: Path) -> None:

@@ -387,3 +387,117 @@ def test_an_ablation_folder_names_its_alpha_or_ran_at_the_first_one() -> None:
     assert tables.ablation_alpha(named("ablation-alpha-1-tau")) == "1"
     found = tables.ablations([named("ablation-tau"), named("ablation-alpha-0.5-x")], "0.5")
     assert [c.name for c in found] == ["ablation-alpha-0.5-x"]
+
+
+def _add_diagnostic(run: Path, prior: float, uniform: float, held_out: float) -> None:
+    """The last round of ``run``'s metrics as a PEP-FedPT run records the CCMP diagnostic."""
+    rows = json.loads((run / "metrics.json").read_text())
+    rows[-1].update(
+        {
+            "evaluate/ccmp-prior-mean-client-accuracy": prior,
+            "evaluate/ccmp-uniform-mean-client-accuracy": uniform,
+            "evaluate/held-out-ccmp-prior-accuracy": held_out,
+        }
+    )
+    (run / "metrics.json").write_text(json.dumps(rows))
+
+
+def test_the_ccmp_diagnostic_stands_beside_every_pep_fedpt_row(repo: Path) -> None:
+    results = repo / "bench" / "results" / "cifar10"
+    _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s0", 0.30, 0.10, 0.20)
+    _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s1", 0.40, 0.20, 0.30)
+    _add_diagnostic(results / "ablation-tau" / "runs" / "pep-fedpt-v0-s0", 0.25, 0.05, 0.15)
+    assert tables.main(["--root", str(repo)]) == 0
+    readme = (repo / "README.md").read_text()
+    alpha01 = readme[readme.index("**α = 0.1**") : readme.index("**α = 0.5**")]
+    assert (
+        "| method | mean client acc | worst client | held-out | global | CCMP argmax, own prior "
+        "| CCMP argmax, uniform | held-out CCMP argmax, own prior | prompt drift (median) |"
+    ) in alpha01
+    pep = next(line for line in alpha01.splitlines() if line.startswith("| [pep-fedpt]"))
+    assert "| 0.3500 | 0.1500 | 0.2500 |" in pep  # the means over seeds 0 and 1
+    local = next(line for line in alpha01.splitlines() if line.startswith("| [local]"))
+    assert "| 0.6500 | - | - | - | 10.0% |" in local  # no diagnostic for the baselines
+    assert "CCMP argmax: PEP-FedPT's zero-training diagnostic" in alpha01
+    # alpha = 0.5 recorded none: its table is as before
+    alpha05 = readme[readme.index("**α = 0.5**") :]
+    assert "CCMP" not in alpha05.split("\n\n")[1]
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    ablations = docs[docs.index("<!-- bench:ablations -->") :]
+    assert "| CCMP argmax, own prior | CCMP argmax, uniform |" in ablations
+    reference = next(line for line in ablations.splitlines() if "reference:" in line)
+    assert "| 0.3000 | 0.1000 | 0.2000 |" in reference
+    row = next(line for line in ablations.splitlines() if "| 0.3 |" in line)
+    assert "| 0.2500 | 0.0500 | 0.1500 |" in row
+    assert tables.main(["--root", str(repo), "--check"]) == 0
+
+
+@pytest.fixture(scope="module")
+def collected_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small fake CIFAR-100 benchmark: the fake benchmark's folders plus alpha-0.1-onehot
+    (PEP-FedPT with one-hot training weights, its own two-point grid and seeds 0, 1)."""
+    from helpers.fake_results import FakeRuns
+
+    from bench import compare
+    from bench.grid import parse_grid
+
+    base = tmp_path_factory.mktemp("cifar100")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        out = fake_benchmark(base / "out", monkeypatch)
+        scores = {("pep-fedpt", 0.01): 0.7, ("pep-fedpt", 0.05): 0.65}
+        monkeypatch.setattr(compare, "execute", FakeRuns(scores, states=True))
+        grid = parse_grid("train.lr=0.01,0.05")
+        base_cfg = {"data.val-fraction": 0.1, "prompt.train-weights": "onehot"}
+        compare.compare(["pep-fedpt"], [0, 1], out / "alpha-0.1-onehot", base_cfg, "", grid)
+    collect.collect(out, base / "results")
+    return base / "results"
+
+
+def _with_cifar100_blocks(repo: Path) -> None:
+    page = repo / "docs" / "benchmark.md"
+    names = ("cifar100-main", "cifar100-selection", "cifar100-ablations")
+    page.write_text(
+        page.read_text() + "".join(f"\n<!-- bench:{n} -->\n<!-- /bench:{n} -->\n" for n in names)
+    )
+
+
+def test_without_cifar100_results_its_blocks_say_so(repo: Path) -> None:
+    _with_cifar100_blocks(repo)
+    assert tables.main(["--root", str(repo)]) == 0
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    block = docs[docs.index("<!-- bench:cifar100-main -->") :]
+    assert block.split("<!-- /bench")[0].strip().endswith(tables.NO_CIFAR100.strip())
+
+
+def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
+    repo: Path, collected_cifar100: Path
+) -> None:
+    _with_cifar100_blocks(repo)
+    shutil.copytree(collected_cifar100, repo / "bench" / "results" / "cifar100")
+    cifar10_readme = (repo / "README.md").read_text()
+    assert tables.main(["--root", str(repo)]) == 0
+    assert (repo / "README.md").read_text() != cifar10_readme  # README's main: CIFAR-10's
+    docs = (repo / "docs" / "benchmark.md").read_text()
+    start = docs.index("<!-- bench:cifar100-main -->")
+    main = docs[start : docs.index("<!-- /bench:cifar100-main -->")]
+    alpha01 = main[main.index("**α = 0.1**") : main.index("**α = 0.5**")]
+    row = next(line for line in alpha01.splitlines() if "one-hot training weights" in line)
+    # seeds 0 and 1 at its chosen point (0.01, the better validation score): test
+    # accuracies 0.5 and 0.6 (FakeRuns: 0.5 + seed / 10), its link into its own folder
+    assert row.startswith(
+        "| [pep-fedpt (one-hot training weights)]"
+        "(../bench/results/cifar100/alpha-0.1-onehot/runs/pep-fedpt-s0/) | 0.5500 ± 0.0707 |"
+    )
+    assert row.endswith("| 0.01 |")  # its own chosen point
+    assert "alpha-0.1-onehot" not in main.replace("/alpha-0.1-onehot/", "")  # no table of its own
+    assert (
+        "**α = 0.5**" in main
+        and "one-hot" not in main[main.index("**α = 0.5**") :].split("Every column")[0]
+    )
+    selection = docs[docs.index("<!-- bench:cifar100-selection -->") :]
+    assert "| pep-fedpt (one-hot training weights) | **0.7000** | 0.6500 | train.lr=0.01 |" in (
+        selection
+    )
+    ablations = docs[docs.index("<!-- bench:cifar100-ablations -->") :]
+    assert "/cifar100/ablation-tau/results.md)" in ablations.split("<!-- /bench")[0]
+    assert tables.main(["--root", str(repo), "--check"]) == 0

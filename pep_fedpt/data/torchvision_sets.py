@@ -1,4 +1,5 @@
-"""CIFAR-10/100, iNaturalist and ImageFolder trees, loaded by torchvision.
+"""CIFAR-10/100 (torchvision's files or JPEG folders), iNaturalist and ImageFolder trees,
+loaded by torchvision.
 
 torchvision owns the formats and the downloads; this module only checks that the data
 is where ``data.data-dir`` says before torchvision is asked (so a missing set fails
@@ -39,6 +40,111 @@ CIFAR10_CLASSES = (
     "horse",
     "ship",
     "truck",
+)
+
+# CIFAR-100's fine label names in the official label order (0-99): the order of
+# torchvision's CIFAR100.classes, which is alphabetical, so sorted folder names give it.
+CIFAR100_CLASSES = (
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 
 
@@ -122,9 +228,13 @@ def image_folder_splits(
             f"{root / 'train'}: no class folders; expected train/<class>/<image>. {where}"
         )
     if expected_classes is not None and tuple(classes) != tuple(sorted(expected_classes)):
+        # Name the difference: a full list of 100 classes would bury it.
+        missing = sorted(set(expected_classes) - set(classes))
+        extra = sorted(set(classes) - set(expected_classes))
         raise DatasetNotFoundError(
-            f"{root / 'train'} holds classes {classes}; expected {sorted(expected_classes)}. "
-            f"{where}"
+            f"{root / 'train'} holds {len(classes)} classes; expected the "
+            f"{len(expected_classes)} classes {sorted(expected_classes)[:3]}...; missing "
+            f"{missing or 'none'}, unexpected {extra or 'none'}. {where}"
         )
     for name in classes:
         require_images(
@@ -157,6 +267,18 @@ def load_cifar10_folder(cfg: DataConfig, spec: ImageSpec) -> DatasetSplits:
     )
     root = data_root(cfg.data_dir, cfg.dataset, where)
     return image_folder_splits(root, spec, where, CIFAR10_CLASSES)
+
+
+@register_dataset("cifar100-folder")
+def load_cifar100_folder(cfg: DataConfig, spec: ImageSpec) -> DatasetSplits:
+    """CIFAR-100 (fine labels) as JPEG files: ``<data-dir>/{train,test}/<fine-class>/*.jpg``;
+    label c is the c-th fine class name in sorted order, the official numbering."""
+    where = (
+        "Unpack cifar100-images.tar.gz (tar -xzf cifar100-images.tar.gz -C DIR) and set "
+        "data.data-dir = DIR/cifar100; or use data.dataset = 'cifar100' with torchvision."
+    )
+    root = data_root(cfg.data_dir, cfg.dataset, where)
+    return image_folder_splits(root, spec, where, CIFAR100_CLASSES)
 
 
 @register_dataset("imagefolder")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pep_fedpt.ccmp import mixing_weights
+from pep_fedpt.ccmp import ccmp_correct, mixing_weights
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.engine import WeightsFn, evaluate, train_epochs
@@ -91,7 +91,7 @@ class PEPFedPTClient(PromptClient):
         weights = self._weights(prototypes)
         # prompt.test-prior-correction: this project's extension (off by default).
         shift = self.log_prior if self.cfg.prompt.test_prior_correction else None
-        return self.evaluated(
+        metrics = self.evaluated(
             lambda split: evaluate(
                 model,
                 self.data.split(split),
@@ -101,6 +101,24 @@ class PEPFedPTClient(PromptClient):
                 log_prior=shift,
             )
         )
+        metrics.update(self.ccmp_diagnostic(prototypes))
+        return metrics
+
+    def ccmp_diagnostic(self, prototypes: np.ndarray) -> dict[str, float | int]:
+        """The zero-training diagnostic: how many test examples the mixing weights get
+        right used directly as a classifier, with this client's (smoothed) prior and with a
+        uniform one, whatever ``prompt.mixing-prior`` the run mixes with."""
+        query = self.features("test").float().cpu()
+        labels = torch.as_tensor(subset_targets(self.data.split("test")), dtype=torch.long)
+        mu = torch.as_tensor(prototypes, dtype=torch.float32)
+        log_prior = self.log_prior.float().cpu()
+        tau = self.cfg.prompt.tau
+        return {
+            wire.CCMP_PRIOR_CORRECT: ccmp_correct(query, labels, mu, log_prior, tau),
+            wire.CCMP_UNIFORM_CORRECT: ccmp_correct(
+                query, labels, mu, torch.zeros_like(log_prior), tau
+            ),
+        }
 
 
 def central_weights(
