@@ -205,7 +205,7 @@ class PromptFedAvg(FedAvg):
         A train reply whose update norm exceeds this many times the round's median update
         norm (of the replies that passed every other check) is refused
         (``fed.update-norm-factor``).
-    aggregation : "mean" (default), "median" or "trimmed-mean"
+    reply_aggregation : "mean" (default), "median" or "trimmed-mean"
         How the valid replies make the new value of each key: the weighted mean
         (``merge_weight``), or the coordinate-wise median or trimmed mean
         (``strategies.aggregation.robust_value``; ``trim_fraction`` of each end left out),
@@ -268,12 +268,12 @@ class PromptFedAvg(FedAvg):
         secagg: SecAggParams | None = None,
         max_update_norm: float = 1e4,
         update_norm_factor: float = 100.0,
-        aggregation: str = "mean",
+        reply_aggregation: str = "mean",
         trim_fraction: float = 0.1,
     ) -> None:
-        if aggregation not in ROBUST_AGGREGATIONS:
+        if reply_aggregation not in ROBUST_AGGREGATIONS:
             raise ValueError(
-                f"aggregation = {aggregation!r} is not accepted; use one of: "
+                f"reply_aggregation = {reply_aggregation!r} is not accepted; use one of: "
                 f"{', '.join(ROBUST_AGGREGATIONS)}"
             )
         own = [
@@ -281,9 +281,10 @@ class PromptFedAvg(FedAvg):
             for hook in ("merge_result", "aggregate_valid")
             if getattr(type(self), hook) is not getattr(PromptFedAvg, hook)
         ]
-        if aggregation != "mean" and own:
+        if reply_aggregation != "mean" and own:
             raise ValueError(
-                f"aggregation = {aggregation!r}: {type(self).__name__} makes its new state in "
+                f"reply_aggregation = {reply_aggregation!r}: {type(self).__name__} makes its "
+                "new state in "
                 f"its own {' and '.join(own)}, which a median or trimmed mean would bypass; "
                 "use aggregation = 'mean'"
             )
@@ -314,9 +315,10 @@ class PromptFedAvg(FedAvg):
         self.secagg = secure_aggregation_params(secure_aggregation, secagg)
         if self.secagg is not None:
             self._check_secure_hooks()
-            if aggregation != "mean":  # a masked reply has no coordinates to take a median of
+            if reply_aggregation != "mean":  # a masked reply has no coordinates for a median
                 raise ValueError(
-                    f"aggregation = {aggregation!r} needs every reply in the clear; under "
+                    f"reply_aggregation = {reply_aggregation!r} needs every reply in the clear; "
+                    "under "
                     "secure_aggregation = 'secaggplus' only the mean exists (its clipping "
                     "ranges bound what one node can add)"
                 )
@@ -324,7 +326,7 @@ class PromptFedAvg(FedAvg):
         self.wire_dtype = np.dtype(wire_dtype)
         self.max_update_norm = float(max_update_norm)
         self.update_norm_factor = float(update_norm_factor)
-        self.reply_aggregation = aggregation  # FedMVP's own "aggregation" is its weights
+        self.reply_aggregation = reply_aggregation
         self.trim_fraction = float(trim_fraction)
         self._rng = random.Random(seed)
         # Version of the prototype round's result (the prototypes, for PEP-FedPT) and, per

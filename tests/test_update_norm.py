@@ -225,7 +225,7 @@ def test_the_median_and_trimmed_mean_by_hand() -> None:
 
 def test_a_method_that_makes_its_own_state_refuses_the_median() -> None:
     with pytest.raises(ValueError, match=r"SGPT makes its new state in its own merge_result"):
-        SGPT(aggregation="median")
+        SGPT(reply_aggregation="median")
     flat = {"method": "sgpt", "fed.aggregation": "median"}
     with pytest.raises(ConfigError, match=r"method = 'sgpt' makes its new state itself"):
         RunConfig.from_flat(flat)

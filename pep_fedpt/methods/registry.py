@@ -205,7 +205,7 @@ class Method:
             secagg=fed.secagg_params() if fed.secure_aggregation != "off" else None,
             max_update_norm=fed.max_update_norm,
             update_norm_factor=fed.update_norm_factor,
-            aggregation=fed.aggregation,
+            reply_aggregation=fed.aggregation,
             trim_fraction=fed.trim_fraction,
             **self.strategy_kwargs(cfg),
         )
