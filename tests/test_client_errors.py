@@ -64,7 +64,8 @@ def _app_with_a_failing_client(root: Path) -> Path:
     for folder in ("pep_fedpt", "client_app", "server_app", "strategies", "scripts"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
-    shutil.copytree(ROOT / "conf" / "attributes", root / "conf" / "attributes")
+    for data in ("attributes", "templates"):  # the conf/ files the FAB ships
+        shutil.copytree(ROOT / "conf" / data, root / "conf" / data)
     for name in ("README.md", "LICENSE"):
         shutil.copy(ROOT / name, root / name)
     (root / ".venv").symlink_to(BIN.parent)
