@@ -905,9 +905,13 @@ class PromptFedAvg(FedAvg):
         if norms:
             metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
         self._remember(server_round, "train", metrics)
+        self._note_updated(server_round)
+        return state, metrics
+
+    def _note_updated(self, server_round: int) -> None:
+        """This round changed the global state (a run in which none did fails loudly)."""
         if server_round not in self.updated_rounds:
             self.updated_rounds.append(server_round)
-        return state, metrics
 
     @staticmethod
     def _sent_arrays(msg: Message | None) -> dict[str, np.ndarray] | None:
@@ -1022,6 +1026,7 @@ class PromptFedAvg(FedAvg):
             }
         )
         self._remember(server_round, "train", metrics)
+        self._note_updated(server_round)
         return state, metrics
 
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:

@@ -26,6 +26,7 @@ from pep_fedpt.groups import (
 from pep_fedpt.methods import build_model, client_for, initial_arrays
 from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
+from server_app.app import RunUnchangedError
 from strategies import wire
 from strategies.aggregation import group_weighted_mean
 from strategies.validation import check_group_counts
@@ -289,7 +290,8 @@ def test_with_every_group_count_malformed_the_global_state_stays_as_it_was(
     flat: dict, task_identity: None
 ) -> None:
     bad = on(MessageType.TRAIN, _set_group_counts(lambda c: [-n for n in c]))
-    run_server(flat, {n: bad for n in (10, 11, 12)})
+    with pytest.raises(RunUnchangedError):  # and the run says so: no round changed it
+        run_server(flat, {n: bad for n in (10, 11, 12)})
     state = load_state(Path(flat["output-dir"]))
     for key, value in _initial(RunConfig.from_flat(flat)).items():
         np.testing.assert_array_equal(state[key], value, err_msg=key)
