@@ -123,8 +123,12 @@ superlink_start
 # ignores the terminal's Ctrl-C: this script stops it).
 # scripts/console-filter.awk leaves out what no one can act on (Flower's note on its default
 # number of SuperNodes, the simulation engine's 60-line report of a client's exception).
+# mawk (Debian's awk) reads its input in blocks unless told -W interactive: lines would
+# wait there, and a Ctrl-C would lose them (the run id among them).
+awk_line=()
+awk -W version 2>&1 | grep -q mawk && awk_line=(-W interactive)
 flwr run . --stream --run-config "$run_config" --federation-config "$federation_config" \
-  > >(awk -f scripts/console-filter.awk | tee -a "$log") 2>&1 &
+  > >(awk ${awk_line[@]+"${awk_line[@]}"} -f scripts/console-filter.awk | tee -a "$log") 2>&1 &
 flwr_pid=$!
 set +e
 wait "$flwr_pid"
