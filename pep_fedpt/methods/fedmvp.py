@@ -379,16 +379,15 @@ class FedMVPClient:
         """The text bank of this client's own classes, built once per process."""
         if self._bank is None:
             names = load_central_data(self.cfg.data, self.bundle.spec).classes
-            classnames = [names[c] for c in self.data.classes]
-            self._bank = text_bank(
-                self.cfg,
-                self.bundle,
-                classnames,
-                self.cache_dir,
-                self.data.domain,
-                self.data.dataset,
-            )
+            self._bank = self.make_bank([names[c] for c in self.data.classes])
         return self._bank
+
+    def make_bank(self, classnames: list[str]):  # -> TextBank
+        """The text bank of ``classnames`` in this client's domain and member set (a method
+        with another bank overrides this, as its server overrides ``make_bank``)."""
+        return text_bank(
+            self.cfg, self.bundle, classnames, self.cache_dir, self.data.domain, self.data.dataset
+        )
 
     def train(
         self, arrays: Mapping[str, np.ndarray], adapters_on: bool, server_round: int

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.data import load_central_data
 from pep_fedpt.methods.fedmvp import (
     FedMVPClient,
     FedMVPServer,
@@ -76,19 +75,10 @@ def zeroshot_bank(
 class ZeroShotClient(FedMVPClient):
     """Evaluates zero-shot on its own classes; "training" only scores its train set."""
 
-    def bank(self):  # -> TextBank
-        if self._bank is None:
-            names = load_central_data(self.cfg.data, self.bundle.spec).classes
-            classnames = [names[c] for c in self.data.classes]
-            self._bank = zeroshot_bank(
-                self.cfg,
-                self.bundle,
-                classnames,
-                self.cache_dir,
-                self.data.domain,
-                self.data.dataset,
-            )
-        return self._bank
+    def make_bank(self, classnames: list[str]):  # -> TextBank
+        return zeroshot_bank(
+            self.cfg, self.bundle, classnames, self.cache_dir, self.data.domain, self.data.dataset
+        )
 
     def train(
         self, arrays: Mapping[str, np.ndarray], adapters_on: bool, server_round: int
