@@ -64,13 +64,19 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
     atomic_write(directory / CHECKPOINT, buffer.getvalue())
 
 
-def load_checkpoint(directory: Path) -> Checkpoint:
+def _existing_checkpoint(directory: Path) -> Path:
+    """The checkpoint file of ``directory``, or the error a resume from it gets."""
     path = directory / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"resume-from = {str(directory)!r}: no {CHECKPOINT} there; give the output-dir "
             "of a run that finished at least its first round"
         )
+    return path
+
+
+def load_checkpoint(directory: Path) -> Checkpoint:
+    path = _existing_checkpoint(directory)
     with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files if key != _META}
         meta = json.loads(data[_META].tobytes().decode())
@@ -88,12 +94,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
 def read_config(directory: Path) -> dict[str, Any]:
     """The run config a checkpoint was written with, from its meta data alone: the arrays
     stay unread (``np.load`` of an .npz reads a member when asked for it)."""
-    path = directory / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"resume-from = {str(directory)!r}: no {CHECKPOINT} there; give the output-dir "
-            "of a run that finished at least its first round"
-        )
+    path = _existing_checkpoint(directory)
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(data[_META].tobytes().decode())
     config: dict[str, Any] = meta["config"]
