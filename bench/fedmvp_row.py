@@ -25,17 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NINE = (
-    "caltech101",
-    "oxford_flowers",
-    "fgvc_aircraft",
-    "ucf101",
-    "oxford_pets",
-    "food101",
-    "dtd",
-    "stanford_cars",
-    "sun397",
-)
+from pep_fedpt.data.coop import NINE
+
 KEYS = {
     "local": "server/local-accuracy",
     "base": "server/base-accuracy",
