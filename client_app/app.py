@@ -35,6 +35,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client_app import secagg
+from client_app.errors import error_reply
 from pep_fedpt.config import RunConfig
 from pep_fedpt.feature_cache import resolve_cache_dir
 from pep_fedpt.methods.registry import Method, MethodClient, Received, client_for, get_method
@@ -42,7 +43,9 @@ from strategies import wire
 from strategies.secagg import ACTION as SECAGG_ACTION
 from strategies.secagg import SUM_SCALE, TASK_TRAIN, secure_update
 
-app = ClientApp()
+# Every handler's failure becomes one error reply (client_app/errors.py).
+MODS = [error_reply]
+app = ClientApp(mods=MODS)
 
 _STATE_KEPT = "pep-fedpt.{record}"  # a method's kept_record (pep-fedpt.proto)
 _STATE_KEPT_VERSION = "pep-fedpt.{record}-version"

@@ -2,7 +2,8 @@
 # user cannot act on:
 # - Flower's "default simulated SuperNodes changed from 10 to 2": run.sh always names
 #   num-supernodes (NUM_SUPERNODES, default 10);
-# - the simulation engine's own report of a ClientApp's exception ("An exception was
+# - the simulation engine's own report of an exception that escaped a ClientApp (this
+#   project's app replies with its own errors, client_app/errors.py; "An exception was
 #   raised when processing a message by RayBackend", then Ray's traceback twice, some 60
 #   lines): one line says where it went instead. The ServerApp names the failure in one
 #   line (`dropped reply from node N: error reply: Class: text (file:line)`) and keeps its

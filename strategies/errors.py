@@ -1,8 +1,9 @@
 """A client's error reply in one line: the exception's class, text and file:line.
 
-Flower wraps a ClientApp's exception before it reaches the server: the simulation engine
-as ``<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'...'>`` around Ray's
-whole traceback (with terminal colour codes), a SuperNode as ``<class 'X'>:<'text'>``.
+This project's ClientApp sends its exception's whole traceback (client_app/errors.py).
+Flower wraps an exception that escaped a ClientApp before it reaches the server: the
+simulation engine as ``<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'...'>``
+around Ray's whole traceback (with terminal colour codes), a SuperNode as ``<class 'X'>:<'text'>``.
 ``one_line`` finds the client's own exception in either; ``strip_ansi`` removes the colour
 codes from the full text, which a run keeps apart (``client-errors.log``).
 """

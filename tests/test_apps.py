@@ -79,8 +79,9 @@ def test_client_app_answers_query_train_and_evaluate(tiny_run_config: dict, task
     stale = RecordDict(
         {wire.ARRAYS: trained, wire.CONFIG: ConfigRecord({wire.CFG_PROTO_VERSION: 2})}
     )
-    with pytest.raises(RuntimeError, match="holds prototypes v1, the server uses v2"):
-        client_app(incoming_message(stale, MessageType.EVALUATE), ctx)
+    reply = client_app(incoming_message(stale, MessageType.EVALUATE), ctx)
+    assert reply.has_error()
+    assert "RuntimeError: this node holds prototypes v1, the server uses v2" in reply.error.reason
 
 
 def test_client_app_names_missing_node_config(tiny_run_config: dict, task_identity) -> None:
@@ -88,8 +89,9 @@ def test_client_app_names_missing_node_config(tiny_run_config: dict, task_identi
         run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=tiny_run_config
     )
     query = RecordDict({wire.CONFIG: ConfigRecord({wire.CFG_TASK: wire.TASK_PROTOTYPES})})
-    with pytest.raises(ValueError, match="lacks \\['partition-id', 'num-partitions'\\]"):
-        client_app(incoming_message(query, MessageType.QUERY), ctx)
+    reply = client_app(incoming_message(query, MessageType.QUERY), ctx)
+    assert reply.has_error()
+    assert "ValueError: node config lacks ['partition-id', 'num-partitions']" in reply.error.reason
 
 
 @pytest.mark.integration

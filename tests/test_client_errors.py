@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from flwr.app import Context, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from helpers import failing_client
 from helpers.flwr_run import BIN, ROOT, flwr_env, stop_superlink
+from helpers.inprocess import incoming_message, set_task_identity
 
+from client_app.errors import error_reply
 from strategies.errors import MAX_CHARS, one_line, strip_ansi
 
 # What the simulation engine sent for a ClientApp that raised, as Flower 1.42 and Ray
@@ -82,10 +86,12 @@ def _app_with_a_failing_client(root: Path) -> Path:
 
 @pytest.mark.integration
 @pytest.mark.timeout(500)
+@pytest.mark.parametrize("runner", ["scripts/run.sh", "flwr run"])
 def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
-    tmp_path: Path,
+    tmp_path: Path, runner: str
 ) -> None:
-    """scripts/run.sh, 3 SuperNodes, partition 1's ClientApp raises OSError in train."""
+    """3 SuperNodes, partition 1's ClientApp raises OSError in train: through the project's
+    command and through a plain ``flwr run``, whose console has no filter of its own."""
     app = _app_with_a_failing_client(tmp_path / "app")
     home, out = tmp_path / "flwr-home", tmp_path / "run"
     overrides = (
@@ -98,19 +104,23 @@ def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
         "SKIP_SETUP": "1",  # the .venv is set up; never pip-install from a test
         "PEP_FEDPT_PYTHON": sys.executable,
     }
+    command = (
+        [str(app / "scripts" / "run.sh"), "-c", overrides]
+        if runner == "scripts/run.sh"
+        else [str(BIN / "flwr"), "run", ".", "--stream", "-c", overrides,
+              "--federation-config", "num-supernodes=3"]
+    )  # fmt: skip
     try:
-        run = subprocess.run(
-            [str(app / "scripts" / "run.sh"), "-c", overrides],
-            cwd=app, env=env, capture_output=True, text=True, timeout=420,
-        )  # fmt: skip
+        run = subprocess.run(command, cwd=app, env=env, capture_output=True, text=True, timeout=420)
     finally:
         stop_superlink(home)
     console = strip_ansi(run.stdout + run.stderr)
     assert run.returncode == 0, console[-3000:]
-    # Flower's own 60-line report of the exception is replaced by one line.
+    # Flower's own 60-line report of the exception never happens: the app replies with
+    # the error itself (client_app/errors.py).
     assert "Traceback" not in console and "ray::" not in console, console
-    assert "run.sh: a ClientApp raised an exception; the server names it" in console
-    assert "default simulated SuperNodes changed" not in console
+    assert "An exception was raised" not in console, console
+    assert "default simulated SuperNodes changed" not in console or runner == "flwr run"
 
     source = Path(failing_client.__file__).read_text().splitlines()
     raised_at = next(i for i, text in enumerate(source, 1) if "raise OSError" in text)
@@ -126,6 +136,11 @@ def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
     assert len(said) == 1 and said[0].endswith(
         f"round 1: dropped reply from node {node}: error reply: {line}"
     )
+    # ... and the node itself said it once, in the same words.
+    said = [text for text in console.splitlines() if "ClientApp of partition" in text]
+    assert len(said) == 1 and said[0].endswith(
+        f"ClientApp of partition 1 failed in train: {line}"
+    ), said
 
     summary = (out / "summary.md").read_text()
     assert "\x1b" not in summary and "\x1b" not in (out / "dropped.json").read_text()
@@ -136,7 +151,7 @@ def test_a_client_that_fails_in_the_simulation_engine_is_said_in_one_line(
 
     full = (out / "client-errors.log").read_text()
     assert full.startswith(f"=== round 1 train, node {node} ===\n")
-    assert "Traceback" in full or "ray::" in full
+    assert "Traceback (most recent call last)" in full
     assert "\x1b" not in full and re.search(r'failing_client.py", line \d+', full)
 
 
@@ -173,3 +188,37 @@ def test_the_console_filter_puts_one_line_for_the_engines_report_and_keeps_the_r
         "(dropped reply from node ...), its traceback is in client-errors.log in the run folder",
         *console[11:],
     ]
+
+
+def _train_message() -> tuple[Message, Context]:
+    set_task_identity()
+    msg = incoming_message(RecordDict(), "train")
+    context = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 2}, state=RecordDict(), run_config={}
+    )
+    return msg, context
+
+
+def test_an_exception_in_the_app_becomes_an_error_reply_with_its_traceback() -> None:
+    msg, context = _train_message()
+
+    def fails(msg: Message, context: Context) -> Message:
+        raise ValueError("no image in partition 2")
+
+    reply = error_reply(msg, context, fails)
+    assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert reply.error.reason.startswith("Traceback (most recent call last):")
+    assert one_line(reply.error.reason).startswith("ValueError: no image in partition 2 (")
+    assert reply.metadata.reply_to_message_id == msg.metadata.message_id
+
+
+def test_a_reply_passes_through_and_a_node_being_stopped_is_not_a_client_error() -> None:
+    msg, context = _train_message()
+    answer = Message(RecordDict(), reply_to=msg)
+    assert error_reply(msg, context, lambda m, c: answer) is answer
+
+    def stopped(msg: Message, context: Context) -> Message:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        error_reply(msg, context, stopped)
