@@ -134,6 +134,40 @@ def test_supernode_killed_mid_round(make_deployment: MakeDeployment, tmp_path: P
     assert rounds[2]["train/valid-replies"] == 2, rounds[2]
 
 
+@pytest.mark.timeout(540)
+def test_secure_aggregation_across_three_supernodes(
+    make_deployment: MakeDeployment, tmp_path: Path
+):
+    """fed.secure-aggregation = 'secaggplus' between real processes: the prototype round and
+    a training round go through SecAgg+'s stages and every node is counted in the totals.
+
+    Each stage is a message per node, and a SuperNode starts a ClientApp process for each
+    (torch imported every time): the slowest run of this tier."""
+    d = make_deployment(19090)
+    d.start_superlink()
+    for k in range(3):
+        d.start_supernode(f"supernode-{k}", k, 3, port=19095 + k)
+    for k in range(3):
+        d.wait_connected(f"supernode-{k}")
+    d.write_connection("pep-fedpt-secagg")
+
+    out = tmp_path / "run"
+    overrides = {
+        **TINY_RUN,
+        "fed.secure-aggregation": "secaggplus",
+        "output-dir": str(out),
+    }
+    run_id = d.submit("pep-fedpt-secagg", overrides)
+    status = d.wait_finished("pep-fedpt-secagg", run_id, timeout=480)
+
+    assert status == "finished:completed", d.describe()
+    rounds = {int(row["round"]): row for row in _rounds(out)}
+    assert rounds[1]["train/valid-replies"] == 3, rounds
+    assert json.loads((out / "dropped.json").read_text()) == []
+    config = json.loads((out / "config.json").read_text())
+    assert config["fed.secure-aggregation"] == "secaggplus", config
+
+
 def _compose_commands(files: list[str]) -> dict[str, list[str]]:
     """Each service's command from docker/ compose files (later files replace a service's
     command, as compose merges them), ``${VAR:-default}`` taking its default."""
