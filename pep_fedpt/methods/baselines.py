@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pep_fedpt.corrections import proximal_term
-from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
+from pep_fedpt.engine import evaluate, no_features, unit_weights
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import NO_PROMPT, VPT_DEEP, VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
@@ -42,15 +42,11 @@ class BaselineClient(PromptClient):
             def regularizer() -> torch.Tensor:
                 return proximal_term(params, anchors, mu)
 
-        result = train_epochs(
+        result = self.train_local(
             model,
-            self.data.train,
             no_features(self.data.train),
             unit_weights,
-            self.cfg.train,
-            self.device,
-            self.train_seed(server_round),
-            lr_scale=self.lr_scale(server_round),
+            server_round,
             regularizer=regularizer,
         )
         return trainable_arrays(model), self.train_metrics(result)

@@ -47,7 +47,7 @@ from pep_fedpt.feature_cache import (
     resolve_cache_dir,
 )
 from pep_fedpt.methods.registry import Method, Received, register
-from pep_fedpt.schedule import lr_factor
+from pep_fedpt.schedule import lr_factor, train_seed
 from strategies import wire
 
 _LOG = logging.getLogger(__name__)
@@ -470,8 +470,8 @@ class FedMVPClient:
         return model
 
     def train_seed(self, server_round: int) -> int:
-        """Shuffling seed of one local training: fixed by run seed, round and partition."""
-        return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
+        """Shuffling seed of one local training (``schedule.train_seed``)."""
+        return train_seed(self.cfg.seed, server_round, self.data.partition_id)
 
 
 def target_examples(
