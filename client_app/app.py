@@ -29,9 +29,11 @@ generated for it (the client's ``personal_arrays`` says which arrays a node keep
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
 from client_app import secagg
@@ -51,7 +53,9 @@ _STATE_PERSONAL_BEFORE = "pep-fedpt.personal-before"  # ... as its latest round 
 _STATE_PERSONAL_ROUND = "pep-fedpt.personal-round"
 
 
-def _client(context: Context) -> MethodClient:
+def _node(context: Context) -> tuple[Method, MethodClient]:
+    """This node's method registration (looked up once per message, then passed down) and
+    its client (built once per process and partition)."""
     node = context.node_config
     missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
@@ -66,7 +70,19 @@ def _client(context: Context) -> MethodClient:
         data = dataclasses.replace(cfg.data, data_dir=str(node["data-dir"]))
         cfg = dataclasses.replace(cfg, data=data)
     cache_dir = resolve_cache_dir(cfg.cache_dir, node.get("cache-dir"))
-    return client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
+    method = get_method(cfg.method)
+    partition = (int(node["partition-id"]), int(node["num-partitions"]))
+    return method, client_for(cfg, *partition, cache_dir, method=method)
+
+
+def _reply(
+    msg: Message,
+    metrics: Mapping[str, MetricRecordValues],
+    arrays: Mapping[str, ArrayRecord] | None = None,
+) -> Message:
+    """A reply to ``msg``: its array records (by wire name, none for evaluate) and metrics."""
+    content = RecordDict({**(arrays or {}), wire.METRICS: MetricRecord(dict(metrics))})
+    return Message(content=content, reply_to=msg)
 
 
 def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
@@ -182,7 +198,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
-    client = _client(context)
+    _, client = _node(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
         proto = ArrayRecord({wire.PROTO_COUNT: Array(counts)})
@@ -196,21 +212,14 @@ def prototypes(msg: Message, context: Context) -> Message:
         wire.PARTITION_ID: client.data.partition_id,
         wire.HELD_OUT: int(client.data.held_out),
     }
-    content = RecordDict(
-        {
-            wire.PROTO: proto,
-            wire.METRICS: MetricRecord(metrics),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, metrics, {wire.PROTO: proto})
 
 
 def _trained(
     msg: Message, context: Context
 ) -> tuple[MethodClient, dict[str, np.ndarray], dict[str, float | int | list[int]]]:
     """Local training on the message's state: (client, trained arrays, train metrics)."""
-    client = _client(context)
-    method = get_method(client.cfg.method)
+    method, client = _node(context)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
@@ -228,21 +237,14 @@ def _trained(
 def train(msg: Message, context: Context) -> Message:
     client, arrays, metrics = _trained(msg, context)
     record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
-    content = RecordDict(
-        {
-            wire.ARRAYS: record,
-            wire.METRICS: MetricRecord(metrics),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, metrics, {wire.ARRAYS: record})
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    client = _client(context)
-    method = get_method(client.cfg.method)
+    method, client = _node(context)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
-    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return _reply(msg, metrics)
 
 
 def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +262,7 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
             f"unknown secure aggregation task {task!r}; this app sums "
             f"{wire.TASK_PROTOTYPES!r} and {TASK_TRAIN!r}"
         )
-    client = _client(context)
+    _, client = _node(context)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out: its statistics stay out of the "
@@ -278,7 +280,7 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
 def _secure_facts(config: ConfigRecord, context: Context) -> dict[str, int]:
     """What the server learns of this node in clear under SecAgg+: who it is and whether
     it trains (a held-out node's statistics stay out of the sum)."""
-    client = _client(context)
+    _, client = _node(context)
     return {wire.PARTITION_ID: client.data.partition_id, wire.HELD_OUT: int(client.data.held_out)}
 
 

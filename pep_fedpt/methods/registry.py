@@ -255,10 +255,23 @@ def method_for(cfg: RunConfig) -> Method:
 
 @functools.lru_cache(maxsize=64)
 def client_for(
-    cfg: RunConfig, partition_id: int, num_partitions: int, cache_dir: Path | None = None
+    cfg: RunConfig,
+    partition_id: int,
+    num_partitions: int,
+    cache_dir: Path | None = None,
+    *,
+    method: Method | None = None,
 ) -> MethodClient:
-    """The per-process client of one partition (a simulation worker serves many)."""
-    return method_for(cfg).client(cfg, partition_id, num_partitions, cache_dir)
+    """The per-process client of one partition (a simulation worker serves many).
+
+    ``method``: ``cfg.method``'s registration when the caller holds it already (the
+    ClientApp looks it up once per message); else it is looked up here."""
+    if method is None:
+        method = get_method(cfg.method)
+    elif method.name != cfg.method:
+        raise ValueError(f"method {method.name!r} given for a run of method = {cfg.method!r}")
+    method.check_config(cfg)
+    return method.client(cfg, partition_id, num_partitions, cache_dir)
 
 
 def all_methods() -> list[Method]:
