@@ -14,8 +14,6 @@ from collections.abc import Mapping
 
 from pep_fedpt.data.base_new import harmonic_mean
 
-# The methods on a CLIP (FedMVP and its baselines): their own model and protocol keys.
-CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl", "fedtpg")
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
 # Several data sets in one federation: the mean over the sets of their clients' mean.
 MEMBER_LOCAL_SOURCE = "evaluate/mean-member-accuracy"

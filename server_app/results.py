@@ -25,7 +25,8 @@ import numpy as np
 
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
-from server_app.base_new import CLIP_METHODS, base_new_metrics, clip_description
+from pep_fedpt.methods.registry import get_method
+from server_app.base_new import base_new_metrics, clip_description
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
@@ -348,7 +349,7 @@ def _backbone_text(info: dict[str, Any] | None) -> str:
 
 def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
     """The .json of the run's local: backbone, if it is one and is pre-trained."""
-    if not cfg.model.pretrained.startswith("local:") or cfg.method in CLIP_METHODS:
+    if not cfg.model.pretrained.startswith("local:") or get_method(cfg.method).clip:
         return None
     from pep_fedpt.pretrain import backbone_record
 
@@ -356,7 +357,7 @@ def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def _model_description(cfg: RunConfig) -> str:
-    if cfg.method in CLIP_METHODS:
+    if get_method(cfg.method).clip:
         return clip_description(cfg)[0]
     return f"{cfg.model.name} ({cfg.model.pretrained} weights)"
 
@@ -368,7 +369,7 @@ def _partition_text(partition_id: int | None) -> str:
 def partition_description(cfg: RunConfig) -> str:
     """The partitioner and its parameters, in words."""
     data = cfg.data
-    if cfg.method in CLIP_METHODS:  # the protocol decides who holds what
+    if get_method(cfg.method).clip:  # the protocol decides who holds what
         return clip_description(cfg)[1]
     if data.partitioner == "dirichlet":
         text = f"dirichlet, alpha {data.alpha:g}"

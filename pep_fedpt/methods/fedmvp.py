@@ -632,6 +632,7 @@ register(
         layout=None,  # a CLIP with a PromptFormer, not a PromptedViT
         server=FedMVPServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )

@@ -147,5 +147,6 @@ register(
         central_weights=central_weights,
         kept_record=wire.PROTO,  # prototypes: once per version, kept by the node
         extra=_prototypes,
+        ccmp=True,  # prompt.mixing-prior and prompt.test-prior-correction apply
     )
 )

@@ -89,6 +89,7 @@ register(
         strategy_kwargs=_strategy_kwargs,
         layout=VPT_SHALLOW,  # the generated prompt is VPT-shallow, as in its paper
         personal=True,  # the node keeps its head (personal_arrays)
+        own_aggregation=True,  # the generator step
         check_config=_check_config,
     )
 )

@@ -131,5 +131,6 @@ register(
         layout=PromptLayout(per_block="group"),
         central_weights=central_weights,
         extra=from_record(wire.GROUP, wire.GROUP_COUNT, "SGPT"),  # every message
+        own_aggregation=True,  # group momentum
     )
 )

@@ -130,6 +130,7 @@ register(
         layout=None,
         server=ZeroShotServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )
