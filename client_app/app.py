@@ -85,21 +85,34 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
+def _number(record: ConfigRecord, key: str, default: float | None = None) -> float:
+    """A numeric entry of a config record, refused with its value if it is not a number
+    (or is missing without a default)."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config entry {key!r} = {value!r} is not a number")
+    return value
+
+
+def _int(record: ConfigRecord, key: str, default: int = 0) -> int:
+    """An integer entry of a config record (a round, a version)."""
+    return int(_number(record, key, default))
+
+
 def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
     """A kept record (the global prototypes): from this message if it carries it, else
     from the node's state; refused if the node's is not the server's version."""
-    config = msg.content[wire.CONFIG]
-    version = int(config.get(wire.CFG_PROTO_VERSION, 0))
+    version = _int(msg.content.config_records[wire.CONFIG], wire.CFG_PROTO_VERSION)
     state_key = _STATE_KEPT.format(record=record)
     version_key = _STATE_KEPT_VERSION.format(record=record)
     if record in msg.content:
         context.state[state_key] = msg.content[record]
         context.state[version_key] = ConfigRecord({"version": version})
-    stored = context.state.get(version_key)
-    if stored is None or int(stored["version"]) != version:
-        have = None if stored is None else int(stored["version"])
+    stored = context.state.config_records.get(version_key)
+    if stored is None or _int(stored, "version") != version:
+        have = None if stored is None else _int(stored, "version")
         raise RuntimeError(f"this node holds prototypes v{have}, the server uses v{version}")
-    return _numpy(context.state[state_key])
+    return _numpy(context.state.array_records[state_key])
 
 
 def _from_wire(value: np.ndarray) -> np.ndarray:
@@ -125,7 +138,7 @@ def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndar
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
         )
-    return {key: _from_wire(array.numpy()) for key, array in msg.content[wire.ARRAYS].items()}
+    return _numpy(msg.content.array_records[wire.ARRAYS])
 
 
 def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
@@ -133,7 +146,7 @@ def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.
     the message's once it has them."""
     arrays = _arrays(msg, context, method)
     if method.personal and _STATE_PERSONAL in context.state:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL]))
     return arrays
 
 
@@ -147,10 +160,10 @@ def _start_of_round(
     arrays = _arrays(msg, context, method)
     if not method.personal or _STATE_PERSONAL not in context.state:
         return arrays
-    if int(context.state[_STATE_PERSONAL_ROUND]["round"]) == server_round:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL_BEFORE]))
+    if _int(context.state.config_records[_STATE_PERSONAL_ROUND], "round") == server_round:
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL_BEFORE]))
     else:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL]))
     return arrays
 
 
@@ -161,8 +174,8 @@ def _keep_personal(
     trained: dict[str, np.ndarray],
     server_round: int,
 ) -> None:
-    previous = context.state.get(_STATE_PERSONAL_ROUND)
-    if previous is None or int(previous["round"]) != server_round:
+    previous = context.state.config_records.get(_STATE_PERSONAL_ROUND)
+    if previous is None or _int(previous, "round") != server_round:
         # a new round: what it started from is needed again if the round is retried
         before = client.personal_arrays(start)
         context.state[_STATE_PERSONAL_BEFORE] = ArrayRecord(
@@ -225,7 +238,7 @@ def _trained(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
             "it never trains, and the server should not have asked it to"
         )
-    server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
+    server_round = _int(msg.content.config_records[wire.CONFIG], wire.CFG_SERVER_ROUND)
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
     if method.personal:
@@ -251,10 +264,10 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
     """This node's vector for SecAgg+: the prototype round's (counts, feature sums /
     sum-scale), the sums scaled to the size of one feature value, which the clipping range
     bounds; or a training round's (``secure_update``)."""
-    config = msg.content[wire.CONFIG]
+    config = msg.content.config_records[wire.CONFIG]
     task = config.get(wire.CFG_TASK)
     if task == TASK_TRAIN:
-        sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+        sent = {key: array.numpy() for key, array in msg.content.array_records[wire.ARRAYS].items()}
         client, arrays, metrics = _trained(msg, context)
         return secure_update(config, arrays, metrics, sent)
     if task != wire.TASK_PROTOTYPES:
@@ -273,7 +286,7 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
     if not hasattr(client, "prototype_stats"):
         raise ValueError(f"method {client.cfg.method!r} has no prototypes to send")
     sums, counts = client.prototype_stats()
-    scale = float(config[SUM_SCALE])
+    scale = _number(config, SUM_SCALE)
     return np.asarray(counts, dtype=np.int64), np.asarray(sums, dtype=np.float64) / scale
 
 

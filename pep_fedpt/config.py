@@ -153,7 +153,7 @@ class ModelConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key.replace('_', '-')} must be >= 0 (0 = default)")
 
-    def timm_overrides(self) -> dict[str, int]:
+    def timm_overrides(self) -> dict[str, Any]:
         """Architecture keyword arguments for ``timm.create_model`` (0 = keep default)."""
         keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
         return {k: getattr(self, k) for k in keys if getattr(self, k)}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -76,7 +77,8 @@ def main(grid: Grid, context: Context) -> None:
         state = {key: array.numpy() for key, array in arrays.items()}
         evaluates = evaluation_round(server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds)
         # A round without evaluation is still recorded: its checkpoint is what a resume reads.
-        metrics = MetricRecord(server.evaluate(state) if evaluates else {})
+        scores: dict[str, MetricRecordValues] = dict(server.evaluate(state)) if evaluates else {}
+        metrics = MetricRecord(scores)
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
         recorder.record_round(

@@ -31,9 +31,10 @@ def base_new_metrics(row: Mapping[str, object]) -> dict[str, float]:
     if TARGET in row and isinstance(local_value, int | float):
         return {LOCAL: float(local_value)}
     values = [row.get(key) for key in (source, BASE, NEW)]
-    if not all(isinstance(v, int | float) for v in values):
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    if len(numbers) < len(values):
         return {}
-    local, base, new = (float(v) for v in values)  # type: ignore[arg-type]
+    local, base, new = numbers
     return {LOCAL: local, HM: harmonic_mean(local, base, new)}
 
 

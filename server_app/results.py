@@ -17,9 +17,9 @@ import csv
 import io
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt
 
 import numpy as np
 
@@ -52,6 +52,8 @@ DOMAIN_COLUMNS = (
 # Every client error's full text (Ray's traceback included, colour codes stripped); the
 # other result files and the console keep its one-line form (strategies.errors.one_line).
 CLIENT_ERRORS = "client-errors.log"
+# A metrics.json row: "round" and the round's metrics (numbers, or lists of numbers).
+Row = dict[str, Any]
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 # What config.json records beyond the run config (RunConfig.from_flat refuses them).
 RECORDED_ONLY = ("model.pretrain-steps-done", "model.pretrain-steps-planned")
@@ -71,13 +73,13 @@ class RunRecorder:
         self,
         directory: Path,
         cfg: RunConfig,
-        rows: list[dict[str, float | list[float]]] | None = None,
+        rows: list[Row] | None = None,
     ) -> None:
         """``rows``: the metrics of the rounds a resumed run has already done."""
         self.directory = directory
         self.cfg = cfg
         self.config = cfg.to_flat()
-        self.rows: list[dict[str, float | list[float]]] = list(rows or [])
+        self.rows: list[Row] = list(rows or [])
         self.dropped: list[tuple[int, int, str]] = []
         self.node_replies: dict[int, dict[str, Any]] = {}
         self.partitions: dict[int, dict[str, Any]] = {}
@@ -97,7 +99,7 @@ class RunRecorder:
     def record_round(
         self,
         server_round: int,
-        metrics: Mapping[str, float | list[float]],
+        metrics: Mapping[str, object],
         state: Mapping[str, np.ndarray],
         dropped: list[tuple[int, int, str]],
         strategy_state: dict[str, Any] | None = None,
@@ -123,7 +125,7 @@ class RunRecorder:
         atomic_write(self.directory / "metrics.json", json.dumps(self.rows, indent=2).encode())
         atomic_write(self.directory / "metrics.csv", self._csv().encode())
         buffer = io.BytesIO()
-        np.savez(buffer, **state)
+        np.savez(buffer, **state)  # type: ignore[arg-type]  # numpy's stub checks **kwds against allow_pickle
         atomic_write(self.directory / "state.npz", buffer.getvalue())
         if server_round == 0:  # the initial state, so that a run's drift needs no rebuild
             atomic_write(self.directory / INITIAL_STATE, buffer.getvalue())
@@ -138,7 +140,7 @@ class RunRecorder:
             write_checkpoint(self.directory, checkpoint)
 
     def record_partition(
-        self, partitions: Mapping[int, Mapping[str, Any]], classes: list[str]
+        self, partitions: Mapping[int, Mapping[str, Any]], classes: Sequence[str]
     ) -> None:
         """partition.json and partition.png from the prototype round's per-client reports.
 
@@ -160,7 +162,7 @@ class RunRecorder:
             "dataset": data.dataset,
             "partitioner": data.partitioner,
             "seed": self.cfg.seed,
-            "classes": classes,
+            "classes": list(classes),
             "partitions": entries,
         }
         atomic_write(self.directory / "partition.json", json.dumps(document, indent=2).encode())
@@ -327,12 +329,12 @@ class RunRecorder:
         atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
 
 
-def _times(count: object) -> str:
+def _times(count: SupportsInt | None) -> str:
     """How often a node's replies passed, in words: "no", "1 time", "3 times" ("-": not
     counted, a run resumed from a checkpoint written before these counts)."""
     if count is None:
         return "-"
-    number = int(count)  # type: ignore[call-overload]
+    number = int(count)
     return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
 
 

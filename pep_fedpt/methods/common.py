@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -150,14 +151,13 @@ class PromptClient:
         return dict(arrays)
 
     def train(
-        self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None, server_round: int
+        self, arrays: Mapping[str, np.ndarray], prototypes: Any, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
-        """Local training from ``arrays``: the trained arrays and the train metrics."""
+        """Local training from ``arrays``: the trained arrays and the train metrics.
+        ``prototypes``: the registration's ``extra`` (its type is the subclass's)."""
         raise NotImplementedError
 
-    def evaluate(
-        self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None
-    ) -> dict[str, float | int]:
+    def evaluate(self, arrays: Mapping[str, np.ndarray], prototypes: Any) -> dict[str, float | int]:
         """Accuracy of ``arrays`` on the local test split."""
         raise NotImplementedError
 

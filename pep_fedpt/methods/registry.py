@@ -114,7 +114,8 @@ class MethodServer(Protocol):
     ``classes``: the central data set's class names (for partition.json).
     """
 
-    classes: Sequence[str]
+    @property
+    def classes(self) -> Sequence[str]: ...
 
     def initial_arrays(self) -> dict[str, np.ndarray]: ...
 
@@ -205,7 +206,7 @@ class Method:
     def strategy_class(self) -> type[Any]:
         """The strategy class, imported now (Flower is imported here, not before)."""
         module, _, name = self.strategy.partition(":")
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), name)
 
     def build_strategy(self, cfg: RunConfig) -> Any:
         """The strategy of this run: the base's arguments plus the method's own."""
