@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from strategies.options import ROBUST_AGGREGATIONS
+
 # Elements per step of ``RunningMean.add``: the float64 product of one step (1 MiB at
 # most) stays in the cache between the multiply and the add.
 _CHUNK = 1 << 17
@@ -579,7 +581,6 @@ def validation_summary(
 
 
 # ---------------------------------------------------------------- robust aggregation
-ROBUST_AGGREGATIONS = ("mean", "median", "trimmed-mean")
 
 
 def robust_value(
