@@ -20,6 +20,7 @@ from pep_fedpt.ccmp import ccmp_correct, mixing_weights
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.engine import WeightsFn, evaluate
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import Method, Received, register
 from pep_fedpt.state import trainable_arrays
@@ -144,6 +145,7 @@ register(
         client=PEPFedPTClient,
         strategy="strategies.pep_fedpt:PEPFedPT",
         strategy_kwargs=_strategy_kwargs,
+        server=PromptedViTServer,
         central_weights=central_weights,
         kept_record=wire.PROTO,  # prototypes: once per version, kept by the node
         extra=_prototypes,

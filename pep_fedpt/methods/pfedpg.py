@@ -20,6 +20,7 @@ import numpy as np
 
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import evaluate, no_features, unit_weights
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient, initial_arrays
 from pep_fedpt.methods.registry import VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
@@ -88,6 +89,7 @@ register(
         strategy="strategies.pfedpg:PFedPG",
         strategy_kwargs=_strategy_kwargs,
         layout=VPT_SHALLOW,  # the generated prompt is VPT-shallow, as in its paper
+        server=PromptedViTServer,
         personal=True,  # the node keeps its head (personal_arrays)
         own_aggregation=True,  # the generator step
         check_config=_check_config,

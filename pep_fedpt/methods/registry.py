@@ -148,10 +148,9 @@ class Method:
     strategy         "module:Class" of its server strategy (numpy + flwr only).
     strategy_kwargs  its strategy's arguments beyond the base's (``PromptFedAvg``), from
                      the run config.
-    layout           the prompts of its PromptedViT (None: not a PromptedViT; then
-                     ``server`` is required).
-    server           its server side (initial state, central evaluation); None: the
-                     PromptedViT one (``pep_fedpt.methods.central.PromptedViTServer``).
+    layout           the prompts of its PromptedViT (None: not a PromptedViT).
+    server           its server side (initial state, central evaluation), required: a
+                     PromptedViT method's is ``pep_fedpt.methods.central.PromptedViTServer``.
     central_weights  the PromptedViT central evaluation's mixing weights from the state.
     prior_correction adds the log prior to the logits at evaluation (the global prior on
                      the server, the client's own on a client).
@@ -198,9 +197,11 @@ class Method:
             raise ValueError(
                 f"method {self.name!r}: strategy = {self.strategy!r} must be 'module:Class'"
             )
-        if self.layout is None and self.server is None:
+        if self.server is None:
+            what = "is not a PromptedViT (layout = None)" if self.layout is None else "has none"
             raise ValueError(
-                f"method {self.name!r} is not a PromptedViT (layout = None): give its server"
+                f"method {self.name!r} {what}: give its server (a PromptedViT's: "
+                "pep_fedpt.methods.central.PromptedViTServer)"
             )
 
     def strategy_class(self) -> type[Any]:
@@ -230,11 +231,9 @@ class Method:
 
     def build_server(self, cfg: RunConfig, device: torch.device) -> MethodServer:
         """The server side of this run (initial state, central evaluation)."""
-        if self.server is not None:
-            return self.server(self, cfg, device)
-        from pep_fedpt.methods.central import PromptedViTServer
-
-        return PromptedViTServer(self, cfg, device)
+        if self.server is None:  # refused at registration; this says so to the type checker
+            raise ValueError(f"method {self.name!r} has no server side")
+        return self.server(self, cfg, device)
 
 
 _REGISTRY: dict[str, Method] = {}

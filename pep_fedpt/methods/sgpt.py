@@ -23,6 +23,7 @@ import torch
 from pep_fedpt.config import RunConfig
 from pep_fedpt.engine import WeightsFn, evaluate
 from pep_fedpt.groups import group_counts, group_weights, key_loss
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import Method, PromptLayout, from_record, register
 from pep_fedpt.models import PromptedViT
@@ -129,6 +130,7 @@ register(
         strategy="strategies.sgpt:SGPT",
         strategy_kwargs=_strategy_kwargs,
         layout=PromptLayout(per_block="group"),
+        server=PromptedViTServer,
         central_weights=central_weights,
         extra=from_record(wire.GROUP, wire.GROUP_COUNT, "SGPT"),  # every message
         own_aggregation=True,  # group momentum
