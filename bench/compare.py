@@ -65,7 +65,7 @@ from bench.report import (  # noqa: E402
 )
 from pep_fedpt.atomic import atomic_write  # noqa: E402
 from pep_fedpt.config import ConfigError, RunConfig  # noqa: E402
-from pep_fedpt.methods.registry import METHODS  # noqa: E402
+from pep_fedpt.methods.registry import METHODS, method_for  # noqa: E402
 
 Scalar = bool | int | float | str
 VAL_FRACTION_KEY = "data.val-fraction"
@@ -157,7 +157,8 @@ class RunSpec:
 
 def run_config_for(base: Mapping[str, Scalar], spec: RunSpec) -> dict[str, Scalar]:
     """``base`` with this run's grid point, method, seed and output folder, checked by
-    ``RunConfig`` (so that a typo fails before the first run, not after hours)."""
+    ``RunConfig`` and the method's registration (so that a typo fails before the first run,
+    not after hours)."""
     flat = {
         **base,
         **dict(spec.point),
@@ -166,7 +167,7 @@ def run_config_for(base: Mapping[str, Scalar], spec: RunSpec) -> dict[str, Scala
         "output-dir": str(spec.run_dir),
         "resume-from": "",
     }
-    RunConfig.from_flat({**RunConfig().to_flat(), **flat})
+    method_for(RunConfig.from_flat({**RunConfig().to_flat(), **flat}))  # and the method's
     return flat
 
 

@@ -53,6 +53,7 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(context.run_config)
+    method = method_for(cfg)  # refuses what the method cannot run before any file is touched
     resume = load_resume_point(cfg)
     if resume is not None and not cfg.output_dir:
         out = Path(cfg.resume_from)  # continue in the run's own folder
@@ -60,7 +61,6 @@ def main(grid: Grid, context: Context) -> None:
         out = resolve_output_dir(cfg, context.run_id)
     refuse_to_overwrite(out, cfg)
     device = pick_device()
-    method = method_for(cfg)
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
     strategy = build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
