@@ -64,7 +64,8 @@ from bench.report import (  # noqa: E402
     write_results,
 )
 from pep_fedpt.atomic import atomic_write  # noqa: E402
-from pep_fedpt.config import METHODS, ConfigError, RunConfig  # noqa: E402
+from pep_fedpt.config import ConfigError, RunConfig  # noqa: E402
+from pep_fedpt.methods.registry import METHODS, method_for  # noqa: E402
 
 Scalar = bool | int | float | str
 VAL_FRACTION_KEY = "data.val-fraction"
@@ -73,7 +74,7 @@ DEFAULT_VAL_FRACTION = 0.1  # with --grid and no --val-fraction
 
 # ---------------------------------------------------------------------- arguments
 def parse_methods(text: str) -> list[str]:
-    """Comma-separated method names, each one of ``pep_fedpt.config.METHODS``."""
+    """Comma-separated method names, each one of ``pep_fedpt.methods.registry.METHODS``."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -156,7 +157,8 @@ class RunSpec:
 
 def run_config_for(base: Mapping[str, Scalar], spec: RunSpec) -> dict[str, Scalar]:
     """``base`` with this run's grid point, method, seed and output folder, checked by
-    ``RunConfig`` (so that a typo fails before the first run, not after hours)."""
+    ``RunConfig`` and the method's registration (so that a typo fails before the first run,
+    not after hours)."""
     flat = {
         **base,
         **dict(spec.point),
@@ -165,7 +167,7 @@ def run_config_for(base: Mapping[str, Scalar], spec: RunSpec) -> dict[str, Scala
         "output-dir": str(spec.run_dir),
         "resume-from": "",
     }
-    RunConfig.from_flat({**RunConfig().to_flat(), **flat})
+    method_for(RunConfig.from_flat({**RunConfig().to_flat(), **flat}))  # and the method's
     return flat
 
 

@@ -29,9 +29,11 @@ generated for it (the client's ``personal_arrays`` says which arrays a node keep
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
 from client_app import secagg
@@ -54,7 +56,9 @@ _STATE_PERSONAL_BEFORE = "pep-fedpt.personal-before"  # ... as its latest round 
 _STATE_PERSONAL_ROUND = "pep-fedpt.personal-round"
 
 
-def _client(context: Context) -> MethodClient:
+def _node(context: Context) -> tuple[Method, MethodClient]:
+    """This node's method registration (looked up once per message, then passed down) and
+    its client (built once per process and partition)."""
     node = context.node_config
     missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
@@ -69,24 +73,49 @@ def _client(context: Context) -> MethodClient:
         data = dataclasses.replace(cfg.data, data_dir=str(node["data-dir"]))
         cfg = dataclasses.replace(cfg, data=data)
     cache_dir = resolve_cache_dir(cfg.cache_dir, node.get("cache-dir"))
-    return client_for(cfg, int(node["partition-id"]), int(node["num-partitions"]), cache_dir)
+    method = get_method(cfg.method)
+    partition = (int(node["partition-id"]), int(node["num-partitions"]))
+    return method, client_for(cfg, *partition, cache_dir, method=method)
+
+
+def _reply(
+    msg: Message,
+    metrics: Mapping[str, MetricRecordValues],
+    arrays: Mapping[str, ArrayRecord] | None = None,
+) -> Message:
+    """A reply to ``msg``: its array records (by wire name, none for evaluate) and metrics."""
+    content = RecordDict({**(arrays or {}), wire.METRICS: MetricRecord(dict(metrics))})
+    return Message(content=content, reply_to=msg)
+
+
+def _number(record: ConfigRecord, key: str, default: float | None = None) -> float:
+    """A numeric entry of a config record, refused with its value if it is not a number
+    (or is missing without a default)."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config entry {key!r} = {value!r} is not a number")
+    return value
+
+
+def _int(record: ConfigRecord, key: str, default: int = 0) -> int:
+    """An integer entry of a config record (a round, a version)."""
+    return int(_number(record, key, default))
 
 
 def _kept(msg: Message, context: Context, record: str) -> dict[str, np.ndarray]:
     """A kept record (the global prototypes): from this message if it carries it, else
     from the node's state; refused if the node's is not the server's version."""
-    config = msg.content[wire.CONFIG]
-    version = int(config.get(wire.CFG_PROTO_VERSION, 0))
+    version = _int(msg.content.config_records[wire.CONFIG], wire.CFG_PROTO_VERSION)
     state_key = _STATE_KEPT.format(record=record)
     version_key = _STATE_KEPT_VERSION.format(record=record)
     if record in msg.content:
         context.state[state_key] = msg.content[record]
         context.state[version_key] = ConfigRecord({"version": version})
-    stored = context.state.get(version_key)
-    if stored is None or int(stored["version"]) != version:
-        have = None if stored is None else int(stored["version"])
+    stored = context.state.config_records.get(version_key)
+    if stored is None or _int(stored, "version") != version:
+        have = None if stored is None else _int(stored, "version")
         raise RuntimeError(f"this node holds prototypes v{have}, the server uses v{version}")
-    return _numpy(context.state[state_key])
+    return _numpy(context.state.array_records[state_key])
 
 
 def _from_wire(value: np.ndarray) -> np.ndarray:
@@ -112,7 +141,7 @@ def _arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndar
             f"the message carries no {wire.ARRAYS!r} and this node holds no state of its own "
             "(restarted?); the server sends the state again after this error"
         )
-    return {key: _from_wire(array.numpy()) for key, array in msg.content[wire.ARRAYS].items()}
+    return _numpy(msg.content.array_records[wire.ARRAYS])
 
 
 def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.ndarray]:
@@ -120,7 +149,7 @@ def _own_arrays(msg: Message, context: Context, method: Method) -> dict[str, np.
     the message's once it has them."""
     arrays = _arrays(msg, context, method)
     if method.personal and _STATE_PERSONAL in context.state:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL]))
     return arrays
 
 
@@ -134,10 +163,10 @@ def _start_of_round(
     arrays = _arrays(msg, context, method)
     if not method.personal or _STATE_PERSONAL not in context.state:
         return arrays
-    if int(context.state[_STATE_PERSONAL_ROUND]["round"]) == server_round:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL_BEFORE]))
+    if _int(context.state.config_records[_STATE_PERSONAL_ROUND], "round") == server_round:
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL_BEFORE]))
     else:
-        arrays.update(_numpy(context.state[_STATE_PERSONAL]))
+        arrays.update(_numpy(context.state.array_records[_STATE_PERSONAL]))
     return arrays
 
 
@@ -148,8 +177,8 @@ def _keep_personal(
     trained: dict[str, np.ndarray],
     server_round: int,
 ) -> None:
-    previous = context.state.get(_STATE_PERSONAL_ROUND)
-    if previous is None or int(previous["round"]) != server_round:
+    previous = context.state.config_records.get(_STATE_PERSONAL_ROUND)
+    if previous is None or _int(previous, "round") != server_round:
         # a new round: what it started from is needed again if the round is retried
         before = client.personal_arrays(start)
         context.state[_STATE_PERSONAL_BEFORE] = ArrayRecord(
@@ -185,7 +214,7 @@ def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
     if task != wire.TASK_PROTOTYPES:
         raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
-    client = _client(context)
+    _, client = _node(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
         proto = ArrayRecord({wire.PROTO_COUNT: Array(counts)})
@@ -199,27 +228,20 @@ def prototypes(msg: Message, context: Context) -> Message:
         wire.PARTITION_ID: client.data.partition_id,
         wire.HELD_OUT: int(client.data.held_out),
     }
-    content = RecordDict(
-        {
-            wire.PROTO: proto,
-            wire.METRICS: MetricRecord(metrics),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, metrics, {wire.PROTO: proto})
 
 
 def _trained(
     msg: Message, context: Context
 ) -> tuple[MethodClient, dict[str, np.ndarray], dict[str, float | int | list[int]]]:
     """Local training on the message's state: (client, trained arrays, train metrics)."""
-    client = _client(context)
-    method = get_method(client.cfg.method)
+    method, client = _node(context)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out (data.held-out-fraction): "
             "it never trains, and the server should not have asked it to"
         )
-    server_round = int(msg.content[wire.CONFIG].get(wire.CFG_SERVER_ROUND, 0))
+    server_round = _int(msg.content.config_records[wire.CONFIG], wire.CFG_SERVER_ROUND)
     start = _start_of_round(msg, context, method, server_round)
     arrays, metrics = client.train(start, _extra(msg, context, method), server_round)
     if method.personal:
@@ -231,31 +253,24 @@ def _trained(
 def train(msg: Message, context: Context) -> Message:
     client, arrays, metrics = _trained(msg, context)
     record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})
-    content = RecordDict(
-        {
-            wire.ARRAYS: record,
-            wire.METRICS: MetricRecord(metrics),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, metrics, {wire.ARRAYS: record})
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    client = _client(context)
-    method = get_method(client.cfg.method)
+    method, client = _node(context)
     metrics = client.evaluate(_own_arrays(msg, context, method), _extra(msg, context, method))
-    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return _reply(msg, metrics)
 
 
 def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray]:
     """This node's vector for SecAgg+: the prototype round's (counts, feature sums /
     sum-scale), the sums scaled to the size of one feature value, which the clipping range
     bounds; or a training round's (``secure_update``)."""
-    config = msg.content[wire.CONFIG]
+    config = msg.content.config_records[wire.CONFIG]
     task = config.get(wire.CFG_TASK)
     if task == TASK_TRAIN:
-        sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+        sent = {key: array.numpy() for key, array in msg.content.array_records[wire.ARRAYS].items()}
         client, arrays, metrics = _trained(msg, context)
         return secure_update(config, arrays, metrics, sent)
     if task != wire.TASK_PROTOTYPES:
@@ -263,7 +278,7 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
             f"unknown secure aggregation task {task!r}; this app sums "
             f"{wire.TASK_PROTOTYPES!r} and {TASK_TRAIN!r}"
         )
-    client = _client(context)
+    _, client = _node(context)
     if client.data.held_out:
         raise RuntimeError(
             f"partition {client.data.partition_id} is held out: its statistics stay out of the "
@@ -274,14 +289,14 @@ def _secure_vector(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarr
     if not hasattr(client, "prototype_stats"):
         raise ValueError(f"method {client.cfg.method!r} has no prototypes to send")
     sums, counts = client.prototype_stats()
-    scale = float(config[SUM_SCALE])
+    scale = _number(config, SUM_SCALE)
     return np.asarray(counts, dtype=np.int64), np.asarray(sums, dtype=np.float64) / scale
 
 
 def _secure_facts(config: ConfigRecord, context: Context) -> dict[str, int]:
     """What the server learns of this node in clear under SecAgg+: who it is and whether
     it trains (a held-out node's statistics stay out of the sum)."""
-    client = _client(context)
+    _, client = _node(context)
     return {wire.PARTITION_ID: client.data.partition_id, wire.HELD_OUT: int(client.data.held_out)}
 
 

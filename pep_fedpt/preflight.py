@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.methods.registry import check_name
 from pep_fedpt.output_dir import refuse_to_overwrite
 
 if sys.version_info >= (3, 11):
@@ -364,6 +365,7 @@ def preflight(app: Path, args: Sequence[str]) -> Preflight:
     flat = fuse(app_defaults(app), overrides)
     try:
         config = RunConfig.from_flat(flat)
+        check_name(config.method)  # the registration's own checks need torch: the app's
     except ConfigError as exc:
         raise PreflightError(str(exc)) from None
     check_data(config)

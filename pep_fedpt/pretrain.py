@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import timm
@@ -128,7 +128,7 @@ def local_backbone_in_use(model: ModelConfig, data: DataConfig) -> Path:
     return path
 
 
-def backbone_record(model: ModelConfig, data: DataConfig) -> dict[str, object] | None:
+def backbone_record(model: ModelConfig, data: DataConfig) -> dict[str, Any] | None:
     """What the run's ``local:`` backbone is (its .json beside the weights: steps done of
     how many, train accuracy...), or None when it is not pre-trained yet."""
     info = local_backbone_in_use(model, data).with_suffix(".json")
@@ -338,12 +338,12 @@ class PretrainProgress:
     def __init__(self, num_images: int, stream: TextIO | None = None) -> None:
         self.num_images = num_images
         self.stream = stream if stream is not None else sys.stdout
-        self.bar: object | None = None
+        self.bar: Any = None  # a tqdm bar (tqdm has no type information)
         self.start = time.monotonic()
 
     def _print(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.write(line)  # type: ignore[attr-defined]
+            self.bar.write(line)
         else:
             print(line, file=self.stream, flush=True)
 
@@ -379,8 +379,8 @@ class PretrainProgress:
     def step(self, done: int, total_steps: int) -> None:
         if self.bar is not None:
             bar = self.bar
-            bar.total = total_steps  # type: ignore[attr-defined]
-            bar.update(done - bar.n)  # type: ignore[attr-defined]
+            bar.total = total_steps
+            bar.update(done - bar.n)
 
     def epoch(
         self, epoch: int, epochs: float, seen: int, accuracy: float, done: int, total: int
@@ -390,7 +390,7 @@ class PretrainProgress:
         rate = seen / elapsed if elapsed > 0 else 0.0
         eta = elapsed / done * (total - done) if done else 0.0
         if self.bar is not None:
-            self.bar.set_postfix(  # type: ignore[attr-defined]
+            self.bar.set_postfix(
                 epoch=f"{epoch}/{math.ceil(epochs)}", img_s=f"{rate:.0f}", acc=f"{accuracy:.3f}"
             )
             return
@@ -401,7 +401,7 @@ class PretrainProgress:
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()  # type: ignore[attr-defined]
+            self.bar.close()
             self.bar = None
 
 

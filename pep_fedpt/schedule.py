@@ -4,6 +4,9 @@ The round, not a counter kept by the client, drives it: every train message carr
 server round (``strategies.wire.CFG_SERVER_ROUND``), so a restarted client or a resumed
 run trains each round with exactly the rate an uninterrupted run would use.
 
+``train_seed`` fixes a local training's shuffles the same way: from the run seed, the round
+and the partition, never from how often the process trained before.
+
 Round t of T (``num-server-rounds``), W warm-up rounds (``train.warmup-rounds``):
 
 - warm-up, t <= W: t / (W + 1), a linear rise that reaches the full rate at round W + 1;
@@ -33,3 +36,8 @@ def lr_factor(server_round: int, num_rounds: int, schedule: str, warmup_rounds: 
     span = max(num_rounds - warmup_rounds, 1)
     progress = min((t - warmup_rounds - 1) / span, 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_seed(run_seed: int, server_round: int, partition_id: int) -> int:
+    """Shuffling seed of one local training: fixed by run seed, round and partition."""
+    return run_seed * 1_000_003 + server_round * 1_009 + partition_id

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up on first use, lint (ruff), then run the test tiers (pytest markers, tests/helpers/tiers.py):
+# Set up on first use, lint (ruff), type-check (mypy), then run the test tiers (pytest markers,
+# tests/helpers/tiers.py):
 #
 #   scripts/test.sh                        every tier in turn: unit, integration, deploy (CI's)
 #   scripts/test.sh unit                   one tier; also integration, deploy, all
@@ -28,6 +29,7 @@ scripts/setup.sh
 source scripts/flwr-env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # files and settings: [tool.mypy] in pyproject.toml
 
 if $own_marks; then
   rc=0

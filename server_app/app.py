@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -52,6 +53,7 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(context.run_config)
+    method = method_for(cfg)  # refuses what the method cannot run before any file is touched
     resume = load_resume_point(cfg)
     if resume is not None and not cfg.output_dir:
         out = Path(cfg.resume_from)  # continue in the run's own folder
@@ -59,7 +61,6 @@ def main(grid: Grid, context: Context) -> None:
         out = resolve_output_dir(cfg, context.run_id)
     refuse_to_overwrite(out, cfg)
     device = pick_device()
-    method = method_for(cfg)
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
     strategy = build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
@@ -76,7 +77,8 @@ def main(grid: Grid, context: Context) -> None:
         state = {key: array.numpy() for key, array in arrays.items()}
         evaluates = evaluation_round(server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds)
         # A round without evaluation is still recorded: its checkpoint is what a resume reads.
-        metrics = MetricRecord(server.evaluate(state) if evaluates else {})
+        scores: dict[str, MetricRecordValues] = dict(server.evaluate(state)) if evaluates else {}
+        metrics = MetricRecord(scores)
         row = {f"server/{k}": v for k, v in metrics.items()}
         row.update(strategy.round_metrics.get(server_round, {}))
         recorder.record_round(

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 
 from pep_fedpt.data.base_new import harmonic_mean
 
-# The methods on a CLIP (FedMVP and its baselines): their own model and protocol keys.
-CLIP_METHODS = ("fedmvp", "zeroshot-clip", "promptfl", "fedtpg")
 LOCAL_SOURCE = "evaluate/mean-client-accuracy"
 # Several data sets in one federation: the mean over the sets of their clients' mean.
 MEMBER_LOCAL_SOURCE = "evaluate/mean-member-accuracy"
@@ -33,9 +31,10 @@ def base_new_metrics(row: Mapping[str, object]) -> dict[str, float]:
     if TARGET in row and isinstance(local_value, int | float):
         return {LOCAL: float(local_value)}
     values = [row.get(key) for key in (source, BASE, NEW)]
-    if not all(isinstance(v, int | float) for v in values):
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    if len(numbers) < len(values):
         return {}
-    local, base, new = (float(v) for v in values)  # type: ignore[arg-type]
+    local, base, new = numbers
     return {LOCAL: local, HM: harmonic_mean(local, base, new)}
 
 

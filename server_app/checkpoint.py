@@ -60,7 +60,7 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         raise ValueError(f"an array may not be named {_META!r}")
     encoded = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **checkpoint.arrays, **{_META: encoded})
+    np.savez(buffer, **checkpoint.arrays, **{_META: encoded})  # type: ignore[arg-type]  # numpy's stub checks **kwds against allow_pickle
     atomic_write(directory / CHECKPOINT, buffer.getvalue())
 
 

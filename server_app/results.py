@@ -17,15 +17,16 @@ import csv
 import io
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt
 
 import numpy as np
 
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
-from server_app.base_new import CLIP_METHODS, base_new_metrics, clip_description
+from pep_fedpt.methods.registry import get_method
+from server_app.base_new import base_new_metrics, clip_description
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
 from server_app.plots import accuracy_plot, partition_heatmap
@@ -51,6 +52,8 @@ DOMAIN_COLUMNS = (
 # Every client error's full text (Ray's traceback included, colour codes stripped); the
 # other result files and the console keep its one-line form (strategies.errors.one_line).
 CLIENT_ERRORS = "client-errors.log"
+# A metrics.json row: "round" and the round's metrics (numbers, or lists of numbers).
+Row = dict[str, Any]
 INITIAL_STATE = "initial-state.npz"  # the state of round 0, kept for bench/prompt_drift.py
 # What config.json records beyond the run config (RunConfig.from_flat refuses them).
 RECORDED_ONLY = ("model.pretrain-steps-done", "model.pretrain-steps-planned")
@@ -70,13 +73,13 @@ class RunRecorder:
         self,
         directory: Path,
         cfg: RunConfig,
-        rows: list[dict[str, float | list[float]]] | None = None,
+        rows: list[Row] | None = None,
     ) -> None:
         """``rows``: the metrics of the rounds a resumed run has already done."""
         self.directory = directory
         self.cfg = cfg
         self.config = cfg.to_flat()
-        self.rows: list[dict[str, float | list[float]]] = list(rows or [])
+        self.rows: list[Row] = list(rows or [])
         self.dropped: list[tuple[int, int, str]] = []
         self.node_replies: dict[int, dict[str, Any]] = {}
         self.partitions: dict[int, dict[str, Any]] = {}
@@ -96,7 +99,7 @@ class RunRecorder:
     def record_round(
         self,
         server_round: int,
-        metrics: Mapping[str, float | list[float]],
+        metrics: Mapping[str, object],
         state: Mapping[str, np.ndarray],
         dropped: list[tuple[int, int, str]],
         strategy_state: dict[str, Any] | None = None,
@@ -122,7 +125,7 @@ class RunRecorder:
         atomic_write(self.directory / "metrics.json", json.dumps(self.rows, indent=2).encode())
         atomic_write(self.directory / "metrics.csv", self._csv().encode())
         buffer = io.BytesIO()
-        np.savez(buffer, **state)
+        np.savez(buffer, **state)  # type: ignore[arg-type]  # numpy's stub checks **kwds against allow_pickle
         atomic_write(self.directory / "state.npz", buffer.getvalue())
         if server_round == 0:  # the initial state, so that a run's drift needs no rebuild
             atomic_write(self.directory / INITIAL_STATE, buffer.getvalue())
@@ -137,7 +140,7 @@ class RunRecorder:
             write_checkpoint(self.directory, checkpoint)
 
     def record_partition(
-        self, partitions: Mapping[int, Mapping[str, Any]], classes: list[str]
+        self, partitions: Mapping[int, Mapping[str, Any]], classes: Sequence[str]
     ) -> None:
         """partition.json and partition.png from the prototype round's per-client reports.
 
@@ -159,7 +162,7 @@ class RunRecorder:
             "dataset": data.dataset,
             "partitioner": data.partitioner,
             "seed": self.cfg.seed,
-            "classes": classes,
+            "classes": list(classes),
             "partitions": entries,
         }
         atomic_write(self.directory / "partition.json", json.dumps(document, indent=2).encode())
@@ -326,12 +329,12 @@ class RunRecorder:
         atomic_write(self.directory / "summary.md", "\n".join(lines).encode())
 
 
-def _times(count: object) -> str:
+def _times(count: SupportsInt | None) -> str:
     """How often a node's replies passed, in words: "no", "1 time", "3 times" ("-": not
     counted, a run resumed from a checkpoint written before these counts)."""
     if count is None:
         return "-"
-    number = int(count)  # type: ignore[call-overload]
+    number = int(count)
     return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
 
 
@@ -348,7 +351,7 @@ def _backbone_text(info: dict[str, Any] | None) -> str:
 
 def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
     """The .json of the run's local: backbone, if it is one and is pre-trained."""
-    if not cfg.model.pretrained.startswith("local:") or cfg.method in CLIP_METHODS:
+    if not cfg.model.pretrained.startswith("local:") or get_method(cfg.method).clip:
         return None
     from pep_fedpt.pretrain import backbone_record
 
@@ -356,7 +359,7 @@ def _backbone_record(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def _model_description(cfg: RunConfig) -> str:
-    if cfg.method in CLIP_METHODS:
+    if get_method(cfg.method).clip:
         return clip_description(cfg)[0]
     return f"{cfg.model.name} ({cfg.model.pretrained} weights)"
 
@@ -368,7 +371,7 @@ def _partition_text(partition_id: int | None) -> str:
 def partition_description(cfg: RunConfig) -> str:
     """The partitioner and its parameters, in words."""
     data = cfg.data
-    if cfg.method in CLIP_METHODS:  # the protocol decides who holds what
+    if get_method(cfg.method).clip:  # the protocol decides who holds what
         return clip_description(cfg)[1]
     if data.partitioner == "dirichlet":
         text = f"dirichlet, alpha {data.alpha:g}"

@@ -109,6 +109,7 @@ from strategies.aggregation import (
     validation_summary,
 )
 from strategies.errors import one_line, strip_ansi
+from strategies.options import WIRE_DTYPES
 from strategies.secagg import SecAggError, SecAggParams, secure_prototypes, secure_train
 from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
@@ -123,8 +124,7 @@ from strategies.validation import (
     update_norm,
 )
 
-# What ``wire_dtype`` may be, and which float dtypes a train reply may then carry.
-WIRE_DTYPES = ("float32", "float16")
+# Which float dtypes a train reply may carry, per ``wire_dtype`` (strategies.options.WIRE_DTYPES).
 REPLY_DTYPES = {
     "float32": (np.dtype(np.float32), np.dtype(np.float64)),
     "float16": (np.dtype(np.float16),),

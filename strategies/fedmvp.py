@@ -35,8 +35,7 @@ from flwr.supercore import log
 from strategies import wire
 from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
-
-AGGREGATIONS = ("equal", "num-examples")
+from strategies.options import FEDMVP_AGGREGATIONS as AGGREGATIONS
 
 
 class FedMVP(PromptFedAvg):

@@ -35,8 +35,7 @@ from flwr.supercore import log
 from strategies import wire
 from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
-
-CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
+from strategies.options import CLASS_PROMPT_AGGREGATIONS
 
 
 class PEPFedPT(PromptFedAvg):

@@ -39,6 +39,7 @@ from flwr.supercore import log
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from strategies import wire
+from strategies.options import SECURE_AGGREGATIONS as MODES
 
 ACTION = "secagg"
 MESSAGE_TYPE = f"{MessageType.QUERY}.{ACTION}"
@@ -50,7 +51,6 @@ VECTOR_RECORD = "secagg-vector"
 MASKED = "masked"
 INTS = "ints"  # setup: how many integers lead the vector
 FLOATS = "floats"  # setup: how many floats follow them
-MODES = ("off", "secaggplus")
 
 # Masks and sums live modulo 2^62: int64 additions wrap modulo 2^64, a multiple of it, so
 # sums of any number of masked vectors stay right after the final mask.

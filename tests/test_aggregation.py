@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.reference import stacked_mean
-
-from strategies.aggregation import (
-    RunningMean,
-    accuracy_summary,
+from helpers.reference import (
     fold_prototype_means,
     per_class_weighted_mean,
     prototype_means,
-    scratch_buffer,
+    stacked_mean,
     weighted_mean,
 )
+
+from strategies.aggregation import RunningMean, accuracy_summary, scratch_buffer
 
 
 def test_weighted_mean() -> None:

@@ -12,12 +12,12 @@ from flwr.app import Message, MessageType
 from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from pep_fedpt.ccmp import smoothed_prior
-from pep_fedpt.config import METHODS, RunConfig
+from pep_fedpt.config import RunConfig
 from pep_fedpt.corrections import prior_corrected_logits, proximal_term
 from pep_fedpt.data import load_central_data
 from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.methods import build_model, client_for, initial_arrays
-from pep_fedpt.methods.registry import all_methods, get_method
+from pep_fedpt.methods.registry import METHODS, all_methods, get_method
 from pep_fedpt.models import cached_backbone, image_spec
 from pep_fedpt.state import trainable_arrays
 from strategies import LocalOnly, PromptFedAvg, wire

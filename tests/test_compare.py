@@ -18,7 +18,8 @@ from bench import compare, report
 from bench.compare import COMPLETED, Outcome, RunSpec
 from bench.grid import grid_points, parse_grid, point_label, select
 from bench.prompt_drift import DriftSummary
-from pep_fedpt.config import METHODS, ConfigError
+from pep_fedpt.config import ConfigError
+from pep_fedpt.methods.registry import METHODS
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from pep_fedpt.config import ConfigError, RunConfig, parse_block_spec
 from pep_fedpt.data import ImageSpec, load_dataset
+from pep_fedpt.methods.registry import method_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,20 +38,9 @@ def test_command_line_overrides_reach_the_typed_config() -> None:
 @pytest.mark.parametrize(
     ("flat", "message"),
     [
-        ({"method": "fedsgd"}, "method = 'fedsgd' is not accepted; use one of: pep-fedpt"),
         ({"fed.class-prompt-aggregation": "median"}, "use one of: per-class, fedavg"),
         ({"prompt.train-weights": "hard"}, "use one of: soft, onehot"),
         ({"prompt.mixing-prior": "global"}, "use one of: client, uniform"),
-        (
-            {"method": "sgpt", "prompt.mixing-prior": "uniform"},
-            "prompt.mixing-prior = 'uniform' changes PEP-FedPT only; method = 'sgpt' accepts "
-            "'client'",
-        ),
-        (
-            {"method": "fedavg-vpt-deep", "prompt.test-prior-correction": True},
-            "method = 'fedavg-vpt-deep' accepts False (for the log prior at test on "
-            "FedAvg-VPT-deep: method = 'fedavg-vpt-prior')",
-        ),
         ({"prompt.tau": 0.0}, "prompt.tau = 0.0 must be a finite number > 0"),
         ({"prompt.tau": "x"}, "expected float"),
         ({"data.partitioner": "shards"}, "use one of: dirichlet, pathological, iid, domain"),
@@ -64,6 +54,29 @@ def test_command_line_overrides_reach_the_typed_config() -> None:
 def test_bad_values_name_the_value_and_the_accepted_ones(flat: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunConfig.from_flat(flat)
+
+
+@pytest.mark.parametrize(
+    ("flat", "message"),
+    [
+        ({"method": "fedsgd"}, "method = 'fedsgd' is not accepted; use one of: pep-fedpt"),
+        (
+            {"method": "sgpt", "prompt.mixing-prior": "uniform"},
+            "prompt.mixing-prior = 'uniform' changes PEP-FedPT only; method = 'sgpt' accepts "
+            "'client'",
+        ),
+        (
+            {"method": "fedavg-vpt-deep", "prompt.test-prior-correction": True},
+            "method = 'fedavg-vpt-deep' accepts False (for the log prior at test on "
+            "FedAvg-VPT-deep: method = 'fedavg-vpt-prior')",
+        ),
+    ],
+)
+def test_values_a_method_cannot_run_name_the_method(flat: dict, message: str) -> None:
+    """Checked against the registration (its facts), not by the method-blind config."""
+    cfg = RunConfig.from_flat(flat)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        method_for(cfg)
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:

@@ -9,14 +9,10 @@ import random
 
 import numpy as np
 import pytest
+from helpers.reference import fold_prototype_means, prototype_means
 
 import strategies.aggregation as aggregation
-from strategies.aggregation import (
-    ExactSum,
-    PrototypeTally,
-    fold_prototype_means,
-    prototype_means,
-)
+from strategies.aggregation import ExactSum, PrototypeTally
 
 
 def _fsum(terms: list[np.ndarray]) -> np.ndarray:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pep_fedpt.config import METHODS, ConfigError, RunConfig
+from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import (
     METHOD_MODULES,
+    METHODS,
     Method,
     Received,
     all_methods,
@@ -30,7 +31,7 @@ def test_the_config_accepts_exactly_the_registered_names() -> None:
     assert tuple(METHOD_MODULES) == METHODS
     assert [m.name for m in all_methods()] == list(METHODS)
     with pytest.raises(ConfigError, match=r"method = 'fedavg' is not accepted; use one of: pep"):
-        RunConfig.from_flat({"method": "fedavg"})
+        method_for(RunConfig.from_flat({"method": "fedavg"}))
 
 
 def test_every_name_is_registered_by_the_module_the_table_names() -> None:
@@ -43,7 +44,8 @@ def test_every_name_is_registered_by_the_module_the_table_names() -> None:
 def test_validating_a_method_name_imports_no_torch() -> None:
     code = (
         "import sys; from pep_fedpt.config import RunConfig; "
-        "RunConfig.from_flat({'method': 'sgpt'}); "
+        "from pep_fedpt.methods.registry import check_name; "
+        "check_name(RunConfig.from_flat({'method': 'sgpt'}).method); "
         "print(sorted(m for m in ('torch', 'timm', 'flwr', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run(

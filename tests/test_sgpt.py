@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MessageType
+from helpers.reference import group_weighted_mean
 from helpers.run_helpers import load_json, load_state, on, recorder, run_server
 
 from pep_fedpt.config import ConfigError, RunConfig
@@ -28,7 +29,6 @@ from pep_fedpt.models import cached_backbone
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
 from server_app.app import RunUnchangedError
 from strategies import wire
-from strategies.aggregation import group_weighted_mean
 from strategies.validation import check_group_counts
 
 # The tiny ViT has 3 blocks; group prompts default to prompt.ccmp-blocks = "2-L".

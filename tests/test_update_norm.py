@@ -22,6 +22,7 @@ from helpers.run_helpers import load_json, load_state, on, run_server
 from client_app.app import app as client_app
 from pep_fedpt.config import ROBUST_AGGREGATIONS as config_aggregations
 from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.methods.registry import method_for
 from server_app.app import RunUnchangedError
 from strategies import wire
 from strategies.aggregation import ROBUST_AGGREGATIONS, robust_value
@@ -228,7 +229,7 @@ def test_a_method_that_makes_its_own_state_refuses_the_median() -> None:
         SGPT(reply_aggregation="median")
     flat = {"method": "sgpt", "fed.aggregation": "median"}
     with pytest.raises(ConfigError, match=r"method = 'sgpt' makes its new state itself"):
-        RunConfig.from_flat(flat)
+        method_for(RunConfig.from_flat(flat))
     with pytest.raises(ConfigError, match=r"fed.aggregation = 'mode' is not accepted; use one"):
         RunConfig.from_flat({"fed.aggregation": "mode"})
     assert config_aggregations == ROBUST_AGGREGATIONS

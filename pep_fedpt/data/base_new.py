@@ -171,7 +171,7 @@ def harmonic_mean(local: float, base: float, new: float) -> float:
 def member_base_new(groups: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], ...]]:
     """Base and new labels of each member set of a joint federation: the first
     ceil(C_m / 2) of its labels, and the rest (each set split as it is alone)."""
-    out = []
+    out: list[tuple[tuple[int, ...], ...]] = []
     for labels in groups:
         labels = tuple(int(c) for c in labels)
         cut = math.ceil(len(labels) / 2)

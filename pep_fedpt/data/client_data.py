@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -25,7 +26,13 @@ from pep_fedpt.data.partition import (
     stratified_split,
     stratified_subsample,
 )
-from pep_fedpt.data.registry import DatasetSplits, ImageSpec, LabeledDataset, load_dataset
+from pep_fedpt.data.registry import (
+    DatasetSplits,
+    ImageSpec,
+    LabeledDataset,
+    as_dataset,
+    load_dataset,
+)
 
 # The validation carve's seed is the test split's plus this: another, fixed permutation.
 VAL_SEED_OFFSET = 7_919
@@ -47,19 +54,29 @@ class ClientData:
 
     def split(self, name: str) -> Subset:
         """The ``"train"``, ``"val"`` or ``"test"`` split."""
-        splits = {"train": self.train, "val": self.val, "test": self.test}
-        if name not in splits or splits[name] is None:
+        split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if split is None:
             raise ValueError(f"split {name!r}: use one of train, val, test")
-        return splits[name]  # type: ignore[return-value]
+        return split
 
 
 @dataclass
 class CentralData:
     """The data set's central test split, evaluated by the server with the global prior."""
 
-    test: Subset | LabeledDataset
+    test: Subset
     num_classes: int
     classes: list[str]
+
+    @property
+    def source(self) -> LabeledDataset:
+        """The data set the test split's indices refer to."""
+        return subset_source(self.test)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The test split's indices into ``source`` (int64)."""
+        return np.asarray(self.test.indices, dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=2)
@@ -175,9 +192,9 @@ def load_client_data(
     key = f"{cfg!r}:{seed}:{num_partitions}:{partition_id}:{spec}"
     return ClientData(
         partition_id=partition_id,
-        train=Subset(splits.train, train_idx.tolist()),
-        test=Subset(splits.train, test_idx.tolist()),
-        val=Subset(splits.train, val_idx.tolist()),
+        train=Subset(as_dataset(splits.train), train_idx.tolist()),
+        test=Subset(as_dataset(splits.train), test_idx.tolist()),
+        val=Subset(as_dataset(splits.train), val_idx.tolist()),
         num_classes=num_classes,
         train_counts=class_counts(targets[train_idx], num_classes),
         cache_key=key,
@@ -189,12 +206,18 @@ def load_central_data(cfg: DataConfig, spec: ImageSpec) -> CentralData:
     splits, _, central = _splits(cfg, spec)
     source = splits.test if splits.test is not None else splits.train
     return CentralData(
-        test=Subset(source, central.tolist()),
+        test=Subset(as_dataset(source), central.tolist()),
         num_classes=len(splits.classes),
         classes=splits.classes,
     )
 
 
+def subset_source(subset: Subset) -> LabeledDataset:
+    """The labelled data set a Subset of a client or central split indexes (torch types
+    ``Subset.dataset`` as a plain ``Dataset``)."""
+    return cast(LabeledDataset, subset.dataset)
+
+
 def subset_targets(subset: Subset) -> np.ndarray:
     """Labels of a Subset without reading an image."""
-    return np.asarray(subset.dataset.targets)[np.asarray(subset.indices, dtype=np.int64)]
+    return np.asarray(subset_source(subset).targets)[np.asarray(subset.indices, dtype=np.int64)]

@@ -63,7 +63,7 @@ def partition_indices(
             num_partitions=num_partitions,
             partition_by="label",
             num_classes_per_partition=cfg.classes_per_client,
-            class_assignment_mode=cfg.class_assignment,  # type: ignore[arg-type]
+            class_assignment_mode=cfg.class_assignment,
             seed=seed,
         )
     else:

@@ -119,11 +119,11 @@ class CachedSubset(Subset):
         )
         return torch.cat([pixels for pixels, _ in loader])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pixels = self.prepare()
         return self._finish(pixels[index]), int(self._targets[index])
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:  # type: ignore[override]
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         return [self[i] for i in indices]
 
 
@@ -173,7 +173,7 @@ def with_pixel_cache(data: ClientData, directory: Path) -> ClientData:
     if _transform_of(data.train.dataset) is None:
         return data
     store = pixel_store(directory)
-    splits = {}
+    splits: dict[str, Any] = {}  # dataclasses.replace's keyword arguments
     for name in ("train", "val", "test"):
         subset = getattr(data, name)
         if subset is not None:

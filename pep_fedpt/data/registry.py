@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from pep_fedpt.config import ConfigError, DataConfig
 
@@ -27,6 +28,23 @@ class LabeledDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+def as_dataset(data: LabeledDataset) -> Dataset[Any]:
+    """``data`` as torch's ``Dataset`` (what ``Subset`` and ``DataLoader`` take): every
+    loader here returns one; the protocol names only what partitioning reads."""
+    return cast("Dataset[Any]", data)
+
+
+def domains_of(data: LabeledDataset) -> np.ndarray:
+    """The domain index of every example of a multi-domain data set (DomainBed, DomainNet)."""
+    domains = getattr(data, "domains", None)
+    if domains is None:
+        raise ValueError(
+            f"{type(data).__name__} has no per-example domains: the domain protocol needs a "
+            "multi-domain data set (the DomainBed sets or DomainNet)"
+        )
+    return np.asarray(domains)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import PreprocessCfg
 from open_clip.transformer import QuickGELU
 
-from pep_fedpt.config import FedMVPConfig
+from pep_fedpt.config import CLIP_SOURCES, FedMVPConfig
 from pep_fedpt.data import ImageSpec
 
 TINY = "tiny"
@@ -124,7 +124,7 @@ def build_clip(cfg: FedMVPConfig, seed: int, device: torch.device | str) -> Clip
     """The frozen CLIP that ``cfg`` names, in eval mode, without gradients, on ``device``,
     with the activation its weights were trained with (``wants_quick_gelu``)."""
     name, source = cfg.clip_model, cfg.clip_pretrained
-    if source not in ("random", "openai") and not os.path.isfile(source):
+    if source not in CLIP_SOURCES and not os.path.isfile(source):
         raise ClipWeightsError(
             f"fedmvp.clip-pretrained = {source!r}: no such checkpoint file; use 'random', "
             "'openai' or the absolute path of an existing open_clip checkpoint"

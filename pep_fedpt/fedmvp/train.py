@@ -22,7 +22,7 @@ switch is returned so that it can travel with the client's reply.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ def train_local(
     with bf16, fp32 on the CPU; fp16 with a gradient scaler); the PromptFormer's
     parameters, gradients and what the client sends stay float32.
     """
-    size = len(dataset)  # type: ignore[arg-type]
+    size = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
     if size == 0:
         raise ValueError("the local training split is empty")
     if flipped is not None and flipped.shape[0] != size:
@@ -183,7 +183,7 @@ def _step_on_last_batch(
     # The order indexed_batches shuffles into (the DataLoader's own sampler and seed),
     # without reading an image: only the last batch's are read.
     generator = torch.Generator().manual_seed(seed + epoch)
-    order = list(RandomSampler(dataset, generator=generator))  # type: ignore[arg-type]
+    order = list(RandomSampler(dataset, generator=generator))  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
     tail = order[(len(order) - 1) // cfg.train.batch_size * cfg.train.batch_size :]
     batch = next(indexed_batches(Subset(dataset, tail), len(tail), False, 0, device, 0))
     images, labels, inside = batch
@@ -205,7 +205,7 @@ def _step_on_last_batch(
     return FedMVPTrainResult(
         loss=loss.item(),
         accuracy=float((logits.argmax(dim=-1) == labels).float().mean()),
-        num_examples=len(dataset),  # type: ignore[arg-type]
+        num_examples=len(dataset),  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
         adapters_on=model.adapters_on,
         ce_loss=ce.item(),
         consistency_loss=cons.item(),
@@ -213,9 +213,17 @@ def _step_on_last_batch(
     )
 
 
+class Scorer(Protocol):
+    """What ``evaluate_local`` calls: a FedMVPModel, or zero-shot CLIP's ``ZeroShot``."""
+
+    def eval(self) -> Any: ...
+
+    def logits(self, images: torch.Tensor, bank: TextBank) -> torch.Tensor: ...
+
+
 @torch.no_grad()
 def evaluate_local(
-    model: FedMVPModel,
+    model: Scorer,
     dataset: Dataset,
     bank: TextBank,
     device: torch.device,

@@ -2,8 +2,9 @@
 
 ``get_method(name)`` gives a method's registration (``registry.Method``), importing its
 module on first use; ``client_for`` builds (once per process and partition) the client of
-``cfg.method``. The names below load lazily, so that ``pep_fedpt.config`` can read the
-torch-free name table (``registry.METHOD_MODULES``) without importing torch.
+``cfg.method``. The names below load lazily, so that importing the registry stays
+torch-free: the launcher's preflight refuses an unknown name (``registry.check_name``)
+before torch is imported.
 """
 
 from __future__ import annotations

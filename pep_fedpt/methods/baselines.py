@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pep_fedpt.corrections import proximal_term
-from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
+from pep_fedpt.engine import evaluate, no_features, unit_weights
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import NO_PROMPT, VPT_DEEP, VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
@@ -42,15 +43,11 @@ class BaselineClient(PromptClient):
             def regularizer() -> torch.Tensor:
                 return proximal_term(params, anchors, mu)
 
-        result = train_epochs(
+        result = self.train_local(
             model,
-            self.data.train,
             no_features(self.data.train),
             unit_weights,
-            self.cfg.train,
-            self.device,
-            self.train_seed(server_round),
-            lr_scale=self.lr_scale(server_round),
+            server_round,
             regularizer=regularizer,
         )
         return trainable_arrays(model), self.train_metrics(result)
@@ -74,15 +71,29 @@ class BaselineClient(PromptClient):
 
 FEDAVG = "strategies.base:PromptFedAvg"  # FedAvg by n_k: they differ only on the client
 
+VIT = PromptedViTServer  # every baseline's server side: the PromptedViT one
+
 for _method in (
-    Method("fedavg-vpt-shallow", BaselineClient, FEDAVG, layout=VPT_SHALLOW),
-    Method("fedavg-vpt-deep", BaselineClient, FEDAVG, layout=VPT_DEEP),
-    Method("fedprox-vpt", BaselineClient, FEDAVG, layout=VPT_DEEP, proximal=True),
-    Method("head-only", BaselineClient, FEDAVG, layout=NO_PROMPT),
-    Method("fedavg-vpt-prior", BaselineClient, FEDAVG, layout=VPT_DEEP, prior_correction=True),
+    Method("fedavg-vpt-shallow", BaselineClient, FEDAVG, layout=VPT_SHALLOW, server=VIT),
+    Method("fedavg-vpt-deep", BaselineClient, FEDAVG, layout=VPT_DEEP, server=VIT),
+    Method("fedprox-vpt", BaselineClient, FEDAVG, layout=VPT_DEEP, server=VIT, proximal=True),
+    Method("head-only", BaselineClient, FEDAVG, layout=NO_PROMPT, server=VIT),
+    Method(
+        "fedavg-vpt-prior",
+        BaselineClient,
+        FEDAVG,
+        layout=VPT_DEEP,
+        server=VIT,
+        prior_correction=True,
+    ),
     # Local-only: the node trains and evaluates its own state; the server shares nothing.
     Method(
-        "local", BaselineClient, "strategies.baselines:LocalOnly", layout=VPT_DEEP, personal=True
+        "local",
+        BaselineClient,
+        "strategies.baselines:LocalOnly",
+        layout=VPT_DEEP,
+        server=VIT,
+        personal=True,
     ),
 ):
     register(_method)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -16,11 +17,18 @@ from pep_fedpt.config import RunConfig, parse_block_spec
 from pep_fedpt.data import ClientData, load_client_data
 from pep_fedpt.data.client_data import partition_cache_dir, subset_targets
 from pep_fedpt.data.pixel_cache import node_splits
-from pep_fedpt.engine import EvalResult, TrainResult, compute_query_features, pick_device
+from pep_fedpt.engine import (
+    EvalResult,
+    TrainResult,
+    WeightsFn,
+    compute_query_features,
+    pick_device,
+    train_epochs,
+)
 from pep_fedpt.feature_cache import default_cache_dir, examples_digest, feature_store
 from pep_fedpt.methods.registry import Method, get_method
 from pep_fedpt.models import PromptedViT, backbone_fingerprint, cached_backbone, image_spec
-from pep_fedpt.schedule import lr_factor
+from pep_fedpt.schedule import lr_factor, train_seed
 from pep_fedpt.state import load_trainable_arrays, trainable_arrays
 from strategies import wire
 
@@ -143,20 +151,42 @@ class PromptClient:
         return dict(arrays)
 
     def train(
-        self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None, server_round: int
+        self, arrays: Mapping[str, np.ndarray], prototypes: Any, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
-        """Local training from ``arrays``: the trained arrays and the train metrics."""
+        """Local training from ``arrays``: the trained arrays and the train metrics.
+        ``prototypes``: the registration's ``extra`` (its type is the subclass's)."""
         raise NotImplementedError
 
-    def evaluate(
-        self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray | None
-    ) -> dict[str, float | int]:
+    def evaluate(self, arrays: Mapping[str, np.ndarray], prototypes: Any) -> dict[str, float | int]:
         """Accuracy of ``arrays`` on the local test split."""
         raise NotImplementedError
 
-    def train_seed(self, server_round: int) -> int:
-        """Shuffling seed of one local training: fixed by run seed, round and partition."""
-        return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
+    def train_local(
+        self,
+        model: PromptedViT,
+        features: torch.Tensor,
+        weights: WeightsFn,
+        server_round: int,
+        *,
+        seed_offset: int = 0,
+        regularizer: Callable[[], torch.Tensor] | None = None,
+        query_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> TrainResult:
+        """``train.local-epochs`` epochs on the local train split (``engine.train_epochs``),
+        shuffled by the round's seed (plus ``seed_offset``: SGPT's second block) at the
+        round's learning rates."""
+        return train_epochs(
+            model,
+            self.data.train,
+            features,
+            weights,
+            self.cfg.train,
+            self.device,
+            train_seed(self.cfg.seed, server_round, self.data.partition_id) + seed_offset,
+            regularizer=regularizer,
+            query_loss=query_loss,
+            lr_scale=self.lr_scale(server_round),
+        )
 
     def lr_scale(self, server_round: int) -> float:
         """The schedule's factor of the learning rates in ``server_round`` (the round the

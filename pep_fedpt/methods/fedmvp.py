@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from pep_fedpt.data.coop import NINE_SETS, nine_members
 from pep_fedpt.data.leave_one_domain_out import DomainSplit, leave_one_domain_out, target_index
 from pep_fedpt.data.partition import class_counts, held_out_partitions
 from pep_fedpt.data.pixel_cache import cached_subset
+from pep_fedpt.data.registry import domains_of
 from pep_fedpt.engine import pick_device
 from pep_fedpt.feature_cache import (
     default_cache_dir,
@@ -47,7 +49,7 @@ from pep_fedpt.feature_cache import (
     resolve_cache_dir,
 )
 from pep_fedpt.methods.registry import Method, Received, register
-from pep_fedpt.schedule import lr_factor
+from pep_fedpt.schedule import lr_factor, train_seed
 from strategies import wire
 
 _LOG = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class ClassSubset(Dataset):
         if not set(labels.tolist()) <= set(position):
             raise ValueError(f"examples outside the classes {list(self.classes)}")
         self.targets = np.array([position[int(c)] for c in labels], dtype=np.int64)
+        self.loader_workers = 0  # worker processes of its loaders (node_subset sets it)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -123,8 +126,7 @@ def _protocol(
     _check_config(cfg)
     pool_data, pool = client_pool(cfg.data, spec)
     central = load_central_data(cfg.data, spec)
-    test_data = central.test.dataset
-    test_idx = np.asarray(central.test.indices, dtype=np.int64)
+    test_data, test_idx = central.source, central.indices
     if cfg.data.dataset == NINE_SETS:
         members, groups = nine_groups(cfg, pool_data)
         split = joint_base_new_split(
@@ -160,7 +162,7 @@ def nine_groups(
     """coop-nine: the member sets and each one's labels (contiguous, in the members' order)."""
     members = nine_members(cfg.data)
     targets = np.asarray(pool_data.targets)
-    sets = np.asarray(pool_data.domains)  # type: ignore[attr-defined]
+    sets = domains_of(pool_data)  # coop-nine: each example's member set
     groups = [tuple(int(c) for c in np.unique(targets[sets == m])) for m in range(len(members))]
     return members, groups
 
@@ -194,13 +196,13 @@ def _domain_protocol(
     names = run_domains(cfg)
     pool_data, pool = client_pool(cfg.data, spec)
     central = load_central_data(cfg.data, spec)
-    test_data = central.test.dataset
+    test_data = central.source
     split = leave_one_domain_out(
         pool,
-        np.asarray(pool_data.domains),
+        domains_of(pool_data),
         np.asarray(pool_data.targets),
-        np.asarray(central.test.indices, dtype=np.int64),
-        np.asarray(test_data.domains),
+        central.indices,
+        domains_of(test_data),
         len(names),
         target_index(names, cfg.fedmvp.target_domain),
         num_partitions,
@@ -248,18 +250,19 @@ def client_data(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id = {partition_id} is outside 0..{num_partitions - 1}")
     if cfg.fedmvp.protocol == "domain":
-        split, pool_data, test_data, classes, names = _domain_protocol(cfg, spec, num_partitions)
-        domain = names[split.client_domains[partition_id]]
+        by_domain, pool_data, test_data, classes, names = _domain_protocol(
+            cfg, spec, num_partitions
+        )
         return _client_data(
             cfg,
-            split,
+            by_domain,
             pool_data,
             test_data,
             len(classes),
-            split.client_classes[partition_id],
+            by_domain.client_classes[partition_id],
             partition_id,
             num_partitions,
-            domain,
+            names[by_domain.client_domains[partition_id]],
         )
     split, pool_data, test_data, classes = _protocol(cfg, spec, num_partitions)
     own = split.client_classes[partition_id]
@@ -284,7 +287,7 @@ def node_subset(subset: ClassSubset, cfg: RunConfig, split: str, cache_dir: Path
     pixel cache in ``cache_dir`` with ``data.pixel-cache`` (evaluated every round, a split
     would be decoded again every round), its loaders in ``data.num-workers`` processes."""
     if not cfg.data.pixel_cache:
-        subset.loader_workers = cfg.data.num_workers  # type: ignore[attr-defined]
+        subset.loader_workers = cfg.data.num_workers
         return subset
     prefix = f"clip|{cfg.data!r}|{split}"
     return cached_subset(subset, prefix, cache_dir, cfg.data.num_workers)
@@ -470,8 +473,8 @@ class FedMVPClient:
         return model
 
     def train_seed(self, server_round: int) -> int:
-        """Shuffling seed of one local training: fixed by run seed, round and partition."""
-        return self.cfg.seed * 1_000_003 + server_round * 1_009 + self.data.partition_id
+        """Shuffling seed of one local training (``schedule.train_seed``)."""
+        return train_seed(self.cfg.seed, server_round, self.data.partition_id)
 
 
 def target_examples(
@@ -482,7 +485,7 @@ def target_examples(
     trains on the target, so all of it is unseen). "all" needs the central test carved from
     the same data set as the pool (the DomainBed sets); DomainNet's official test lists
     hold only the test part."""
-    domains = np.asarray(test_data.domains)
+    domains = domains_of(test_data)
     if cfg.fedmvp.target_split == "test":
         return test_idx[domains[test_idx] == target]
     pool_data, _ = client_pool(cfg.data, spec)
@@ -510,12 +513,11 @@ class FedMVPServer:
         self.bundle = cached_clip(cfg, str(device))
         central = load_central_data(cfg.data, self.bundle.spec)
         self.classes = central.classes
-        test_data = central.test.dataset
-        test_idx = np.asarray(central.test.indices, dtype=np.int64)
+        test_data, test_idx = central.source, central.indices
         targets = np.asarray(test_data.targets)
         cache = resolve_cache_dir(cfg.cache_dir)
         self.sets: dict[str, ClassSubset] = {}
-        self.banks: dict[str, object] = {}
+        self.banks: dict[str, Any] = {}  # TextBank, or None without attribute banks
         self.members: tuple[str, ...] = ()  # coop-nine: the member sets
         if cfg.fedmvp.protocol == "domain":  # Target: the held-out domain, its template
             names = run_domains(cfg)
@@ -536,8 +538,8 @@ class FedMVPServer:
                     indices = of_classes(test_idx, targets, group)
                     subset = ClassSubset(test_data, indices, group)
                     self.sets[name] = node_subset(subset, cfg, f"central-{name}", cache)
-                    names = [self.classes[c] for c in group]
-                    self.banks[name] = self.make_bank(names, cache, None, member)
+                    classnames = [self.classes[c] for c in group]
+                    self.banks[name] = self.make_bank(classnames, cache, None, member)
             return
         base, new = split_base_new(central.num_classes)
         for name, group in (("base", base), ("new", new)):
@@ -632,6 +634,7 @@ register(
         layout=None,  # a CLIP with a PromptFormer, not a PromptedViT
         server=FedMVPServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )

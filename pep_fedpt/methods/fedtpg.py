@@ -138,6 +138,7 @@ register(
         layout=None,
         server=FedTPGServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from pep_fedpt.ccmp import ccmp_correct, mixing_weights
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data.client_data import subset_targets
-from pep_fedpt.engine import WeightsFn, evaluate, train_epochs
+from pep_fedpt.engine import WeightsFn, evaluate
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import Method, Received, register
 from pep_fedpt.state import trainable_arrays
@@ -72,15 +73,8 @@ class PEPFedPTClient(PromptClient):
         self, arrays: Mapping[str, np.ndarray], prototypes: np.ndarray, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
         model = self._model(arrays)
-        result = train_epochs(
-            model,
-            self.data.train,
-            self.features("train"),
-            self._weights(prototypes),
-            self.cfg.train,
-            self.device,
-            self.train_seed(server_round),
-            lr_scale=self.lr_scale(server_round),
+        result = self.train_local(
+            model, self.features("train"), self._weights(prototypes), server_round
         )
         return trainable_arrays(model), self.train_metrics(result)
 
@@ -151,8 +145,10 @@ register(
         client=PEPFedPTClient,
         strategy="strategies.pep_fedpt:PEPFedPT",
         strategy_kwargs=_strategy_kwargs,
+        server=PromptedViTServer,
         central_weights=central_weights,
         kept_record=wire.PROTO,  # prototypes: once per version, kept by the node
         extra=_prototypes,
+        ccmp=True,  # prompt.mixing-prior and prompt.test-prior-correction apply
     )
 )

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pep_fedpt.config import ConfigError, RunConfig
-from pep_fedpt.engine import evaluate, no_features, train_epochs, unit_weights
+from pep_fedpt.engine import evaluate, no_features, unit_weights
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient, initial_arrays
 from pep_fedpt.methods.registry import VPT_SHALLOW, Method, register
 from pep_fedpt.state import trainable_arrays
@@ -48,16 +49,7 @@ class PFedPGClient(PromptClient):
         server_round: int = 0,
     ) -> tuple[dict[str, np.ndarray], dict[str, float | int | list[int]]]:
         model = self._model({**self.initial_head, **arrays})
-        result = train_epochs(
-            model,
-            self.data.train,
-            no_features(self.data.train),
-            unit_weights,
-            self.cfg.train,
-            self.device,
-            self.train_seed(server_round),
-            lr_scale=self.lr_scale(server_round),
-        )
+        result = self.train_local(model, no_features(self.data.train), unit_weights, server_round)
         metrics = self.train_metrics(result)
         # The server checks that the reply comes from the partition the prompt was made for.
         metrics[wire.PARTITION_ID] = self.data.partition_id
@@ -97,7 +89,9 @@ register(
         strategy="strategies.pfedpg:PFedPG",
         strategy_kwargs=_strategy_kwargs,
         layout=VPT_SHALLOW,  # the generated prompt is VPT-shallow, as in its paper
+        server=PromptedViTServer,
         personal=True,  # the node keeps its head (personal_arrays)
+        own_aggregation=True,  # the generator step
         check_config=_check_config,
     )
 )

@@ -282,6 +282,7 @@ register(
         layout=None,
         server=PromptFLServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )

@@ -10,9 +10,11 @@ the arrays, and its config checks. The ServerApp and ClientApp ask ``get_method(
 and never name a method.
 
 ``METHOD_MODULES`` (name -> the module that registers it) is the only other line a new
-method adds. It is plain data, so that ``pep_fedpt.config`` validates ``method`` without
-importing torch; ``get_method`` imports the module on first use and refuses a module that
-did not register the name it is listed for (tests/test_registry.py checks every name).
+method adds. It is plain data, so that ``check_name`` refuses an unknown ``method`` without
+importing torch (the launcher's preflight); ``get_method`` imports the module on first use
+and refuses a module that did not register the name it is listed for
+(tests/test_registry.py checks every name). ``method_for`` checks a run config against the
+registration's facts; ``pep_fedpt.config`` knows no method.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-if TYPE_CHECKING:  # numpy, torch and the config stay out of this module's imports
+from pep_fedpt.config import CCMP_KEYS, ConfigError, PromptConfig, RunConfig
+
+if TYPE_CHECKING:  # numpy and torch stay out of this module's imports
     import numpy as np
     import torch
 
-    from pep_fedpt.config import RunConfig
     from pep_fedpt.engine import WeightsFn
 
 # Every method and the module that registers it (the torch-free name table).
@@ -47,6 +50,7 @@ METHOD_MODULES: dict[str, str] = {
     "promptfl": "pep_fedpt.methods.promptfl",
     "fedtpg": "pep_fedpt.methods.fedtpg",
 }
+METHODS = tuple(METHOD_MODULES)  # the accepted values of ``method``, in the table's order
 
 
 @dataclass(frozen=True)
@@ -110,19 +114,20 @@ class MethodServer(Protocol):
     ``classes``: the central data set's class names (for partition.json).
     """
 
-    classes: Sequence[str]
+    @property
+    def classes(self) -> Sequence[str]: ...
 
     def initial_arrays(self) -> dict[str, np.ndarray]: ...
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]: ...
 
 
-ClientFactory = Callable[["RunConfig", int, int, "Path | None"], MethodClient]
-ServerFactory = Callable[["Method", "RunConfig", "torch.device"], MethodServer]
+ClientFactory = Callable[[RunConfig, int, int, "Path | None"], MethodClient]
+ServerFactory = Callable[["Method", RunConfig, "torch.device"], MethodServer]
 # Central evaluation of a PromptedViT method: the mixing weights from the global state
 # (None: one prompt set, no frozen query features needed).
 CentralWeights = Callable[
-    ["RunConfig", "Mapping[str, np.ndarray]", "torch.Tensor", "torch.device"], "WeightsFn | None"
+    [RunConfig, "Mapping[str, np.ndarray]", "torch.Tensor", "torch.device"], "WeightsFn | None"
 ]
 
 
@@ -143,10 +148,9 @@ class Method:
     strategy         "module:Class" of its server strategy (numpy + flwr only).
     strategy_kwargs  its strategy's arguments beyond the base's (``PromptFedAvg``), from
                      the run config.
-    layout           the prompts of its PromptedViT (None: not a PromptedViT; then
-                     ``server`` is required).
-    server           its server side (initial state, central evaluation); None: the
-                     PromptedViT one (``pep_fedpt.methods.central.PromptedViTServer``).
+    layout           the prompts of its PromptedViT (None: not a PromptedViT).
+    server           its server side (initial state, central evaluation), required: a
+                     PromptedViT method's is ``pep_fedpt.methods.central.PromptedViTServer``.
     central_weights  the PromptedViT central evaluation's mixing weights from the state.
     prior_correction adds the log prior to the logits at evaluation (the global prior on
                      the server, the client's own on a client).
@@ -157,7 +161,17 @@ class Method:
                      node keeps in its state (PEP-FedPT: ``proto``).
     extra            what its client's ``train``/``evaluate`` get besides the arrays, read
                      from the message (None: nothing).
-    check_config     refuses a run config the method cannot run (ConfigError).
+    ccmp             its prompts are mixed by CCMP: the prompt keys ``CCMP_KEYS``
+                     (``prompt.mixing-prior``, ``prompt.test-prior-correction``) apply; any
+                     other method refuses a value other than their default.
+    own_aggregation  its server makes the new state itself (SGPT's group momentum, pFedPG's
+                     generator step): a median or trimmed mean of the replies would bypass
+                     it, so ``fed.aggregation`` must be "mean".
+    clip             it runs on a CLIP (FedMVP and its baselines), not on a timm backbone:
+                     the ``fedmvp.*`` protocol decides who holds what, and the run records
+                     the CLIP instead of a backbone.
+    check_config     refuses a run config the method cannot run (ConfigError), after the
+                     checks of the facts above.
     """
 
     name: str
@@ -172,6 +186,9 @@ class Method:
     personal: bool = False
     kept_record: str | None = None
     extra: Callable[[Received], Any] | None = None
+    ccmp: bool = False
+    own_aggregation: bool = False
+    clip: bool = False
     check_config: Callable[[RunConfig], None] = _no_checks
 
     def __post_init__(self) -> None:
@@ -180,15 +197,17 @@ class Method:
             raise ValueError(
                 f"method {self.name!r}: strategy = {self.strategy!r} must be 'module:Class'"
             )
-        if self.layout is None and self.server is None:
+        if self.server is None:
+            what = "is not a PromptedViT (layout = None)" if self.layout is None else "has none"
             raise ValueError(
-                f"method {self.name!r} is not a PromptedViT (layout = None): give its server"
+                f"method {self.name!r} {what}: give its server (a PromptedViT's: "
+                "pep_fedpt.methods.central.PromptedViTServer)"
             )
 
     def strategy_class(self) -> type[Any]:
         """The strategy class, imported now (Flower is imported here, not before)."""
         module, _, name = self.strategy.partition(":")
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), name)
 
     def build_strategy(self, cfg: RunConfig) -> Any:
         """The strategy of this run: the base's arguments plus the method's own."""
@@ -212,11 +231,9 @@ class Method:
 
     def build_server(self, cfg: RunConfig, device: torch.device) -> MethodServer:
         """The server side of this run (initial state, central evaluation)."""
-        if self.server is not None:
-            return self.server(self, cfg, device)
-        from pep_fedpt.methods.central import PromptedViTServer
-
-        return PromptedViTServer(self, cfg, device)
+        if self.server is None:  # refused at registration; this says so to the type checker
+            raise ValueError(f"method {self.name!r} has no server side")
+        return self.server(self, cfg, device)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -230,12 +247,15 @@ def register(method: Method) -> Method:
     return method
 
 
+def check_name(name: str) -> None:
+    """Refuse a ``method`` the table does not list (torch-free: the registry is not read)."""
+    if name not in METHOD_MODULES:
+        raise ConfigError(f"method = {name!r} is not accepted; use one of: {', '.join(METHODS)}")
+
+
 def get_method(name: str) -> Method:
     """The registration of ``name``, importing its module on first use."""
-    if name not in METHOD_MODULES:
-        raise ValueError(
-            f"method = {name!r} is not accepted; use one of: {', '.join(METHOD_MODULES)}"
-        )
+    check_name(name)
     if name not in _REGISTRY:
         importlib.import_module(METHOD_MODULES[name])
     if name not in _REGISTRY:
@@ -246,19 +266,53 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def method_for(cfg: RunConfig) -> Method:
-    """The registration of ``cfg.method``, after the method's own config checks."""
-    method = get_method(cfg.method)
+def check_run_config(method: Method, cfg: RunConfig) -> None:
+    """Refuse a run config that ``method`` cannot run: its facts' checks, then its own."""
+    if method.own_aggregation and cfg.fed.aggregation != "mean":
+        raise ConfigError(
+            f"fed.aggregation = {cfg.fed.aggregation!r}: method = {cfg.method!r} makes its "
+            "new state itself (SGPT's group momentum, pFedPG's generator step); use 'mean'"
+        )
+    if not method.ccmp:
+        defaults = PromptConfig()
+        for attr in CCMP_KEYS:
+            value, default = getattr(cfg.prompt, attr), getattr(defaults, attr)
+            if value != default:
+                key = f"prompt.{attr.replace('_', '-')}"
+                raise ConfigError(
+                    f"{key} = {value!r} changes PEP-FedPT only; method = {cfg.method!r} "
+                    f"accepts {default!r} (for the log prior at test on FedAvg-VPT-deep: "
+                    "method = 'fedavg-vpt-prior')"
+                )
     method.check_config(cfg)
+
+
+def method_for(cfg: RunConfig) -> Method:
+    """The registration of ``cfg.method``, after the run config's checks against it."""
+    method = get_method(cfg.method)
+    check_run_config(method, cfg)
     return method
 
 
 @functools.lru_cache(maxsize=64)
 def client_for(
-    cfg: RunConfig, partition_id: int, num_partitions: int, cache_dir: Path | None = None
+    cfg: RunConfig,
+    partition_id: int,
+    num_partitions: int,
+    cache_dir: Path | None = None,
+    *,
+    method: Method | None = None,
 ) -> MethodClient:
-    """The per-process client of one partition (a simulation worker serves many)."""
-    return method_for(cfg).client(cfg, partition_id, num_partitions, cache_dir)
+    """The per-process client of one partition (a simulation worker serves many).
+
+    ``method``: ``cfg.method``'s registration when the caller holds it already (the
+    ClientApp looks it up once per message); else it is looked up here."""
+    if method is None:
+        method = get_method(cfg.method)
+    elif method.name != cfg.method:
+        raise ValueError(f"method {method.name!r} given for a run of method = {cfg.method!r}")
+    check_run_config(method, cfg)
+    return method.client(cfg, partition_id, num_partitions, cache_dir)
 
 
 def all_methods() -> list[Method]:

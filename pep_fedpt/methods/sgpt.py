@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.engine import WeightsFn, evaluate, train_epochs
+from pep_fedpt.engine import WeightsFn, evaluate
 from pep_fedpt.groups import group_counts, group_weights, key_loss
+from pep_fedpt.methods.central import PromptedViTServer
 from pep_fedpt.methods.common import PromptClient
 from pep_fedpt.methods.registry import Method, PromptLayout, from_record, register
 from pep_fedpt.models import PromptedViT
@@ -72,38 +73,24 @@ class SGPTClient(PromptClient):
             )
         features = self.features("train")
         weights = group_weights_fn(keys, history)
-        seed = self.train_seed(server_round)
         group_params = (model.class_prompts, keys)
 
         # Block 1: the shared prompt and head; the group prompts and keys stay fixed.
         for p in group_params:
             p.requires_grad_(False)
-        scale = self.lr_scale(server_round)
-        train_epochs(
-            model,
-            self.data.train,
-            features,
-            weights,
-            self.cfg.train,
-            self.device,
-            seed,
-            lr_scale=scale,
-        )
+        self.train_local(model, features, weights, server_round)
         # Block 2: the group prompts, keys and head, with the key loss; shared fixed.
         for p in group_params:
             p.requires_grad_(True)
         model.shared_prompt.requires_grad_(False)
         weight = self.cfg.prompt.key_loss_weight
-        result = train_epochs(
+        result = self.train_local(
             model,
-            self.data.train,
             features,
             weights,
-            self.cfg.train,
-            self.device,
-            seed + self.cfg.train.local_epochs,  # other shuffles than block 1's
+            server_round,
+            seed_offset=self.cfg.train.local_epochs,  # other shuffles than block 1's
             query_loss=lambda query: weight * key_loss(query, keys, history),
-            lr_scale=scale,
         )
         model.shared_prompt.requires_grad_(True)
 
@@ -143,7 +130,9 @@ register(
         strategy="strategies.sgpt:SGPT",
         strategy_kwargs=_strategy_kwargs,
         layout=PromptLayout(per_block="group"),
+        server=PromptedViTServer,
         central_weights=central_weights,
         extra=from_record(wire.GROUP, wire.GROUP_COUNT, "SGPT"),  # every message
+        own_aggregation=True,  # group momentum
     )
 )

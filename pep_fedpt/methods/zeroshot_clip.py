@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,19 +37,23 @@ from pep_fedpt.methods.fedmvp import (
 from pep_fedpt.methods.registry import Method, register
 from strategies import wire
 
+if TYPE_CHECKING:  # open_clip loads on first use, not with the registry
+    from pep_fedpt.fedmvp.model import FedMVPModel
+    from pep_fedpt.fedmvp.text_bank import TextBank
+
 
 class ZeroShot:
     """The evaluation interface of a FedMVPModel (``eval``, ``logits``) with g(x) in place
     of the prompted f(x): the PromptFormer is never called."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: FedMVPModel) -> None:
         self.model = model
 
     def eval(self) -> ZeroShot:
         self.model.eval()
         return self
 
-    def logits(self, images: torch.Tensor, bank) -> torch.Tensor:  # bank: TextBank
+    def logits(self, images: torch.Tensor, bank: TextBank) -> torch.Tensor:
         return self.model.logits_from_features(self.model.frozen_features(images), bank)
 
 
@@ -130,6 +135,7 @@ register(
         layout=None,
         server=ZeroShotServer,
         extra=_adapter_switch,
+        clip=True,
         check_config=_check_config,
     )
 )

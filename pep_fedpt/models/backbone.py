@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import timm
 import torch
@@ -30,7 +31,7 @@ def create_backbone(
             f"model.name = {cfg.name!r} is not a timm model; use a ViT with a class token "
             f"(e.g. {examples}, ...; see timm.list_models('vit_*'))"
         )
-    kwargs: dict[str, object] = {"num_classes": 0, **cfg.timm_overrides()}
+    kwargs: dict[str, Any] = {"num_classes": 0, **cfg.timm_overrides()}
     if cfg.pretrained == "hub":
         kwargs["pretrained"] = True
     elif cfg.pretrained.startswith(LOCAL_PREFIX):

