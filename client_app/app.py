@@ -35,6 +35,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from client_app import secagg
 from client_app.errors import error_reply
@@ -46,7 +47,7 @@ from strategies.secagg import ACTION as SECAGG_ACTION
 from strategies.secagg import SUM_SCALE, TASK_TRAIN, secure_update
 
 # Every handler's failure becomes one error reply (client_app/errors.py).
-MODS = [error_reply]
+MODS: list[Mod] = [error_reply]
 app = ClientApp(mods=MODS)
 
 _STATE_KEPT = "pep-fedpt.{record}"  # a method's kept_record (pep-fedpt.proto)
