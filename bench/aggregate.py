@@ -41,6 +41,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from server_app.inprocess import incoming_message
 from strategies import wire
 from strategies.pep_fedpt import PEPFedPT
 from strategies.validation import (
@@ -48,7 +49,6 @@ from strategies.validation import (
     check_train_reply,
     record_arrays,
 )
-from tests.helpers.inprocess import incoming_message
 
 # ViT-B/16 on CIFAR-100 with conf/cifar100-dir0.3.toml's prompts.
 DIM, DEPTH, NUM_CLASSES = 768, 12, 100

@@ -40,8 +40,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # no
 from flwr.serverapp import Grid  # noqa: E402
 
 from bench.result_file import header, machine_sentence, need  # noqa: E402
+from server_app.inprocess import incoming_message  # noqa: E402
 from strategies import wire  # noqa: E402
-from tests.helpers.inprocess import incoming_message  # noqa: E402
 
 WRITER = "bench/prototype_round.py"
 TABLES = 8  # distinct reply contents, reused round robin (built before tracing)

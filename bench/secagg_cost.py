@@ -30,9 +30,8 @@ from flwr.clientapp import ClientApp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from helpers.inprocess import InProcessGrid, set_task_identity  # noqa: E402
-
 from client_app import secagg as client_secagg  # noqa: E402
+from server_app.inprocess import InProcessGrid, set_task_identity  # noqa: E402
 from strategies import PEPFedPT, traffic, wire  # noqa: E402
 from strategies import secagg as server_secagg  # noqa: E402
 

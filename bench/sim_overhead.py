@@ -128,11 +128,11 @@ def plain_loop(
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from flwr.app import Context, RecordDict
     from flwr.common.logger import FLOWER_LOGGER
-    from helpers.inprocess import InProcessGrid, set_task_identity
 
     from client_app.app import app as client_app
     from pep_fedpt.config import RunConfig
     from server_app.app import app as server_app
+    from server_app.inprocess import InProcessGrid, set_task_identity
 
     set_task_identity()
     flat = RunConfig().to_flat()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from bench.prompt_drift import drift_from_files, summarize
@@ -25,6 +24,7 @@ from pep_fedpt.methods import build_model
 from pep_fedpt.models import create_backbone
 from pep_fedpt.schedule import lr_factor
 from server_app.checkpoint import load_checkpoint
+from server_app.inprocess import InProcessGrid
 from strategies.aggregation import validation_summary
 from strategies.validation import check_validation_counts
 

@@ -1,5 +1,10 @@
 """Run a real ServerApp/strategy against real ClientApps in one process (no simulation).
 
+What it is for: the tests and the benchmarks drive the real strategy and ClientApp
+through Flower's Grid surface without a SuperLink, Ray or subprocesses, so that a round
+is deterministic (fixed node ids), fast and debuggable in one interpreter; it is also
+how a user can try a strategy against a ClientApp in a notebook.
+
 ``InProcessGrid`` is a Flower ``Grid`` whose ``push_messages`` hands each message to
 the ClientApp of its destination node (``pull_messages`` then returns the replies), each
 node keeping its own ``Context`` (and so its ``context.state``) across rounds, as a
