@@ -472,10 +472,9 @@ BLOCKS: dict[str, Callable[[Sequence[Comparison], Path], str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or (args[0] not in BLOCKS and not args[0].startswith("-h")):
-        from bench import paste  # bench/benchmark.sh's `bench.tables [--check] [RESULTS]`
-
-        given = [a for a in args if a != "--check"]
+    given = [a for a in args if a != "--check"]
+    if not given or (given[0] not in BLOCKS and Path(given[0]).is_dir()):
+        # bench/benchmark.sh's `bench.tables [--check] [RESULTS]`: every page's blocks.
         if given and Path(given[0]).resolve() != DEFAULT_RESULTS.resolve():
             print(
                 f"tables: {given[0]!r} is not accepted: the pages name their results "
@@ -484,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        from bench import paste
+
         return paste.main(["--check"] if "--check" in args else [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("block", choices=list(BLOCKS), help="the table to print")
