@@ -234,11 +234,19 @@ def backbone_sentence(comparison: Comparison) -> str:
     if not config:
         return "Backbone: not recorded (no run's config.json was collected)."
     weights = config.get("model.pretrained", "?")
-    text = (
-        f"Backbone: `{weights}` {config.get('model.name', '?')} (depth "
-        f"{config.get('model.depth', '?')}, width {config.get('model.embed-dim', '?')}, "
-        f"{config.get('model.img-size', '?')} px)"
-    )
+    # 0 is "the model's own" for these keys (docs/configuration.md): not said then.
+    shape = [
+        f"{label} {config[key]}{unit}"
+        for key, label, unit in (
+            ("model.depth", "depth", ""),
+            ("model.embed-dim", "width", ""),
+            ("model.img-size", "input", " px"),
+        )
+        if config.get(key)
+    ]
+    text = f"Backbone: `{weights}` {config.get('model.name', '?')}"
+    if shape:
+        text += f" ({', '.join(shape)})"
     if not str(weights).startswith("local:"):
         return text + "."
     steps, epochs = config.get("model.pretrain-steps", 0), config.get("model.pretrain-epochs")

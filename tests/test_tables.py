@@ -487,3 +487,27 @@ def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
     ablations = _block(repo, "ablations", CIFAR100)
     assert "/cifar100/ablation-tau/results.md)" in ablations
     paste(repo, "--check")
+
+
+def test_each_setting_says_which_backbone_its_runs_recorded(repo: Path) -> None:
+    """Issue 18: a table names its backbone from the runs' own config.json: the recipe,
+    and the steps actually done where the runs recorded them."""
+    results = repo / "bench" / "results" / "cifar10"
+    for config in (results / "alpha-0.1" / "runs").glob("*/config.json"):
+        flat = json.loads(config.read_text())
+        flat |= {"model.pretrain-steps": 2760, "model.pretrain-minutes": 25.0}
+        flat |= {"model.pretrain-steps-done": 2760, "model.pretrain-steps-planned": 2760}
+        config.write_text(json.dumps(flat))
+    paste(repo)
+    readme = (repo / "README.md").read_text()
+    alpha01 = readme[readme.index("**α = 0.1**") : readme.index("**α = 0.5**")]
+    alpha05 = readme[readme.index("**α = 0.5**") :]
+    shape = "Backbone: `local:0-4` vit_tiny_patch16_224 (depth 4, width 96, input 32 px)"
+    assert (
+        f"{shape}, pre-trained here on its classes (2760 steps, capped at 25 minutes; "
+        "2760 of 2760 steps done; seed 0)"
+    ) in alpha01
+    assert (
+        f"{shape}, pre-trained here on its classes (40 epochs; the steps actually done are "
+        "not recorded in these results; seed 0)"
+    ) in alpha05
