@@ -16,7 +16,7 @@
 #    on every seed, at the point PEP-FedPT's alpha = 0.5 search chose, into
 #    ablation-alpha-0.5-train-weights (the reference: PEP-FedPT's runs at alpha = 0.5).
 # 4. bench.report per folder, bench.collect into bench/results/cifar10 (the small result
-#    files, no weights), bench.tables rewrites the README's and docs' tables from them.
+#    files, no weights), bench.paste rewrites the README's and docs' pasted tables.
 # Interrupted, run it again: completed runs with the same config are skipped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,5 +65,6 @@ for folder in "$out"/*/; do
   PYTHONPATH="$root" "$root/.venv/bin/python" -m bench.report "$folder" >/dev/null
 done
 PYTHONPATH="$root" "$root/.venv/bin/python" -m bench.collect "$out" "$root/bench/results/cifar10"
-PYTHONPATH="$root" "$root/.venv/bin/python" -m bench.tables "$root/bench/results/cifar10"
+# The pages' blocks name their commands relative to the repository root.
+(cd "$root" && "$root/.venv/bin/python" -m bench.paste) || status=1
 exit $status

@@ -13,13 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
+from bench.grid import grid_points
+from bench.report import load_results
+from pep_fedpt.preflight import toml_value
 
-from bench.grid import grid_points  # noqa: E402
-from bench.report import load_results  # noqa: E402
-from pep_fedpt.preflight import toml_value  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def chosen_overrides(out: Path, method: str) -> str:

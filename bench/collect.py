@@ -34,12 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
-
-from bench.prompt_drift import DRIFT_JSON, drift_document, drift_from_files  # noqa: E402
-from bench.report import (  # noqa: E402
+from bench.prompt_drift import DRIFT_JSON, drift_document, drift_from_files
+from bench.report import (
     COMPARISON,
     FINAL,
     GRID,
@@ -47,8 +43,9 @@ from bench.report import (  # noqa: E402
     regenerate,
     relative_log,
 )
-from pep_fedpt.atomic import atomic_write  # noqa: E402
+from pep_fedpt.atomic import atomic_write
 
+ROOT = Path(__file__).resolve().parents[1]
 # The small text files of a run folder (server_app/results.py) worth keeping in git.
 RUN_FILES = ("metrics.json", "config.json", "summary.md", "dropped.json")
 LOG_BYTES = 8 * 1024  # a longer log keeps only its tail

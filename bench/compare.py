@@ -45,12 +45,8 @@ import click
 import tomli_w
 from flwr.common.config import parse_config_args, unflatten_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
-
-from bench.grid import Grid, Point, grid_points, parse_grid  # noqa: E402
-from bench.report import (  # noqa: E402
+from bench.grid import Grid, Point, grid_points, parse_grid
+from bench.report import (
     COMPARISON,
     COMPLETED,
     FINAL,
@@ -63,10 +59,11 @@ from bench.report import (  # noqa: E402
     run_name,
     write_results,
 )
-from pep_fedpt.atomic import atomic_write  # noqa: E402
-from pep_fedpt.config import ConfigError, RunConfig  # noqa: E402
-from pep_fedpt.methods.registry import METHODS, method_for  # noqa: E402
+from pep_fedpt.atomic import atomic_write
+from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.methods.registry import METHODS, method_for
 
+ROOT = Path(__file__).resolve().parents[1]
 Scalar = bool | int | float | str
 VAL_FRACTION_KEY = "data.val-fraction"
 DEFAULT_VAL_FRACTION = 0.1  # with --grid and no --val-fraction

@@ -31,14 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
-
-from bench.grid import Grid, Point, grid_points, point_label, select  # noqa: E402
-from bench.prompt_drift import DriftSummary, recorded_drift, summarize  # noqa: E402
-from pep_fedpt.atomic import atomic_write  # noqa: E402
-from server_app.metric_keys import (  # noqa: E402
+from bench.grid import Grid, Point, grid_points, point_label, select
+from bench.prompt_drift import DriftSummary, recorded_drift, summarize
+from pep_fedpt.atomic import atomic_write
+from server_app.metric_keys import (
     ACCURACIES,
     BY_KEY,
     CCMP_DIAGNOSTICS,
@@ -46,6 +42,7 @@ from server_app.metric_keys import (  # noqa: E402
     Accuracy,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 Row = Mapping[str, Any]
 
 COMPLETED = "finished:completed"

@@ -1,33 +1,19 @@
-"""The benchmark tables of README.md and docs/benchmark.md, regenerated from the results in git.
+"""The benchmark's accuracy tables, printed from the collected results in git.
 
-    .venv/bin/python -m bench.tables [--check] [RESULTS]
+    .venv/bin/python -m bench.tables BLOCK [--results DIR] [--page PAGE]
 
-``RESULTS`` (default ``bench/results/cifar10``) is a folder that ``bench/collect.py``
-filled: one comparison folder per setting (``alpha-0.1``, ``alpha-0.5``: every method,
+``DIR`` (default ``bench/results/cifar10``) is a folder that ``bench/collect.py`` filled:
+one comparison folder per setting (``alpha-0.1``, ``alpha-0.5``: every method,
 grid-selected) and per ablation (``ablation-<name>``: a sweep of PEP-FedPT at α = 0.1;
-``ablation-alpha-<α>-<name>``: one at another α). The tables are computed in memory with
-``bench/report.py``'s reading of those folders, and written between marker lines of the
-pages, each block on lines of its own:
+``ablation-alpha-<α>-<name>``: one at another α); a setting's ``-onehot`` folder (the
+CIFAR-100 benchmark) is a row of that setting. ``PAGE`` is the page the block is pasted
+into (its links are relative to it). The blocks: ``main`` (the compact table of every
+setting), ``full`` (``main`` and then every column), ``selection`` (every grid point),
+``ablations`` and ``ablations-alpha-0.5``. The pages name the command of each of their
+blocks; ``bench/paste.py`` runs them (``--check`` in CI).
 
-    <!-- bench:NAME -->
-    (regenerated; whatever is here is replaced)
-    <!-- /bench:NAME -->
-
-Everything outside the markers is left as it is. The blocks: ``main`` (README.md, compact,
-and docs/benchmark.md, with every column), ``selection``, ``ablations`` (the ablations at
-α = 0.1) and ``ablations-alpha-0.5`` (those at α = 0.5) (docs/benchmark.md); from the
-CIFAR-100 benchmark's results in ``bench/results/cifar100``, whatever RESULTS is,
-``cifar100-main``, ``cifar100-selection`` and ``cifar100-ablations`` (docs/benchmark.md;
-each setting's ``-onehot`` folder is a row of that setting); and from the
-speed and backbone result files beside them (``bench/figures.py``): ``aggregation`` and
-``pixel-cache`` (README.md, docs/performance.md), ``sim-overhead-summary`` (both too),
-``sim-overhead``, ``sim-overhead-depth4`` and ``cold-start`` (docs/performance.md), ``ccmp-step``
-(docs/benchmark.md), ``fedmvp-step`` (docs/fedmvp.md), ``backbone`` (docs/backbone.md),
-``scale``, ``scale-passes``, ``needs-bytes`` and ``needs-memory`` (docs/scale.md) and
-``scale-summary`` (README.md). An unknown block name, a block in a page it does not belong
-to, or a marker without its pair is an error naming the file and line. ``--check`` writes
-nothing and exits 1 naming each stale block, so CI can prove the pages match the committed
-results; without any results the command says so and exits 2.
+``python -m bench.tables [--check] [RESULTS]`` without a block, as ``bench/benchmark.sh``
+calls it, rewrites every block of the pages: ``bench/paste.py``.
 """
 
 from __future__ import annotations
@@ -45,30 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
-
-from bench.collect import comparison_folders  # noqa: E402
-from bench.figures import (  # noqa: E402
-    FigureError,
-    aggregation_block,
-    backbone_block,
-    ccmp_step_block,
-    cold_start_block,
-    fedmvp_step_block,
-    needs_bytes_block,
-    needs_memory_block,
-    pixel_cache_block,
-    scale_block,
-    scale_passes_block,
-    scale_summary_block,
-    sim_overhead_block,
-    sim_overhead_long_block,
-    sim_overhead_summary_block,
-)
-from bench.grid import Grid, Point, grid_points  # noqa: E402
-from bench.report import (  # noqa: E402
+from bench.collect import comparison_folders
+from bench.grid import Grid, Point, grid_points
+from bench.report import (
     COMPARISON,
     DIAGNOSTIC_NOTE,
     FINAL,
@@ -83,17 +48,11 @@ from bench.report import (  # noqa: E402
     run_name,
     selection_table,
 )
-from pep_fedpt.atomic import atomic_write  # noqa: E402
-from pep_fedpt.config import RunConfig  # noqa: E402
+from pep_fedpt.config import RunConfig
 
 DEFAULT_RESULTS = Path("bench/results/cifar10")
-# The CIFAR-100 benchmark's results (bench/cifar100-benchmark.sh), relative to the
-# repository root; its blocks are named cifar100-*.
-CIFAR100_RESULTS = Path("bench/results/cifar100")
 ONEHOT_SUFFIX, ONEHOT_METHOD = "-onehot", "pep-fedpt"
 ONEHOT_ROW = "pep-fedpt (one-hot training weights)"
-# The speed and backbone result files (bench/figures.py), relative to the repository root.
-FIGURES = Path("bench/results")
 # The ablations' reference: this method's final run on this seed in this folder.
 REFERENCE = ("alpha-0.1", "pep-fedpt", 0)
 # An ablation run at another α than the first ablations' carries it in its folder name
@@ -107,16 +66,6 @@ MEAN, WORST, HELD_OUT, GLOBAL = (
     "evaluate/held-out-accuracy",
     "evaluate/global-accuracy",
 )
-MARKER = re.compile(r"^<!-- (/?)bench:([A-Za-z0-9_.-]+) -->$")
-LOOSE_MARKER = re.compile(r"^\s*<!--\s*/?\s*bench\b")  # looks like a marker: must be one
-
-
-class TablesError(Exception):
-    """A page's markers are wrong, or a page cannot be read: said, not crashed."""
-
-
-class NoResults(Exception):
-    """No comparison folder under RESULTS: nothing to regenerate the tables from."""
 
 
 # ---------------------------------------------------------------------- the results
@@ -268,6 +217,55 @@ DRIFT_NOTE = (
 )
 
 
+def _run_config(comparison: Comparison) -> Mapping[str, Any]:
+    """The config.json of the setting's first collected run (every run of a setting shares
+    the backbone); empty when none was collected."""
+    for outcome in comparison.outcomes:
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads((comparison.folder / outcome.path / "config.json").read_text()))
+    return {}
+
+
+def backbone_sentence(comparison: Comparison) -> str:
+    """Which backbone the setting's runs used, from their recorded config: the weights, the
+    architecture, the pre-training recipe and the steps it actually did (recorded since
+    ``model.pretrain-steps-done`` exists; older results say they lack it)."""
+    config = _run_config(comparison)
+    if not config:
+        return "Backbone: not recorded (no run's config.json was collected)."
+    weights = config.get("model.pretrained", "?")
+    # 0 is "the model's own" for these keys (docs/configuration.md): not said then.
+    shape = [
+        f"{label} {config[key]}{unit}"
+        for key, label, unit in (
+            ("model.depth", "depth", ""),
+            ("model.embed-dim", "width", ""),
+            ("model.img-size", "input", " px"),
+        )
+        if config.get(key)
+    ]
+    text = f"Backbone: `{weights}` {config.get('model.name', '?')}"
+    if shape:
+        text += f" ({', '.join(shape)})"
+    if not str(weights).startswith("local:"):
+        return text + "."
+    steps, epochs = config.get("model.pretrain-steps", 0), config.get("model.pretrain-epochs")
+    recipe = f"{steps} steps" if steps else f"{epochs} epochs"
+    minutes = float(config.get("model.pretrain-minutes", 0) or 0)
+    if minutes:
+        recipe += f", capped at {minutes:g} minutes"
+    done = config.get("model.pretrain-steps-done")
+    if done is not None:
+        recipe += f"; {done} of {config.get('model.pretrain-steps-planned', '?')} steps done"
+    else:
+        recipe += "; the steps actually done are not recorded in these results"
+    return (
+        f"{text}, pre-trained here on its classes ({recipe}; seed "
+        f"{config.get('model.pretrain-seed', '?')}); its linear-probe accuracy is not "
+        "recorded with the runs."
+    )
+
+
 def compact_table(comparison: Comparison, page_dir: Path) -> str:
     """One row per method: mean client accuracy (mean ± std over seeds), worst client,
     held-out, global, prompt drift (median), the chosen grid value; the method name links
@@ -304,7 +302,7 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
             ]
         cells.append(_chosen(comparison, row.method))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", DRIFT_NOTE]
+    lines += ["", backbone_sentence(comparison), "", DRIFT_NOTE]
     if extra:
         lines += ["", DIAGNOSTIC_NOTE]
     return "\n".join(lines) + "\n"
@@ -470,216 +468,49 @@ def ablations_alpha_05_block(comparisons: Sequence[Comparison], page_dir: Path) 
     return ablations_block(comparisons, page_dir, "0.5", empty)
 
 
-# A block from (the comparisons, the page's folder, the folder of the other result files).
-Renderer = Callable[[Sequence[Comparison], Path, Path], str]
-
-
-def _accuracy(render: Callable[[Sequence[Comparison], Path], str]) -> Renderer:
-    return lambda comparisons, page_dir, _figures: render(comparisons, page_dir)
-
-
-def _figure(render: Callable[[Path], str]) -> Renderer:
-    return lambda _comparisons, _page_dir, figures: render(figures)
-
-
-NO_CIFAR100 = (
-    "No CIFAR-100 results collected yet: `bench/cifar100-benchmark.sh` collects them into "
-    "`bench/results/cifar100`.\n"
-)
-
-
-def _cifar100(render: Callable[[Sequence[Comparison], Path], str]) -> Renderer:
-    """A block of the CIFAR-100 benchmark: from CIFAR100_RESULTS beside the figures (the
-    one-hot folders merged into their settings), whatever RESULTS the command was given."""
-
-    def rendered(_comparisons: Sequence[Comparison], page_dir: Path, figures: Path) -> str:
-        found = merge_onehot(load_comparisons(figures.parent.parent / CIFAR100_RESULTS))
-        return render(found, page_dir) if found else NO_CIFAR100
-
-    return rendered
-
-
-# Per page (relative to the repository root), its blocks.
-PAGES: dict[str, dict[str, Renderer]] = {
-    "README.md": {
-        "main": _accuracy(main_compact),
-        "aggregation": _figure(aggregation_block),
-        "scale-summary": _figure(scale_summary_block),
-        "sim-overhead-summary": _figure(sim_overhead_summary_block),
-        "pixel-cache": _figure(pixel_cache_block),
-    },
-    "docs/benchmark.md": {
-        "main": _accuracy(main_full),
-        "cifar100-main": _cifar100(main_full),
-        "cifar100-selection": _cifar100(selection_block),
-        "cifar100-ablations": _cifar100(ablations_block),
-        "ccmp-step": _figure(ccmp_step_block),
-        "selection": _accuracy(selection_block),
-        "ablations": _accuracy(ablations_block),
-        "ablations-alpha-0.5": _accuracy(ablations_alpha_05_block),
-    },
-    "docs/performance.md": {
-        "aggregation": _figure(aggregation_block),
-        "cold-start": _figure(cold_start_block),
-        "pixel-cache": _figure(pixel_cache_block),
-        "sim-overhead": _figure(sim_overhead_block),
-        "sim-overhead-depth4": _figure(sim_overhead_long_block),
-        "sim-overhead-summary": _figure(sim_overhead_summary_block),
-    },
-    "docs/fedmvp.md": {"fedmvp-step": _figure(fedmvp_step_block)},
-    "docs/backbone.md": {"backbone": _figure(backbone_block)},
-    "docs/scale.md": {
-        "scale": _figure(scale_block),
-        "scale-passes": _figure(scale_passes_block),
-        "needs-bytes": _figure(needs_bytes_block),
-        "needs-memory": _figure(needs_memory_block),
-    },
+# The blocks, each from (the comparisons, the page's folder).
+BLOCKS: dict[str, Callable[[Sequence[Comparison], Path], str]] = {
+    "main": main_compact,
+    "full": main_full,
+    "selection": selection_block,
+    "ablations": ablations_block,
+    "ablations-alpha-0.5": ablations_alpha_05_block,
 }
-BLOCK_NAMES = sorted({name for blocks in PAGES.values() for name in blocks})
-
-
-# ---------------------------------------------------------------------- the markers
-@dataclass(frozen=True)
-class Block:
-    """A marked block: its name and the 0-based lines of its two markers."""
-
-    name: str
-    start: int
-    end: int
-
-
-def find_blocks(path: Path, lines: Sequence[str], accepted: Sequence[str]) -> list[Block]:
-    """The page's blocks, checked: every marker well formed, known, in this page, paired,
-    not nested and not repeated."""
-    blocks: list[Block] = []
-    open_name, open_line = "", -1
-    for index, line in enumerate(lines):
-        where = f"{path}:{index + 1}"
-        found = MARKER.match(line.rstrip("\n"))
-        if found is None:
-            if LOOSE_MARKER.match(line):
-                raise TablesError(
-                    f"{where}: {line.strip()!r} is not a marker; write "
-                    "'<!-- bench:NAME -->' or '<!-- /bench:NAME -->' alone on a line"
-                )
-            continue
-        closing, name = found.group(1) == "/", found.group(2)
-        if name not in accepted:
-            known = "known elsewhere" if name in BLOCK_NAMES else "unknown"
-            raise TablesError(
-                f"{where}: block {name!r} is {known}; this page accepts: {', '.join(accepted)}"
-            )
-        if not closing:
-            if open_name:
-                raise TablesError(
-                    f"{where}: block {name!r} opens inside block {open_name!r} "
-                    f"(opened at line {open_line + 1}, not closed)"
-                )
-            if any(block.name == name for block in blocks):
-                raise TablesError(f"{where}: block {name!r} appears twice in the page")
-            open_name, open_line = name, index
-        elif name != open_name:
-            raise TablesError(
-                f"{where}: '<!-- /bench:{name} -->' closes a block that is not open"
-                + (f" (open: {open_name!r}, line {open_line + 1})" if open_name else "")
-            )
-        else:
-            blocks.append(Block(name, open_line, index))
-            open_name = ""
-    if open_name:
-        raise TablesError(
-            f"{path}:{open_line + 1}: block {open_name!r} is never closed "
-            f"(add '<!-- /bench:{open_name} -->')"
-        )
-    return blocks
-
-
-def rewrite(
-    path: Path, text: str, rendered: Mapping[str, str], accepted: Sequence[str]
-) -> tuple[str, list[str]]:
-    """``text`` with every block's content replaced by ``rendered[name]``; and the names
-    of the blocks whose content changed."""
-    lines = text.splitlines(keepends=True)
-    blocks = find_blocks(path, lines, accepted)
-    stale = []
-    out: list[str] = []
-    last = 0
-    for block in blocks:
-        out += lines[last : block.start + 1]
-        body = "\n" + rendered[block.name].rstrip("\n") + "\n\n"
-        if "".join(lines[block.start + 1 : block.end]) != body:
-            stale.append(block.name)
-        out.append(body)
-        last = block.end
-    out += lines[last:]
-    return "".join(out), stale
-
-
-# ---------------------------------------------------------------------- main
-def regenerate_pages(root: Path, results: Path, check: bool) -> list[str]:
-    """Rewrite (or, with ``check``, only compare) every page's blocks; return the stale
-    ones as ``page: block`` (all of them were rewritten unless ``check``)."""
-    comparisons = load_comparisons(results)
-    if not comparisons:
-        raise NoResults(results)
-    stale = []
-    for page, renderers in PAGES.items():
-        path = root / page
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise TablesError(f"{path}: {exc.strerror or exc}") from None
-        figures = root / FIGURES
-        rendered = {
-            name: render(comparisons, path.parent, figures) for name, render in renderers.items()
-        }
-        new, changed = rewrite(path, text, rendered, list(renderers))
-        stale += [f"{page}: block {name!r}" for name in changed]
-        if changed and not check:
-            atomic_write(path, new.encode())
-    return stale
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    given = [a for a in args if a != "--check"]
+    if not given or (given[0] not in BLOCKS and Path(given[0]).is_dir()):
+        # bench/benchmark.sh's `bench.tables [--check] [RESULTS]`: every page's blocks.
+        if given and Path(given[0]).resolve() != DEFAULT_RESULTS.resolve():
+            print(
+                f"tables: {given[0]!r} is not accepted: the pages name their results "
+                f"folders in their paste lines; give a block ({', '.join(BLOCKS)}) to print "
+                "one from another folder",
+                file=sys.stderr,
+            )
+            return 2
+        from bench import paste
+
+        return paste.main(["--check"] if "--check" in args else [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("block", choices=list(BLOCKS), help="the table to print")
     parser.add_argument(
-        "results",
-        nargs="?",
-        type=Path,
-        default=None,
-        help=f"the collected results (default: {DEFAULT_RESULTS} of the repository)",
+        "--results", type=Path, default=DEFAULT_RESULTS, help=f"default: {DEFAULT_RESULTS}"
     )
     parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if a block is stale"
+        "--page", type=Path, default=Path("README.md"), help="the page its links start from"
     )
-    parser.add_argument(
-        "--root", type=Path, default=ROOT, help="the repository whose pages to rewrite"
-    )
-    args = parser.parse_args(argv)
-    root = args.root.resolve()
-    results = (args.results or root / DEFAULT_RESULTS).resolve()
-    try:
-        stale = regenerate_pages(root, results, args.check)
-    except NoResults:
+    parsed = parser.parse_args(args)
+    comparisons = merge_onehot(load_comparisons(parsed.results))
+    if not comparisons:
         print(
-            f"tables: no results under {results} (no {COMPARISON}); collect a benchmark "
-            f"first: python -m bench.collect OUT {results}",
-            file=sys.stderr,
+            f"No results collected in `{parsed.results}` yet (no {COMPARISON}): "
+            f"`python -m bench.collect OUT {parsed.results}` fills it."
         )
-        return 2
-    except (TablesError, FigureError) as exc:
-        print(f"tables: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        for item in stale:
-            print(f"tables: stale: {item} (run python -m bench.tables)", file=sys.stderr)
-        if not stale:
-            print("tables: every block matches the results")
-        return 1 if stale else 0
-    for item in stale:
-        print(f"tables: rewrote {item}")
-    if not stale:
-        print("tables: every block already matched the results")
+        return 0
+    print(BLOCKS[parsed.block](comparisons, parsed.page.parent).rstrip("\n"))
     return 0
 
 

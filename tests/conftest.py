@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.inprocess import set_task_identity
 from helpers.tiers import pytest_collection_modifyitems, pytest_report_header
 
 from pep_fedpt.config import RunConfig
+from server_app.inprocess import set_task_identity
 
 __all__ = ["pytest_collection_modifyitems", "pytest_report_header"]  # hooks, for pytest
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
-from helpers.inprocess import InProcessGrid, incoming_message
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
@@ -15,6 +14,7 @@ from pep_fedpt.data import ImageSpec
 from pep_fedpt.methods import client_for, initial_arrays
 from pep_fedpt.models import PromptedViT
 from server_app.app import app as server_app
+from server_app.inprocess import InProcessGrid, incoming_message
 from strategies import wire
 from strategies.validation import check_prototype_reply, check_train_reply
 

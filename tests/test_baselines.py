@@ -212,11 +212,11 @@ def test_prior_corrected_client_evaluation_uses_its_own_prior(tiny_run_config: d
 def test_a_baseline_resumes_as_if_never_stopped(
     method: str, restart: str, tiny_run_config: dict, tmp_path, task_identity
 ) -> None:
-    from helpers.inprocess import InProcessGrid
     from helpers.run_helpers import NODES, CrashMidRound
 
     from client_app.app import app as client_app
     from server_app.checkpoint import load_checkpoint
+    from server_app.inprocess import InProcessGrid
 
     flat = {
         **tiny_run_config,

@@ -17,9 +17,9 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from helpers import failing_client
 from helpers.flwr_run import BIN, ROOT, flwr_env, stop_superlink
-from helpers.inprocess import incoming_message, set_task_identity
 
 from client_app.errors import error_reply
+from server_app.inprocess import incoming_message, set_task_identity
 from strategies.errors import MAX_CHARS, one_line, strip_ansi
 
 # What the simulation engine sent for a ClientApp that raised, as Flower 1.42 and Ray

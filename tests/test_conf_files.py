@@ -121,5 +121,5 @@ def test_a_gpu_conf_says_how_its_packing_was_had_and_the_command_that_measures_i
     """No GPU has run this project: a conf's client-resources-num-gpus is an assumption or
     a CPU estimate, says so, and names the one command that measures it on a GPU."""
     text = path.read_text()
-    assert "bench/device_check.py" in text
+    assert "python -m bench.probes.device_check" in text
     assert "not measured" in text or "CPU estimate" in text

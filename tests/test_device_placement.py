@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
-from helpers.inprocess import InProcessGrid
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -32,6 +31,7 @@ from client_app.app import app as client_app
 from pep_fedpt.methods import client_for
 from pep_fedpt.models import cached_backbone
 from server_app.app import app as server_app
+from server_app.inprocess import InProcessGrid
 
 META = torch.device("meta")
 READOUTS = {"item", "__int__", "__float__", "__bool__", "__index__", "tolist"}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers.data import CIFAR10_ARCHIVE
-from helpers.inprocess import InProcessGrid
 
 from client_app.app import app as client_app
 from pep_fedpt.data.partition import held_out_partitions
 from server_app.app import app as server_app
+from server_app.inprocess import InProcessGrid
 from strategies import wire
 from strategies.aggregation import evaluation_summary
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from helpers.inprocess import incoming_message
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
@@ -23,6 +22,7 @@ from pep_fedpt.feature_cache import (
     resolve_cache_dir,
 )
 from pep_fedpt.methods import PEPFedPTClient, client_for
+from server_app.inprocess import incoming_message
 from strategies import wire
 
 

@@ -1,4 +1,4 @@
-"""FedMVP through the real ServerApp and ClientApps in one process (tests/helpers/inprocess.py):
+"""FedMVP through the real ServerApp and ClientApps in one process (server_app/inprocess.py):
 one round on the base->new protocol, a malformed reply, and a resumed run that ends as an
 uninterrupted one. The tiny seeded CLIP on digits: the numbers mean nothing, the paths do.
 """
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from flwr.app import Message, MessageType
 from helpers.data import fake_domain_tree
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import CrashMidRound, load_json, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
 from pep_fedpt.data.base_new import harmonic_mean
 from server_app.checkpoint import load_checkpoint
+from server_app.inprocess import InProcessGrid
 from strategies import wire
 
 pytestmark = pytest.mark.integration  # whole in-process runs

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid
 
+from server_app.inprocess import InProcessGrid
 from strategies import FedMVP, wire
 
 NUM_CLASSES = 6

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, Message, MessageType
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import NODES, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
+from server_app.inprocess import InProcessGrid
 from strategies import wire
 
 LATE = 13  # joins after the prototype round

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from helpers.inprocess import InProcessGrid, incoming_message
 from helpers.run_helpers import NODES, load_json, load_state, on, recorder, run_server
 
 from client_app.app import app as client_app
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods import client_for, initial_arrays
 from server_app.app import RunUnchangedError
+from server_app.inprocess import InProcessGrid, incoming_message
 from strategies import PFedPG, wire
 from strategies import prompt_generator as gen
 from strategies.pfedpg import descriptor_key

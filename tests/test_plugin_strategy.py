@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 from helpers.deployment import MakeDeployment, make_deployment
-from helpers.inprocess import InProcessGrid, set_task_identity
 from helpers.plugin_app import write_plugin_app
+
+from server_app.inprocess import InProcessGrid, set_task_identity
 
 __all__ = ["make_deployment"]  # the fixture, imported for pytest
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
-from helpers.inprocess import InProcessGrid
 
 from client_app.app import app as client_app
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.engine import autocast, grad_scaler
 from pep_fedpt.methods import client_for
 from server_app.app import app as server_app
+from server_app.inprocess import InProcessGrid
 
 # The update of a round in bf16 against fp32: bf16 keeps 8 bits of mantissa (relative
 # rounding 2^-8 = 0.4%) in every matmul of the forward and backward passes; over a tiny
@@ -93,7 +93,8 @@ def train_updates(grid: RecordingGrid) -> dict[int, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RecordingGrid]:
     from conftest import TINY_MODEL
-    from helpers.inprocess import set_task_identity
+
+    from server_app.inprocess import set_task_identity
 
     set_task_identity()
     tmp = tmp_path_factory.mktemp("precision")

@@ -21,8 +21,8 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid, set_task_identity
 
+from server_app.inprocess import InProcessGrid, set_task_identity
 from strategies import PEPFedPT, PromptFedAvg, wire
 
 NUM_CLASSES, DIM = 5, 6

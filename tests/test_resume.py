@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from client_app.app import app as client_app
@@ -24,6 +23,7 @@ from server_app.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
+from server_app.inprocess import InProcessGrid
 from strategies import PEPFedPT
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid
 
 from client_app import secagg as client_secagg
+from server_app.inprocess import InProcessGrid
 from strategies.secagg import (
     ACTION,
     MASKED,

@@ -16,11 +16,11 @@ import pytest
 from conftest import TINY_MODEL
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import NODES
 
 from client_app import secagg as client_secagg
 from client_app.app import app as project_app
+from server_app.inprocess import InProcessGrid
 from strategies import PEPFedPT, PromptFedAvg, wire
 from strategies.aggregation import PrototypeTally
 from strategies.secagg import ACTION, MASKED, SUM_SCALE, VECTOR_RECORD, SecAggParams

@@ -15,9 +15,9 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid
 
 from client_app import secagg as client_secagg
+from server_app.inprocess import InProcessGrid
 from strategies import SGPT, PEPFedPT, PromptFedAvg, wire
 from strategies.secagg import ACTION, TASK_TRAIN, VECTOR_RECORD, SecAggParams, secure_update
 

@@ -19,9 +19,9 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid, set_task_identity
 
 import strategies.base as base
+from server_app.inprocess import InProcessGrid, set_task_identity
 from strategies import SGPT, LocalOnly, PEPFedPT, PFedPG, PromptFedAvg, wire
 from strategies.aggregation import RunningMean
 

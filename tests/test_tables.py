@@ -1,18 +1,21 @@
-"""bench/tables.py: the benchmark tables of the pages, rewritten between their markers from
-collected results (fake comparison folders, no Flower), checked by --check."""
+"""bench/tables.py and bench/paste.py, run as commands: the benchmark tables printed from
+collected results (fake comparison folders, no Flower) and pasted between the markers that
+name their command, checked by --check."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers.fake_results import fake_benchmark
 
-from bench import collect, tables
+from bench import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 README = """# project
@@ -21,25 +24,50 @@ Text before, kept.
 
 ## Benchmark
 
-<!-- bench:main -->
+<!-- paste: python -m bench.tables main --page README.md -->
 an old table, replaced
-<!-- /bench:main -->
+<!-- /paste -->
 
 Text after, kept.
 """
-DOCS = """# benchmarks
 
-<!-- bench:main -->
-<!-- /bench:main -->
 
+def block(name: str, extra: str = "") -> str:
+    return (
+        f"<!-- paste: python -m bench.tables {name}{extra} --page docs/benchmark.md -->\n"
+        "<!-- /paste -->\n"
+    )
+
+
+DOCS = f"""# benchmarks
+
+{block("full")}
 Between, kept.
 
-<!-- bench:selection -->
-<!-- /bench:selection -->
+{block("selection")}
+{block("ablations")}"""
 
-<!-- bench:ablations -->
-<!-- /bench:ablations -->
-"""
+
+def command(
+    root: Path, module: str, *argv: str | Path, code: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGV`` in ``root`` with this checkout's bench/ importable; its exit
+    code must be ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", module, *map(str, argv)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == code, done.stdout + done.stderr
+    return done
+
+
+def paste(root: Path, *argv: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    return command(root, "bench.paste", *argv, code=code)
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +88,12 @@ def repo(collected: Path, tmp_path: Path) -> Path:
     (root / "docs").mkdir()
     (root / "README.md").write_text(README)
     (root / "docs" / "benchmark.md").write_text(DOCS)
-    # the figure blocks' pages and files (bench/figures.py): this repository's own
-    for path in (ROOT / tables.FIGURES).glob("*.json*"):
-        shutil.copy(path, root / tables.FIGURES / path.name)
-    for page, renderers in tables.PAGES.items():
-        if not (root / page).exists():
-            (root / page).write_text(
-                "".join(f"<!-- bench:{n} -->\n<!-- /bench:{n} -->\n" for n in renderers)
-            )
     return root
 
 
 def _outside(text: str) -> list[str]:
     """The page without the content of its blocks."""
-    return re.split(r"<!-- bench:\w+ -->.*?<!-- /bench:\w+ -->", text, flags=re.S)
+    return re.split(r"<!-- paste: .*? -->.*?<!-- /paste -->", text, flags=re.S)
 
 
 def _links(page: Path) -> list[str]:
@@ -81,7 +101,7 @@ def _links(page: Path) -> list[str]:
 
 
 def test_the_tables_are_written_between_the_markers_and_nowhere_else(repo: Path) -> None:
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     readme = (repo / "README.md").read_text()
     docs = (repo / "docs" / "benchmark.md").read_text()
     assert _outside(readme) == _outside(README) and _outside(docs) == _outside(DOCS)
@@ -112,89 +132,67 @@ def test_the_tables_are_written_between_the_markers_and_nowhere_else(repo: Path)
         assert links and all((page.parent / link).exists() for link in links), links
 
 
-def test_rewriting_again_changes_nothing_and_check_agrees(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert tables.main(["--root", str(repo)]) == 0
+def test_rewriting_again_changes_nothing_and_check_agrees(repo: Path) -> None:
+    paste(repo)
     first = (repo / "README.md").read_text(), (repo / "docs" / "benchmark.md").read_text()
-    capsys.readouterr()
-    assert tables.main(["--root", str(repo)]) == 0
-    assert "every block already matched" in capsys.readouterr().out
+    assert "every block matches its command" in paste(repo).stdout
     assert ((repo / "README.md").read_text(), (repo / "docs" / "benchmark.md").read_text()) == (
         first
     )
-    assert tables.main(["--root", str(repo), "--check"]) == 0
+    paste(repo, "--check")
+    command(repo, "bench.tables", "--check")  # bench/benchmark.sh's spelling: the same
 
 
-def test_check_names_each_stale_block_and_writes_nothing(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert tables.main(["--root", str(repo), "--check"]) == 1  # never written: all stale
-    err = capsys.readouterr().err
-    assert "stale: README.md: block 'main'" in err
-    assert "stale: docs/benchmark.md: block 'ablations'" in err
+def test_check_names_each_stale_block_and_writes_nothing(repo: Path) -> None:
+    out = paste(repo, "--check", code=1).stdout  # never written: all stale
+    assert "stale: " in out and "README.md:7: python -m bench.tables main" in out
+    assert "benchmark.md:11: python -m bench.tables ablations" in out
     assert (repo / "README.md").read_text() == README
-    tables.main(["--root", str(repo)])
+    paste(repo)
     edited = (repo / "README.md").read_text().replace("0.5500 ± 0.0707", "0.9900 ± 0.0707", 1)
     (repo / "README.md").write_text(edited)
-    capsys.readouterr()
-    assert tables.main(["--root", str(repo), "--check"]) == 1
-    err = capsys.readouterr().err
-    assert "stale: README.md: block 'main'" in err and "docs/benchmark.md" not in err
+    out = paste(repo, "--check", code=1).stdout
+    assert "README.md:7:" in out and "docs/benchmark.md" not in out
     assert (repo / "README.md").read_text() == edited
 
 
 @pytest.mark.parametrize(
     ("page", "error"),
     [
-        ("a\n<!-- bench:main -->\n", r"README\.md:2: block 'main' is never closed"),
-        ("<!-- /bench:main -->\n", r"README\.md:1: '<!-- /bench:main -->' closes a block"),
-        ("\n\n<!-- bench:mian -->\n", r"README\.md:3: block 'mian' is unknown; .*accepts: main"),
-        ("<!-- bench:ablations -->\n", r"README\.md:1: block 'ablations' is known elsewhere"),
-        ("<!-- bench: main -->\n", r"README\.md:1: '<!-- bench: main -->' is not a marker"),
-        ("<!--bench:main-->\n", r"README\.md:1: .* is not a marker"),
+        ("a\n<!-- paste: python -m bench.tables main -->\n", "README.md:2: block never closed"),
+        ("<!-- /paste -->\n", "README.md:1: '<!-- /paste -->' closes no block"),
+        ("<!-- paste: rm -rf / -->\n", "README.md:1: 'rm -rf /' is not accepted"),
+        ("<!-- paste: python -m os -->\n", "'python -m os' is not accepted"),
+        ("<!-- paste:python -m bench.tables main-->\n", "README.md:1: .* is not a marker"),
+        ("<!-- bench:main -->\n", "README.md:1: '<!-- bench:main -->' is not a marker"),
         (
-            "<!-- bench:main -->\n<!-- bench:main -->\n",
-            r"README\.md:2: block 'main' opens inside block 'main'",
+            "<!-- paste: python -m bench.tables main -->\n" * 2,
+            "README.md:2: a block opens inside the one of line 1",
         ),
         (
-            "<!-- bench:main -->\n<!-- /bench:main -->\n<!-- bench:main -->\n",
-            r"README\.md:3: block 'main' appears twice",
+            "<!-- paste: python -m bench.tables mian -->\n<!-- /paste -->\n",
+            "README.md:1: 'python -m bench.tables mian' exited 2: .*invalid choice: 'mian'",
         ),
     ],
 )
-def test_a_bad_marker_is_an_error_naming_the_file_and_line(page: str, error: str) -> None:
-    with pytest.raises(tables.TablesError, match=error):
-        tables.find_blocks(Path("README.md"), page.splitlines(keepends=True), ["main"])
-
-
-def test_a_bad_marker_fails_the_command_and_writes_nothing(
-    repo: Path, capsys: pytest.CaptureFixture[str]
+def test_a_bad_block_fails_the_command_naming_file_and_line_and_writes_nothing(
+    repo: Path, page: str, error: str
 ) -> None:
-    (repo / "README.md").write_text(README + "<!-- bench:selection -->\n")
-    assert tables.main(["--root", str(repo)]) == 2
-    assert "README.md:12: block 'selection' is known elsewhere" in capsys.readouterr().err
-    assert (repo / "README.md").read_text() == README + "<!-- bench:selection -->\n"
+    (repo / "README.md").write_text(page)
+    err = paste(repo, code=2).stderr
+    assert re.search(error, err, re.S), err
+    assert (repo / "README.md").read_text() == page
     assert (repo / "docs" / "benchmark.md").read_text() == DOCS
 
 
-def test_without_results_the_command_says_so_and_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (tmp_path / "README.md").write_text(README)
-    assert tables.main(["--root", str(tmp_path)]) == 2
-    assert "no results under" in capsys.readouterr().err
+def test_a_block_prints_alone_and_without_results_says_so(repo: Path, tmp_path: Path) -> None:
+    out = command(repo, "bench.tables", "selection", "--page", "docs/benchmark.md").stdout
+    assert out.startswith("**α = 0.1**: every method at every train.lr on seed 0")
     (tmp_path / "empty").mkdir()
-    assert tables.main(["--root", str(tmp_path), "--check", str(tmp_path / "empty")]) == 2
-    assert "bench.collect OUT" in capsys.readouterr().err
-    assert (tmp_path / "README.md").read_text() == README
-
-
-def test_the_pages_of_this_repository_hold_their_blocks() -> None:
-    for page, renderers in tables.PAGES.items():
-        lines = (ROOT / page).read_text().splitlines(keepends=True)
-        found = tables.find_blocks(ROOT / page, lines, list(renderers))
-        assert sorted(block.name for block in found) == sorted(renderers), page
+    out = command(repo, "bench.tables", "main", "--results", tmp_path / "empty").stdout
+    assert f"No results collected in `{tmp_path / 'empty'}` yet" in out
+    err = command(repo, "bench.tables", "--check", tmp_path / "empty", code=2).stderr
+    assert "is not accepted: the pages name their results folders" in err
 
 
 def test_no_committed_result_file_is_hidden_by_gitignore() -> None:
@@ -222,9 +220,9 @@ def test_no_committed_result_file_is_hidden_by_gitignore() -> None:
 
 
 def test_the_pages_of_this_repository_match_its_committed_results() -> None:
-    """Every table and figure of README.md and docs/ is what ``python -m bench.tables``
-    writes from bench/results: none was typed or left stale."""
-    assert tables.regenerate_pages(ROOT, ROOT / tables.DEFAULT_RESULTS, check=True) == []
+    """Every pasted block of README.md and docs/ is what its command prints from
+    bench/results: none was typed or left stale."""
+    paste(ROOT, "--check")
 
 
 def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
@@ -234,7 +232,7 @@ def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
     (results / "alpha-0.5" / "runs" / "local-s1.json").unlink()  # a run that never ended
     for seed in (0, 1):
         (results / "alpha-0.1" / "runs" / f"local-s{seed}.json").unlink()
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     readme = (repo / "README.md").read_text()
     assert "| [local](bench/results/cifar10/alpha-0.5/runs/local-s0/) (1/2 runs) | 0.5000 |" in (
         readme
@@ -249,7 +247,7 @@ def test_the_reference_value_of_an_ablation_is_the_reference_runs_own(repo: Path
     run = repo / "bench" / "results" / "cifar10" / "alpha-0.1" / "runs" / "pep-fedpt-s0"
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "prompt.tau": 0.2}))
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     docs = (repo / "docs" / "benchmark.md").read_text()
     assert "/ablation-tau/results.md) (reference: 0.2) | 0.3 |" in docs
 
@@ -267,7 +265,7 @@ def test_an_ablation_on_more_seeds_gets_a_reference_row_over_the_same_seeds(
     base = {"data.val-fraction": 0.1, "train.lr": 0.05}
     sweep = parse_grid("prompt.tau=0.3", "--sweep")
     compare.compare(["pep-fedpt"], [0, 1], results / "ablation-tau", base, "", sweep=sweep)
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     rows = [
         line
         for line in (repo / "docs" / "benchmark.md").read_text().splitlines()
@@ -284,7 +282,7 @@ def test_an_ablation_on_more_seeds_gets_a_reference_row_over_the_same_seeds(
     assert f"| {sum(means) / 2:.4f}" in rows[1]
 
 
-DOCS_05 = DOCS + "\n<!-- bench:ablations-alpha-0.5 -->\n<!-- /bench:ablations-alpha-0.5 -->\n"
+DOCS_05 = DOCS + "\n" + block("ablations-alpha-0.5")
 ONEHOT_05 = "ablation-alpha-0.5-train-weights"
 
 
@@ -312,16 +310,16 @@ def _one_hot_at_alpha_05(repo: Path, monkeypatch: pytest.MonkeyPatch, seeds: lis
     (repo / "docs" / "benchmark.md").write_text(DOCS_05)
 
 
-def _block(repo: Path, name: str) -> str:
+def _block(repo: Path, name: str, extra: str = "") -> str:
     docs = (repo / "docs" / "benchmark.md").read_text()
-    return docs.split(f"<!-- bench:{name} -->")[1].split(f"<!-- /bench:{name} -->")[0]
+    return docs.split(block(name, extra).split("\n")[0])[1].split("<!-- /paste -->")[0]
 
 
 def test_the_alpha_05_ablations_are_read_against_pep_fedpts_own_alpha_05_run(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _one_hot_at_alpha_05(repo, monkeypatch, [0])
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     block = _block(repo, "ablations-alpha-0.5")
     run = "../bench/results/cifar10/alpha-0.5/runs/pep-fedpt-s0/"
     assert (
@@ -339,10 +337,10 @@ def test_the_alpha_01_ablations_block_ignores_the_alpha_05_folders(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (repo / "docs" / "benchmark.md").write_text(DOCS_05)
-    tables.main(["--root", str(repo)])
+    paste(repo)
     before = _block(repo, "ablations")
     _one_hot_at_alpha_05(repo, monkeypatch, [0, 1])
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     assert _block(repo, "ablations") == before
     assert ONEHOT_05 not in before and "alpha-0.5" not in before
 
@@ -351,7 +349,7 @@ def test_an_alpha_05_ablation_on_more_seeds_gets_the_alpha_05_reference_over_the
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _one_hot_at_alpha_05(repo, monkeypatch, [0, 1])
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     rows = [
         line
         for line in _block(repo, "ablations-alpha-0.5").splitlines()
@@ -368,25 +366,14 @@ def test_an_alpha_05_ablation_on_more_seeds_gets_the_alpha_05_reference_over_the
 
 def test_without_an_alpha_05_ablation_its_block_says_none_ran_yet(repo: Path) -> None:
     (repo / "docs" / "benchmark.md").write_text(DOCS_05)
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     block = _block(repo, "ablations-alpha-0.5")
     assert "No ablation at α = 0.5 in the results yet" in block
     assert (
         "| reference: [pep-fedpt](../bench/results/cifar10/alpha-0.5/runs/pep-fedpt-s0/)" in block
     )
     assert "No ablation in the results." not in _block(repo, "ablations")  # ablation-tau ran
-    assert tables.main(["--root", str(repo), "--check"]) == 0
-
-
-def test_an_ablation_folder_names_its_alpha_or_ran_at_the_first_one() -> None:
-    def named(name: str) -> tables.Comparison:
-        return tables.Comparison(name, Path(name), [], ["pep-fedpt"], None, [("k", [1])])
-
-    assert tables.ablation_alpha(named("ablation-tau")) == "0.1"
-    assert tables.ablation_alpha(named("ablation-alpha-0.5-train-weights")) == "0.5"
-    assert tables.ablation_alpha(named("ablation-alpha-1-tau")) == "1"
-    found = tables.ablations([named("ablation-tau"), named("ablation-alpha-0.5-x")], "0.5")
-    assert [c.name for c in found] == ["ablation-alpha-0.5-x"]
+    paste(repo, "--check")
 
 
 def _add_diagnostic(run: Path, prior: float, uniform: float, held_out: float) -> None:
@@ -407,7 +394,7 @@ def test_the_ccmp_diagnostic_stands_beside_every_pep_fedpt_row(repo: Path) -> No
     _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s0", 0.30, 0.10, 0.20)
     _add_diagnostic(results / "alpha-0.1" / "runs" / "pep-fedpt-s1", 0.40, 0.20, 0.30)
     _add_diagnostic(results / "ablation-tau" / "runs" / "pep-fedpt-v0-s0", 0.25, 0.05, 0.15)
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     readme = (repo / "README.md").read_text()
     alpha01 = readme[readme.index("**α = 0.1**") : readme.index("**α = 0.5**")]
     assert (
@@ -422,14 +409,13 @@ def test_the_ccmp_diagnostic_stands_beside_every_pep_fedpt_row(repo: Path) -> No
     # alpha = 0.5 recorded none: its table is as before
     alpha05 = readme[readme.index("**α = 0.5**") :]
     assert "CCMP" not in alpha05.split("\n\n")[1]
-    docs = (repo / "docs" / "benchmark.md").read_text()
-    ablations = docs[docs.index("<!-- bench:ablations -->") :]
+    ablations = _block(repo, "ablations")
     assert "| CCMP argmax, own prior | CCMP argmax, uniform |" in ablations
     reference = next(line for line in ablations.splitlines() if "reference:" in line)
     assert "| 0.3000 | 0.1000 | 0.2000 |" in reference
     row = next(line for line in ablations.splitlines() if "| 0.3 |" in line)
     assert "| 0.2500 | 0.0500 | 0.1500 |" in row
-    assert tables.main(["--root", str(repo), "--check"]) == 0
+    paste(repo, "--check")
 
 
 @pytest.fixture(scope="module")
@@ -453,20 +439,22 @@ def collected_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "results"
 
 
+CIFAR100 = " --results bench/results/cifar100"
+
+
 def _with_cifar100_blocks(repo: Path) -> None:
     page = repo / "docs" / "benchmark.md"
-    names = ("cifar100-main", "cifar100-selection", "cifar100-ablations")
-    page.write_text(
-        page.read_text() + "".join(f"\n<!-- bench:{n} -->\n<!-- /bench:{n} -->\n" for n in names)
-    )
+    names = ("full", "selection", "ablations")
+    page.write_text(page.read_text() + "".join("\n" + block(n, CIFAR100) for n in names))
 
 
 def test_without_cifar100_results_its_blocks_say_so(repo: Path) -> None:
     _with_cifar100_blocks(repo)
-    assert tables.main(["--root", str(repo)]) == 0
-    docs = (repo / "docs" / "benchmark.md").read_text()
-    block = docs[docs.index("<!-- bench:cifar100-main -->") :]
-    assert block.split("<!-- /bench")[0].strip().endswith(tables.NO_CIFAR100.strip())
+    paste(repo)
+    assert _block(repo, "full", CIFAR100).strip() == (
+        "No results collected in `bench/results/cifar100` yet (no comparison.json): "
+        "`python -m bench.collect OUT bench/results/cifar100` fills it."
+    )
 
 
 def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
@@ -475,11 +463,9 @@ def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
     _with_cifar100_blocks(repo)
     shutil.copytree(collected_cifar100, repo / "bench" / "results" / "cifar100")
     cifar10_readme = (repo / "README.md").read_text()
-    assert tables.main(["--root", str(repo)]) == 0
+    paste(repo)
     assert (repo / "README.md").read_text() != cifar10_readme  # README's main: CIFAR-10's
-    docs = (repo / "docs" / "benchmark.md").read_text()
-    start = docs.index("<!-- bench:cifar100-main -->")
-    main = docs[start : docs.index("<!-- /bench:cifar100-main -->")]
+    main = _block(repo, "full", CIFAR100)
     alpha01 = main[main.index("**α = 0.1**") : main.index("**α = 0.5**")]
     row = next(line for line in alpha01.splitlines() if "one-hot training weights" in line)
     # seeds 0 and 1 at its chosen point (0.01, the better validation score): test
@@ -494,10 +480,34 @@ def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
         "**α = 0.5**" in main
         and "one-hot" not in main[main.index("**α = 0.5**") :].split("Every column")[0]
     )
-    selection = docs[docs.index("<!-- bench:cifar100-selection -->") :]
+    selection = _block(repo, "selection", CIFAR100)
     assert "| pep-fedpt (one-hot training weights) | **0.7000** | 0.6500 | train.lr=0.01 |" in (
         selection
     )
-    ablations = docs[docs.index("<!-- bench:cifar100-ablations -->") :]
-    assert "/cifar100/ablation-tau/results.md)" in ablations.split("<!-- /bench")[0]
-    assert tables.main(["--root", str(repo), "--check"]) == 0
+    ablations = _block(repo, "ablations", CIFAR100)
+    assert "/cifar100/ablation-tau/results.md)" in ablations
+    paste(repo, "--check")
+
+
+def test_each_setting_says_which_backbone_its_runs_recorded(repo: Path) -> None:
+    """Issue 18: a table names its backbone from the runs' own config.json: the recipe,
+    and the steps actually done where the runs recorded them."""
+    results = repo / "bench" / "results" / "cifar10"
+    for config in (results / "alpha-0.1" / "runs").glob("*/config.json"):
+        flat = json.loads(config.read_text())
+        flat |= {"model.pretrain-steps": 2760, "model.pretrain-minutes": 25.0}
+        flat |= {"model.pretrain-steps-done": 2760, "model.pretrain-steps-planned": 2760}
+        config.write_text(json.dumps(flat))
+    paste(repo)
+    readme = (repo / "README.md").read_text()
+    alpha01 = readme[readme.index("**α = 0.1**") : readme.index("**α = 0.5**")]
+    alpha05 = readme[readme.index("**α = 0.5**") :]
+    shape = "Backbone: `local:0-4` vit_tiny_patch16_224 (depth 4, width 96, input 32 px)"
+    assert (
+        f"{shape}, pre-trained here on its classes (2760 steps, capped at 25 minutes; "
+        "2760 of 2760 steps done; seed 0)"
+    ) in alpha01
+    assert (
+        f"{shape}, pre-trained here on its classes (40 epochs; the steps actually done are "
+        "not recorded in these results; seed 0)"
+    ) in alpha05

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, Message, MessageType
 from flwr.app.error import Error
-from helpers.inprocess import InProcessGrid
 from helpers.run_helpers import load_json, load_state, on, run_server
 
 from client_app.app import app as client_app
@@ -24,6 +23,7 @@ from pep_fedpt.config import ROBUST_AGGREGATIONS as config_aggregations
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.methods.registry import method_for
 from server_app.app import RunUnchangedError
+from server_app.inprocess import InProcessGrid
 from strategies import wire
 from strategies.aggregation import ROBUST_AGGREGATIONS, robust_value
 from strategies.sgpt import SGPT

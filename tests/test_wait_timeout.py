@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
-from helpers.inprocess import InProcessGrid, set_task_identity
 from helpers.plugin_app import write_plugin_app
 
 from pep_fedpt.config import ConfigError, RunConfig
+from server_app.inprocess import InProcessGrid, set_task_identity
 from strategies import PEPFedPT
 
 RUN_CONFIG = {"num-server-rounds": 1, "num-classes": 3, "dim": 8, "round-timeout": 60.0}

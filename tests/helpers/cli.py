@@ -1,4 +1,4 @@
-"""Running a bench script's ``main`` on arguments it must refuse."""
+"""Running a command's ``main`` on arguments it must refuse."""
 
 from __future__ import annotations
 

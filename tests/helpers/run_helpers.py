@@ -14,8 +14,8 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from client_app.app import app as client_app
-from helpers.inprocess import InProcessGrid, Scalar
 from server_app.app import app as server_app
+from server_app.inprocess import InProcessGrid, Scalar
 
 # Three nodes with ids unlike their partition ids, so that a mix-up would show. They hold
 # 3 of 8 partitions: small local data sets keep each run to seconds on 2 CPU cores.

@@ -2,14 +2,13 @@
 
 Run from the repository root::
 
-    python bench/ccmp_step.py            # width 192, depth 6, patch 4, 32 px, C = 10
-    python bench/ccmp_step.py --classes 100 --repeats 60
-    python bench/ccmp_step.py --threads 2 --out bench/results/ccmp-step-c10.json
-    python bench/ccmp_step.py --threads 2 --classes 100 --out bench/results/ccmp-step-c100.json
-    python bench/ccmp_step.py --threads 2 --recompute-z \\
+    python -m bench.probes.ccmp_step            # width 192, depth 6, patch 4, 32 px, C = 10
+    python -m bench.probes.ccmp_step --classes 100 --repeats 60
+    python -m bench.probes.ccmp_step --threads 2 --out bench/results/ccmp-step-c10.json
+    python -m bench.probes.ccmp_step --threads 2 --classes 100 \\
+        --out bench/results/ccmp-step-c100.json
+    python -m bench.probes.ccmp_step --threads 2 --recompute-z \\
         --out bench/results/ccmp-step-c10-recompute.json
-    python bench/ccmp_step.py --report bench/results/ccmp-step-c10.json \\
-        bench/results/ccmp-step-c100.json   # one table, one row per file, nothing run
 
 Both models share one frozen backbone, the shared prompt (M_s tokens at the input) and one
 prompt token per block 2..L; they differ only in where that token comes from: VPT-deep
@@ -21,9 +20,7 @@ medians, so machine noise hits both alike.
 ``--out`` writes, atomically, every timed sample of both paths in seconds with their
 medians and ratio, the settings (classes, width, depth, heads, image size, patch, batch,
 torch threads, prompt tokens, whether z(x) is recomputed, repeats) and the command line and
-machine (``bench.result_file.header``). ``--report`` prints the Markdown of such files
-without running anything (``render_report``, a pure function that ``bench/figures.py``
-also calls); torch is imported only when something runs.
+machine (``bench.probes.result_file.header``); the ratio and its target are printed.
 """
 
 from __future__ import annotations
@@ -36,45 +33,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
-    sys.path.insert(0, str(ROOT))
+from bench.probes.result_file import header
 
-from bench.result_file import header, machine_sentence, need  # noqa: E402
-
-WRITER = "bench/ccmp_step.py"
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = "bench/probes/ccmp_step.py"
 WARMUP = 3  # untimed pairs before the timed ones
 TARGET = 1.10  # CCMP's step may cost at most this many VPT-deep steps
 
 
-def _need(mapping: Any, key: str, where: str) -> Any:
-    return need(mapping, key, where, WRITER)
-
-
 # ---------------------------------------------------------------- the document
 # A ``--out`` document holds the command line, the ``setting``, the ``machine`` and the
-# ``timing``: every interleaved sample of both paths (``vpt_deep_s``, ``ccmp_s``). The
-# medians and the ratio are written for a reader of the JSON; the table recomputes them
-# from the samples.
-
-
-def medians(timing: Any) -> tuple[float, float, int]:
-    """The median VPT-deep and CCMP seconds and the number of pairs; sample lists that are
-    missing, empty or unpaired are named."""
-    deep = _need(timing, "vpt_deep_s", "timing")
-    ccmp = _need(timing, "ccmp_s", "timing")
-    if not all(isinstance(samples, list) for samples in (deep, ccmp)):
-        raise ValueError("timing: 'vpt_deep_s' and 'ccmp_s' must be lists of seconds")
-    if not deep or len(deep) != len(ccmp):
-        raise ValueError(
-            "timing: 'vpt_deep_s' and 'ccmp_s' must be equally long, non-empty lists "
-            f"(interleaved pairs), got {len(deep)} and {len(ccmp)} samples"
-        )
-    m_deep = float(statistics.median(float(s) for s in deep))
-    m_ccmp = float(statistics.median(float(s) for s in ccmp))
-    if m_deep <= 0:
-        raise ValueError(f"timing: the VPT-deep median is {m_deep} s")
-    return m_deep, m_ccmp, len(deep)
+# ``timing``: every interleaved sample of both paths (``vpt_deep_s``, ``ccmp_s``), their
+# medians and the ratio.
 
 
 def make_document(
@@ -87,7 +57,7 @@ def make_document(
 ) -> dict[str, Any]:
     """What ``--out`` writes: every sample with what it was measured under."""
     timing: dict[str, Any] = {"vpt_deep_s": list(vpt_deep_s), "ccmp_s": list(ccmp_s)}
-    m_deep, m_ccmp, _ = medians(timing)
+    m_deep, m_ccmp = statistics.median(vpt_deep_s), statistics.median(ccmp_s)
     timing |= {
         "median_vpt_deep_s": m_deep,
         "median_ccmp_s": m_ccmp,
@@ -96,56 +66,8 @@ def make_document(
     return {**header(WRITER, argv, setting, load_start, load_end), "timing": timing}
 
 
-# ---------------------------------------------------------------- the Markdown
-def _label(setting: Mapping[str, Any]) -> str:
-    """The row's first cell: ``C = 10, z(x) cached``."""
-    classes = _need(setting, "classes", "setting")
-    recompute = _need(setting, "recompute_z", "setting")
-    return f"C = {classes}, z(x) {'recomputed every step' if recompute else 'cached'}"
-
-
-def _setting_line(document: Mapping[str, Any]) -> str:
-    """What one row was measured under, with its machine."""
-    setting = _need(document, "setting", "the document")
-
-    def get(key: str) -> Any:
-        return _need(setting, key, "setting")
-
-    _, _, pairs = medians(_need(document, "timing", "the document"))
-    depth = get("depth")
-    return (
-        f"- {_label(setting)}: ViT width {get('width')}, depth {depth}, {get('heads')} heads, "
-        f"{get('img_size')} px / patch {get('patch')} ({get('tokens')} tokens), batch "
-        f"{get('batch')}, {get('shared_length')} shared prompt tokens + one per block "
-        f"2..{depth}, torch threads {get('threads')}, median of {pairs} interleaved "
-        f"step{'' if pairs == 1 else 's'} after {get('warmup')} warm-up; "
-        f"{machine_sentence(document)}."
-    )
-
-
-def render_report(documents: Sequence[Mapping[str, Any]]) -> str:
-    """One table, one row per document in order (setting | VPT-deep | CCMP | ratio), then
-    what each row was measured under."""
-    if not documents:
-        raise ValueError(f"no documents to render (written by {WRITER} --out)")
-    lines = [
-        "| setting | VPT-deep | CCMP | CCMP / VPT-deep |",
-        "|---|---|---|---|",
-    ]
-    for document in documents:
-        setting = _need(document, "setting", "the document")
-        m_deep, m_ccmp, _ = medians(_need(document, "timing", "the document"))
-        lines.append(
-            f"| {_label(setting)} | {m_deep * 1e3:.1f} ms | {m_ccmp * 1e3:.1f} ms "
-            f"| {m_ccmp / m_deep:.3f} |"
-        )
-    lines.append("")
-    lines.extend(_setting_line(document) for document in documents)
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- the run
-# The pieces bench/device_check.py reuses on a GPU: both models around one backbone, and
+# The pieces bench/probes/device_check.py reuses on a GPU: both models around one backbone, and
 # one training step of either.
 
 
@@ -289,23 +211,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the frozen prompt-free forward for z(x) every step instead of caching it",
     )
     parser.add_argument("--out", type=Path, help="write every sample and setting here (JSON)")
-    parser.add_argument(
-        "--report", type=Path, nargs="+", help="print the table of --out files; no run"
-    )
     args = parser.parse_args(argv)
-    if args.report is not None:
-        if args.out is not None:
-            parser.error("--report prints files already written, --out writes a new run: not both")
-        from bench.result_file import read_reports
-
-        documents = read_reports(
-            parser, args.report, WRITER, lambda document: render_report([document])
-        )
-        print(render_report(documents))
-        return
     _refuse_bad_settings(parser, args)
 
-    from bench.result_file import write
+    from bench.probes.result_file import write
 
     load_start = os.getloadavg()
     t_deep, t_ccmp, threads = measure(args)
@@ -335,10 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.out is not None:
         write(args.out, document)
-    print(render_report([document]))
     ratio = document["timing"]["ccmp_over_vpt_deep"]
     verdict = "met" if ratio <= TARGET else "MISSED"
-    print(f"\nCCMP / VPT-deep {ratio:.3f}: target <= {TARGET:.2f} {verdict}")
+    print(f"CCMP / VPT-deep {ratio:.3f}: target <= {TARGET:.2f} {verdict}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ compares it with one round's compute (1 local epoch on one partition).
 
 Run from the repository root::
 
-    python bench/cold_start.py                      # 2 partitions, 3 cold processes
-    python bench/cold_start.py --num-partitions 10 --repeats 5
-    python bench/cold_start.py --image-folder 400  # 400 JPEGs (10 classes, 96 px)
-    python bench/cold_start.py --image-folder 400 \
+    python -m bench.probes.cold_start                      # 2 partitions, 3 cold processes
+    python -m bench.probes.cold_start --num-partitions 10 --repeats 5
+    python -m bench.probes.cold_start --image-folder 400  # 400 JPEGs (10 classes, 96 px)
+    python -m bench.probes.cold_start --image-folder 400 \
         -c "model.img-size=224 model.patch-size=16 data.pixel-cache=false"  # 224 px, no cache
-    python bench/cold_start.py --image-folder 400 --out bench/results/cold-start.json
-    python bench/cold_start.py --report bench/results/cold-start.json   # the table again
+    python -m bench.probes.cold_start --image-folder 400 --out bench/results/cold-start.json
 
 ``--image-folder N`` writes N synthetic JPEG files in a temporary ImageFolder tree
 (``data.dataset = "imagefolder"``), so that data loading decodes and resizes files as a
@@ -26,11 +25,10 @@ next ones are the steady state of every later round (z(x) loaded from disk). The
 ``model.pretrained = "local:0-4"`` weights are a state-dict file loaded into timm's ViT;
 the bench loads a same-shaped state dict from a file, so that it never pre-trains.
 
-``--out`` writes the table's figures as JSON, atomically: every fresh process's stage
-seconds (the first, with empty caches, apart), the settings (model, data set, image-folder
-size, partition, repeats, device) and the command line, the machine's CPUs and its load
-averages at the start and the end. ``--report`` prints the table of such a file without
-running anything (``render_table``, a pure function that ``bench/figures.py`` also calls).
+``--out`` writes the figures as JSON, atomically: every fresh process's stage seconds
+(the first, with empty caches, apart), their medians, the settings (model, data set,
+image-folder size, partition, repeats, device) and the command line, the machine's CPUs
+and its load averages at the start and the end. The medians are printed.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ from collections.abc import Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_config(image_dir: str = "", overrides: str = ""):  # -> RunConfig (imported late)
@@ -90,7 +88,6 @@ def child(
     overrides: str = "",
 ) -> None:
     """One cold ClientApp-like process: time every stage, print them as JSON."""
-    sys.path.insert(0, str(ROOT))  # this checkout, not an installed copy
     stages: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -159,7 +156,8 @@ def run_child(
     out = subprocess.run(
         [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.probes.cold_start",
             "--child",
             f"--partition-id={args.partition_id}",
             f"--num-partitions={args.num_partitions}",
@@ -181,18 +179,12 @@ def run_child(
 # ---------------------------------------------------------------- the document
 # A ``--out`` document holds the command line, the ``setting``, the ``machine``, the
 # stages of the ``first`` process (empty caches) and of each later one (``runs``), in
-# seconds, each in the order the process ran them. ``median_s`` (per stage, over the runs)
-# is written for a reader of the JSON; the table recomputes it from the runs.
-WRITER = "bench/cold_start.py"
-TRAIN_COLD = "train 1 round (cold)"
-FIRST_ONLY = (
-    ("z(x) computed", "first message only: z(x) computed, empty cache"),
-    ("data load", "first message only: data load, empty caches"),
-)
+# seconds, each in the order the process ran them, and ``median_s`` per stage over the runs.
+WRITER = "bench/probes/cold_start.py"
 
 
 def _need(mapping: Any, key: str, where: str) -> Any:
-    from bench.result_file import need
+    from bench.probes.result_file import need
 
     return need(mapping, key, where, WRITER)
 
@@ -220,7 +212,7 @@ def make_document(
     load_end: Sequence[float],
 ) -> dict[str, Any]:
     """What ``--out`` writes: every process's stages with what they were measured under."""
-    from bench.result_file import header
+    from bench.probes.result_file import header
 
     document: dict[str, Any] = {
         **header(WRITER, argv, setting, load_start, load_end),
@@ -229,84 +221,6 @@ def make_document(
     }
     document["median_s"] = stage_medians(document)
     return document
-
-
-def _setting_line(document: Mapping[str, Any], runs: int) -> str:
-    from bench.result_file import machine_sentence
-
-    setting = _need(document, "setting", "the document")
-
-    def get(key: str) -> Any:
-        return _need(setting, key, "setting")
-
-    dataset = str(get("dataset"))
-    images = int(get("image_folder"))
-    if images:
-        dataset += f" ({images} synthetic 96 px JPEGs)"
-    if setting.get("overrides"):
-        dataset += f", `-c {setting['overrides']}`"
-    if setting.get("pixel_cache") is False:
-        dataset += ", without the pixel cache"
-    return (
-        f"Cold start per message: {get('model')} at {get('img_size')} px, width "
-        f"{get('embed_dim')}, depth {get('depth')}, {dataset}, partition "
-        f"{get('partition_id')} of {get('num_partitions')} ({get('train_examples')} train "
-        f"examples); median of {runs} fresh process{'es' if runs > 1 else ''} after a first "
-        f"one with empty caches, device {get('device')}; {machine_sentence(document)}."
-    )
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """The Markdown of a ``--out`` document: the setting, each stage's median, what only the
-    first message pays, the cold start against one round's compute, and their ratios."""
-    median = stage_medians(document)
-    first = _need(_need(document, "first", "the document"), "stages", "first")
-    if TRAIN_COLD not in median:
-        raise ValueError(f"runs[0].stages: no {TRAIN_COLD!r} (written by {WRITER} --out)")
-    lines = [_setting_line(document, len(document["runs"])), "", "| stage | seconds |"]
-    lines.append("|---|---|")
-    lines += [f"| {name} | {seconds:.3f} |" for name, seconds in median.items()]
-    for stage, label in FIRST_ONLY:
-        lines.append(f"| ({label}) | {float(_need(first, stage, 'first.stages')):.3f} |")
-    cold = sum(v for n, v in median.items() if not n.startswith("train"))
-    compute = median[TRAIN_COLD]
-    if compute <= 0:
-        raise ValueError(f"runs: {TRAIN_COLD!r} has a median of {compute} s")
-    lines += [
-        f"| cold start (process start .. z(x) cache load) | {cold:.3f} |",
-        f"| one round's compute (train, cold process) | {compute:.3f} |",
-        "",
-        f"Cold start / one round's compute = **{cold / compute:.2f}**; the cold start is "
-        f"**{cold / (cold + compute):.2f}** of each message's time.",
-    ]
-    return "\n".join(lines)
-
-
-def render_pair(on: Mapping[str, Any], off: Mapping[str, Any]) -> str:
-    """Two ``--out`` documents of one setting, the pixel cache on and off: each stage's
-    median side by side with the ratio off / on (the cache's saving per message)."""
-    sides = []
-    for name, document, want in (("on", on, True), ("off", off, False)):
-        setting = _need(document, "setting", f"the pixel cache {name} document")
-        if setting.get("pixel_cache") is not want:
-            raise ValueError(
-                f"the pixel cache {name} document has pixel_cache = "
-                f"{setting.get('pixel_cache')!r}; "
-                f"run it with -c data.pixel-cache={str(want).lower()}"
-            )
-        sides.append(stage_medians(document))
-    first, second = sides
-    lines = [
-        _setting_line(on, len(on["runs"])),
-        "",
-        "| stage (s) | pixel cache on | off | off / on |",
-        "|---|---|---|---|",
-    ]
-    for stage in (n for n in first if n in second):
-        a, b = first[stage], second[stage]
-        ratio = f"{b / a:.2f}" if a > 0 else "-"
-        lines.append(f"| {stage} | {a:.3f} | {b:.3f} | {ratio} |")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- command
@@ -330,7 +244,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         'data.pixel-cache=false"',
     )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
-    parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     args = parser.parse_args(argv)
     if args.child:
         child(
@@ -341,13 +254,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.image_dir,
             args.config,
         )
-        return
-    sys.path.insert(0, str(ROOT))
-    if args.report is not None:
-        try:
-            print(render_table(json.loads(args.report.read_text())))
-        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
-            parser.error(f"--report {args.report}: not a {WRITER} --out file ({exc})")
         return
     if args.repeats < 1:
         parser.error(f"--repeats = {args.repeats}: at least 1 cold process after the first")
@@ -365,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    from bench.result_file import write
+    from bench.probes.result_file import write
     from pep_fedpt.engine import pick_device
     from pep_fedpt.models import create_backbone
 
@@ -407,8 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.out is not None:
         write(args.out, document)
-    print()
-    print(render_table(document))
+    print(json.dumps(document["median_s"], indent=1))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
 """What the speed benchmarks' ``--out`` documents share: the machine they ran on, its load
 as a sentence, an atomic write, and a key lookup whose error names the missing figure.
 
-``bench/sim_overhead.py``, ``bench/cold_start.py``, ``bench/fedmvp_step.py``,
-``bench/ccmp_step.py`` and ``bench/prototype_round.py`` write such documents (``header``
-first); their ``render_table`` (and ``bench/figures.py``) read them back, so a document
-that lacks a figure must say which one and where, not raise a bare KeyError.
+The probes of ``bench/probes/`` write such documents (``header`` first) into
+``bench/results/``; their ``--report`` reads one back, so a document that lacks a figure
+must say which one and where, not raise a bare KeyError.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +45,9 @@ def header(
 ) -> dict[str, Any]:
     """The start of every document: the command line that wrote it (``writer`` is the
     script's path), what it measured (``setting``) and the machine it ran on."""
+    module = writer.removesuffix(".py").replace("/", ".")
     return {
-        "command": shlex.join(["python", writer, *argv]),
+        "command": shlex.join(["python", "-m", module, *argv]),
         "setting": dict(setting),
         "machine": machine(load_start, load_end),
     }
@@ -78,21 +77,3 @@ def write(path: Path, document: Mapping[str, Any]) -> None:
     from pep_fedpt.atomic import atomic_write  # here: the renderers need no project import
 
     atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
-
-
-def read_reports(
-    parser: argparse.ArgumentParser,
-    paths: Sequence[Path],
-    writer: str,
-    check: Callable[[Any], object],
-) -> list[Any]:
-    """``--report``'s documents, each read and ``check``-ed (rendered) on its own, so that
-    a bad one is named by its path through ``parser.error`` before anything is printed."""
-    documents = []
-    for path in paths:
-        try:
-            documents.append(json.loads(path.read_text()))
-            check(documents[-1])
-        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
-            parser.error(f"--report {path}: not a {writer} --out file ({exc})")
-    return documents

@@ -3,13 +3,12 @@ plain loop that calls the same ServerApp and ClientApp code in one process.
 
 Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.executable``)::
 
-    python bench/sim_overhead.py                       # tiny ViT, 4 clients, 3 rounds
-    python bench/sim_overhead.py --clients 4 --rounds 4
-    python bench/sim_overhead.py --repeats 3 --out bench/results/sim-overhead.json
-    python bench/sim_overhead.py --report bench/results/sim-overhead.json  # the table again
-    python bench/sim_overhead.py -c "model.depth=4 model.img-size=32"    # longer rounds
+    python -m bench.probes.sim_overhead                       # tiny ViT, 4 clients, 3 rounds
+    python -m bench.probes.sim_overhead --clients 4 --rounds 4
+    python -m bench.probes.sim_overhead --repeats 3 --out bench/results/sim-overhead.json
+    python -m bench.probes.sim_overhead -c "model.depth=4 model.img-size=32"    # longer rounds
 
-The plain loop is ``tests/helpers/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
+The plain loop is ``server_app/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
 SuperLink, no SuperNode, no Ray actor and no serialisation. A round is timed by the
 ServerApp itself, the same way in both: its "pep-fedpt: round r took s s" line, from one
@@ -26,10 +25,8 @@ what an actor pays once per partition it serves, cached after that by ``client_f
 each loop in a fresh Python process of its own (as cold as the simulation's processes, so
 no repeat starts warmer than the first); the steady-state ratio is reported per repeat
 and as their median (the target is <= 1.10, and one run on a shared machine is noisy).
-``--out`` writes every figure of the table (and the command line, the machine's CPUs
-and its load averages at the start and the end) as JSON, atomically; ``--report`` prints
-the table of such a file without running anything (``render_table``, a pure function,
-which ``bench/figures.py`` also calls).
+``--out`` writes every figure (and the command line, the machine's CPUs and its load
+averages at the start and the end) as JSON, atomically; the summary is printed.
 """
 
 from __future__ import annotations
@@ -48,12 +45,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
+from bench.probes.result_file import header, need, write
 
-from bench.result_file import header, machine_sentence, need, write  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_MARK = "[ROUND "
 # The ServerApp's own measure of each round (server_app/app.py), the same line both ways.
 ROUND_TOOK = re.compile(r"pep-fedpt: round (\d+) took ([0-9.]+) s")
@@ -87,7 +81,7 @@ def simulation(
 ) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
     # Here, not at the top: ``--report`` and ``render_table`` need none of the runner.
-    from bench.local_flwr import BIN, flwr_env, stop_superlink
+    from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
     from pep_fedpt.preflight import toml_value
 
     overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
@@ -125,14 +119,13 @@ def plain_loop(
     clients: int, rounds: int, out: Path, config: Mapping[str, Any] = TINY
 ) -> dict[str, object]:
     """The same ServerApp and ClientApp code in this process (``InProcessGrid``)."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from flwr.app import Context, RecordDict
     from flwr.common.logger import FLOWER_LOGGER
-    from helpers.inprocess import InProcessGrid, set_task_identity
 
     from client_app.app import app as client_app
     from pep_fedpt.config import RunConfig
     from server_app.app import app as server_app
+    from server_app.inprocess import InProcessGrid, set_task_identity
 
     set_task_identity()
     flat = RunConfig().to_flat()
@@ -256,13 +249,11 @@ def plain_loop_in_child(
 # A ``--out`` document (``document``) holds, besides the command line, the setting and the
 # machine, one entry per repeat: ``{"simulation": {"startup", "rounds", "total"},
 # "plain_loop": {"startup", "rounds", "total", "encode_per_round", "client_build"}}``, in
-# seconds. Its ``summary`` (steady states and ratios) is derived from those by ``summary``,
-# which the table recomputes rather than trusting.
-TARGET = 1.10  # the issue's target for the steady-state ratio simulation / plain loop
+# seconds, and its ``summary`` (steady states and ratios) derived from those.
 
 
 def _need(mapping: Any, key: str, where: str) -> Any:
-    return need(mapping, key, where, "bench/sim_overhead.py")
+    return need(mapping, key, where, "bench/probes/sim_overhead.py")
 
 
 def steady_state(rounds: Sequence[float], where: str = "rounds") -> float:
@@ -301,149 +292,11 @@ def make_document(
 ) -> dict[str, Any]:
     """What ``--out`` writes: the measurements with what they were measured under."""
     document: dict[str, Any] = {
-        **header("bench/sim_overhead.py", argv, setting, load_start, load_end),
+        **header("bench/probes/sim_overhead.py", argv, setting, load_start, load_end),
         "repeats": [dict(r) for r in repeats],
     }
     document["summary"] = summary(document)
     return document
-
-
-def _setting_line(document: Mapping[str, Any], runs: int) -> str:
-    setting = _need(document, "setting", "the document")
-    model = _need(setting, "model", "setting")
-    overrides = f" (`-c {setting['overrides']}`)" if setting.get("overrides") else ""
-    return (
-        f"{_need(setting, 'clients', 'setting')} clients, "
-        f"{_need(setting, 'rounds', 'setting')} rounds, tiny ViT (depth "
-        f"{_need(model, 'model.depth', 'setting.model')}, width "
-        f"{_need(model, 'model.embed-dim', 'setting.model')}, "
-        f"{_need(model, 'model.img-size', 'setting.model')} px), "
-        f"{_need(setting, 'method', 'setting')} on {_need(setting, 'dataset', 'setting')}"
-        f"{overrides}; {runs} run{'s' if runs > 1 else ''} of both ways, interleaved, on "
-        f"{machine_sentence(document)}."
-    )
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """The Markdown of a ``--out`` document: the setting, a simulation and a loop column per
-    repeat (start-up, every round, the whole run, the steady state and its ratio, the
-    encoding and client set-up that the loop measures), and the median ratio."""
-    figures = summary(document)
-    repeats = document["repeats"]
-    ways = [("simulation", "simulation"), ("plain_loop", "loop")]
-    header = "| |" + "".join(
-        f" run {i}: {label} |" for i in range(1, len(repeats) + 1) for _, label in ways
-    )
-    lines = [
-        _setting_line(document, len(repeats)),
-        "",
-        header,
-        "|---" * (2 * len(repeats) + 1) + "|",
-    ]
-
-    def row(label: str, cells: Sequence[str]) -> None:
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    def seconds(key: str, fmt: str, only: str | None = None) -> list[str]:
-        cells = []
-        for i, repeat in enumerate(repeats):
-            for way, _ in ways:
-                if only is not None and way != only:
-                    cells.append("")
-                    continue
-                value = _need(repeat[way], key, f"repeats[{i}].{way}")
-                cells.append(format(float(value), fmt))
-        return cells
-
-    rounds = max(len(r[way]["rounds"]) for r in repeats for way, _ in ways)
-    row("start-up to round 1 (s)", seconds("startup", ".2f"))
-    for n in range(rounds):
-        cells = []
-        for repeat in repeats:
-            for way, _ in ways:
-                values = repeat[way]["rounds"]
-                cells.append(f"{values[n]:.2f}" if n < len(values) else "-")
-        row(f"round {n + 1} (s)", cells)
-    row("whole run (s)", seconds("total", ".2f"))
-    steady = [
-        f"{e[key]:.2f}"
-        for e in figures["repeats"]
-        for key in ("simulation_steady_s", "loop_steady_s")
-    ]
-    row(f"steady-state round (s, median of rounds 2..{rounds})", steady)
-    row(
-        "steady-state ratio simulation / loop",
-        [cell for e in figures["repeats"] for cell in (f"**{e['ratio']:.2f}**", "")],
-    )
-    row(
-        "message encoding, Flower serde (s per round)",
-        seconds("encode_per_round", ".3f", "plain_loop"),
-    )
-    row("a client built in a fresh process (s)", seconds("client_build", ".3f", "plain_loop"))
-    each = ", ".join(f"{e['ratio']:.2f}" for e in figures["repeats"])
-    median = figures["ratio_median"]
-    lines += [
-        "",
-        f"Steady-state round ratio simulation / plain loop: **{median:.2f}**"
-        + (f" (median of {len(repeats)} runs: {each})" if len(repeats) > 1 else "")
-        + f"; target ≤ {TARGET:.2f}.",
-    ]
-    return "\n".join(lines)
-
-
-def _load_cell(document: Mapping[str, Any]) -> str:
-    """``0.7 → 1.1``: the 1-minute load average at the start and the end, or "-"."""
-    recorded = document.get("machine")
-    if isinstance(recorded, Mapping):
-        start, end = recorded.get("loadavg_at_start"), recorded.get("loadavg_at_end")
-        if start and end:
-            return f"{start[0]:.1f} → {end[0]:.1f}"
-    return "-"
-
-
-def render_summary(
-    documents: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None
-) -> str:
-    """One row per ``--out`` document (an invocation): the steady-state round both ways
-    (the median over the repeats), their gap, and the median ratio with each repeat's;
-    ``names`` (the files) make a first column. Rounds of different lengths side by side
-    show what the gap is: a roughly fixed cost per round weighs less as the round grows;
-    several invocations of one setting show how much the ratio moves between them."""
-    if not documents:
-        raise ValueError("no bench/sim_overhead.py --out document to summarise")
-    if names is not None and len(names) != len(documents):
-        raise ValueError(f"{len(names)} names for {len(documents)} documents")
-    first = "| file " if names is not None else ""
-    lines = [
-        f"{first}| setting | loop round (s) | simulation round (s) | gap per round (s) "
-        "| simulation / loop | each run | 1-minute load, start → end |",
-        "|---" * (7 + (names is not None)) + "|",
-    ]
-    for k, document in enumerate(documents):
-        setting = _need(document, "setting", "the document")
-        model = _need(setting, "model", "setting")
-        figures = summary(document)
-        loop = statistics.median(e["loop_steady_s"] for e in figures["repeats"])
-        sim = statistics.median(e["simulation_steady_s"] for e in figures["repeats"])
-        label = (
-            f"depth {_need(model, 'model.depth', 'setting.model')}, "
-            f"{_need(model, 'model.img-size', 'setting.model')} px, "
-            f"{_need(setting, 'clients', 'setting')} clients, "
-            f"{_need(setting, 'rounds', 'setting')} rounds"
-        )
-        each = ", ".join(f"{e['ratio']:.2f}" for e in figures["repeats"])
-        lines.append(
-            (f"| {names[k]} " if names is not None else "")
-            + f"| {label} | {loop:.2f} | {sim:.2f} | {sim - loop:.2f} "
-            f"| **{figures['ratio_median']:.2f}** | {each} | {_load_cell(document)} |"
-        )
-    machines = sorted({machine_sentence(d).split(", 1-minute load")[0] for d in documents})
-    lines += [
-        "",
-        "Steady-state rounds (the median of rounds 2..R, then over the runs); the ratio is the"
-        f" median of the runs' ratios (target ≤ {TARGET:.2f}). On {' / '.join(machines)}.",
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- command
@@ -462,15 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         'model.img-size=32" (longer rounds)',
     )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
-    parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     parser.add_argument("--loop-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.report is not None:
-        try:
-            print(render_table(json.loads(args.report.read_text())))
-        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError: a ValueError
-            parser.error(f"--report {args.report}: not a bench/sim_overhead.py --out file ({exc})")
-        return
     if args.clients < 1:
         parser.error(f"--clients = {args.clients}: at least 1")
     if args.rounds < 2:
@@ -511,8 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     document = make_document(argv, setting, repeats, load_start, os.getloadavg())
     if args.out is not None:
         write(args.out, document)
-    print()
-    print(render_table(document))
+    print(json.dumps(document["summary"], indent=1))
 
 
 if __name__ == "__main__":

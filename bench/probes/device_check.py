@@ -2,10 +2,9 @@
 
 Run from the repository root::
 
-    python bench/device_check.py          # on the GPU: ~8 minutes on an H100, writes
+    python -m bench.probes.device_check          # on the GPU: ~8 minutes on an H100, writes
                                           # bench/results/device-check.json
-    python bench/device_check.py --device cpu --tiny --out /tmp/device-check.json
-    python bench/device_check.py --report bench/results/device-check.json   # tables only
+    python -m bench.probes.device_check --device cpu --tiny --out /tmp/device-check.json
 
 Stages, each with its own time budget; a stage (or the rest of one) whose budget is spent is
 skipped with a note, and the JSON is rewritten after every stage, so a run cut short still
@@ -27,7 +26,7 @@ leaves every figure measured so far:
 
 Weights are random (no network on a lent GPU machine): the figures are costs, not
 accuracies. ``--device cpu --tiny`` runs the same code at tiny sizes (the integration tier
-runs it). The step code is ``bench/ccmp_step.py``'s and ``bench/fedmvp_measure.py``'s.
+runs it). The step code is ``bench/probes/ccmp_step.py``'s and ``bench/probes/fedmvp_measure.py``'s.
 """
 
 from __future__ import annotations
@@ -50,13 +49,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
-    sys.path.insert(0, str(ROOT))
+from bench.probes.result_file import header, need
 
-from bench.result_file import header, need  # noqa: E402
-
-WRITER = "bench/device_check.py"
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = "bench/probes/device_check.py"
 TARBALL = "cifar100-images.tar.gz"
 # Where the shared data lies: beside the checkout (../shared), or inside it (a device
 # machine's copy of the working tree carries shared/ when the checkout has one).
@@ -319,7 +315,7 @@ def stage_vit(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: floa
     """PEP-FedPT (CCMP, cached z(x)) and FedAvg-VPT-deep steps at every batch and precision."""
     import torch
 
-    from bench.ccmp_step import prompt_pair, sgd, train_step
+    from bench.probes.ccmp_step import prompt_pair, sgd, train_step
     from pep_fedpt.ccmp import mixing_weights, smoothed_prior
     from pep_fedpt.config import RunConfig
     from pep_fedpt.models import create_backbone, image_spec
@@ -393,7 +389,7 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
     """FedMVP steps: CLIP image tower with the PromptFormer's prompts, a client's bank."""
     import torch
 
-    from bench.fedmvp_measure import DEFAULT_ATTRIBUTES, phrase_table, train_step
+    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 
@@ -539,8 +535,8 @@ def stage_simulation(
     sizes: Sizes, device: Any, data: Mapping[str, Any], work: Path, deadline: float
 ) -> dict:
     """``flwr run .``: 4 ClientApps sharing the device, 2 rounds of PEP-FedPT."""
-    from bench.local_flwr import BIN, flwr_env, stop_superlink
-    from bench.sim_overhead import ROUND_TOOK
+    from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
+    from bench.probes.sim_overhead import ROUND_TOOK
     from pep_fedpt.preflight import toml_value
 
     clients, rounds = 4, 2
@@ -689,116 +685,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         document["stages"][name] = entry
         document["machine"]["loadavg_at_end"] = list(os.getloadavg())
-        from bench.result_file import write
+        from bench.probes.result_file import write
 
         write(args.out, document)
         print(f"device_check: {name} {entry['status']}", file=sys.stderr, flush=True)
     return document
-
-
-# ---------------------------------------------------------------- the report
-def _cell(value: Any, fmt: str, scale: float = 1.0) -> str:
-    return "-" if value is None else format(value * scale, fmt)
-
-
-def _gib(value: Any) -> str:
-    return "-" if value is None else f"{value / GIB:.2f} GiB"
-
-
-def render_report(document: Mapping[str, Any]) -> str:
-    """The document's figures as Markdown tables: device, step stages, simulation."""
-    versions_ = _need(document, "versions", "the document")
-    device = _need(document, "device", "the document")
-    stages = _need(document, "stages", "the document")
-    board = device.get("board")
-    peak = device.get("peak_tflops")
-    lines = [
-        f"Device: {device.get('name')} ({device.get('type')}"
-        + (f", {board}" if board else "")
-        + (f", peak {peak['bf16']} bf16 / {peak['fp32']} fp32 TFLOP/s" if peak else "")
-        + "); "
-        + ", ".join(
-            f"{name} {versions_.get(name) or 'not installed'}"
-            for name in ("torch", "timm", "flwr", "ray", "open_clip")
-        )
-        + f", CUDA {versions_.get('cuda')}.",
-        "",
-    ]
-    for name in STAGES:
-        entry = stages.get(name)
-        if entry is None:
-            lines += [f"**{name}**: not reached.", ""]
-            continue
-        status = _need(entry, "status", f"stages.{name}")
-        head = f"**{name}**: {status}"
-        if "seconds" in entry:
-            head += f" in {entry['seconds']:.0f} s (budget {entry['budget_s']:.0f} s)"
-        lines += [head + (f"; {entry['note']}" if entry.get("note") else "") + ".", ""]
-        if name in ("vit", "fedmvp") and entry.get("rows"):
-            lines += _step_table(entry["rows"])
-            for note in entry.get("notes", []):
-                lines.append(f"- {note}")
-            lines.append("")
-        if name == "vit" and entry.get("ratios"):
-            lines += ["| precision | batch | CCMP / VPT-deep step |", "|---|---|---|"]
-            for r in entry["ratios"]:
-                lines.append(f"| {r['precision']} | {r['batch']} | {r['ccmp_over_vpt_deep']:.3f} |")
-            lines.append("")
-        if name == "simulation" and "finished" in entry:
-            lines += _simulation_lines(entry)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _step_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = [
-        "| method | precision | batch | step | images/s | GFLOP / step | TFLOP/s | MFU "
-        "| PromptFormer FLOPs | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if "error" in r:
-            lines.append(
-                f"| {r['method']} | {r['precision']} | {r['batch']} | {r['error']} "
-                "| - | - | - | - | - | - |"
-            )
-            continue
-        share = r.get("promptformer_flops")
-        share_cell = "-" if share is None else f"{share / r['flops']:.1%}"
-        lines.append(
-            f"| {r['method']} | {r['precision']} | {r['batch']} "
-            f"| {r['median_step_s'] * 1e3:.1f} ms | {r['images_per_s']:.0f} "
-            f"| {r['flops'] / 1e9:,.1f} | {r['achieved_tflops']:.2f} "
-            f"| {_cell(r['mfu'], '.1%')} "
-            f"| {share_cell} "
-            f"| {_gib(r['peak_memory_bytes'])} |"
-        )
-    lines.append("")
-    return lines
-
-
-def _simulation_lines(entry: Mapping[str, Any]) -> list[str]:
-    rounds = ", ".join(f"round {r}: {s:.1f} s" for r, s in entry["round_s"].items()) or "none"
-    total = entry.get("peak_gpu_total_bytes")
-    lines = [
-        f"- finished: {'yes' if entry['finished'] else 'no'}"
-        + (" (timed out)" if entry["timed_out"] else "")
-        + f"; rounds recorded {entry['rounds_recorded']}; {rounds}; "
-        f"{entry['clientapp_processes']} ClientApp processes"
-        + (f"; the GPU's peak {total / GIB:.2f} GiB in all" if total else ""),
-        "",
-        "| process | role | peak host memory | peak GPU memory |",
-        "|---|---|---|---|",
-    ]
-    for p in entry["processes"]:
-        if p["role"] in ("other", "ray worker"):
-            continue
-        lines.append(
-            f"| {p['pid']} | {p['role']} | {_gib(p['peak_rss_bytes'])} "
-            f"| {_gib(p['peak_gpu_bytes'])} |"
-        )
-    if entry.get("gpu_note"):
-        lines.append(f"\n{entry['gpu_note']}")
-    return [*lines, ""]
 
 
 def verdict(document: Mapping[str, Any]) -> str | None:
@@ -839,17 +730,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="STAGE=SECONDS",
         help=f"a stage's time budget (stages: {', '.join(STAGES)}); repeatable",
     )
-    parser.add_argument("--report", type=Path, help="print the tables of a result file; no run")
     args = parser.parse_args(argv)
-    if args.report is not None:
-        if args.out is not None:
-            parser.error("--report prints a file already written, --out writes a new run: not both")
-        try:
-            document = json.loads(args.report.read_text())
-            print(render_report(document), end="")
-        except (OSError, ValueError) as exc:
-            parser.error(f"--report {args.report}: {exc}")
-        return
     budgets = {}
     for item in args.budget:
         stage, _, seconds = item.partition("=")
@@ -870,10 +751,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.device.startswith("cuda") and not _cuda_available():
         parser.error(f"--device = {args.device!r}: torch sees no CUDA device here")
     document = run(args, sys.argv[1:] if argv is None else list(argv))
-    print(render_report(document), end="")
+    print(f"device_check: every figure is in {args.out}")
     line = verdict(document)
     if line:
-        print(f"\n{line}")
+        print(line)
 
 
 def _cuda_available() -> bool:

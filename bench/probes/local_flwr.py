@@ -1,8 +1,8 @@
 """One benchmark's own local Flower: a FLWR_HOME, free ports, and its SuperLink stopped.
 
-``bench/scale.py`` and ``bench/sim_overhead.py`` start ``flwr run .`` in a home of their
-own so that neither meets another checkout's SuperLink (on the default ports) nor leaves
-its own behind: ``flwr run`` starts a local SuperLink that outlives it.
+``bench/probes/scale.py`` and ``bench/probes/sim_overhead.py`` start ``flwr run .`` in a
+home of their own so that neither meets another checkout's SuperLink (on the default
+ports) nor leaves its own behind: ``flwr run`` starts a local SuperLink that outlives it.
 """
 
 from __future__ import annotations

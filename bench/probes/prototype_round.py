@@ -3,9 +3,8 @@
 
 Run from the repository root::
 
-    python bench/prototype_round.py --nodes 1000,4000 --classes 100 --dim 768 \\
+    python -m bench.probes.prototype_round --nodes 1000,4000 --classes 100 --dim 768 \\
         --out bench/results/prototype-round.json
-    python bench/prototype_round.py --report bench/results/prototype-round.json
 
 The nodes are a synthetic ``Grid`` whose replies (C x D float32 sums, C counts, a
 partition id) are built only when the strategy pulls them, as Flower's grids deserialise
@@ -18,52 +17,30 @@ the setup (the nodes' reply tables, the initial state) is built before tracing s
 
 ``--out`` writes, atomically, per node count the peak, what the round keeps afterwards
 and the replies' bytes, with the settings, command line and machine
-(``bench.result_file.header``). ``--report`` prints the table of such a file without
-running anything (``render_table``, a pure function).
+(``bench.probes.result_file.header``); the runs and the peak's growth per node are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and strategies/
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
-import numpy as np  # noqa: E402
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
+from bench.probes.result_file import header
+from server_app.inprocess import incoming_message
+from strategies import wire
 
-from bench.result_file import header, machine_sentence, need  # noqa: E402
-from strategies import wire  # noqa: E402
-from tests.helpers.inprocess import incoming_message  # noqa: E402
-
-WRITER = "bench/prototype_round.py"
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = "bench/probes/prototype_round.py"
 TABLES = 8  # distinct reply contents, reused round robin (built before tracing)
-MIB = 2**20
-
-
-def _need(mapping: Any, key: str, where: str) -> Any:
-    return need(mapping, key, where, WRITER)
-
-
-# ---------------------------------------------------------------- the table
-def checked_runs(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The document's runs, each with whole, non-negative figures (ValueError names one)."""
-    runs = _need(document, "runs", "the document")
-    if not isinstance(runs, list) or not runs:
-        raise ValueError("the document: 'runs' must be a non-empty list")
-    for run in runs:
-        for key in ("nodes", "peak_bytes", "kept_bytes", "replies_bytes"):
-            value = _need(run, key, "a run")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"a run: {key!r} = {value!r} is not a byte count or node count")
-    return runs
 
 
 def growth_per_node(runs: Sequence[Mapping[str, Any]]) -> float | None:
@@ -73,39 +50,6 @@ def growth_per_node(runs: Sequence[Mapping[str, Any]]) -> float | None:
     if last["nodes"] == first["nodes"]:
         return None
     return (last["peak_bytes"] - first["peak_bytes"]) / (last["nodes"] - first["nodes"])
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """Markdown: a row per node count (the replies' bytes, the traced peak, what the round
-    keeps), the peak's growth per node against one reply, and the setting and machine."""
-    setting = _need(document, "setting", "the document")
-    classes = _need(setting, "classes", "setting")
-    dim = _need(setting, "dim", "setting")
-    reply = _need(setting, "reply_bytes", "setting")
-    batch = _need(setting, "pull_batch", "setting")
-    runs = checked_runs(document)
-    lines = [
-        "| nodes | all replies (MiB) | traced peak (MiB) | kept after the round (MiB) |",
-        "|---|---|---|---|",
-    ]
-    for run in runs:
-        lines.append(
-            f"| {run['nodes']:,} | {run['replies_bytes'] / MIB:.1f} | "
-            f"{run['peak_bytes'] / MIB:.1f} | {run['kept_bytes'] / MIB:.1f} |"
-        )
-    lines.append("")
-    growth = growth_per_node(runs)
-    if growth is not None:
-        lines.append(
-            f"Peak growth per node: {growth / 1024:.1f} KiB (one reply's arrays: "
-            f"{reply / 1024:.1f} KiB)."
-        )
-    lines.append(
-        f"C = {classes}, D = {dim}: one reply holds {reply:,} bytes of float32 sums and "
-        f"int64 counts; the strategy pulls at most {batch} replies at a time; "
-        f"{machine_sentence(document)}."
-    )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the run
@@ -249,16 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "--pull-batch", type=int, default=None, help="replies per pull (default: the strategy's)"
     )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
-    parser.add_argument("--report", type=Path, help="print the table of an --out file; no run")
     args = parser.parse_args(argv)
-    if args.report is not None:
-        if args.out is not None:
-            parser.error("--report prints a file already written, --out writes a new run: not both")
-        from bench.result_file import read_reports
-
-        (document,) = read_reports(parser, [args.report], WRITER, render_table)
-        print(render_table(document))
-        return None
     try:
         nodes = parse_nodes(args.nodes)
     except ValueError as exc:
@@ -269,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if args.pull_batch is not None and args.pull_batch < 1:
         parser.error(f"--pull-batch = {args.pull_batch}: at least 1")
 
-    from bench.result_file import write
+    from bench.probes.result_file import write
     from strategies.base import PromptFedAvg
 
     pull_batch = args.pull_batch or PromptFedAvg.pull_batch
@@ -294,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     }
     if args.out is not None:
         write(args.out, document)
-    print(render_table(document))
+    growth = growth_per_node(runs)
+    print(json.dumps({"runs": runs, "peak_growth_per_node_bytes": growth}, indent=1))
     return document
 
 

@@ -1,7 +1,7 @@
 """Server aggregation speed: ``PEPFedPT.aggregate_train`` against Flower's own FedAvg.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/aggregate.py            # 100 replies, 5 repeats
-    OMP_NUM_THREADS=1 .venv/bin/python bench/aggregate.py --clients 20 --repeats 3 \
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.probes.aggregate            # 100 replies, 5 repeats
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.probes.aggregate --clients 20 --repeats 3 \
         --out bench/results/aggregate.json
 
 Builds ``--clients`` train replies of a ViT-B/16 CIFAR-100 PEP-FedPT state (the wire keys
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -39,8 +38,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from server_app.inprocess import incoming_message
 from strategies import wire
 from strategies.pep_fedpt import PEPFedPT
 from strategies.validation import (
@@ -48,7 +46,6 @@ from strategies.validation import (
     check_train_reply,
     record_arrays,
 )
-from tests.helpers.inprocess import incoming_message
 
 # ViT-B/16 on CIFAR-100 with conf/cifar100-dir0.3.toml's prompts.
 DIM, DEPTH, NUM_CLASSES = 768, 12, 100

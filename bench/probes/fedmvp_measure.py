@@ -1,4 +1,4 @@
-"""What bench/fedmvp_step.py measures (torch): one FedMVP training step and one evaluation
+"""What bench/probes/fedmvp_step.py measures (torch): one FedMVP training step and one evaluation
 with cached text features against re-encoding the attribute sentences every step (as the
 authors' code does), and the peak memory of a training step against the attribute bank's
 size. Apart from the command so that its ``--report`` renders without importing torch.
@@ -44,7 +44,7 @@ from pep_fedpt.fedmvp import FedMVPModel, PromptFormer, TextBank, build_clip, bu
 from pep_fedpt.fedmvp.clip import ClipBundle
 from pep_fedpt.fedmvp.text_bank import encode_sentences
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ATTRIBUTES = ROOT.parent / "shared" / "fedmvp-attributes" / "caltech101.json"
 
 
