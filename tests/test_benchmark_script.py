@@ -99,7 +99,7 @@ def test_the_alpha_01_ablations_keep_their_configs_and_one_hot_runs_again_at_alp
     ]
     chosen = [c[3] for c in calls if c[0] == "python" and c[2] == "bench.chosen"]
     assert set(chosen) == {str(out / "alpha-0.1"), str(out / "alpha-0.5")}
-    assert [c[2] for c in calls[-2:]] == ["bench.collect", "bench.tables"]
+    assert [c[2] for c in calls[-2:]] == ["bench.collect", "bench.paste"]
 
 
 def test_without_a_choice_at_alpha_05_its_ablation_is_skipped_and_the_script_fails_at_the_end(
@@ -109,7 +109,7 @@ def test_without_a_choice_at_alpha_05_its_ablation_is_skipped_and_the_script_fai
     assert status == 1
     folders = [_compare(c)[0] for c in calls if c[0] == "compare.sh"]
     assert folders[-1] == "alpha-0.5" and "ablation-alpha-0.5-train-weights" not in folders
-    assert [c[2] for c in calls[-2:]] == ["bench.collect", "bench.tables"]  # still collected
+    assert [c[2] for c in calls[-2:]] == ["bench.collect", "bench.paste"]  # still collected
 
 
 def test_the_cifar100_benchmark_runs_three_settings_one_hot_rows_and_the_ablations(
