@@ -36,6 +36,9 @@ Override points (a method overrides these, never the private helpers):
                            ``tally``: a ``strategies.aggregation.PrototypeTally``, the
                            training nodes' class counts and exact feature-sum total (the
                            replies are folded in as they arrive, never kept).
+``refreshes_prototypes(server_round)``
+                           whether a round opens with a new prototype round (default:
+                           never; PEPFedPT: every ``prototype_refresh_every`` rounds).
 ``fold_prototypes(arrays, tally)``
                            the state with late nodes' tally added to an earlier prototype
                            round's result (default: the counts; PEPFedPT: + ``proto.mean``).
@@ -69,6 +72,34 @@ Override points (a method overrides these, never the private helpers):
                            what a method keeps beyond the arrays; its start-up log lines.
 
 Constructors: a method's own arguments keyword-only, the base's through ``**kwargs``.
+
+What a method (and a caller) may read; every other ``_``-name is the base's own, and a
+test fails if a subclass in ``strategies/`` reads one:
+
+``global_arrays``          the whole global state of the round in flight (what
+                           ``configure_train`` built its messages from; None before).
+``server_arrays``          the server-made arrays of the global state (``server_only``
+                           keys: the prototypes, ``proto.count``, SGPT's ``group.count``,
+                           pFedPG's generator), kept by the strategy.
+``global_state(arrays)`` / ``trainable_state(arrays)``
+                           the whole state from the arrays a loop carries, and back.
+``ensure_prototypes(grid, arrays)``
+                           the whole state with a prototype round's result (running one if
+                           it has none yet).
+``sender(reply)``          the node a reply answers for.
+``proto_version()`` / ``prototypes_to_send(node_id)``
+                           the prototype version messages name; whether a message to a node
+                           must carry the prototypes (noted as sent).
+
+Round loops. ``start`` is this project's loop (the ServerApp's: the whole state carried
+from round to round, the prototype round before the central evaluation of round 0,
+resume at ``start_round``, bytes per phase, SecAgg+ training rounds). Flower's own
+``Strategy.start``, and Flower's wrappers whose ``start`` is it (the DP fixed-clipping
+ones), run the strategy too: ``configure_train`` runs the prototype round when the state
+lacks its result, and late-node admission, whatever loop calls it, and
+``aggregate_train`` returns the state in the form the loop gave it (the trainable arrays
+only, when that is what the loop carries), the server arrays staying in
+``server_arrays``. SecAgg+ is refused outside ``start``.
 """
 
 from __future__ import annotations
@@ -96,6 +127,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies import traffic, wire
 from strategies.aggregation import (
@@ -361,6 +393,18 @@ class PromptFedAvg(FedAvg):
         # ``num_rounds`` always): a run of many cheap rounds need not evaluate each.
         self.evaluate_every = 1
         self.num_rounds = 0
+        # The server-made arrays of the global state (``server_only`` keys: the prototype
+        # round's result, SGPT's group counts, pFedPG's generator), kept here so that the
+        # state a caller's loop carries may hold the trainable arrays only (Flower's own
+        # ``Strategy.start`` and the wrappers that delegate to this strategy).
+        self.server_arrays = ArrayRecord()
+        # Whether the caller's state holds the server arrays (this class's ``start``, a
+        # resumed checkpoint): ``aggregate_train`` returns the state in the form it was
+        # given, so that Flower's DP wrappers see only the trainable arrays.
+        self._caller_holds_server_arrays = True
+        # True while this class's own ``start`` runs: the only loop that can run a SecAgg+
+        # training round (its several exchanges).
+        self._own_loop = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(
@@ -374,28 +418,52 @@ class PromptFedAvg(FedAvg):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         start_round: int = 1,
     ) -> Result:
-        """The prototype round (unless the state already holds its result), then rounds
-        ``start_round..num_rounds``.
+        """This project's round loop: the prototype round (unless the state already holds
+        its result), then rounds ``start_round..num_rounds``, carrying the whole global
+        state (server arrays included) from round to round.
 
-        The loop follows Flower's ``Strategy.start`` of flwr 1.42.0 (same calls, log lines
-        and ``Result``), and cannot simply call it: the prototype round must run before
-        ``evaluate_fn(0, ...)`` (the central evaluation needs its ``proto.count``); a
-        resumed run starts at ``start_round`` (Flower's loop always starts at round 1 and
-        evaluates round 0 again); every exchange goes through ``_exchange`` (bytes per
-        phase, each node's replies, progress lines while it waits; Flower calls
-        ``grid.send_and_receive`` itself); and ``Result`` starts with the initial arrays,
-        so a run whose rounds all kept the state still returns one. Check this copy again
-        when upgrading flwr.
+        Flower's own ``Strategy.start`` runs this strategy too (and so do Flower's wrappers,
+        such as its DP fixed-clipping ones, whose ``start`` is Flower's): the prototype
+        round and late-node admission run from ``configure_train``. This loop adds what the
+        ServerApp needs beyond that: the prototype round before ``evaluate_fn(0, ...)``
+        (the central evaluation needs its ``proto.count``); a resumed run starts at
+        ``start_round`` (Flower's loop always starts at round 1 and evaluates round 0
+        again); every exchange goes through ``_exchange`` (bytes per phase, each node's
+        replies, progress lines while it waits; Flower calls ``grid.send_and_receive``
+        itself); the SecAgg+ training round (several exchanges); and ``Result`` starts
+        with the initial arrays, so a run whose rounds all kept the state still returns
+        one. Its calls and log lines follow Flower's ``Strategy.start`` of flwr 1.42.0.
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
         self.timeout = timeout
         self.num_rounds = num_rounds
-        arrays = initial_arrays
-        if not self.has_prototypes(arrays):
-            arrays = self.prototype_round(grid, arrays, server_round=0)
-        elif self._proto_version == 0:
-            self._proto_version = 1
+        self._own_loop = True
+        try:
+            return self._run_rounds(
+                grid,
+                self.ensure_prototypes(grid, initial_arrays),
+                num_rounds,
+                train_config,
+                evaluate_config,
+                evaluate_fn,
+                start_round,
+            )
+        finally:
+            self._own_loop = False
+
+    def _run_rounds(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        num_rounds: int,
+        train_config: ConfigRecord | None,
+        evaluate_config: ConfigRecord | None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+        start_round: int,
+    ) -> Result:
+        """``start``'s loop over rounds ``start_round..num_rounds`` from the whole state
+        ``arrays`` (prototypes included)."""
 
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
         log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
@@ -457,6 +525,87 @@ class PromptFedAvg(FedAvg):
             log(INFO, "\t%s", line.strip("\n"))
         log(INFO, "")
         return result
+
+    # ------------------------------------------------------------------ global state
+    def global_state(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The whole global state: ``arrays`` (the trainable arrays a loop carries, or the
+        whole state) plus the server arrays (``server_arrays``) it lacks. What a central
+        evaluation and a checkpoint need; server arrays that ``arrays`` holds win, and
+        are kept as the strategy's from then on."""
+        own = [key for key in arrays if self.server_only(key)]
+        if own:
+            self.server_arrays = ArrayRecord(
+                {
+                    **{key: self.server_arrays[key] for key in self.server_arrays},
+                    **{key: arrays[key] for key in own},
+                }
+            )
+        missing = [key for key in self.server_arrays if key not in arrays]
+        if not missing:
+            return arrays
+        state = ArrayRecord({key: arrays[key] for key in arrays})
+        for key in missing:
+            state[key] = self.server_arrays[key]
+        return state
+
+    def trainable_state(self, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` without its server arrays: what Flower's own loop and wrappers carry
+        (a DP wrapper clips every reply against it and adds noise to every array)."""
+        return ArrayRecord({key: arrays[key] for key in arrays if not self.server_only(key)})
+
+    def ensure_prototypes(
+        self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
+    ) -> ArrayRecord:
+        """The whole global state (``global_state``) with the prototype round's result:
+        the state as it is when it already holds one (a resumed run), else after a
+        prototype round counted in round ``server_round`` (0: the initial state's row)."""
+        state = self.global_state(arrays)
+        if self.has_prototypes(state):
+            if self._proto_version == 0:
+                self._proto_version = 1
+            return state
+        return self._keep_server_arrays(self.prototype_round(grid, state, server_round))
+
+    def _keep_server_arrays(self, state: ArrayRecord) -> ArrayRecord:
+        """Take ``state``'s server arrays as the strategy's; return ``state``."""
+        self.server_arrays = ArrayRecord(
+            {key: state[key] for key in state if self.server_only(key)}
+        )
+        return state
+
+    def _as_given(self, state: ArrayRecord) -> ArrayRecord:
+        """A new state in the form the caller's loop carries it: whole (this class's
+        ``start``, a resumed state) or its trainable arrays only (Flower's ``start``); its
+        server arrays are the strategy's in both cases."""
+        self._keep_server_arrays(state)
+        return state if self._caller_holds_server_arrays else self.trainable_state(state)
+
+    def proto_version(self) -> int:
+        """The version of the prototype round's result that train/evaluate messages name
+        (``proto-version``): 0 before the first prototype round, then one more for each
+        prototype round or admission of late nodes that changed it."""
+        return self._proto_version
+
+    def prototypes_to_send(self, node_id: int) -> bool:
+        """Whether a message to node ``node_id`` must carry the prototype round's result
+        (the node holds no copy of this version); True notes it as sent, so ask once per
+        message. A node whose reply is an error is sent it again."""
+        if self._node_proto_version.get(node_id) == self._proto_version:
+            return False
+        self._node_proto_version[node_id] = self._proto_version
+        return True
+
+    def sender(self, reply: Message) -> int:
+        """The node a reply of the phase in flight answers for: the destination of the
+        message it replies to (``src_node_id`` is the SuperLink's when a node died)."""
+        return self._sender(reply)
+
+    @property
+    def global_arrays(self) -> ArrayRecord | None:
+        """The whole global state of the round in flight, as ``configure_train`` built its
+        messages from it (None before the first ``configure_train``); ``aggregate_train``
+        makes the new state from it and the replies."""
+        return self._global
 
     # ------------------------------------------------------------------ checkpoint
     def checkpoint(self) -> dict[str, Any]:
@@ -759,10 +908,29 @@ class PromptFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The train messages of round ``server_round``, from the global state that
+        ``arrays`` (whole, or its trainable arrays only) and ``server_arrays`` make.
+
+        First what a round needs before it samples, so that any loop that calls this
+        (Flower's ``Strategy.start``, a wrapper that delegates here) runs it: the prototype
+        round if the state holds no result of one yet (counted in round 0), a prototype
+        refresh where ``refreshes_prototypes`` says so, and the admission of late nodes.
+        """
+        if self.secagg is not None and not self._own_loop:
+            raise RuntimeError(
+                "secure_aggregation = 'secaggplus' needs PromptFedAvg.start's round loop "
+                "(a SecAgg+ training round is several exchanges; a loop that sends the train "
+                "messages itself, such as Flower's Strategy.start, would send them in the "
+                "clear): call strategy.start(...), or set secure_aggregation = 'off'"
+            )
+        self._caller_holds_server_arrays = any(self.server_only(key) for key in arrays)
+        arrays = self.ensure_prototypes(grid, arrays)
+        if self.refreshes_prototypes(server_round):
+            arrays = self._keep_server_arrays(self.prototype_round(grid, arrays, server_round))
         if self.fraction_train == 0.0:
             self._global = arrays
             return []
-        arrays = self.admit_late_nodes(grid, arrays, server_round)
+        arrays = self._keep_server_arrays(self.admit_late_nodes(grid, arrays, server_round))
         self._global = arrays
         node_ids = self._sample(
             grid,
@@ -772,7 +940,73 @@ class PromptFedAvg(FedAvg):
             verified_only=True,
         )
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
-        return self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
+        messages = self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
+        if KEY_CLIPPING_NORM in config:
+            messages = self._prototypes_apart(grid, messages, server_round)
+        return messages
+
+    def refreshes_prototypes(self, server_round: int) -> bool:
+        """Hook: whether round ``server_round`` opens with a new prototype round, counted
+        in that round (default: never; PEPFedPT: every ``prototype_refresh_every``)."""
+        return False
+
+    def _prototypes_apart(
+        self, grid: Grid, messages: list[Message], server_round: int
+    ) -> list[Message]:
+        """Send the prototypes that train messages would carry in a QUERY of their own
+        (task ``keep-prototypes``), before the train messages, which then carry one
+        ArrayRecord only.
+
+        Flower's client-side DP (``DifferentialPrivacyClientSideFixedClipping``, which puts
+        ``clipping_norm`` in the config) runs ``fixedclipping_mod`` on the node, and that
+        mod refuses a train message with more than one ArrayRecord. A node whose query
+        fails gets no train message this round (it would lack the prototypes).
+        """
+        queries: list[Message] = []
+        for msg in messages:
+            if wire.PROTO not in msg.content:
+                continue
+            content = RecordDict(
+                {
+                    wire.CONFIG: ConfigRecord(
+                        {
+                            wire.CFG_TASK: wire.TASK_KEEP_PROTOTYPES,
+                            wire.CFG_SERVER_ROUND: server_round,
+                            wire.CFG_PROTO_VERSION: self._proto_version,
+                        }
+                    ),
+                    wire.PROTO: msg.content[wire.PROTO],
+                }
+            )
+            del msg.content[wire.PROTO]
+            queries.append(
+                Message(
+                    content=content,
+                    message_type=MessageType.QUERY,
+                    dst_node_id=msg.metadata.dst_node_id,
+                )
+            )
+        if not queries:
+            return messages
+        self._set_outgoing(queries)
+        kept_by = self._kept_by(grid, queries, server_round)
+        failed = {q.metadata.dst_node_id for q in queries} - kept_by
+        for node in sorted(failed):
+            self._node_proto_version.pop(node, None)
+            log(
+                WARNING,
+                "round %d: node %d did not keep the prototypes; not trained",
+                server_round,
+                node,
+            )
+        kept = [msg for msg in messages if msg.metadata.dst_node_id not in failed]
+        self._set_outgoing(kept)
+        return kept
+
+    def _kept_by(self, grid: Grid, queries: list[Message], server_round: int) -> set[int]:
+        """The nodes that answered a ``keep-prototypes`` query with content."""
+        replies = self._exchange(grid, queries, server_round, "query")
+        return {self._sender(reply) for reply in replies if reply.has_content()}
 
     def server_only(self, key: str) -> bool:
         """Hook: whether state key ``key`` stays on the server (never sent as a trainable
@@ -892,11 +1126,11 @@ class PromptFedAvg(FedAvg):
             server_round, checked, screen, self.kept_state, refused=len(replies) - len(checked)
         )
         if valid is None:
-            return self._global, metrics
+            return self._as_given(self._global), metrics
         state = self.aggregate_valid(server_round, valid, metrics, running)
         if state is None:  # the method refused the update: the round keeps the state
-            self._remember(server_round, "train", metrics)
-            return self._global, metrics
+            self.remember_metrics(server_round, "train", metrics)
+            return self._as_given(self._global), metrics
         client_metrics = [msg.content[wire.METRICS] for msg in valid]
         sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
@@ -904,9 +1138,9 @@ class PromptFedAvg(FedAvg):
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         if norms:
             metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
-        self._remember(server_round, "train", metrics)
+        self.remember_metrics(server_round, "train", metrics)
         self._note_updated(server_round)
-        return state, metrics
+        return self._as_given(state), metrics
 
     def _note_updated(self, server_round: int) -> None:
         """This round changed the global state (a run in which none did fails loudly)."""
@@ -997,7 +1231,7 @@ class PromptFedAvg(FedAvg):
         previous = record_arrays(self._global)
         keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
         if not messages:
-            return self._global, MetricRecord({"valid-replies": 0})
+            return self._as_given(self._global), MetricRecord({"valid-replies": 0})
         try:
             update = secure_train(
                 self.secagg,  # type: ignore[arg-type]
@@ -1010,8 +1244,8 @@ class PromptFedAvg(FedAvg):
         except SecAggError as exc:
             log(WARNING, "round %d: %s; %s stays as it was", server_round, exc, self.kept_state)
             metrics = MetricRecord({"valid-replies": 0, "dropped-replies": len(messages)})
-            self._remember(server_round, "train", metrics)
-            return self._global, metrics
+            self.remember_metrics(server_round, "train", metrics)
+            return self._as_given(self._global), metrics
         lost = update.result.dropped
         self.dropped.extend((server_round, node, why) for node, why in lost)
         state = ArrayRecord({k: self._global[k] for k in self._global if self.server_only(k)})
@@ -1025,9 +1259,9 @@ class PromptFedAvg(FedAvg):
                 wire.NUM_EXAMPLES: update.num_examples,
             }
         )
-        self._remember(server_round, "train", metrics)
+        self.remember_metrics(server_round, "train", metrics)
         self._note_updated(server_round)
-        return state, metrics
+        return self._as_given(state), metrics
 
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
         """The replies sorted by the client they answer for (``in_identity_order``), so
@@ -1044,6 +1278,9 @@ class PromptFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The evaluate messages of round ``server_round``, from the global state that
+        ``arrays`` (whole, or its trainable arrays only) and ``server_arrays`` make."""
+        arrays = self.ensure_prototypes(grid, arrays)
         if self.fraction_evaluate == 0.0:
             return []
         node_ids = self._sample(
@@ -1103,7 +1340,7 @@ class PromptFedAvg(FedAvg):
                     correct[i] / totals[i] if totals[i] else 0.0 for i in chosen
                 ]
                 record[f"{prefix}client-partition-ids"] = [pids[i] for i in chosen]
-        self._remember(server_round, "evaluate", record)
+        self.remember_metrics(server_round, "evaluate", record)
         return record
 
     # ------------------------------------------------------------------ helpers
@@ -1309,7 +1546,8 @@ class PromptFedAvg(FedAvg):
             for name in (f"{phase}/{key}", key):
                 entry[name] = int(entry.get(name, 0)) + nbytes  # type: ignore[arg-type]
 
-    def _remember(self, server_round: int, phase: str, metrics: MetricRecord) -> None:
+    def remember_metrics(self, server_round: int, phase: str, metrics: MetricRecord) -> None:
+        """Keep ``metrics`` in ``round_metrics[server_round]`` as ``<phase>/<key>``."""
         entry = self.round_metrics.setdefault(server_round, {})
         for key, value in metrics.items():
             entry[f"{phase}/{key}"] = value  # type: ignore[assignment]
@@ -1436,7 +1674,7 @@ class PromptFedAvg(FedAvg):
             self.min_train_nodes,
             kept,
         )
-        self._remember(server_round, "train", metrics)
+        self.remember_metrics(server_round, "train", metrics)
         return None, metrics
 
     def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
