@@ -65,7 +65,7 @@ class LocalOnly(PromptFedAvg):
         replies = list(replies)
         self._note_replies(replies)
         _, metrics = super().aggregate_train(server_round, replies)
-        return None, metrics  # None: every loop keeps the global state as it was
+        return self.unchanged_state(), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
