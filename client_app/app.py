@@ -213,8 +213,13 @@ def _extra(msg: Message, context: Context, method: Method) -> object:
 @app.query()
 def prototypes(msg: Message, context: Context) -> Message:
     task = msg.content[wire.CONFIG].get(wire.CFG_TASK)
+    if task == wire.TASK_KEEP_PROTOTYPES:
+        return _keep_prototypes(msg, context)
     if task != wire.TASK_PROTOTYPES:
-        raise ValueError(f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r}")
+        raise ValueError(
+            f"unknown query task {task!r}; this app answers {wire.TASK_PROTOTYPES!r} and "
+            f"{wire.TASK_KEEP_PROTOTYPES!r}"
+        )
     _, client = _node(context)
     if msg.content[wire.CONFIG].get(wire.CFG_COUNTS_ONLY, False):
         counts = client.class_counts()
@@ -230,6 +235,16 @@ def prototypes(msg: Message, context: Context) -> Message:
         wire.HELD_OUT: int(client.data.held_out),
     }
     return _reply(msg, metrics, {wire.PROTO: proto})
+
+
+def _keep_prototypes(msg: Message, context: Context) -> Message:
+    """Keep the query's prototypes, as a train message's ``proto`` record would be kept
+    (the server sends them apart when a train message may carry one ArrayRecord only)."""
+    method = get_method(RunConfig.from_flat(context.run_config).method)
+    if method.kept_record is None:
+        raise ValueError(f"method {method.name!r} keeps no prototypes")
+    _kept(msg, context, method.kept_record)
+    return _reply(msg, {})
 
 
 def _trained(

@@ -1,5 +1,12 @@
 """PromptFedAvg: the FedAvg base every prompt-tuning method here subclasses (FL-bench style).
 
+Its parts, one concern per module: ``strategies/exchange.py`` (``GridExchange``: push,
+poll, progress, bytes and each node's reply log), ``strategies/admission.py``
+(``NodeAdmission``: the prototype round, late nodes, the registry of verified counts and
+partitions), ``strategies/loop.py`` (``RoundLoop``: ``start``, the SecAgg+ training round,
+``checkpoint``/``restore``); this module holds sampling, the hooks, the reply checks and
+aggregation.
+
 What it adds to Flower's FedAvg (Message API), for every method:
 
 1. Before round 1, the prototype round: every connected node gets a QUERY (task
@@ -36,6 +43,9 @@ Override points (a method overrides these, never the private helpers):
                            ``tally``: a ``strategies.aggregation.PrototypeTally``, the
                            training nodes' class counts and exact feature-sum total (the
                            replies are folded in as they arrive, never kept).
+``refreshes_prototypes(server_round)``
+                           whether a round opens with a new prototype round (default:
+                           never; PEPFedPT: every ``prototype_refresh_every`` rounds).
 ``fold_prototypes(arrays, tally)``
                            the state with late nodes' tally added to an earlier prototype
                            round's result (default: the counts; PEPFedPT: + ``proto.mean``).
@@ -69,15 +79,43 @@ Override points (a method overrides these, never the private helpers):
                            what a method keeps beyond the arrays; its start-up log lines.
 
 Constructors: a method's own arguments keyword-only, the base's through ``**kwargs``.
+
+What a method (and a caller) may read; every other ``_``-name is the base's own, and a
+test fails if a subclass in ``strategies/`` reads one:
+
+``global_arrays``          the whole global state of the round in flight (what
+                           ``configure_train`` built its messages from; None before).
+``server_arrays``          the server-made arrays of the global state (``server_only``
+                           keys: the prototypes, ``proto.count``, SGPT's ``group.count``,
+                           pFedPG's generator), kept by the strategy.
+``global_state(arrays)`` / ``trainable_state(arrays)``
+                           the whole state from the arrays a loop carries, and back.
+``ensure_prototypes(grid, arrays)``
+                           the whole state with a prototype round's result (running one if
+                           it has none yet).
+``sender(reply)``          the node a reply answers for.
+``unchanged_state()``      what ``aggregate_train`` returns for a round that keeps the
+                           state (LocalOnly: every round).
+``proto_version()`` / ``prototypes_to_send(node_id)``
+                           the prototype version messages name; whether a message to a node
+                           must carry the prototypes (noted as sent).
+
+Round loops. ``start`` is this project's loop (the ServerApp's: the whole state carried
+from round to round, the prototype round before the central evaluation of round 0,
+resume at ``start_round``, bytes per phase, SecAgg+ training rounds). Flower's own
+``Strategy.start``, and Flower's wrappers whose ``start`` is it (the DP fixed-clipping
+ones), run the strategy too: ``configure_train`` runs the prototype round when the state
+lacks its result, and late-node admission, whatever loop calls it, and
+``aggregate_train`` returns the state in the form the loop gave it (the trainable arrays
+only, when that is what the loop carries), the server arrays staying in
+``server_arrays``. SecAgg+ is refused outside ``start``.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
 import math
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
@@ -93,14 +131,14 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
-from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from strategies import traffic, wire
+from strategies import wire
+from strategies.admission import NodeAdmission
 from strategies.aggregation import (
     ROBUST_AGGREGATIONS,
-    PrototypeTally,
     RunningMean,
     ccmp_summary,
     evaluation_summary,
@@ -108,15 +146,15 @@ from strategies.aggregation import (
     scratch_buffer,
     validation_summary,
 )
-from strategies.errors import one_line, strip_ansi
+from strategies.errors import one_line
+from strategies.exchange import GridExchange
+from strategies.loop import RoundLoop
 from strategies.options import WIRE_DTYPES
-from strategies.secagg import SecAggError, SecAggParams, secure_prototypes, secure_train
+from strategies.secagg import SecAggParams
 from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
-    array_view,
     check_evaluate_reply,
     check_known_counts,
-    check_prototype_reply,
     check_train_reply,
     check_update_norm,
     norm_bound,
@@ -140,11 +178,6 @@ RENAMED_HOOKS = {
 }
 
 
-# One valid prototype-round reply: (sent index, node id, partition id or None, held out,
-# the reply's ``proto`` arrays).
-PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
-
-
 def evaluation_round(server_round: int, every: int, num_rounds: int) -> bool:
     """Whether round ``server_round`` of ``num_rounds`` evaluates, clients and server alike:
     every ``every``-th round, the initial state (round 0) and always the last round."""
@@ -153,35 +186,7 @@ def evaluation_round(server_round: int, every: int, num_rounds: int) -> bool:
     return server_round % every == 0 or server_round == num_rounds
 
 
-def _keep_later(
-    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]],
-    pid: int,
-    index: int,
-    node: int,
-    held_out: bool,
-    counts: list[int],
-    where: str,
-) -> None:
-    """Record node ``node`` (sent as message ``index``) for partition ``pid``: of two
-    nodes that report one partition, the one sent later is kept (the order replies
-    arrive in does not matter), and a warning names both in the order sent."""
-    earlier = partitions.get(pid)
-    if earlier is not None:
-        first, second = sorted([(earlier[0], int(earlier[1]["node-id"])), (index, node)])
-        log(
-            WARNING,
-            "%s: nodes %d and %d both report partition-id %d; check their --node-config",
-            where,
-            first[1],
-            second[1],
-            pid,
-        )
-        if earlier[0] > index:
-            return
-    partitions[pid] = (index, {"node-id": node, "held-out": held_out, "class-counts": counts})
-
-
-class PromptFedAvg(FedAvg):
+class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
     """FedAvg over the trainable prompts and head, with a prototype round and reply checks.
 
     Parameters beyond FedAvg's
@@ -242,18 +247,6 @@ class PromptFedAvg(FedAvg):
                 f"{cls.__name__}.check_train_metrics must take (self, metrics, node): the "
                 "node whose reply it checks comes with the metrics"
             )
-
-    # Replies are polled every poll_seconds[0] s while they arrive; while none do, the pause
-    # grows with the phase's age (poll_fraction of it) up to poll_seconds[1], so a reply
-    # waits at most about 5% of its phase to be seen (a pause that doubled to 1 s cost a
-    # short round up to 0.75 s per phase). Flower's in-memory grid polls every 0.1 s, its
-    # gRPC grid every 3 s. A progress line every progress_seconds while a phase waits.
-    poll_seconds = (0.05, 1.0)
-    poll_fraction = 0.05
-    progress_seconds = 10.0
-    # Replies pulled per pull_messages call: a phase that consumes its replies on arrival
-    # (the prototype round) holds at most this many at once.
-    pull_batch = 100
 
     def __init__(
         self,
@@ -361,408 +354,102 @@ class PromptFedAvg(FedAvg):
         # ``num_rounds`` always): a run of many cheap rounds need not evaluate each.
         self.evaluate_every = 1
         self.num_rounds = 0
+        # The server-made arrays of the global state (``server_only`` keys: the prototype
+        # round's result, SGPT's group counts, pFedPG's generator), kept here so that the
+        # state a caller's loop carries may hold the trainable arrays only (Flower's own
+        # ``Strategy.start`` and the wrappers that delegate to this strategy).
+        self.server_arrays = ArrayRecord()
+        # Whether the caller's state holds the server arrays (this class's ``start``, a
+        # resumed checkpoint): ``aggregate_train`` returns the state in the form it was
+        # given, so that Flower's DP wrappers see only the trainable arrays.
+        self._caller_holds_server_arrays = True
+        # True while this class's own ``start`` runs: the only loop that can run a SecAgg+
+        # training round (its several exchanges).
+        self._own_loop = False
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-        start_round: int = 1,
-    ) -> Result:
-        """The prototype round (unless the state already holds its result), then rounds
-        ``start_round..num_rounds``.
-
-        The loop follows Flower's ``Strategy.start`` of flwr 1.42.0 (same calls, log lines
-        and ``Result``), and cannot simply call it: the prototype round must run before
-        ``evaluate_fn(0, ...)`` (the central evaluation needs its ``proto.count``); a
-        resumed run starts at ``start_round`` (Flower's loop always starts at round 1 and
-        evaluates round 0 again); every exchange goes through ``_exchange`` (bytes per
-        phase, each node's replies, progress lines while it waits; Flower calls
-        ``grid.send_and_receive`` itself); and ``Result`` starts with the initial arrays,
-        so a run whose rounds all kept the state still returns one. Check this copy again
-        when upgrading flwr.
-        """
-        if start_round < 1:
-            raise ValueError(f"start_round = {start_round} must be >= 1")
-        self.timeout = timeout
-        self.num_rounds = num_rounds
-        arrays = initial_arrays
-        if not self.has_prototypes(arrays):
-            arrays = self.prototype_round(grid, arrays, server_round=0)
-        elif self._proto_version == 0:
-            self._proto_version = 1
-
-        log(INFO, "Starting %s strategy:", self.__class__.__name__)
-        log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
-        if start_round > 1:
-            log(INFO, "\t└──> Resuming at round %d", start_round)
-        self.summary()
-        log(INFO, "")
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result(arrays=arrays)
-        t_start = time.time()
-        if evaluate_fn and start_round == 1:
-            res = evaluate_fn(0, arrays)
-            log(INFO, "Initial global evaluation results: %s", res)
-            if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
-
-        for current_round in range(start_round, num_rounds + 1):
-            log(INFO, "")
-            log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            train_messages = self.configure_train(current_round, arrays, train_config, grid)
-            if self.secagg is not None:  # only the weighted totals reach the server
-                agg_arrays, agg_train_metrics = self.secure_train_round(
-                    grid, current_round, list(train_messages)
-                )
-            else:
-                train_replies = self._exchange(grid, train_messages, current_round, "train")
-                agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
-            if agg_arrays is not None:
-                result.arrays = arrays = agg_arrays
-            if agg_train_metrics is not None:
-                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
-                result.train_metrics_clientapp[current_round] = agg_train_metrics
-
-            evaluate_replies = self._exchange(
-                grid,
-                self.configure_evaluate(current_round, arrays, evaluate_config, grid),
-                current_round,
-                "evaluate",
+    # ------------------------------------------------------------------ global state
+    def global_state(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The whole global state: ``arrays`` (the trainable arrays a loop carries, or the
+        whole state) plus the server arrays (``server_arrays``) it lacks. What a central
+        evaluation and a checkpoint need; server arrays that ``arrays`` holds win, and
+        are kept as the strategy's from then on."""
+        own = [key for key in arrays if self.server_only(key)]
+        if own:
+            self.server_arrays = ArrayRecord(
+                {
+                    **{key: self.server_arrays[key] for key in self.server_arrays},
+                    **{key: arrays[key] for key in own},
+                }
             )
-            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
-            if agg_evaluate_metrics is not None:
-                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
-                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
-
-            if evaluate_fn:
-                log(INFO, "Global evaluation")
-                res = evaluate_fn(current_round, arrays)
-                log(INFO, "\t└──> MetricRecord: %s", res)
-                if res is not None:
-                    result.evaluate_metrics_serverapp[current_round] = res
-
-        log(INFO, "")
-        log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-        log(INFO, "")
-        log(INFO, "Final results:")
-        log(INFO, "")
-        for line in io.StringIO(str(result)):
-            log(INFO, "\t%s", line.strip("\n"))
-        log(INFO, "")
-        return result
-
-    # ------------------------------------------------------------------ checkpoint
-    def checkpoint(self) -> dict[str, Any]:
-        """Everything beyond the global arrays that the rest of the run depends on (JSON).
-
-        Per-node prototype versions are left out on purpose: after a restart the nodes may
-        be fresh processes without prototypes, so a restored strategy sends them again.
-        """
-        version, internal, gauss_next = self._rng.getstate()
-        in_partitions = self._partition_counts()
-        return {
-            "rng": [version, list(internal), gauss_next],
-            "proto-version": self._proto_version,
-            # The counts a partition entry already holds for its node are not written twice.
-            "node-counts": {
-                str(node): counts
-                for node, counts in self._node_counts.items()
-                if counts != in_partitions.get(node)
-            },
-            "held-out-nodes": sorted(self.held_out_nodes),
-            "partitions": {str(pid): entry for pid, entry in self.partitions.items()},
-            "dropped": [list(entry) for entry in self.dropped],
-            "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
-            "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
-            "updated-rounds": list(self.updated_rounds),
-        }
-
-    def _partition_counts(self) -> dict[int, list[int]]:
-        """The verified counts that ``partitions`` holds: its training nodes' class counts."""
-        return {
-            int(entry["node-id"]): list(entry["class-counts"])  # type: ignore[arg-type]
-            for entry in self.partitions.values()
-            if not entry["held-out"]
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Undo ``checkpoint``: the next sample, version and check are as if never stopped."""
-        version, internal, gauss_next = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss_next))
-        self._proto_version = int(state["proto-version"])
-        self.held_out_nodes = {int(n) for n in state["held-out-nodes"]}
-        self.partitions = {int(pid): dict(e) for pid, e in state["partitions"].items()}
-        self._node_counts = self._partition_counts()
-        self._node_counts.update({int(n): list(c) for n, c in state["node-counts"].items()})
-        self._node_proto_version = {}
-        self.dropped = [(int(r), int(n), str(why)) for r, n, why in state["dropped"]]
-        self.round_metrics = {int(r): dict(m) for r, m in state["round-metrics"].items()}
-        self.node_replies = {int(n): dict(e) for n, e in state.get("node-replies", {}).items()}
-        # A checkpoint from before this was kept: its rounds are taken as having updated.
-        done = [int(r) for r in state["round-metrics"] if int(r) > 0]
-        self.updated_rounds = [int(r) for r in state.get("updated-rounds", done)]
-
-    # ------------------------------------------------------------------ prototype round
-    def has_prototypes(self, arrays: ArrayRecord) -> bool:
-        """Hook: whether the state already holds the prototype round's result (a resumed
-        run)."""
-        return wire.PROTO_COUNT in arrays
-
-    def prototype_round(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
-        """Ask every connected node for its class counts (and, unless ``counts_only``, its
-        per-class feature sums); return the state with the round's result.
-
-        Each valid reply is folded into a ``PrototypeTally`` as it arrives and dropped, so
-        the ServerApp holds one reply (a pull's batch) at a time, not one per node; the
-        tally sums exactly, and what else the round keeps is settled by the order the
-        messages were sent in, so the result is the same whatever order the replies came
-        in. Two nodes that report one partition id both count (with a warning); the
-        partition entry is the one sent later's.
-        """
-        num_classes = self.num_classes(arrays)
-        node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
-        tally = PrototypeTally(num_classes, self._prototype_dim(arrays))
-        held_out: set[int] = set()
-        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
-        counted: dict[int, tuple[int, list[int]]] = {}  # node -> (sent index, its counts)
-
-        def take(answer: PrototypeAnswer) -> None:
-            index, node, pid, is_held_out, proto = answer
-            reported = [int(n) for n in proto[wire.PROTO_COUNT]]
-            if pid is not None:
-                _keep_later(partitions, pid, index, node, is_held_out, reported, "prototype round")
-            if is_held_out:
-                held_out.add(node)
-                return
-            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
-            counted[node] = (index, reported)
-
-        if self.secagg is not None:  # only the totals reach the server
-            outcome = secure_prototypes(
-                self.secagg,
-                node_ids,
-                num_classes,
-                self._prototype_dim(arrays),
-                self._prototype_config(server_round),
-                lambda messages, _: self._exchange(grid, messages, server_round, "query"),
-            )
-            tally.add_total(outcome.sums, outcome.counts, len(outcome.contributors))
-            # Contributors may train; their counts stay unknown (docs/privacy.md).
-            counted = {node: (i, []) for i, node in enumerate(outcome.contributors)}
-            self.dropped.extend((server_round, n, why) for n, why in outcome.result.dropped)
-            held_out, partitions = outcome.held_out, outcome.partitions
-        else:
-            self._ask_for_prototypes(grid, arrays, node_ids, server_round, take)
-        if not tally.clients:
-            raise RuntimeError(
-                f"prototype round: none of {len(node_ids)} nodes sent a valid reply from a "
-                f"training client ({len(held_out)} held out); see the log lines above"
-            )
-        for node, (_, counts) in sorted(counted.items(), key=lambda item: item[1][0]):
-            self._node_counts[node] = counts  # in the order sent, as a checkpoint lists them
-        self.held_out_nodes = held_out
-        self.partitions = {pid: entry for pid, (_, entry) in sorted(partitions.items())}
-        state = self.prototype_state(arrays, tally)
-        total = np.asarray(state[wire.PROTO_COUNT].numpy())
-        log(
-            INFO,
-            "prototype round: %d nodes (+%d held out), %d examples, %d/%d classes held",
-            tally.clients,
-            len(held_out),
-            int(total.sum()),
-            int((total > 0).sum()),
-            num_classes,
-        )
-        self._proto_version += 1
-        return state
-
-    def admit_late_nodes(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
-        """Verify the counts of every connected node the prototype round did not, before it
-        can train: a SuperNode that connected later, or one whose prototype reply was
-        dropped. Without this, a node could claim any counts in its train replies and
-        carry the aggregate.
-
-        Each such node gets the prototype QUERY. A node that reports a partition known
-        before this query (a SuperNode back under a new node id) must repeat that
-        partition's counts, and adds nothing; a new partition's counts (and feature sums)
-        are folded into the global ones (``fold_prototypes``: sums, so folding is exact),
-        and the prototype version moves on. Replies are folded as they arrive, as in
-        ``prototype_round`` (so two late nodes that report one new partition both count,
-        with a warning). A node still unverified afterwards is not sampled to train, and
-        its train replies are refused (``check_known_counts``).
-        """
-        late = [
-            node
-            for node in sorted(grid.get_node_ids())
-            if node not in self._node_counts and node not in self.held_out_nodes
-        ]
-        if not late:
+        missing = [key for key in self.server_arrays if key not in arrays]
+        if not missing:
             return arrays
-        if self.secagg is not None:  # a plain query would show their counts and sums
-            log(
-                WARNING,
-                "round %d: %d node(s) outside the secure prototype round stay out of training "
-                "(late nodes cannot be admitted under secure aggregation yet)",
-                server_round,
-                len(late),
-            )
-            return arrays
-        log(INFO, "round %d: %d node(s) without verified class counts", server_round, len(late))
-        tally = PrototypeTally(self.num_classes(arrays), self._prototype_dim(arrays))
-        known_before = dict(self.partitions)
-        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
-        verified: list[tuple[int, int, list[int], int | None]] = []  # (index, node, counts, pid)
-        refused: list[tuple[int, int, str]] = []
-        held_out: set[int] = set()
-
-        def take(answer: PrototypeAnswer) -> None:
-            index, node, pid, is_held_out, proto = answer
-            reported = [int(n) for n in proto[wire.PROTO_COUNT]]
-            known = known_before.get(pid) if pid is not None else None
-            if known is not None and not is_held_out and not known["held-out"]:
-                if reported != known["class-counts"]:
-                    reason = (
-                        f"reports partition {pid} with other {wire.PROTO_COUNT} than the "
-                        f"prototype round's (sum {sum(reported)} vs "
-                        f"{sum(known['class-counts'])})"  # type: ignore[arg-type]
-                    )
-                    refused.append((index, node, reason))
-                    log(WARNING, "round %d: refused node %d: %s", server_round, node, reason)
-                    return
-                verified.append((index, node, reported, pid))  # back under a new node id
-                return
-            if pid is not None:
-                _keep_later(partitions, pid, index, node, is_held_out, reported, "late nodes")
-            if is_held_out:
-                held_out.add(node)
-                return
-            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
-            verified.append((index, node, reported, None))
-
-        self._ask_for_prototypes(grid, arrays, late, server_round, take)
-        # Everything the round keeps, in the order sent (as if the replies came so).
-        self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
-        for _, node, reported, known_pid in sorted(verified, key=lambda entry: entry[0]):
-            if known_pid is not None:
-                self.partitions[known_pid]["node-id"] = node
-            self._node_counts[node] = reported
-        if partitions:
-            self.partitions.update({pid: entry for pid, (_, entry) in partitions.items()})
-            self.partitions = dict(sorted(self.partitions.items()))
-        self.held_out_nodes |= held_out
-        if not tally.clients:
-            return arrays
-        log(
-            INFO,
-            "round %d: %d late node(s) folded into the prototype round's result",
-            server_round,
-            tally.clients,
-        )
-        self._proto_version += 1
-        return self.fold_prototypes(arrays, tally)
-
-    def fold_prototypes(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
-        """Hook: the state with late nodes' counts (and sums), ``tally``, added to the
-        prototype round's result (default: the global class counts). The tally is the
-        hook's to add to (PEPFedPT adds the earlier means x counts)."""
-        total = np.asarray(arrays[wire.PROTO_COUNT].numpy(), dtype=np.int64) + tally.counts
         state = ArrayRecord({key: arrays[key] for key in arrays})
-        state[wire.PROTO_COUNT] = Array(total.astype(np.int64))
+        for key in missing:
+            state[key] = self.server_arrays[key]
         return state
 
-    def _prototype_dim(self, arrays: ArrayRecord) -> int | None:
-        """D of the feature sums the prototype round asks for (None: counts only)."""
-        return None if self.counts_only else int(arrays[wire.HEAD_WEIGHT].shape[1])
+    def trainable_state(self, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` without its server arrays: what Flower's own loop and wrappers carry
+        (a DP wrapper clips every reply against it and adds noise to every array)."""
+        return ArrayRecord({key: arrays[key] for key in arrays if not self.server_only(key)})
 
-    def _ask_for_prototypes(
-        self,
-        grid: Grid,
-        arrays: ArrayRecord,
-        node_ids: Sequence[int],
-        server_round: int,
-        take: Callable[[PrototypeAnswer], None],
-    ) -> None:
-        """Send the prototype QUERY to ``node_ids`` and hand ``take`` each valid reply as
-        it arrives: (sent index, node id, partition id or None, held out, its ``proto``
-        arrays, views of the reply's bytes that live only during the call). Invalid replies
-        are logged at once and listed in ``dropped`` in the order sent."""
-        if self.secagg is not None:  # a plain reply would show the node's counts and sums
-            raise RuntimeError(
-                "a plain prototype query under secure_aggregation = 'secaggplus' is refused "
-                "(late nodes cannot be admitted securely yet; docs/privacy.md)"
-            )
-        num_classes = self.num_classes(arrays)
-        dim = self._prototype_dim(arrays)
-        config = self._prototype_config(server_round)
-        messages = [
-            Message(
-                content=RecordDict({wire.CONFIG: config}),
-                message_type=MessageType.QUERY,
-                dst_node_id=node_id,
-            )
-            for node_id in node_ids
-        ]
-        self._set_outgoing(messages)
-        what = "class counts" if self.counts_only else "class feature sums"
-        log(INFO, "prototype round: asking %d nodes for %s", len(messages), what)
-        refused: list[tuple[int, int, str]] = []
-
-        def check(content: RecordDict, _: int) -> str | None:
-            return check_prototype_reply(content, num_classes, dim)
-
-        def consume(msg: Message) -> bool:
-            index, node = self._sent_as(msg)
-            reason = self._judge(msg, node, check)
-            if reason is not None:
-                refused.append((index, node, reason))
-                log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
-                return False
-            metrics = msg.content[wire.METRICS]
-            pid = int(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
-            held_out = bool(metrics.get(wire.HELD_OUT, 0))
-            take((index, node, pid, held_out, record_arrays(msg.content[wire.PROTO])))
-            return False  # consumed: the reply is not kept
-
-        self._exchange(grid, messages, server_round, "query", consume)
-        self.dropped.extend((server_round, node, why) for _, node, why in sorted(refused))
-
-    def _prototype_config(self, server_round: int) -> ConfigRecord:
-        """The prototype QUERY's config (task, round, and counts-only where so)."""
-        config = ConfigRecord(
-            {wire.CFG_TASK: wire.TASK_PROTOTYPES, wire.CFG_SERVER_ROUND: server_round}
+    def _keep_server_arrays(self, state: ArrayRecord) -> ArrayRecord:
+        """Take ``state``'s server arrays as the strategy's; return ``state``."""
+        self.server_arrays = ArrayRecord(
+            {key: state[key] for key in state if self.server_only(key)}
         )
-        if self.counts_only:
-            config[wire.CFG_COUNTS_ONLY] = True
-        return config
-
-    def num_classes(self, arrays: ArrayRecord) -> int:
-        """Hook: C, the length of every reply's class counts: the head's rows (a method
-        without a classification head overrides this)."""
-        return int(arrays[wire.HEAD_WEIGHT].shape[0])
-
-    def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
-        """Hook: the state after a prototype round: ``arrays`` plus the global class counts
-        (``tally``: the training nodes' exact feature-sum total, unless ``counts_only``,
-        and their class counts; ``tally.means()`` gives the prototypes)."""
-        state = ArrayRecord({key: arrays[key] for key in arrays})
-        state[wire.PROTO_COUNT] = Array(tally.counts)
         return state
+
+    def _as_given(self, state: ArrayRecord) -> ArrayRecord:
+        """A new state in the form the caller's loop carries it: whole (this class's
+        ``start``, a resumed state) or its trainable arrays only (Flower's ``start``); its
+        server arrays are the strategy's in both cases."""
+        self._keep_server_arrays(state)
+        return state if self._caller_holds_server_arrays else self.trainable_state(state)
+
+    def unchanged_state(self) -> ArrayRecord:
+        """What ``aggregate_train`` returns for a round that keeps the global state: the
+        state ``configure_train`` built the round from (late nodes' counts folded in), in
+        the form the loop carries."""
+        if self._global is None:
+            raise RuntimeError("unchanged_state called before configure_train")
+        return self._as_given(self._global)
+
+    @property
+    def global_arrays(self) -> ArrayRecord | None:
+        """The whole global state of the round in flight, as ``configure_train`` built its
+        messages from it (None before the first ``configure_train``); ``aggregate_train``
+        makes the new state from it and the replies."""
+        return self._global
 
     # ------------------------------------------------------------------ train
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The train messages of round ``server_round``, from the global state that
+        ``arrays`` (whole, or its trainable arrays only) and ``server_arrays`` make.
+
+        First what a round needs before it samples, so that any loop that calls this
+        (Flower's ``Strategy.start``, a wrapper that delegates here) runs it: the prototype
+        round if the state holds no result of one yet (counted in round 0), a prototype
+        refresh where ``refreshes_prototypes`` says so, and the admission of late nodes.
+        """
+        if self.secagg is not None and not self._own_loop:
+            raise RuntimeError(
+                "secure_aggregation = 'secaggplus' needs PromptFedAvg.start's round loop "
+                "(a SecAgg+ training round is several exchanges; a loop that sends the train "
+                "messages itself, such as Flower's Strategy.start, would send them in the "
+                "clear): call strategy.start(...), or set secure_aggregation = 'off'"
+            )
+        self._caller_holds_server_arrays = any(self.server_only(key) for key in arrays)
+        arrays = self.ensure_prototypes(grid, arrays)
+        if self.refreshes_prototypes(server_round):
+            arrays = self._keep_server_arrays(self.prototype_round(grid, arrays, server_round))
         if self.fraction_train == 0.0:
             self._global = arrays
             return []
-        arrays = self.admit_late_nodes(grid, arrays, server_round)
+        arrays = self._keep_server_arrays(self.admit_late_nodes(grid, arrays, server_round))
         self._global = arrays
         node_ids = self._sample(
             grid,
@@ -772,7 +459,10 @@ class PromptFedAvg(FedAvg):
             verified_only=True,
         )
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
-        return self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
+        messages = self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
+        if KEY_CLIPPING_NORM in config:
+            messages = self._prototypes_apart(grid, messages, server_round)
+        return messages
 
     def server_only(self, key: str) -> bool:
         """Hook: whether state key ``key`` stays on the server (never sent as a trainable
@@ -892,11 +582,11 @@ class PromptFedAvg(FedAvg):
             server_round, checked, screen, self.kept_state, refused=len(replies) - len(checked)
         )
         if valid is None:
-            return self._global, metrics
+            return self._as_given(self._global), metrics
         state = self.aggregate_valid(server_round, valid, metrics, running)
         if state is None:  # the method refused the update: the round keeps the state
-            self._remember(server_round, "train", metrics)
-            return self._global, metrics
+            self.remember_metrics(server_round, "train", metrics)
+            return self._as_given(self._global), metrics
         client_metrics = [msg.content[wire.METRICS] for msg in valid]
         sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
         losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
@@ -904,9 +594,9 @@ class PromptFedAvg(FedAvg):
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         if norms:
             metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
-        self._remember(server_round, "train", metrics)
+        self.remember_metrics(server_round, "train", metrics)
         self._note_updated(server_round)
-        return state, metrics
+        return self._as_given(state), metrics
 
     def _note_updated(self, server_round: int) -> None:
         """This round changed the global state (a run in which none did fails loudly)."""
@@ -957,6 +647,17 @@ class PromptFedAvg(FedAvg):
             state[key] = Array(self.merge_result(key, sums))
         return state
 
+    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies sorted by the client they answer for (``in_identity_order``), so
+        that checks, logs and sums run in the same order however the replies arrived and
+        whatever ids the nodes got this run."""
+        replies = list(replies)
+        rank = {
+            node: i
+            for i, node in enumerate(self.in_identity_order({self._sender(m) for m in replies}))
+        }
+        return sorted(replies, key=lambda msg: rank[self._sender(msg)])
+
     # Hooks whose override a secure training round cannot honour: it sees no reply, only
     # the weighted totals (``secure_per_class`` stands in for ``merge_weight``).
     SECURE_BLOCKERS = (
@@ -988,62 +689,13 @@ class PromptFedAvg(FedAvg):
         node's class counts n_{k,c} (True) or the whole array by n_k (False, FedAvg)."""
         return False
 
-    def secure_train_round(
-        self, grid: Grid, server_round: int, messages: list[Message]
-    ) -> tuple[ArrayRecord, MetricRecord]:
-        """One training round under SecAgg+ (strategies/secagg.py): the new state from the
-        totals, or, with too few nodes left (SecAggError, logged), the previous state."""
-        assert self._global is not None  # configure_train set it
-        previous = record_arrays(self._global)
-        keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
-        if not messages:
-            return self._global, MetricRecord({"valid-replies": 0})
-        try:
-            update = secure_train(
-                self.secagg,  # type: ignore[arg-type]
-                messages,
-                previous,
-                keys,
-                self.num_classes(self._global),
-                lambda sent, _: self._exchange(grid, sent, server_round, "train"),
-            )
-        except SecAggError as exc:
-            log(WARNING, "round %d: %s; %s stays as it was", server_round, exc, self.kept_state)
-            metrics = MetricRecord({"valid-replies": 0, "dropped-replies": len(messages)})
-            self._remember(server_round, "train", metrics)
-            return self._global, metrics
-        lost = update.result.dropped
-        self.dropped.extend((server_round, node, why) for node, why in lost)
-        state = ArrayRecord({k: self._global[k] for k in self._global if self.server_only(k)})
-        for key, value in update.arrays.items():
-            state[key] = Array(value)
-        metrics = MetricRecord(
-            {
-                "valid-replies": len(update.result.contributors),
-                "dropped-replies": len(lost),
-                wire.TRAIN_LOSS: update.train_loss,
-                wire.NUM_EXAMPLES: update.num_examples,
-            }
-        )
-        self._remember(server_round, "train", metrics)
-        self._note_updated(server_round)
-        return state, metrics
-
-    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
-        """The replies sorted by the client they answer for (``in_identity_order``), so
-        that checks, logs and sums run in the same order however the replies arrived and
-        whatever ids the nodes got this run."""
-        replies = list(replies)
-        rank = {
-            node: i
-            for i, node in enumerate(self.in_identity_order({self._sender(m) for m in replies}))
-        }
-        return sorted(replies, key=lambda msg: rank[self._sender(msg)])
-
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The evaluate messages of round ``server_round``, from the global state that
+        ``arrays`` (whole, or its trainable arrays only) and ``server_arrays`` make."""
+        arrays = self.ensure_prototypes(grid, arrays)
         if self.fraction_evaluate == 0.0:
             return []
         node_ids = self._sample(
@@ -1103,216 +755,15 @@ class PromptFedAvg(FedAvg):
                     correct[i] / totals[i] if totals[i] else 0.0 for i in chosen
                 ]
                 record[f"{prefix}client-partition-ids"] = [pids[i] for i in chosen]
-        self._remember(server_round, "evaluate", record)
+        self.remember_metrics(server_round, "evaluate", record)
         return record
 
     # ------------------------------------------------------------------ helpers
-    def _exchange(
-        self,
-        grid: Grid,
-        messages: Iterable[Message],
-        server_round: int,
-        phase: str,
-        consume: Callable[[Message], bool] | None = None,
-    ) -> list[Message]:
-        """Send one phase's messages and wait for the replies, counting the array bytes.
-
-        As ``grid.send_and_receive`` (every reply, or what came within ``self.timeout``),
-        but by ``push_messages`` and polling ``pull_messages``, so that a person watching
-        sees the replies arrive (``round 3 train: 2/3 replies, 41 s``) instead of a silent
-        minute. Each node's failures (error replies, no reply) are kept in
-        ``node_replies``, so that a node that never once answered can be named.
-
-        ``consume``: called with each reply as it arrives (its bytes already counted);
-        a reply it returns False for is not kept, so that a phase that folds its replies
-        into a running total (the prototype round) holds one at a time. Returns the kept
-        replies in the order sent.
-        """
-        messages = self._to_wire_dtype(list(messages))
-        arrived: list[tuple[str, int, str | None]] = []  # (answers, source, error or None)
-        received = 0
-
-        def take(reply: Message) -> bool:
-            nonlocal received
-            received += traffic.content_nbytes(reply.content) if reply.has_content() else 0
-            error = None
-            if reply.has_error():
-                error = one_line(reply.error.reason)
-                if self.on_client_error is not None:
-                    full = strip_ansi(reply.error.reason)
-                    self.on_client_error(server_round, self._sender(reply), phase, full)
-            arrived.append((reply.metadata.reply_to_message_id, reply.metadata.src_node_id, error))
-            return consume is None or consume(reply)
-
-        batch = self.pull_batch if consume is not None else max(len(messages), 1)
-        replies = self._push_and_pull(grid, messages, server_round, phase, take, batch)
-        self._count_bytes(server_round, phase, traffic.messages_nbytes(messages), received)
-        self._note_node_replies(server_round, phase, messages, arrived)
-        return replies
 
     @property
     def reply_dtypes(self) -> tuple[np.dtype, ...]:
         """The float dtypes a train reply's arrays may have (``wire_dtype``)."""
         return REPLY_DTYPES[str(self.wire_dtype)]
-
-    def _to_wire_dtype(self, messages: list[Message]) -> list[Message]:
-        """Every float32 array of the messages in ``wire_dtype`` (no-op for float32).
-
-        In place, in the messages' own records (never the global state's): an array
-        that several messages share (the trainable state, the prototypes) is cast once.
-        """
-        if self.wire_dtype == np.float32:
-            return messages
-        cast: dict[int, Array] = {}
-        for msg in messages:
-            if not msg.has_content():
-                continue
-            for record in msg.content.array_records.values():
-                for key, array in list(record.items()):
-                    if array.dtype != "float32":
-                        continue
-                    if id(array) not in cast:
-                        value = array_view(array).astype(self.wire_dtype)
-                        cast[id(array)] = Array(value)
-                    record[key] = cast[id(array)]
-        return messages
-
-    def next_poll_pause(self, got_replies: bool, elapsed: float, polling: float = 0.0) -> float:
-        """Seconds until the next poll of a phase ``elapsed`` s old: the shortest pause
-        while replies come in, else a pause that grows with the phase, capped; and never
-        shorter than the last poll took (``polling``: its pulls and what was done with the
-        replies), so that polling holds the SuperLink at most half the time (a prototype
-        round of 10,000 nodes pulls in 100 batches per poll)."""
-        low, high = self.poll_seconds
-        pause = low if got_replies else min(max(low, self.poll_fraction * elapsed), high)
-        return max(pause, polling)
-
-    def _push_and_pull(
-        self,
-        grid: Grid,
-        messages: list[Message],
-        server_round: int,
-        phase: str,
-        take: Callable[[Message], bool],
-        batch: int,
-    ) -> list[Message]:
-        """Push the messages, then pull until every one is answered or the timeout; each
-        reply goes to ``take`` as it arrives and is kept if it returns True. Replies are
-        pulled for at most ``batch`` messages at a time, so that a phase whose replies
-        are consumed holds no more than that many at once."""
-        if not messages:
-            return []
-        pushed = [message_id for message_id in grid.push_messages(messages) if message_id]
-        self._set_outgoing(messages)  # the grid gave them their ids: look them up anew
-        pending = set(pushed)
-        start = last_line = time.monotonic()
-        deadline = start + self.timeout
-        replies: list[Message] = []
-        arrived = 0
-        while pending:
-            waiting = [i for i in pushed if i in pending]
-            got_any = False
-            polled_at = time.monotonic()
-            for first in range(0, len(waiting), batch):
-                for reply in grid.pull_messages(waiting[first : first + batch]):
-                    pending.discard(reply.metadata.reply_to_message_id)
-                    arrived += 1
-                    got_any = True
-                    if take(reply):
-                        replies.append(reply)
-            now = time.monotonic()
-            if not pending or now >= deadline:
-                break
-            if now - last_line >= self.progress_seconds:
-                log(
-                    INFO,
-                    "round %d %s: %d/%d replies, %.0f s",
-                    server_round,
-                    phase,
-                    arrived,
-                    len(messages),
-                    now - start,
-                )
-                last_line = now
-            pause = self.next_poll_pause(got_any, now - start, now - polled_at)
-            time.sleep(min(pause, deadline - now))
-        elapsed = time.monotonic() - start
-        log(
-            INFO if not pending else WARNING,
-            "round %d %s: %d/%d replies in %.1f s%s",
-            server_round,
-            phase,
-            arrived,
-            len(messages),
-            elapsed,
-            f" (fed.round-timeout = {self.timeout:g} s; the others are dropped)" if pending else "",
-        )
-        # In the order sent, not of arrival: aggregation sums in a fixed order, so that a
-        # run (and a resumed one) is repeatable to the bit.
-        order = {message_id: i for i, message_id in enumerate(pushed)}
-        replies.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
-        return replies
-
-    def _note_node_replies(
-        self,
-        server_round: int,
-        phase: str,
-        sent: list[Message],
-        arrived: list[tuple[str, int, str | None]],
-    ) -> None:
-        """Per node: messages sent, how many failed (error or no reply), how many train or
-        evaluate messages it answered with content, and its last failure. ``arrived``: per
-        reply, the id of the message it answers, its source node and its error (None:
-        content); taken in the order sent, whatever order they came in."""
-        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
-        order = {message_id: i for i, message_id in enumerate(node_of)}
-        answered: set[int] = set()
-        for message_id, source, error in sorted(
-            arrived, key=lambda a: (order.get(a[0], len(order)), a[1])
-        ):
-            node = node_of.get(message_id, source)
-            answered.add(node)
-            entry = self._node_entry(node)
-            if error is not None:
-                entry["failed"] += 1
-                entry["last-failure"] = f"round {server_round} {phase}: {error}"
-            elif phase in ("train", "evaluate"):
-                entry["answered-work"] += 1
-        for node in set(node_of.values()) - answered:
-            entry = self._node_entry(node)
-            entry["failed"] += 1
-            entry["last-failure"] = (
-                f"round {server_round} {phase}: no reply within {self.timeout:g} s"
-            )
-        for node in node_of.values():
-            self._node_entry(node)["sent"] += 1
-
-    def _node_entry(self, node: int) -> dict[str, Any]:
-        entry = self.node_replies.setdefault(
-            node, {"sent": 0, "failed": 0, "answered-work": 0, "last-failure": ""}
-        )
-        entry.setdefault("trained", 0)  # an entry from a checkpoint written before these
-        entry.setdefault("evaluated", 0)
-        return entry
-
-    def _count_used(self, valid: Iterable[Message], what: str) -> None:
-        """Per node, how many of its train (``trained``) or evaluate (``evaluated``)
-        replies passed every check, so that results say plainly which node did which."""
-        for msg in valid:
-            self._node_entry(self._sender(msg))[what] += 1
-
-    def _count_bytes(self, server_round: int, phase: str, down: int, up: int) -> None:
-        """Add ``down`` and ``up`` array bytes to the round's ``<phase>/bytes-down|up`` and
-        its ``bytes-down|up`` totals."""
-        entry = self.round_metrics.setdefault(server_round, {})
-        for key, nbytes in ((traffic.BYTES_DOWN, down), (traffic.BYTES_UP, up)):
-            for name in (f"{phase}/{key}", key):
-                entry[name] = int(entry.get(name, 0)) + nbytes  # type: ignore[arg-type]
-
-    def _remember(self, server_round: int, phase: str, metrics: MetricRecord) -> None:
-        entry = self.round_metrics.setdefault(server_round, {})
-        for key, value in metrics.items():
-            entry[f"{phase}/{key}"] = value  # type: ignore[assignment]
 
     def _messages(
         self,
@@ -1350,32 +801,6 @@ class PromptFedAvg(FedAvg):
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """Hook: add method-specific records to one node's train/evaluate message."""
-
-    def _set_outgoing(self, messages: list[Message]) -> None:
-        """The messages of the phase in flight; who each reply answers for is looked up
-        from them (by message id, which the grid gives a message when it is pushed)."""
-        self._outgoing = messages
-        self._sent_ids = None
-
-    def _sent_as(self, reply: Message) -> tuple[int, int]:
-        """(index among the messages sent, node) of the message ``reply`` answers.
-
-        The node is not always ``src_node_id``: when a node dies, the SuperLink itself
-        answers with a "node unavailable" error whose source is the SuperLink. The grid
-        gives every sent message its id in place, and every reply names the id it
-        answers. A dict built once per phase: a linear search per reply was O(N^2).
-        """
-        if self._sent_ids is None:
-            self._sent_ids = {
-                msg.metadata.message_id: (i, msg.metadata.dst_node_id)
-                for i, msg in enumerate(self._outgoing)
-            }
-        found = self._sent_ids.get(reply.metadata.reply_to_message_id)
-        return found if found is not None else (len(self._sent_ids), reply.metadata.src_node_id)
-
-    def _sender(self, reply: Message) -> int:
-        """The node a reply answers for (``_sent_as``)."""
-        return self._sent_as(reply)[1]
 
     def _judge(
         self, msg: Message, node: int, check: Callable[[RecordDict, int], str | None]
@@ -1436,44 +861,8 @@ class PromptFedAvg(FedAvg):
             self.min_train_nodes,
             kept,
         )
-        self._remember(server_round, "train", metrics)
+        self.remember_metrics(server_round, "train", metrics)
         return None, metrics
-
-    def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
-        """The connected node ids, once at least ``minimum`` are connected.
-
-        Logs progress (at once, when the count changes, every 10 s) and gives up after
-        ``wait_timeout`` seconds with a TimeoutError that says what it waited for, so that
-        a deployment short of SuperNodes fails instead of waiting forever.
-        """
-        start = time.monotonic()
-        logged_at, logged_count = -math.inf, -1
-        while len(nodes := sorted(grid.get_node_ids())) < minimum:
-            waited = time.monotonic() - start
-            keys = ", ".join(
-                f"{name}={getattr(self, name)}"
-                for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
-                if getattr(self, name) == minimum
-            )
-            if waited >= self.wait_timeout:
-                raise TimeoutError(
-                    f"waited {waited:.0f} s for nodes: {len(nodes)} connected, {minimum} "
-                    f"required ({keys}); start more SuperNodes, lower those minimums or "
-                    f"raise the wait timeout (wait_timeout = {self.wait_timeout:g} s)"
-                )
-            if len(nodes) != logged_count or waited - logged_at >= 10.0:
-                log(
-                    INFO,
-                    "waiting for nodes: %d connected, %d required (%s); %.0f of %.0f s",
-                    len(nodes),
-                    minimum,
-                    keys,
-                    waited,
-                    self.wait_timeout,
-                )
-                logged_at, logged_count = waited, len(nodes)
-            time.sleep(min(1.0, max(self.wait_timeout - waited, 0.01)))
-        return nodes
 
     def _sample(
         self,
@@ -1493,20 +882,3 @@ class PromptFedAvg(FedAvg):
         )
         size = min(len(candidates), max(int(len(candidates) * fraction), minimum))
         return self.in_identity_order(self._rng.sample(candidates, size))
-
-    def in_identity_order(self, nodes: Iterable[int]) -> list[int]:
-        """``nodes`` sorted by the client each one is: its partition id where the prototype
-        round (or late-node admission) learnt one, then nodes without one by node id.
-
-        Sampling draws over this order, never over raw node ids: Flower gives SuperNodes
-        new random ids in every simulation and a restarted SuperNode a new id, so the same
-        seed would pick other clients in another run or after a resume, while a node's
-        partition is its data and stays.
-        """
-        partition_of = {int(entry["node-id"]): pid for pid, entry in self.partitions.items()}  # type: ignore[call-overload]
-
-        def identity(node: int) -> tuple[int, int]:
-            pid = partition_of.get(node)
-            return (0, pid) if pid is not None else (1, node)
-
-        return sorted(nodes, key=identity)

@@ -53,7 +53,7 @@ class LocalOnly(PromptFedAvg):
 
     def _note_replies(self, replies: list[Message]) -> None:
         for msg in replies:
-            node = self._sender(msg)
+            node = self.sender(msg)
             if msg.has_error():
                 self.personal_nodes.discard(node)
             elif msg.metadata.message_type == MessageType.TRAIN:
@@ -65,7 +65,7 @@ class LocalOnly(PromptFedAvg):
         replies = list(replies)
         self._note_replies(replies)
         _, metrics = super().aggregate_train(server_round, replies)
-        return self._global, metrics
+        return self.unchanged_state(), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

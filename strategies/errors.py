@@ -52,7 +52,8 @@ def _innermost(text: str) -> str:
     each traceback ``ray::Actor.method() (pid=...)``) prints a chain's cause first, so
     that is the client's own exception, before Flower and Ray wrapped it."""
     lines = text.splitlines()
-    where, message = "", []
+    where: str = ""
+    message: list[str] = []
     for number, line in enumerate(lines):
         if line.startswith((_TRACEBACK, "ray::")):
             continue

@@ -183,7 +183,7 @@ class FedMVP(PromptFedAvg):
                 continue
             pid = msg.content[wire.METRICS].get(wire.PARTITION_ID)
             if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
-                node = self._sender(msg)
+                node = self.sender(msg)
                 for other in [n for n, p in self.node_partitions.items() if p == pid]:
                     del self.node_partitions[other]
                 self.node_partitions[node] = pid
@@ -205,5 +205,5 @@ class FedMVP(PromptFedAvg):
             means = [sum(v) / len(v) for v in by_member.values()]
             extra = MetricRecord({"mean-member-accuracy": sum(means) / len(means)})
             record["mean-member-accuracy"] = extra["mean-member-accuracy"]
-            self._remember(server_round, "evaluate", extra)
+            self.remember_metrics(server_round, "evaluate", extra)
         return record

@@ -23,13 +23,11 @@ What the server adds to FedAvg (Message API):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
@@ -102,20 +100,16 @@ class PEPFedPT(PromptFedAvg):
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """The prototypes (and global counts), only to nodes that lack this version."""
-        if self._node_proto_version.get(node_id) != self._proto_version:
+        if self.prototypes_to_send(node_id):
             content[wire.PROTO] = ArrayRecord(
                 {key: arrays[key] for key in (wire.PROTO_MEAN, wire.PROTO_COUNT)}
             )
-            self._node_proto_version[node_id] = self._proto_version
 
     # ------------------------------------------------------------------ train
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def refreshes_prototypes(self, server_round: int) -> bool:
+        """Every ``prototype_refresh_every`` rounds after round 1 (0: never)."""
         every = self.prototype_refresh_every
-        if every and server_round > 1 and (server_round - 1) % every == 0:
-            arrays = self.prototype_round(grid, arrays, server_round)
-        return super().configure_train(server_round, arrays, config, grid)
+        return bool(every and server_round > 1 and (server_round - 1) % every == 0)
 
     def secure_per_class(self, key: str) -> bool:
         """Under secure aggregation too, class prompts per class by n_{k,c}."""

@@ -217,12 +217,13 @@ class PFedPG(PromptFedAvg):
     ) -> ArrayRecord | None:
         """One generator step from the valid replies' ΔP (None: the update is not finite);
         the heads by n_k (their running sums); the state's prompt: the mean descriptor's."""
-        assert self._global is not None
-        previous = record_arrays(self._global)
+        whole = self.global_arrays
+        assert whole is not None  # aggregate_train checked it
+        previous = record_arrays(whole)
         keys = prompt_keys(previous)
         deltas: dict[int, np.ndarray] = {}
         for msg in valid:
-            pid, sent = self._sent[self._sender(msg)]
+            pid, sent = self._sent[self.sender(msg)]
             trained = np.concatenate([msg.content[wire.ARRAYS][k].numpy() for k in keys])
             deltas[pid] = trained.astype(np.float64) - sent
         params, descriptors = gen.round_update(
@@ -237,7 +238,7 @@ class PFedPG(PromptFedAvg):
             )
             return None
 
-        state = ArrayRecord({key: self._global[key] for key in self._global})
+        state = ArrayRecord({key: whole[key] for key in whole})
         for name, value in params.arrays().items():
             state[PREFIX + name] = Array(value)
         for pid, descriptor in descriptors.items():
@@ -264,16 +265,17 @@ class PFedPG(PromptFedAvg):
         partition's from now on (a SuperNode that came back under a new node id)."""
         replies = list(replies)
         record = super().aggregate_evaluate(server_round, replies)
-        if self._global is None:
+        whole = self.global_arrays
+        if whole is None:
             return record
-        known = set(self.descriptors(record_arrays(self._global)))
+        known = set(self.descriptors(record_arrays(whole)))
         for msg in replies:
             if msg.has_error() or not isinstance(msg.content.get(wire.METRICS), MetricRecord):
                 continue
             metrics = msg.content[wire.METRICS]
             pid = metrics.get(wire.PARTITION_ID)
             if isinstance(pid, int) and not metrics.get(wire.HELD_OUT, 0) and pid in known:
-                node = self._sender(msg)
+                node = self.sender(msg)
                 for other in [n for n, p in self.node_partitions.items() if p == pid]:
                     del self.node_partitions[other]  # one node per partition: the latest
                 self.node_partitions[node] = pid

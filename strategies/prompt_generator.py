@@ -144,7 +144,8 @@ def _attention(
 def forward(params: GeneratorParams, descriptor: np.ndarray) -> np.ndarray:
     """The prompt P (T, D) the generator makes for ``descriptor`` (float32)."""
     _, _, v, a = _attention(params, _check_descriptor(params, descriptor))
-    return (params.base + a @ v).astype(np.float32)
+    prompt: np.ndarray = (params.base + a @ v).astype(np.float32)
+    return prompt
 
 
 def gradients(
@@ -215,4 +216,5 @@ def mean_descriptor(descriptors: Mapping[Key, np.ndarray]) -> np.ndarray:
         raise ValueError("no descriptors to average")
     keys = sorted(descriptors)  # type: ignore[type-var]
     stacked = np.stack([np.asarray(descriptors[k], dtype=np.float64) for k in keys])
-    return stacked.mean(axis=0).astype(np.float32)
+    mean: np.ndarray = stacked.mean(axis=0).astype(np.float32)
+    return mean

@@ -15,7 +15,7 @@ can balance the groups while training (``pep_fedpt.groups.select_groups``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
 
@@ -65,20 +65,31 @@ class SGPT(PromptFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg's aggregate with group rows by group counts; ``group.count`` grows by the
-        accepted replies' counts (it stays when the round keeps the previous state)."""
-        self._group_counts = []
-        state, metrics = super().aggregate_train(server_round, replies)
-        if state is not None and state is not self._global and self._group_counts:
+        """FedAvg's aggregate with group rows by group counts (``aggregate_valid``)."""
+        self._group_counts = []  # check_train_metrics adds each accepted reply's
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_valid(
+        self,
+        server_round: int,
+        valid: list[Message],
+        metrics: MetricRecord,
+        running: Mapping[str, RunningMean],
+    ) -> ArrayRecord | None:
+        """The merged state, with ``group.count`` grown by the accepted replies' counts
+        (it stays when the round keeps the previous state)."""
+        state = super().aggregate_valid(server_round, valid, metrics, running)
+        if state is not None and self._group_counts:
             before = np.asarray(state[wire.GROUP_COUNT].numpy(), dtype=np.int64)
             state[wire.GROUP_COUNT] = Array(before + np.sum(self._group_counts, axis=0))
-        return state, metrics
+        return state
 
     def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
         """Group counts: one non-negative integer per group, adding up to num-examples."""
-        if self._global is None or wire.GROUP_KEYS not in self._global:
+        state = self.global_arrays
+        if state is None or wire.GROUP_KEYS not in state:
             return f"the global state has no {wire.GROUP_KEYS}: not an SGPT state"
-        num_groups = self._global[wire.GROUP_KEYS].shape[0]
+        num_groups = state[wire.GROUP_KEYS].shape[0]
         return check_group_counts(
             metrics.get(wire.GROUP_COUNTS), metrics.get(wire.NUM_EXAMPLES), num_groups
         )

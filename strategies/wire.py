@@ -34,6 +34,8 @@ Prototype (QUERY) reply: ``proto`` with ``proto.sum`` (C, D) and ``proto.count``
 or only ``proto.count`` when the query's config sets ``counts-only`` (the baselines'
 prototype round), and ``metrics`` with ``num-examples`` and, optionally, ``partition-id``
 and ``held-out`` (1: this client never trains; its sums stay out of the prototypes).
+Keep-prototypes (QUERY, task ``keep-prototypes``) reply: an empty ``metrics``; the node
+keeps the query's ``proto`` record as if its next train message had carried it.
 Evaluate reply: ``metrics`` with ``num-examples``, ``correct`` and ``accuracy``, and
 optionally ``held-out`` (held-out clients are summarised apart) and, when the run carves a
 validation split from each training split (``data.val-fraction``), ``val-num-examples`` and
@@ -81,6 +83,11 @@ CFG_TASK = "task"
 CFG_PROTO_VERSION = "proto-version"
 CFG_COUNTS_ONLY = "counts-only"  # in the QUERY: reply with class counts, no feature sums
 TASK_PROTOTYPES = "prototypes"
+# A QUERY that carries the prototypes (record ``proto``, config ``proto-version``) for the
+# node to keep, in place of its next train message's ``proto`` record; answered with an
+# empty ``metrics``. Sent only when the train messages must carry one ArrayRecord
+# (Flower's client-side DP: ``fixedclipping_mod``).
+TASK_KEEP_PROTOTYPES = "keep-prototypes"
 
 DEEP_PROMPT_PREFIX = "prompt.deep."
 GROUP_PROMPT_PREFIX = "prompt.group."

@@ -3,8 +3,10 @@ the real ``start`` loop, and the project's strategies override no private helper
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,36 @@ def test_a_subclass_written_against_the_old_hook_names_is_refused_when_defined()
         class OneArgument(PromptFedAvg):
             def check_train_metrics(self, metrics: MetricRecord) -> str | None:  # type: ignore[override]
                 return None
+
+
+# The modules that make up the base: their ``self._...`` names are the base's own.
+BASE_MODULES = ("base.py", "exchange.py", "admission.py", "loop.py")
+
+
+def _self_attributes(tree: ast.AST) -> set[str]:
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+
+
+def test_no_method_reads_a_private_attribute_of_the_base() -> None:
+    """A method uses the base through its hooks and documented public names
+    (``global_arrays``, ``sender``, ``proto_version``, ...), never its ``_`` names."""
+    root = Path(base.__file__).parent
+    private = {
+        name
+        for module in BASE_MODULES
+        for name in _self_attributes(ast.parse((root / module).read_text()))
+        if name.startswith("_") and not name.startswith("__")
+    }
+    assert {"_global", "_sender", "_proto_version"} <= private  # the scan sees them
+    found = {
+        path.name: sorted(_self_attributes(ast.parse(path.read_text())) & private)
+        for path in sorted(root.glob("*.py"))
+        if path.name not in BASE_MODULES
+    }
+    assert {name: attrs for name, attrs in found.items() if attrs} == {}
