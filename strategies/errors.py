@@ -19,6 +19,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _FLOWER = re.compile(r"^<class '([^']+)'>:<'(.*)'>$", re.DOTALL)
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
 _TRACEBACK = "Traceback (most recent call last):"
+# How Python joins a chain's tracebacks (the cause's first).
+_CHAINED = ("The above exception", "During handling of")
 # Where a path is cut: what follows is the part a person recognises (module path).
 _PATH_CUTS = (re.compile(r".*/site-packages/"), re.compile(r".*/apps/[^/]+/"))
 
@@ -38,13 +40,23 @@ def one_line(reason: str) -> str:
     if wrapped:
         outer, text = wrapped.group(1).rsplit(".", 1)[-1], wrapped.group(2)
     if any(_FRAME.match(part) for part in text.splitlines()):
-        line = _innermost(text)
+        # Flower's wrapping comes around Ray's ClientAppException, whose cause (printed
+        # first) is what the app raised; a plain traceback (client_app/errors.py) prints
+        # the app's own exception last, after the causes it chained.
+        line = _innermost(text if wrapped else _last_of_chain(text))
     elif outer:
         line = f"{outer}: {text}" if text else outer
     else:
         line = text
     line = " ".join(line.split())
     return line if len(line) <= MAX_CHARS else line[: MAX_CHARS - 3] + "..."
+
+
+def _last_of_chain(text: str) -> str:
+    """The last traceback of a chain Python printed causes first."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(_CHAINED)]
+    return "\n".join(lines[starts[-1] + 1 :]) if starts else text
 
 
 def _innermost(text: str) -> str:
@@ -69,7 +81,7 @@ def _innermost(text: str) -> str:
             break
     ending = []
     for part in message:  # up to the blank line or the next chained traceback's preamble
-        if part.startswith(("The above exception", "During handling of")):
+        if part.startswith(_CHAINED):
             break
         ending.append(part.strip())
     said = " ".join(ending) or "an exception"

@@ -222,3 +222,19 @@ def test_a_reply_passes_through_and_a_node_being_stopped_is_not_a_client_error()
 
     with pytest.raises(KeyboardInterrupt):
         error_reply(msg, context, stopped)
+
+
+def test_the_app_s_own_exception_is_named_not_the_cause_it_chained() -> None:
+    msg, context = _train_message()
+
+    def fails(msg: Message, context: Context) -> Message:
+        try:
+            raise OSError("Truncated File Read")
+        except OSError as exc:
+            raise ValueError("/data/train/cat/1.png: cannot read this image") from exc
+
+    reason = error_reply(msg, context, fails).error.reason
+    assert "OSError: Truncated File Read" in reason  # the whole chain is kept
+    assert one_line(reason).startswith(
+        "ValueError: /data/train/cat/1.png: cannot read this image ("
+    )
