@@ -95,6 +95,7 @@ def test_partial_rows_say_so(tmp_path: Path) -> None:
     assert "| **average (2 of 9 sets: partial)** | | 80.50 |" in done.stdout
 
 
+@pytest.mark.integration  # runs commands: over the unit tier's ~2 s
 def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
     folders = _nine(tmp_path)
     err = refused(*[str(f) for f in folders[:8]])

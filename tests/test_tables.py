@@ -132,6 +132,7 @@ def test_the_tables_are_written_between_the_markers_and_nowhere_else(repo: Path)
         assert links and all((page.parent / link).exists() for link in links), links
 
 
+@pytest.mark.integration  # runs commands: over the unit tier's ~2 s
 def test_rewriting_again_changes_nothing_and_check_agrees(repo: Path) -> None:
     paste(repo)
     first = (repo / "README.md").read_text(), (repo / "docs" / "benchmark.md").read_text()
@@ -457,6 +458,7 @@ def test_without_cifar100_results_its_blocks_say_so(repo: Path) -> None:
     )
 
 
+@pytest.mark.integration  # runs commands: over the unit tier's ~2 s
 def test_the_cifar100_blocks_merge_the_one_hot_row_into_its_setting(
     repo: Path, collected_cifar100: Path
 ) -> None:
