@@ -446,11 +446,12 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         arrays = self.ensure_prototypes(grid, arrays)
         if self.refreshes_prototypes(server_round):
             arrays = self._keep_server_arrays(self.prototype_round(grid, arrays, server_round))
-        if self.fraction_train == 0.0:
-            self._global = arrays
-            return []
+        # Before the fraction-0 return too: a resumed run's nodes come back under new ids,
+        # and evaluation samples by the partitions this admission learns.
         arrays = self._keep_server_arrays(self.admit_late_nodes(grid, arrays, server_round))
         self._global = arrays
+        if self.fraction_train == 0.0:
+            return []
         node_ids = self._sample(
             grid,
             self.fraction_train,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Message
 from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from client_app.app import app as client_app
@@ -261,3 +262,62 @@ def test_the_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> No
         ]
         assert picked[0] == picked[1]
         assert len(picked[0]) == 4
+
+
+@pytest.mark.integration
+def test_an_evaluation_only_run_resumed_under_new_node_ids_evaluates_the_same_clients(
+    flat: dict, tmp_path: Path, task_identity: None
+) -> None:
+    """fed.fraction-train = 0: no round trains, so only the admission of late nodes can
+    tell the resumed run which partition (and which held-out client) each new id is."""
+    flat.update(
+        {
+            "fed.fraction-train": 0.0,
+            "fed.fraction-evaluate": 0.67,
+            "fed.min-evaluate-nodes": 1,
+            "data.held-out-fraction": 0.125,
+        }
+    )
+    renumbered = {node + 10: config for node, config in WITH_HELD_OUT.items()}
+    partition = {
+        node: int(config["partition-id"])
+        for nodes in (WITH_HELD_OUT, renumbered)
+        for node, config in nodes.items()
+    }
+    uninterrupted = run_server(
+        dict(flat, **{"output-dir": str(tmp_path / "whole")}), nodes=WITH_HELD_OUT
+    )
+    evaluated = [partition[node] for kind, node in uninterrupted.sent if kind == "evaluate"]
+    per_round = len(evaluated) // 4  # rounds 1-4 evaluate on the clients
+    assert per_round * 4 == len(evaluated) and per_round == 3  # 2 of 3 clients + the held-out one
+
+    broken_dir = tmp_path / "broken"
+    seen = {"evaluated": 0}
+
+    def crash_in_round_3(reply: Message) -> Message:
+        if reply.metadata.message_type == "evaluate":
+            seen["evaluated"] += 1
+            if seen["evaluated"] > 2 * per_round:
+                raise RuntimeError("server process killed mid-round")
+        return reply
+
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        run_server(
+            dict(flat, **{"output-dir": str(broken_dir)}),
+            {node: crash_in_round_3 for node in WITH_HELD_OUT},
+            nodes=WITH_HELD_OUT,
+        )
+    assert load_checkpoint(broken_dir).server_round == 2
+
+    resume = dict(flat, **{"output-dir": "", "resume-from": str(broken_dir)})
+    resumed = run_server(resume, nodes=renumbered)
+    assert [kind for kind, _ in resumed.sent[:4]] == ["query"] * 4  # every new id admitted
+    again = [partition[node] for kind, node in resumed.sent if kind == "evaluate"]
+    assert again == evaluated[-2 * per_round :]
+    rows_expected = load_json(tmp_path / "whole" / "metrics.json")
+    rows_got = load_json(broken_dir / "metrics.json")
+    for row in (*rows_got, *rows_expected):  # the admission's queries, prototypes sent again
+        for key in [key for key in row if key.endswith(("bytes-down", "bytes-up"))]:
+            del row[key]
+    assert rows_got == rows_expected
+    assert "evaluate/held-out-accuracy" in rows_got[-1]
