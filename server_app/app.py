@@ -1,12 +1,13 @@
 """ServerApp for PEP-FedPT and the baselines.
 
 Looks up ``cfg.method``'s registration (``pep_fedpt.methods.registry``), builds its seeded
-initial state and its strategy (a ``PromptFedAvg`` subclass), evaluates the global state
-on the data set's central test split after every ``fed.evaluate-every``-th round and the
-last (the method's server side; the PromptedViT one uses the global prior), records each
-finished round on disk (with a checkpoint of the whole server state) and prints a summary
-table. With ``resume-from``
-set it continues a run from its checkpoint at the next round, as if it had never stopped.
+initial state and its strategy (a ``PromptFedAvg`` subclass), and runs the strategy's
+rounds (``PromptFedAvg.rounds``) in its own loop: after each finished round it evaluates
+the global state on the data set's central test split (every ``fed.evaluate-every``-th
+round and the last; the method's server side) and records the round on disk (with a
+checkpoint of the whole server state); at the end it prints a summary table. With
+``resume-from`` set it continues a run from its checkpoint at the next round, as if it had
+never stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context
 from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
@@ -62,64 +63,55 @@ def main(grid: Grid, context: Context) -> None:
     refuse_to_overwrite(out, cfg)
     device = pick_device()
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
-    strategy = build_strategy(cfg)
+    strategy: PromptFedAvg = method.build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
     strategy.evaluate_every = cfg.fed.evaluate_every
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
     strategy.on_client_error = recorder.record_client_error
     log(INFO, "pep-fedpt: results go to %s", out)
-    recorded_partitions: list[object] = [None]  # the prototype round's partition, once drawn
-    recorded_at: list[float] = []  # when the previous round was recorded (monotonic clock)
-
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """The method's central evaluation (``MethodServer.evaluate``); then record the
-        round."""
-        state = {key: array.numpy() for key, array in arrays.items()}
-        evaluates = evaluation_round(server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds)
-        # A round without evaluation is still recorded: its checkpoint is what a resume reads.
-        scores: dict[str, MetricRecordValues] = dict(server.evaluate(state)) if evaluates else {}
-        metrics = MetricRecord(scores)
-        row = {f"server/{k}": v for k, v in metrics.items()}
-        row.update(strategy.round_metrics.get(server_round, {}))
-        recorder.record_round(
-            server_round,
-            row,
-            state,
-            strategy.dropped,
-            strategy.checkpoint(),
-            node_replies=strategy.node_replies,
-            partitions=strategy.partitions,
-        )
-        # A round's wall time, from the previous round's record to this one's, measured
-        # here: a log line's arrival through `flwr run --stream` lags by up to 0.5 s.
-        now = time.monotonic()
-        if recorded_at:
-            log(INFO, "pep-fedpt: round %d took %.3f s", server_round, now - recorded_at[0])
-        recorded_at[:] = [now]
-        for line in recorder.newly_failing_lines():
-            log(WARNING, "pep-fedpt: %s", line)
-        if strategy.partitions and strategy.partitions is not recorded_partitions[0]:
-            recorder.record_partition(strategy.partitions, server.classes)
-            recorded_partitions[0] = strategy.partitions
-        return metrics
-
     if resume is None:
         start: dict[str, np.ndarray] = server.initial_arrays()
     else:
         start = resume.arrays
         strategy.restore(resume.strategy)
         log(INFO, "pep-fedpt: resuming %s after round %d", cfg.resume_from, resume.server_round)
-    arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
-    strategy.start(
-        grid=grid,
-        initial_arrays=arrays,
+    recorded_partitions: dict[int, dict[str, int | bool | list[int]]] = {}
+    recorded_at: float | None = None  # when the previous round was recorded (monotonic)
+    for end in strategy.rounds(
+        grid,
+        ArrayRecord({k: Array(v) for k, v in start.items()}),
         num_rounds=cfg.fed.num_rounds,
         timeout=cfg.fed.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluate_global,
         start_round=1 if resume is None else resume.server_round + 1,
-    )
+    ):
+        state = {key: array.numpy() for key, array in end.arrays.items()}
+        # A round without evaluation is still recorded: its checkpoint is what a resume reads.
+        scores: dict[str, MetricRecordValues] = {}
+        if evaluation_round(end.server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds):
+            scores = dict(server.evaluate(state))  # the method's central evaluation
+            log(INFO, "pep-fedpt: round %d central evaluation: %s", end.server_round, scores)
+        row = {f"server/{k}": v for k, v in scores.items()}
+        row.update(end.metrics)
+        recorder.record_round(
+            end.server_round,
+            row,
+            state,
+            end.dropped,
+            end.checkpoint,
+            node_replies=end.node_replies,
+            partitions=end.partitions,
+        )
+        # A round's wall time, from the previous round's record to this one's, measured
+        # here: a log line's arrival through `flwr run --stream` lags by up to 0.5 s.
+        now = time.monotonic()
+        if recorded_at is not None:
+            log(INFO, "pep-fedpt: round %d took %.3f s", end.server_round, now - recorded_at)
+        recorded_at = now
+        for line in recorder.newly_failing_lines():
+            log(WARNING, "pep-fedpt: %s", line)
+        if end.partitions and end.partitions != recorded_partitions:
+            recorder.record_partition(end.partitions, server.classes)
+            recorded_partitions = end.partitions
     # summary.md and accuracy.png are already written, after every round; the table once.
     table = recorder.summary_table()
     print(

@@ -334,7 +334,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         self._sent_ids: dict[str, tuple[int, int]] | None = None
         self.dropped: list[tuple[int, int, str]] = []  # (round, node id, reason)
         # Per round, the aggregated client-side metrics ("train/...", "evaluate/..."), so
-        # that an evaluate_fn can record each finished round as soon as it ends.
+        # that each finished round can be recorded as soon as it ends (``RoundEnd``).
         self.round_metrics: dict[int, dict[str, float | list[float]]] = {}
         # Rounds whose train replies were aggregated into a new state (not kept as it was),
         # so that a run in which none was can say so and fail.

@@ -1,18 +1,20 @@
-"""This project's round loop (``PromptFedAvg.start``), the SecAgg+ training round it
-alone can run, and the checkpoint of everything beyond the arrays.
+"""This project's round loop (``PromptFedAvg.rounds``, and ``start`` over it), the SecAgg+
+training round it alone can run, and the checkpoint of everything beyond the arrays.
 
 ``RoundLoop`` is a part of ``PromptFedAvg`` (strategies/base.py). Flower's own
 ``Strategy.start`` runs the strategy too (the prototype round and late-node admission run
-from ``configure_train``); this loop adds the prototype round before the central
-evaluation of round 0, resume at ``start_round``, bytes per phase for every exchange, and
-the SecAgg+ training round (several exchanges).
+from ``configure_train``); this loop adds a round 0 after the prototype round, resume at
+``start_round``, bytes per phase for every exchange, and the SecAgg+ training round
+(several exchanges). ``rounds`` yields each finished round, so that the ServerApp
+evaluates and records it in its own loop.
 """
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -25,6 +27,24 @@ from flwr.supercore import log
 from strategies import wire
 from strategies.secagg import SecAggError, secure_train
 from strategies.validation import record_arrays
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """What one finished round leaves its caller (round 0: the initial state after the
+    prototype round): all that the ServerApp records, read at the round's end."""
+
+    server_round: int
+    arrays: ArrayRecord  # the whole global state, server arrays included
+    train_metrics: MetricRecord | None  # the aggregated train replies (None: no round 0)
+    evaluate_metrics: MetricRecord | None  # the aggregated client evaluation, if any
+    metrics: dict[str, float | list[float]]  # "train/...", "evaluate/...", bytes per phase
+    dropped: list[tuple[int, int, str]]  # every refused reply so far: (round, node, reason)
+    node_replies: dict[int, dict[str, Any]]  # per node: sent, failed, last-failure
+    # partition id -> node id, held-out flag, class counts (from the prototype round, a
+    # refresh or a late node's admission)
+    partitions: dict[int, dict[str, int | bool | list[int]]]
+    checkpoint: dict[str, Any]  # ``RoundLoop.checkpoint()`` at the round's end
 
 
 class RoundLoop:
@@ -58,104 +78,28 @@ class RoundLoop:
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         start_round: int = 1,
     ) -> Result:
-        """This project's round loop: the prototype round (unless the state already holds
-        its result), then rounds ``start_round..num_rounds``, carrying the whole global
-        state (server arrays included) from round to round.
-
-        Flower's own ``Strategy.start`` runs this strategy too (and so do Flower's wrappers,
-        such as its DP fixed-clipping ones, whose ``start`` is Flower's): the prototype
-        round and late-node admission run from ``configure_train``. This loop adds what the
-        ServerApp needs beyond that: the prototype round before ``evaluate_fn(0, ...)``
-        (the central evaluation needs its ``proto.count``); a resumed run starts at
-        ``start_round`` (Flower's loop always starts at round 1 and evaluates round 0
-        again); every exchange goes through ``_exchange`` (bytes per phase, each node's
-        replies, progress lines while it waits; Flower calls ``grid.send_and_receive``
-        itself); the SecAgg+ training round (several exchanges); and ``Result`` starts
-        with the initial arrays, so a run whose rounds all kept the state still returns
-        one. Its calls and log lines follow Flower's ``Strategy.start`` of flwr 1.42.0.
+        """Flower's ``Strategy.start`` over ``rounds``: ``evaluate_fn`` after every round
+        (round 0 too, from the state after the prototype round), the results in a
+        ``Result`` that starts with the initial arrays (so a run whose rounds all kept the
+        state still returns one). Its calls and log lines follow Flower's
+        ``Strategy.start`` of flwr 1.42.0.
         """
-        if start_round < 1:
-            raise ValueError(f"start_round = {start_round} must be >= 1")
-        self.timeout = timeout
-        self.num_rounds = num_rounds
-        self._own_loop = True
-        try:
-            return self._run_rounds(
-                grid,
-                self.ensure_prototypes(grid, initial_arrays),
-                num_rounds,
-                train_config,
-                evaluate_config,
-                evaluate_fn,
-                start_round,
-            )
-        finally:
-            self._own_loop = False
-
-    def _run_rounds(
-        self,
-        grid: Grid,
-        arrays: ArrayRecord,
-        num_rounds: int,
-        train_config: ConfigRecord | None,
-        evaluate_config: ConfigRecord | None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
-        start_round: int,
-    ) -> Result:
-        """``start``'s loop over rounds ``start_round..num_rounds`` from the whole state
-        ``arrays`` (prototypes included)."""
-
-        log(INFO, "Starting %s strategy:", self.__class__.__name__)
-        log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
-        if start_round > 1:
-            log(INFO, "\t└──> Resuming at round %d", start_round)
-        self.summary()
-        log(INFO, "")
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result(arrays=arrays)
+        result = Result(arrays=initial_arrays)
         t_start = time.time()
-        if evaluate_fn and start_round == 1:
-            res = evaluate_fn(0, arrays)
-            log(INFO, "Initial global evaluation results: %s", res)
-            if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
-
-        for current_round in range(start_round, num_rounds + 1):
-            log(INFO, "")
-            log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            train_messages = self.configure_train(current_round, arrays, train_config, grid)
-            if self.secagg is not None:  # only the weighted totals reach the server
-                agg_arrays, agg_train_metrics = self.secure_train_round(
-                    grid, current_round, list(train_messages)
-                )
-            else:
-                train_replies = self._exchange(grid, train_messages, current_round, "train")
-                agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
-            if agg_arrays is not None:
-                result.arrays = arrays = agg_arrays
-            if agg_train_metrics is not None:
-                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
-                result.train_metrics_clientapp[current_round] = agg_train_metrics
-
-            evaluate_replies = self._exchange(
-                grid,
-                self.configure_evaluate(current_round, arrays, evaluate_config, grid),
-                current_round,
-                "evaluate",
-            )
-            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
-            if agg_evaluate_metrics is not None:
-                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
-                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
-
+        for end in self.rounds(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, start_round
+        ):
+            result.arrays = end.arrays
+            if end.train_metrics is not None:
+                result.train_metrics_clientapp[end.server_round] = end.train_metrics
+            if end.evaluate_metrics is not None:
+                result.evaluate_metrics_clientapp[end.server_round] = end.evaluate_metrics
             if evaluate_fn:
                 log(INFO, "Global evaluation")
-                res = evaluate_fn(current_round, arrays)
+                res = evaluate_fn(end.server_round, end.arrays)
                 log(INFO, "\t└──> MetricRecord: %s", res)
                 if res is not None:
-                    result.evaluate_metrics_serverapp[current_round] = res
-
+                    result.evaluate_metrics_serverapp[end.server_round] = res
         log(INFO, "")
         log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
         log(INFO, "")
@@ -165,6 +109,108 @@ class RoundLoop:
             log(INFO, "\t%s", line.strip("\n"))
         log(INFO, "")
         return result
+
+    def rounds(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        start_round: int = 1,
+    ) -> Iterator[RoundEnd]:
+        """This project's round loop, one ``RoundEnd`` per finished round, so that the
+        caller evaluates and records each round in its own loop: round 0 (the initial
+        state after the prototype round, whose ``proto.count`` a central evaluation
+        needs) unless resuming, then rounds ``start_round..num_rounds``, carrying the
+        whole global state (server arrays included).
+
+        Flower's own ``Strategy.start`` runs this strategy too (and so do Flower's wrappers,
+        such as its DP fixed-clipping ones): the prototype round and late-node admission
+        run from ``configure_train``. This loop adds resume at ``start_round`` (Flower's
+        loop always starts at round 1), every exchange through ``_exchange`` (bytes per
+        phase, each node's replies, progress lines while it waits), and the SecAgg+
+        training round (several exchanges).
+        """
+        if start_round < 1:
+            raise ValueError(f"start_round = {start_round} must be >= 1")
+        self.timeout = timeout
+        self.num_rounds = num_rounds
+        self._own_loop = True
+        try:
+            arrays = self.ensure_prototypes(grid, initial_arrays)
+            log(INFO, "Starting %s strategy:", self.__class__.__name__)
+            log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
+            if start_round > 1:
+                log(INFO, "\t└──> Resuming at round %d", start_round)
+            self.summary()
+            log(INFO, "")
+            train_config = ConfigRecord() if train_config is None else train_config
+            evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+            if start_round == 1:
+                yield self._round_end(0, arrays, None, None)
+            for current_round in range(start_round, num_rounds + 1):
+                arrays, train_metrics, evaluate_metrics = self._one_round(
+                    grid, current_round, arrays, train_config, evaluate_config
+                )
+                yield self._round_end(current_round, arrays, train_metrics, evaluate_metrics)
+        finally:
+            self._own_loop = False
+
+    def _one_round(
+        self,
+        grid: Grid,
+        current_round: int,
+        arrays: ArrayRecord,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+    ) -> tuple[ArrayRecord, MetricRecord | None, MetricRecord | None]:
+        """Train, then evaluate on the clients: the round's global state and the
+        aggregated train and evaluate metrics."""
+        log(INFO, "")
+        log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
+        train_messages = self.configure_train(current_round, arrays, train_config, grid)
+        if self.secagg is not None:  # only the weighted totals reach the server
+            agg_arrays, train_metrics = self.secure_train_round(
+                grid, current_round, list(train_messages)
+            )
+        else:
+            train_replies = self._exchange(grid, train_messages, current_round, "train")
+            agg_arrays, train_metrics = self.aggregate_train(current_round, train_replies)
+        if agg_arrays is not None:
+            arrays = agg_arrays
+        if train_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)
+        evaluate_replies = self._exchange(
+            grid,
+            self.configure_evaluate(current_round, arrays, evaluate_config, grid),
+            current_round,
+            "evaluate",
+        )
+        evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
+        if evaluate_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", evaluate_metrics)
+        return arrays, train_metrics, evaluate_metrics
+
+    def _round_end(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        train_metrics: MetricRecord | None,
+        evaluate_metrics: MetricRecord | None,
+    ) -> RoundEnd:
+        return RoundEnd(
+            server_round=server_round,
+            arrays=arrays,
+            train_metrics=train_metrics,
+            evaluate_metrics=evaluate_metrics,
+            metrics=dict(self.round_metrics.get(server_round, {})),
+            dropped=list(self.dropped),
+            node_replies={node: dict(entry) for node, entry in self.node_replies.items()},
+            partitions={pid: dict(entry) for pid, entry in self.partitions.items()},
+            checkpoint=self.checkpoint(),
+        )
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything beyond the global arrays that the rest of the run depends on (JSON).

@@ -148,6 +148,36 @@ def test_a_method_built_from_the_hooks_alone_runs_through_start() -> None:
     assert seen == {1: True, 2: True, 3: False}
 
 
+def test_rounds_yields_round_0_and_each_round_with_what_start_returns() -> None:
+    set_task_identity()
+    initial = {
+        wire.SHARED_PROMPT: np.zeros((1, 3), np.float32),
+        wire.HEAD_WEIGHT: np.zeros((2, 3), np.float32),
+        wire.HEAD_BIAS: np.zeros(2, np.float32),
+    }
+    ends, results = [], []
+    for loop in ("rounds", "start"):
+        grid = InProcessGrid(toy, {n: {"partition-id": n - 1} for n in (1, 2, 3)}, {})
+        strategy = Tagged(bonus=0.5, min_train_nodes=2, min_evaluate_nodes=3, min_available_nodes=3)
+        arrays = ArrayRecord({k: Array(v) for k, v in initial.items()})
+        if loop == "rounds":
+            ends = list(strategy.rounds(grid, arrays, num_rounds=2, timeout=10.0))
+        else:
+            results.append(strategy.start(grid, arrays, num_rounds=2, timeout=10.0))
+
+    assert [end.server_round for end in ends] == [0, 1, 2]
+    # Round 0 is the state after the prototype round (its counts, as the toy nodes report
+    # them), with nothing trained or refused yet.
+    assert ends[0].train_metrics is None and ends[0].dropped == []
+    np.testing.assert_array_equal(ends[0].arrays[wire.PROTO_COUNT].numpy(), [30, 30])
+    # Each round adds node 2's refusal; the last state is the one start returns.
+    assert [len(end.dropped) for end in ends] == [0, 1, 2]
+    assert ends[2].checkpoint["dropped"] == [list(entry) for entry in ends[2].dropped]
+    for key, array in results[0].arrays.items():
+        np.testing.assert_array_equal(ends[2].arrays[key].numpy(), array.numpy(), err_msg=key)
+    assert ends[2].metrics["train/valid-replies"] == 2
+
+
 def test_every_hook_is_documented_and_exists_on_the_base() -> None:
     doc = inspect.getdoc(base) or ""
     for hook in HOOKS:
