@@ -201,7 +201,8 @@ class NodeAdmission:
             log(
                 WARNING,
                 "round %d: %d node(s) outside the secure prototype round stay out of training "
-                "(late nodes cannot be admitted under secure aggregation yet)",
+                "until the next one (a refresh, fed.prototype-refresh-every): a plain query "
+                "would show their counts and sums",
                 server_round,
                 len(late),
             )
@@ -288,7 +289,7 @@ class NodeAdmission:
         if self.secagg is not None:  # a plain reply would show the node's counts and sums
             raise RuntimeError(
                 "a plain prototype query under secure_aggregation = 'secaggplus' is refused "
-                "(late nodes cannot be admitted securely yet; docs/privacy.md)"
+                "(late nodes join at the next secure prototype refresh; docs/privacy.md)"
             )
         num_classes = self.num_classes(arrays)
         dim = self._prototype_dim(arrays)

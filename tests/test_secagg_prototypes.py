@@ -221,3 +221,36 @@ def test_late_nodes_are_never_asked_in_plain_under_secure_aggregation(
     assert "1 node(s) outside the secure prototype round stay out of training" in caplog.text
     with pytest.raises(RuntimeError, match="a plain prototype query under secure_aggregation"):
         strategy._ask_for_prototypes(grid, state, [25], 1, lambda answer: None)
+
+
+def test_a_late_node_joins_training_at_the_next_secure_prototype_refresh() -> None:
+    grid = InProcessGrid(app, {n: {} for n in (21, 22, 24)}, {})
+    strategy = PEPFedPT(
+        secure_aggregation="secaggplus", secagg=PARAMS, prototype_refresh_every=2, seed=0
+    )
+    strategy.min_available_nodes = strategy.min_train_nodes = 1
+    state = strategy.prototype_round(grid, _initial(), server_round=0)
+    np.testing.assert_array_equal(state[wire.PROTO_COUNT].numpy(), [3, 3, 1])  # 21 + 22
+    grid.contexts[23] = Context(1, 23, {}, RecordDict(), {})  # connects after round 0
+
+    # Round 1: no refresh due; the late node is asked nothing and is not sampled.
+    assert not strategy.refreshes_prototypes(1)
+    assert strategy.admit_late_nodes(grid, state, server_round=1) is state
+    assert strategy._sample(grid, 1.0, 1, exclude=strategy.held_out_nodes, verified_only=True) == [
+        21,
+        22,
+    ]
+    # Round 3 (prototype_refresh_every = 2: rounds 3, 5, ...) opens with a secure prototype
+    # round over every connected node: node 23's statistics join the totals (still never
+    # seen alone), and it may train from then on.
+    assert not strategy.refreshes_prototypes(2) and strategy.refreshes_prototypes(3)
+    refreshed = strategy.prototype_round(grid, state, server_round=3)
+    np.testing.assert_array_equal(refreshed[wire.PROTO_COUNT].numpy(), COUNTS)
+    np.testing.assert_allclose(refreshed[wire.PROTO_MEAN].numpy(), MEANS, atol=1e-4)
+    assert {kind for kind, node in grid.sent if node == 23} == {f"query.{ACTION}"}
+    assert strategy._sample(grid, 1.0, 1, exclude=strategy.held_out_nodes, verified_only=True) == [
+        21,
+        22,
+        23,
+    ]
+    assert strategy.held_out_nodes == {24}
