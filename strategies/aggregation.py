@@ -36,7 +36,7 @@ class RunningMean:
         self.shape = self.previous.shape
         self._sum = np.zeros(self.shape, dtype=np.float64)
         rows = self.shape[0] if self.shape else 1
-        self._weight = np.zeros(rows, dtype=np.float64)
+        self._weight: np.ndarray = np.zeros(rows, dtype=np.float64)
         # Where w·x is formed before it is added; running means that are never used at
         # the same time may share one (``scratch_buffer``).
         size = min(max(self._sum.size, 1), _CHUNK)
@@ -128,11 +128,11 @@ class RunningMean:
             previous = np.asarray(self.previous, dtype=np.float64)
             mixed = momentum * previous + (1.0 - momentum) * mean
             mean = mixed if held.all() else np.where(held.reshape(-1, *extra), mixed, previous)
-        return mean.astype(np.float32)
+        return np.asarray(mean, dtype=np.float32)
 
     def total_weight(self) -> np.ndarray:
         """Σ_k w_k per row (float64)."""
-        return self._weight.copy()
+        return np.array(self._weight, dtype=np.float64)
 
 
 # ---------------------------------------------------------------- exact sums
@@ -179,7 +179,7 @@ class ExactSum:
         self.shape = tuple(int(n) for n in shape)
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self._chunk = max(1, min(chunk, max(self.size, 1)))
-        self._limbs = np.zeros((0, self.size), dtype=np.int64)
+        self._limbs: np.ndarray = np.zeros((0, self.size), dtype=np.int64)
         self._low = 0  # absolute index of limb row 0
         self._since_normalised = 0
         self._work: tuple[np.ndarray, np.ndarray] | None = None
@@ -271,7 +271,8 @@ class ExactSum:
             grown = np.zeros((high - low, self.size), dtype=np.int64)
             grown[self._low - low : self._low - low + rows] = self._limbs
             self._limbs, self._low = grown, low
-        return self._limbs[limb - self._low]
+        row: np.ndarray = self._limbs[limb - self._low]
+        return row
 
     def _normalise(self) -> None:
         """Every limb but the top into [0, 2^32), carries upward (value unchanged); a top
@@ -343,7 +344,7 @@ def _rounded(limbs: np.ndarray, low: int) -> np.ndarray:
     # d0's unit is 2^(32 (low - 2 + top - 2)); the mantissa's is bits + 11 above it.
     exponent = _LIMB_BITS * (low - 4 + top) + bits.astype(np.int64) + 11
     with np.errstate(over="ignore"):
-        value = np.ldexp(mantissa.astype(np.float64), exponent.astype(np.int32))
+        value: np.ndarray = np.ldexp(mantissa.astype(np.float64), exponent.astype(np.int32))
     value[negative] = -value[negative]
     value[~held] = 0.0
     return value
@@ -374,14 +375,14 @@ class PrototypeTally:
             raise ValueError(f"num_classes = {num_classes} and dim = {dim} must be >= 1")
         self.num_classes = int(num_classes)
         self.dim = None if dim is None else int(dim)
-        self._sums = None if dim is None else ExactSum((self.num_classes, self.dim))
+        self._sums = None if dim is None else ExactSum((self.num_classes, int(dim)))
         self._counts = np.zeros(self.num_classes, dtype=np.int64)
         self.clients = 0
 
     @property
     def counts(self) -> np.ndarray:
         """Σ_k n_{k,c} (int64, a copy)."""
-        return self._counts.copy()
+        return np.array(self._counts, dtype=np.int64)
 
     def _checked_counts(self, counts: np.ndarray) -> np.ndarray:
         n = np.asarray(counts)
@@ -604,7 +605,7 @@ def robust_value(
 
     def reduce(stack: np.ndarray) -> np.ndarray:
         if how == "median":
-            return np.median(stack, axis=0)
+            return np.asarray(np.median(stack, axis=0))
         return trim_mean(stack, trim_fraction)
 
     stacked = np.stack([np.asarray(v, dtype=np.float64) for v in values])

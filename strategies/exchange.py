@@ -89,9 +89,9 @@ class GridExchange:
             received += traffic.content_nbytes(reply.content) if reply.has_content() else 0
             error = None
             if reply.has_error():
-                error = one_line(reply.error.reason)
+                error = one_line(reply.error.reason or "")
                 if self.on_client_error is not None:
-                    full = strip_ansi(reply.error.reason)
+                    full = strip_ansi(reply.error.reason or "")
                     self.on_client_error(server_round, self._sender(reply), phase, full)
             arrived.append((reply.metadata.reply_to_message_id, reply.metadata.src_node_id, error))
             return consume is None or consume(reply)

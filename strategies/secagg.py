@@ -247,7 +247,7 @@ class SecAggServer:
         self, stage: str, extra: Mapping[str, object], node: int | None = None
     ) -> RecordDict:
         record = ConfigRecord({Key.STAGE: stage, **extra})  # type: ignore[dict-item]
-        content = RecordDict(dict(self.payload.get(node, RecordDict())))
+        content = RecordDict(dict(self.payload.get(node, RecordDict()) if node is not None else {}))
         content[RECORD] = record
         content[wire.CONFIG] = self.task
         return content
@@ -298,12 +298,12 @@ class SecAggServer:
         for node, content in answers.items():
             if isinstance(content, str):
                 continue
-            facts = content.get(wire.METRICS, MetricRecord())
+            facts = content.metric_records.get(wire.METRICS, MetricRecord())
             result.facts[node] = facts
             if not self.select(node, facts):
                 continue
-            record = content[RECORD]
-            keys[node] = [bytes(record[Key.PUBLIC_KEY_1]), bytes(record[Key.PUBLIC_KEY_2])]
+            record = content.config_records[RECORD]
+            keys[node] = [_bytes(record, Key.PUBLIC_KEY_1), _bytes(record, Key.PUBLIC_KEY_2)]
         self._need(Stage.SETUP, keys)
         order = sorted(keys)
         self.rng.shuffle(order)
@@ -324,13 +324,15 @@ class SecAggServer:
         self._need(Stage.SHARE_KEYS, shared)
         forward: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in shared}
         for src in shared:
-            record = answers[src][RECORD]  # type: ignore[index]
+            record = _reply_record(answers[src])
             for dst, text in zip(
-                record[Key.DESTINATION_LIST], record[Key.CIPHERTEXT_LIST], strict=True
+                _ints(record, Key.DESTINATION_LIST),
+                _bytes_list(record, Key.CIPHERTEXT_LIST),
+                strict=True,
             ):
                 if dst in forward and dst in neighbours[src]:
                     forward[dst][0].append(src)
-                    forward[dst][1].append(bytes(text))
+                    forward[dst][1].append(text)
 
         # Stage 2: each node's shares from its neighbours; back comes its masked vector.
         answers = self._send(
@@ -350,9 +352,9 @@ class SecAggServer:
                 continue
             reason = _masked_problem(content, size, self.mod)
             if reason is not None:
-                answers[node] = reason  # type: ignore[index]
+                answers[node] = reason
                 continue
-            total += content[VECTOR_RECORD][MASKED].numpy()  # type: ignore[union-attr]
+            total += content.array_records[VECTOR_RECORD][MASKED].numpy()
         self._lost(Stage.COLLECT_MASKED_VECTORS, answers)
         masked = sorted(n for n, a in answers.items() if not isinstance(a, str))
         dead = sorted(set(shared) - set(masked))
@@ -377,10 +379,12 @@ class SecAggServer:
         for content in answers.values():
             if isinstance(content, str):
                 continue
-            record = content[RECORD]
-            for owner, share in zip(record[Key.NODE_ID_LIST], record[Key.SHARE_LIST], strict=True):
+            record = content.config_records[RECORD]
+            for owner, share in zip(
+                _ints(record, Key.NODE_ID_LIST), _bytes_list(record, Key.SHARE_LIST), strict=True
+            ):
                 if owner in shares:
-                    shares[owner].append(bytes(share))
+                    shares[owner].append(share)
         short = [n for n in shared if len(shares[n]) < p.threshold]
         if short:
             message = (
@@ -390,7 +394,7 @@ class SecAggServer:
             )
             log(ERROR, message)
             raise SecAggError(message)
-        shape = [(size,)]
+        shape: list[tuple[int, ...]] = [(size,)]
         # Any threshold shares rebuild a secret; Flower's combine_shares costs the square
         # of the shares it gets (0.38 s for 40, 1.7 s for 100), so it gets no more.
         for owner in masked:  # its own mask, from its reconstructed seed
@@ -428,6 +432,39 @@ def _neighbours(order: list[int], share_num: int) -> dict[int, set[int]]:
         n: {order[(i + k) % len(order)] for k in range(-half, half + 1)}
         for i, n in enumerate(order)
     }
+
+
+def _number(value: object, name: str) -> float:
+    if not isinstance(value, int | float):
+        raise ValueError(f"{name} = {value!r} is not a number")
+    return float(value)
+
+
+def _reply_record(answer: RecordDict | str) -> ConfigRecord:
+    """The protocol record of a reply kept as usable (``_send`` left no reason in it)."""
+    assert not isinstance(answer, str), answer
+    return answer.config_records[RECORD]
+
+
+def _bytes(record: ConfigRecord, key: str) -> bytes:
+    value = record[key]
+    if not isinstance(value, bytes):
+        raise ValueError(f"secure aggregation: {key} is {type(value).__name__}, not bytes")
+    return value
+
+
+def _bytes_list(record: ConfigRecord, key: str) -> list[bytes]:
+    value = record[key]
+    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+        raise ValueError(f"secure aggregation: {key} is not a list of bytes")
+    return [bytes(v) for v in value if isinstance(v, bytes)]
+
+
+def _ints(record: ConfigRecord, key: str) -> list[int]:
+    value = record[key]
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"secure aggregation: {key} is not a list of ints")
+    return [int(v) for v in value if isinstance(v, int)]
 
 
 def _masked_problem(content: RecordDict, size: int, mod: int) -> str | None:
@@ -532,11 +569,13 @@ def secure_update(
     counts = np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.int64)
     if not isinstance(n, int) or int(counts.sum()) != n:
         raise ValueError(f"{wire.NUM_EXAMPLES} = {n!r} is not the sum of the class counts")
-    scale = float(config[SUM_SCALE])  # type: ignore[arg-type]
-    loss = float(metrics.get(wire.TRAIN_LOSS, 0.0))  # type: ignore[arg-type]
+    scale = _number(config[SUM_SCALE], SUM_SCALE)
+    loss = _number(metrics.get(wire.TRAIN_LOSS, 0.0), wire.TRAIN_LOSS)
     parts = [np.array([n * loss / scale])]
-    keys = list(config[SECURE_KEYS])  # type: ignore[arg-type]
-    for key, per_class in zip(keys, config[SECURE_PER_CLASS], strict=True):  # type: ignore[arg-type]
+    keys = config[SECURE_KEYS]
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise ValueError(f"{SECURE_KEYS} is not a list of key names")
+    for key, per_class in zip(map(str, keys), _ints(config, SECURE_PER_CLASS), strict=True):
         value = np.asarray(arrays[key], dtype=np.float64)
         value = value - np.asarray(reference[key], dtype=np.float64)
         if per_class:
@@ -574,7 +613,7 @@ def secure_train(
     holds keep ``previous``). Every node gets the same arrays (``node_arrays`` is not
     overridden under secure aggregation)."""
     keys = list(per_class)
-    config = ConfigRecord(dict(messages[0].content[wire.CONFIG]))
+    config = ConfigRecord(dict(messages[0].content.config_records[wire.CONFIG]))
     config[wire.CFG_TASK] = TASK_TRAIN
     config[SECURE_KEYS] = keys
     config[SECURE_PER_CLASS] = [int(per_class[key]) for key in keys]
@@ -587,7 +626,7 @@ def secure_train(
     n, counts = int(result.ints[0]), result.ints[1:]
     totals = result.floats * params.max_count
     # The arrays as they went out (in the wire dtype): what each node's update is from.
-    sent = messages[0].content[wire.ARRAYS]
+    sent = messages[0].content.array_records[wire.ARRAYS]
     arrays: dict[str, np.ndarray] = {}
     offset = 1
     for key in keys:

@@ -113,7 +113,7 @@ def check_known_counts(counts: object, known: list[int] | None) -> str | None:
     if np.asarray(counts).tolist() != list(known):
         return (
             f"{wire.CLASS_COUNTS} differ from the counts this node reported in the "
-            f"prototype round (sum {int(np.sum(counts))} vs {sum(known)})"
+            f"prototype round (sum {int(np.asarray(counts).sum())} vs {sum(known)})"
         )
     return None
 
