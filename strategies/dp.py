@@ -25,6 +25,8 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
@@ -38,6 +40,17 @@ DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptive
 CLIENT_SIDE = (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyClientSideAdaptiveClipping,
+)
+# The code of Flower's wrappers' own configure_train: a frame running one of them is a
+# wrapper passing a round on (a subclass that overrides it still reaches it by super()).
+# Only such frames have their locals read: reading every frame's would copy them all.
+WRAPPER_CODE = frozenset(
+    vars(cls)["configure_train"].__code__
+    for cls in (
+        *CLIENT_SIDE,
+        DifferentialPrivacyServerSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+    )
 )
 # How many ``.strategy`` links a wrapper may be away from the strategy it wraps.
 MAX_NESTING = 8
@@ -59,9 +72,10 @@ def calling_dp_wrapper(strategy: Strategy) -> Strategy | None:
     """The Flower DP wrapper around ``strategy`` whose call is on the stack (None: none)."""
     frame = sys._getframe(1)
     while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, DP_WRAPPERS) and wraps(owner, strategy):
-            return owner
+        if frame.f_code in WRAPPER_CODE:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, DP_WRAPPERS) and wraps(owner, strategy):
+                return owner
         frame = frame.f_back  # type: ignore[assignment]
     return None
 

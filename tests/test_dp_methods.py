@@ -237,3 +237,51 @@ def test_sgpt_is_refused_under_a_client_side_wrapper(
         r"^SGPT cannot run under DifferentialPrivacyClientSide\w+: its train messages carry "
         r"'group\.count'.*use a server-side DP wrapper$",
     )
+
+
+class _LoggingWrapper(DifferentialPrivacyServerSideAdaptiveClipping):
+    """A user's subclass of a Flower wrapper, with its own configure_train."""
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+class _Passthrough(Strategy):
+    """A wrapper of the user's own between Flower's DP wrapper and the strategy."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("wrap", "name"),
+    [
+        (
+            lambda s: _LoggingWrapper(s, noise_multiplier=0.0, num_sampled_clients=3),
+            "_LoggingWrapper",
+        ),
+        (
+            lambda s: _server_fixed(_Passthrough(s)),  # type: ignore[arg-type]
+            "DifferentialPrivacyServerSideFixedClipping",
+        ),
+    ],
+)
+def test_a_wrapper_subclass_or_one_in_between_is_found_too(
+    flat: dict, wrap: Wrap, name: str, task_identity: None
+) -> None:
+    _refused({**flat, "method": "local"}, wrap, None, rf"^LocalOnly cannot run under {name}: ")
