@@ -360,9 +360,10 @@ class NodeAdmission:
         (task ``keep-prototypes``), before the train messages, which then carry one
         ArrayRecord only.
 
-        Flower's client-side DP (``DifferentialPrivacyClientSideFixedClipping``, which puts
-        ``clipping_norm`` in the config) runs ``fixedclipping_mod`` on the node, and that
-        mod refuses a train message with more than one ArrayRecord. A node whose query
+        Flower's client-side DP (``DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping``,
+        which put ``clipping_norm`` in the config) runs ``fixedclipping_mod`` or
+        ``adaptiveclipping_mod`` on the node, and both mods refuse a train message with
+        more than one ArrayRecord. A node whose query
         fails gets no train message this round (it would lack the prototypes).
         """
         queries: list[Message] = []

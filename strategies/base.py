@@ -75,6 +75,11 @@ Override points (a method overrides these, never the private helpers):
                            the new state from the round's valid train replies (default: the
                            merged running sums; PFedPG: the generator update), or None to
                            keep the previous state.
+``dp_refusal(client_side)`` why Flower's DP wrappers (``client_side``: the client-side ones,
+                           whose clipping mods take one ArrayRecord per train message) cannot
+                           protect this method, or None (default: they can; LocalOnly and
+                           PFedPG: never; SGPT: not client-side). ``configure_train``
+                           refuses such a run before anything is sent (strategies/dp.py).
 ``checkpoint()`` / ``restore(state)``, ``summary()``
                            what a method keeps beyond the arrays; its start-up log lines.
 
@@ -103,9 +108,9 @@ test fails if a subclass in ``strategies/`` reads one:
 Round loops. ``start`` is this project's loop (the ServerApp's: the whole state carried
 from round to round, the prototype round before the central evaluation of round 0,
 resume at ``start_round``, bytes per phase, SecAgg+ training rounds). Flower's own
-``Strategy.start``, and Flower's wrappers whose ``start`` is it (the DP fixed-clipping
-ones), run the strategy too: ``configure_train`` runs the prototype round when the state
-lacks its result, and late-node admission, whatever loop calls it, and
+``Strategy.start``, and Flower's wrappers whose ``start`` is it (the DP wrappers, fixed
+and adaptive clipping), run the strategy too: ``configure_train`` runs the prototype
+round when the state lacks its result, and late-node admission, whatever loop calls it, and
 ``aggregate_train`` returns the state in the form the loop gave it (the trainable arrays
 only, when that is what the loop carries), the server arrays staying in
 ``server_arrays``. SecAgg+ is refused outside ``start``.
@@ -146,6 +151,7 @@ from strategies.aggregation import (
     scratch_buffer,
     validation_summary,
 )
+from strategies.dp import check_dp_wrapper
 from strategies.errors import one_line
 from strategies.exchange import GridExchange
 from strategies.loop import RoundLoop
@@ -442,6 +448,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
                 "messages itself, such as Flower's Strategy.start, would send them in the "
                 "clear): call strategy.start(...), or set secure_aggregation = 'off'"
             )
+        check_dp_wrapper(self, config)
         self._caller_holds_server_arrays = any(self.server_only(key) for key in arrays)
         arrays = self.ensure_prototypes(grid, arrays)
         if self.refreshes_prototypes(server_round):
@@ -469,6 +476,12 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         """Hook: whether state key ``key`` stays on the server (never sent as a trainable
         array, never expected back in a train reply)."""
         return key in wire.GLOBAL_ONLY_KEYS
+
+    def dp_refusal(self, client_side: bool) -> str | None:
+        """Hook: why Flower's DP wrappers cannot protect this method (None: they can), for
+        the client-side ones (``client_side``) or the server-side ones. They clip each
+        reply against the arrays their loop carries and add noise to the aggregate."""
+        return None
 
     def check_train_metrics(self, metrics: MetricRecord, node: int) -> str | None:
         """Hook: a method's own check of node ``node``'s train reply metrics, after the

@@ -45,6 +45,13 @@ class LocalOnly(PromptFedAvg):
         super().restore(state)
         self.personal_nodes = {int(node) for node in state.get("personal-nodes", [])}
 
+    def dp_refusal(self, client_side: bool) -> str | None:
+        return (
+            "local-only never aggregates (each node keeps its own prompts and head, and one "
+            "that holds them gets no arrays to clip against), so there is no released "
+            "aggregate for a DP wrapper to clip or noise; run it without one"
+        )
+
     def node_arrays(
         self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
     ) -> ArrayRecord | None:

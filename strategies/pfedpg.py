@@ -168,6 +168,13 @@ class PFedPG(PromptFedAvg):
             start += length
         return out
 
+    def dp_refusal(self, client_side: bool) -> str | None:
+        return (
+            "each node trains the prompt generated for it, not the arrays the wrapper clips "
+            "against, and the replies update the server-side generator (pfedpg.*), which "
+            "the wrapper never noises; pFedPG has no differential privacy here"
+        )
+
     # ------------------------------------------------------------------ messages
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -58,6 +58,17 @@ class SGPT(PromptFedAvg):
         state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
         return state
 
+    def dp_refusal(self, client_side: bool) -> str | None:
+        """The server-side wrappers fit; the client-side ones' clipping mods refuse a train
+        message with ``group.count`` beside the arrays (two ArrayRecords)."""
+        if not client_side:
+            return None
+        return (
+            f"its train messages carry {wire.GROUP_COUNT!r} (record {wire.GROUP!r}, new every "
+            "round) beside the arrays, and Flower's client-side clipping mods take one "
+            "ArrayRecord; use a server-side DP wrapper"
+        )
+
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """The selections so far (G ints), for the balanced training-time selection."""
         content[wire.GROUP] = ArrayRecord({wire.GROUP_COUNT: arrays[wire.GROUP_COUNT]})

@@ -86,7 +86,7 @@ TASK_PROTOTYPES = "prototypes"
 # A QUERY that carries the prototypes (record ``proto``, config ``proto-version``) for the
 # node to keep, in place of its next train message's ``proto`` record; answered with an
 # empty ``metrics``. Sent only when the train messages must carry one ArrayRecord
-# (Flower's client-side DP: ``fixedclipping_mod``).
+# (Flower's client-side DP: ``fixedclipping_mod``, ``adaptiveclipping_mod``).
 TASK_KEEP_PROTOTYPES = "keep-prototypes"
 
 DEEP_PROMPT_PREFIX = "prompt.deep."

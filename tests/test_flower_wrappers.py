@@ -1,31 +1,38 @@
-"""PEPFedPT inside Flower's own round loop and its DP fixed-clipping wrappers.
+"""PEPFedPT inside Flower's own round loop and its DP wrappers, fixed and adaptive clipping.
 
 A Flower user starts the strategy with Flower's unmodified ``Strategy.start``, or wraps it
-in ``DifferentialPrivacyServerSideFixedClipping`` / ``...ClientSideFixedClipping`` (whose
-``start`` is Flower's, and which clip each reply against the ArrayRecord that loop carries
-and add noise to every array of the aggregate). The prototype round and late-node
-admission run from ``configure_train``, the loop carries the trainable arrays only, and
-the prototypes stay the strategy's (``server_arrays``). Real ServerApp-side strategy, real
-ClientApps (the client-side run with Flower's ``fixedclipping_mod`` on its train handler),
-real prototypes, in one process.
+in ``DifferentialPrivacyServerSideFixedClipping`` / ``...ClientSideFixedClipping`` or
+``...ServerSideAdaptiveClipping`` / ``...ClientSideAdaptiveClipping`` (whose ``start`` is
+Flower's, and which clip each reply against the ArrayRecord that loop carries and add
+noise to every array of the aggregate; the adaptive ones also move the clipping norm
+every round by how many replies it clipped). The prototype round and late-node admission
+run from ``configure_train``, the loop carries the trainable arrays only, and the
+prototypes stay the strategy's (``server_arrays``). Real ServerApp-side strategy, real
+ClientApps (the client-side runs with Flower's ``fixedclipping_mod`` or
+``adaptiveclipping_mod`` on their train handler), real prototypes, in one process.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 from helpers.run_helpers import NODES
 
 from client_app import app as client_module
@@ -49,13 +56,19 @@ class Run:
     grid: InProcessGrid
     evaluated: dict[int, dict[str, np.ndarray]]
     train_metrics: dict[int, MetricRecord]
+    # The arrays Flower's loop carried after each round (0: the initial ones), the
+    # wrapper's clipping norm then (adaptive wrappers), and every train reply as its node
+    # sent it (arrays and metrics copied before any wrapper clipped them), in round order.
+    carried: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    norms: dict[int, float] = field(default_factory=dict)
+    replies: list[tuple[dict[str, np.ndarray], dict]] = field(default_factory=list)
 
 
-def _dp_client_app() -> ClientApp:
-    """This project's ClientApp handlers, with Flower's clipping mod on train only."""
+def _dp_client_app(mod: Mod = fixedclipping_mod) -> ClientApp:
+    """This project's ClientApp handlers, with one of Flower's clipping mods on train only."""
     app = ClientApp()
     app.query()(client_module.prototypes)
-    app.train(mods=[fixedclipping_mod])(client_module.train)
+    app.train(mods=[mod])(client_module.train)
     app.evaluate()(client_module.evaluate)
     return app
 
@@ -76,13 +89,27 @@ def _run(
     initial: dict[str, np.ndarray],
     wrap: Callable[[PEPFedPT], Strategy] | None = None,
     client_app: ClientApp = client_module.app,
+    rounds: int = ROUNDS,
 ) -> Run:
     strategy = build_strategy(RunConfig.from_flat(flat))
     assert isinstance(strategy, PEPFedPT)
-    grid = InProcessGrid(client_app, NODES, flat)
+    replies: list[tuple[dict[str, np.ndarray], dict]] = []
+
+    def keep(reply: Message) -> Message:
+        if reply.metadata.message_type == MessageType.TRAIN and reply.has_content():
+            arrays = {k: v.numpy().copy() for k, v in reply.content[wire.ARRAYS].items()}
+            replies.append((arrays, dict(reply.content[wire.METRICS])))
+        return reply
+
+    grid = InProcessGrid(client_app, NODES, flat, {node: keep for node in NODES})
     evaluated: dict[int, dict[str, np.ndarray]] = {}
+    carried: dict[int, dict[str, np.ndarray]] = {}
+    norms: dict[int, float] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        carried[server_round] = {k: v.numpy().copy() for k, v in arrays.items()}
+        if hasattr(outer, "clipping_norm"):
+            norms[server_round] = float(outer.clipping_norm)
         if server_round > 0:  # round 0 comes before configure_train ran the prototype round
             whole = strategy.global_state(arrays)
             evaluated[server_round] = {k: v.numpy() for k, v in whole.items()}
@@ -94,12 +121,21 @@ def _run(
         outer,
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-        num_rounds=ROUNDS,
+        num_rounds=rounds,
         timeout=60.0,
         evaluate_fn=evaluate_fn,
     )
     arrays = {k: v.numpy() for k, v in result.arrays.items()}
-    return Run(arrays, strategy, grid, evaluated, dict(result.train_metrics_clientapp))
+    return Run(
+        arrays,
+        strategy,
+        grid,
+        evaluated,
+        dict(result.train_metrics_clientapp),
+        carried,
+        norms,
+        replies,
+    )
 
 
 def _server_side(strategy: PEPFedPT) -> Strategy:
@@ -202,6 +238,108 @@ def test_a_clipping_bound_that_bites_changes_the_state(
     clipped = _run(flat, initial, tight)
     moved = sum(float(np.linalg.norm(clipped.arrays[k] - initial[k])) ** 2 for k in initial) ** 0.5
     assert 0 < moved <= ROUNDS * 1e-6 * 1.01
+
+
+# Flower's adaptive-clipping defaults (Andrew et al.'s), named so the hand values read.
+CLIP_NORM_LR = 0.2
+TARGET_QUANTILE = 0.5
+
+
+def _adaptive(server_side: bool, initial_norm: float) -> Callable[[PEPFedPT], Strategy]:
+    kind = (
+        DifferentialPrivacyServerSideAdaptiveClipping
+        if server_side
+        else DifferentialPrivacyClientSideAdaptiveClipping
+    )
+
+    def wrap(strategy: PEPFedPT) -> Strategy:
+        return kind(
+            strategy,
+            noise_multiplier=0.0,
+            num_sampled_clients=len(NODES),
+            initial_clipping_norm=initial_norm,
+            target_clipped_quantile=TARGET_QUANTILE,
+            clip_norm_lr=CLIP_NORM_LR,
+        )
+
+    return wrap
+
+
+def _flower_rule(norm: float, clipped: int, replies: int) -> float:
+    """Flower 1.42's update of the clipping norm after a round in which ``clipped`` of
+    ``replies`` updates were clipped (its count noise is 0 when noise_multiplier is 0)."""
+    return norm * math.exp(-CLIP_NORM_LR * (clipped / replies - TARGET_QUANTILE))
+
+
+def _rounds_of(run: Run) -> list[list[tuple[dict[str, np.ndarray], dict]]]:
+    """The train replies of each round (every node trains every round here)."""
+    n = len(NODES)
+    assert len(run.replies) == n * (len(run.carried) - 1)
+    return [run.replies[i : i + n] for i in range(0, len(run.replies), n)]
+
+
+def _update_norm(reply: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum((reply[k] - sent[k]).astype(np.float64) ** 2)) for k in sent))
+
+
+@pytest.mark.integration
+def test_both_adaptive_clipping_wrappers_equal_the_plain_run_without_noise(
+    flat: dict, initial: dict[str, np.ndarray], task_identity: None
+) -> None:
+    plain = _run(flat, initial)
+    server_side = _run(flat, initial, _adaptive(True, 1e6))
+    _assert_same_run(server_side, plain)
+
+    client_side = _run(flat, initial, _adaptive(False, 1e6), _dp_client_app(adaptiveclipping_mod))
+    _assert_same_run(client_side, plain)
+    # adaptiveclipping_mod added each reply's norm bit (1: clipped) to its metrics: none was.
+    assert [m[KEY_NORM_BIT] for _, m in client_side.replies] == [0] * (ROUNDS * len(NODES))
+    # Like fixedclipping_mod it takes one ArrayRecord: the prototypes went apart, once.
+    kinds = [kind for kind, _ in client_side.grid.sent]
+    assert kinds[: kinds.index("train")] == ["query"] * (2 * len(NODES))
+    assert kinds.count("query") == 2 * len(NODES)
+
+    # No update was clipped, so by Flower's rule C <- C exp(-lr (clipped/n - q)) the bound
+    # grows by exp(0.2 * 0.5) every round, away from the target quantile.
+    for run in (server_side, client_side):
+        assert run.norms == pytest.approx(
+            {t: 1e6 * math.exp(0.1 * t) for t in range(ROUNDS + 1)}, rel=1e-12
+        )
+
+
+@pytest.mark.integration
+def test_the_adaptive_norm_moves_by_flowers_rule_from_the_clipped_counts(
+    flat: dict, initial: dict[str, np.ndarray], task_identity: None
+) -> None:
+    """A bound between the round-1 update norms clips one reply of three; every later
+    round's bound follows from that round's count (server side: the replies' update norms
+    against the carried arrays; client side: the norm bits the mod added)."""
+    probe = _run(flat, initial, rounds=1)
+    first = sorted(_update_norm(arrays, initial) for arrays, _ in probe.replies)
+    assert first[0] < first[1] < first[2]
+    start = first[1] * (1 + 1e-6)  # above two of the round-1 norms, below the largest
+
+    server_side = _run(flat, initial, _adaptive(True, start))
+    client_side = _run(flat, initial, _adaptive(False, start), _dp_client_app(adaptiveclipping_mod))
+    by_hand = start * math.exp(-0.2 * (1 / 3 - 0.5))  # one clipped of three
+    for run in (server_side, client_side):
+        assert run.norms[0] == start
+        assert run.norms[1] == pytest.approx(by_hand, rel=1e-12)
+
+    for t, replies in enumerate(_rounds_of(server_side), start=1):
+        sent = server_side.carried[t - 1]
+        clipped = sum(
+            _update_norm(arrays, sent) > server_side.norms[t - 1] for arrays, _ in replies
+        )
+        assert server_side.norms[t] == pytest.approx(
+            _flower_rule(server_side.norms[t - 1], clipped, len(NODES)), rel=1e-12
+        )
+    bits = [[int(m[KEY_NORM_BIT]) for _, m in replies] for replies in _rounds_of(client_side)]
+    assert sum(bits[0]) == 1
+    for t, round_bits in enumerate(bits, start=1):
+        assert client_side.norms[t] == pytest.approx(
+            _flower_rule(client_side.norms[t - 1], sum(round_bits), len(NODES)), rel=1e-12
+        )
 
 
 def test_secure_aggregation_is_refused_under_flowers_start(flat: dict, task_identity: None) -> None:

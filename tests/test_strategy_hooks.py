@@ -40,6 +40,7 @@ HOOKS = (
     "prepare_merge",
     "merge_result",
     "aggregate_valid",
+    "dp_refusal",
     "checkpoint",
     "restore",
 )

@@ -1,0 +1,94 @@
+"""Flower's central-DP wrappers around this project's strategies: which method they fit.
+
+Flower's four wrappers (``DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping``)
+clip each train reply against the arrays their loop carries and add noise to every array
+of the aggregate. That is sound for a method whose train messages carry those arrays and
+whose new state is the aggregate of the replies; a method that sends each node something
+else, or keeps its state elsewhere, would run under a wrapper and get clipping and noise
+that protect nothing. ``PromptFedAvg.dp_refusal`` says which methods cannot, and
+``check_dp_wrapper`` (called first in ``configure_train``) refuses them before anything is
+sent.
+
+The server-side wrappers tell the strategy they wrap nothing (their ``configure_train``
+passes the same arguments on), so the wrapper is found on the call stack: the caller
+whose ``strategy`` attribute, followed through any wrappers in between, is this strategy.
+The client-side ones also put ``clipping_norm`` into the train config, which is enough by
+itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+if TYPE_CHECKING:
+    from strategies.base import PromptFedAvg
+
+DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
+CLIENT_SIDE = (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+)
+# The code of Flower's wrappers' own configure_train: a frame running one of them is a
+# wrapper passing a round on (a subclass that overrides it still reaches it by super()).
+# Only such frames have their locals read: reading every frame's would copy them all.
+WRAPPER_CODE = frozenset(
+    vars(cls)["configure_train"].__code__
+    for cls in (
+        *CLIENT_SIDE,
+        DifferentialPrivacyServerSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+    )
+)
+# How many ``.strategy`` links a wrapper may be away from the strategy it wraps.
+MAX_NESTING = 8
+
+
+def wraps(wrapper: object, strategy: Strategy) -> bool:
+    """Whether ``strategy`` is ``wrapper``'s strategy, or its strategy's, and so on."""
+    inner = wrapper
+    for _ in range(MAX_NESTING):
+        inner = getattr(inner, "strategy", None)
+        if inner is strategy:
+            return True
+        if inner is None:
+            return False
+    return False
+
+
+def calling_dp_wrapper(strategy: Strategy) -> Strategy | None:
+    """The Flower DP wrapper around ``strategy`` whose call is on the stack (None: none)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in WRAPPER_CODE:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, DP_WRAPPERS) and wraps(owner, strategy):
+                return owner
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def check_dp_wrapper(strategy: PromptFedAvg, config: ConfigRecord) -> None:
+    """Refuse to configure a round of a method that a DP wrapper around it cannot protect
+    (its ``dp_refusal``), naming the method, the wrapper and why, in one line."""
+    wrapper = calling_dp_wrapper(strategy)
+    client_side = KEY_CLIPPING_NORM in config or isinstance(wrapper, CLIENT_SIDE)
+    if wrapper is None and not client_side:
+        return
+    reason = strategy.dp_refusal(client_side)
+    if reason is None:
+        return
+    name = type(wrapper).__name__ if wrapper is not None else "client-side DP clipping"
+    raise RuntimeError(f"{type(strategy).__name__} cannot run under {name}: {reason}")
