@@ -289,7 +289,11 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
         if 0 < row.completed < row.runs:  # the mean is over fewer seeds than the others'
             name += f" ({row.completed}/{row.runs} runs)"
         if row.completed == 0:
-            cells = ["failed"] * (len(titles) - 2)
+            started = any(
+                o.status != "missing" for o in comparison.outcomes if o.label == row.method
+            )
+            # a benchmark still running has methods it has not reached: not failures
+            cells = ["failed" if started else "not run"] * (len(titles) - 2)
         else:
             stats = row.stats
             cells = [

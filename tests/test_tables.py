@@ -226,13 +226,17 @@ def test_the_pages_of_this_repository_match_its_committed_results() -> None:
     paste(ROOT, "--check")
 
 
-def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
+def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed_or_not_run(
     repo: Path,
 ) -> None:
     results = repo / "bench" / "results" / "cifar10"
     (results / "alpha-0.5" / "runs" / "local-s1.json").unlink()  # a run that never ended
-    for seed in (0, 1):
-        (results / "alpha-0.1" / "runs" / f"local-s{seed}.json").unlink()
+    for seed in (0, 1):  # alpha-0.1: local's runs failed
+        outcome = results / "alpha-0.1" / "runs" / f"local-s{seed}.json"
+        record = json.loads(outcome.read_text())
+        outcome.write_text(json.dumps({**record, "status": "failed:killed"}))
+    for seed in (0, 1):  # alpha-0.5: pep-fedpt's never reached (a benchmark still running)
+        (results / "alpha-0.5" / "runs" / f"pep-fedpt-s{seed}.json").unlink()
     paste(repo)
     readme = (repo / "README.md").read_text()
     assert "| [local](bench/results/cifar10/alpha-0.5/runs/local-s0/) (1/2 runs) | 0.5000 |" in (
@@ -241,6 +245,10 @@ def test_a_method_with_fewer_completed_runs_says_so_and_one_with_none_is_failed(
     assert (
         "| [local](bench/results/cifar10/alpha-0.1/runs/local-s0/) "
         "| failed | failed | failed | failed | failed | 0.05 |"
+    ) in readme
+    assert (
+        "| [pep-fedpt](bench/results/cifar10/alpha-0.5/runs/pep-fedpt-s0/) "
+        "| not run | not run | not run | not run | not run | 0.05 |"
     ) in readme
 
 
