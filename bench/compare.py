@@ -28,12 +28,9 @@ that completed with the same config, so an interrupted comparison resumes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -59,6 +56,7 @@ from bench.report import (
     run_name,
     write_results,
 )
+from pep_fedpt import local_flwr
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.methods.registry import METHODS, method_for
@@ -225,31 +223,10 @@ def flwr_bin() -> str:
     return str(local) if local.exists() else "flwr"
 
 
-def superlink_pids() -> set[int]:
-    """Local SuperLinks of this FLWR_HOME (``flwr run`` starts one and leaves it running)."""
-    home = os.environ.get("FLWR_HOME", str(Path.home() / ".flwr"))
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{re.escape(home)}"], capture_output=True, text=True
-    )
-    return {int(pid) for pid in found.stdout.split()}
-
-
-def stop_processes(pids: set[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def our_superlinks() -> set[int]:
+    """The local SuperLinks that this process's ``flwr run`` starts or uses: those of its
+    FLWR_HOME on its port (another comparison in the same checkout has ports of its own)."""
+    return local_flwr.superlinks(local_flwr.home_of(), local_flwr.port_of())
 
 
 def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -> Outcome:
@@ -391,7 +368,7 @@ def compare(
     if grid:
         selection = Selection(grid, seeds[0], val_fraction or 0.0, {})
     points = grid_points(grid) if grid else []
-    before = superlink_pids()
+    before = our_superlinks()
     outcomes: list[Outcome] = []
     try:
         for method in methods:
@@ -420,7 +397,7 @@ def compare(
                 outcomes.append(outcome)
                 write_results(out, outcomes, methods, selection)
     finally:
-        stop_processes(superlink_pids() - before)
+        local_flwr.stop_superlinks(our_superlinks() - before)
     write_results(out, outcomes, methods, selection)
     return outcomes
 
@@ -432,14 +409,14 @@ def _run_sweep(
     labels: Sequence[str],
 ) -> list[Outcome]:
     """Every run of a sweep, in order; the table has a row per (method, point)."""
-    before = superlink_pids()
+    before = our_superlinks()
     outcomes: list[Outcome] = []
     try:
         for spec, flat in runs:
             outcomes.append(run_or_skip(spec, flat, federation_config))
             write_results(out, outcomes, labels)
     finally:
-        stop_processes(superlink_pids() - before)
+        local_flwr.stop_superlinks(our_superlinks() - before)
     return outcomes
 
 

@@ -21,6 +21,8 @@ from bench.prompt_drift import DriftSummary
 from pep_fedpt.config import ConfigError
 from pep_fedpt.methods.registry import METHODS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def outcomes() -> list[Outcome]:
@@ -214,7 +216,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from helpers.flwr_run import ROOT, flwr_env, stop_superlink
+    from pep_fedpt.local_flwr import flwr_env, stop_superlink, superlinks
 
     home = tmp_path / "flwr-home"
     out = tmp_path / "cmp"
@@ -248,7 +250,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         assert local[1]["evaluate/bytes-down"] == 0  # each node evaluates its own state
         assert float(rows[0]["bytes-down-per-round"]) == deep[1]["bytes-down"]
         assert (out / "runs" / "local-s0.toml").is_file()
-        assert not compare_superlinks(home), "the runner left its SuperLink running"
+        assert not superlinks(home), "the runner left its SuperLink running"
 
         again = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -258,15 +260,6 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         assert (out / "results.md").read_text() == md
     finally:
         stop_superlink(home)
-
-
-def compare_superlinks(home: Path) -> list[str]:
-    import subprocess
-
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
-    )
-    return found.stdout.split()
 
 
 # ---------------------------------------------------------------------- grid selection

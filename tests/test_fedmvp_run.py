@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
-from helpers.flwr_run import BIN, ROOT, flwr_env
 
 from pep_fedpt.config import RunConfig
+from pep_fedpt.local_flwr import BIN, flwr_env
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 OFFLINE = ROOT / "conf" / "fedmvp-offline.toml"
 

@@ -8,7 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.flwr_run import BIN, ROOT, flwr_env, stop_superlink
+
+from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.integration
 

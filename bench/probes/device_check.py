@@ -535,8 +535,8 @@ def stage_simulation(
     sizes: Sizes, device: Any, data: Mapping[str, Any], work: Path, deadline: float
 ) -> dict:
     """``flwr run .``: 4 ClientApps sharing the device, 2 rounds of PEP-FedPT."""
-    from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
     from bench.probes.sim_overhead import ROUND_TOOK
+    from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
     from pep_fedpt.preflight import toml_value
 
     clients, rounds = 4, 2

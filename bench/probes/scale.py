@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
+from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))

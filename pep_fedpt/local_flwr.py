@@ -1,0 +1,253 @@
+"""A local Flower of one's own: its FLWR_HOME, free ports, and nothing left running after it.
+
+``flwr run`` in the simulation engine starts a ``flower-superlink`` detached in a session
+of its own and leaves it running; the simulation and Ray run under it. A program that
+starts runs (the benchmark runner, the probes, the tests) gives each ``flwr run`` its own
+FLWR_HOME and free ports, so that it never meets another checkout's SuperLink, and at the
+end stops the SuperLinks it started with everything under them, SIGTERM then SIGKILL, as
+``scripts/local-superlink.sh`` does for ``scripts/run.sh``. A SIGTERM or SIGHUP becomes
+the same exception as a Ctrl-C (``stop_on_signals``), so one ``finally`` cleans up after
+all three. Only the standard library: no torch, no Flower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+
+BIN = Path(sys.executable).parent  # this environment's flwr and flower-superlink
+SUPERLINK = "flower-superlink"
+DEFAULT_PORT = 39091  # flwr's local SuperLink without FLWR_LOCAL_SUPERLINK_HTTP_API_PORT
+GRACE_S = 10.0  # from SIGTERM to SIGKILL
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on now (all bound
+    at once, so that the system gives no port twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+def flwr_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``flwr run`` whose local SuperLink lives in ``home`` on free
+    ports, with this environment's ``flwr`` first on PATH (``base``: ``os.environ``)."""
+    env = dict(os.environ if base is None else base)
+    http_port, control_port = free_ports(2)
+    return {
+        **env,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    }
+
+
+def home_of(env: Mapping[str, str] | None = None) -> Path:
+    """The FLWR_HOME that ``flwr`` uses in ``env`` (``os.environ``): ``~/.flwr`` unset."""
+    env = os.environ if env is None else env
+    return Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
+
+
+def port_of(env: Mapping[str, str] | None = None) -> int:
+    """The port of the local SuperLink that ``flwr run`` starts or uses in ``env``."""
+    env = os.environ if env is None else env
+    return int(env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT") or DEFAULT_PORT)
+
+
+# ---------------------------------------------------------------------- processes
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, session id) from /proc, or None once the process is gone."""
+    try:
+        # The command name, in parentheses, may hold spaces: split after its last ")".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _inside(arg: str, home: Path) -> bool:
+    return any(arg == str(h) or arg.startswith(f"{h}{os.sep}") for h in (home, home.resolve()))
+
+
+def superlinks(home: Path, port: int | None = None) -> set[int]:
+    """The running ``flower-superlink`` processes whose files are in ``home`` (flwr's
+    local SuperLink keeps its log and database in ``home/local-superlink``), and with
+    ``port`` only the one serving that port. ``/tmp/a`` never matches ``/tmp/ab``."""
+    found = set()
+    for pid in _pids():
+        argv = _cmdline(pid)
+        if not any(Path(arg).name == SUPERLINK for arg in argv[:2]):
+            continue
+        if not any(_inside(arg, home) for arg in argv):
+            continue
+        if port is not None and not any(
+            argv[i] == "--port" and argv[i + 1] == str(port) for i in range(len(argv) - 1)
+        ):
+            continue
+        if alive(pid):
+            found.add(pid)
+    return found
+
+
+def process_tree(roots: Iterable[int]) -> set[int]:
+    """``roots``, every process in a session one of them leads (an orphan that Ray left
+    keeps its session when its parent dies) and every descendant of all of these."""
+    tree = {pid for pid in roots if alive(pid)}
+    table = {pid: stat for pid in _pids() if (stat := _stat(pid)) is not None}
+    tree |= {pid for pid, (_, _, sid) in table.items() if sid in tree}
+    grown = True
+    while grown:
+        children = {pid for pid, (_, ppid, _) in table.items() if ppid in tree}
+        grown = not children <= tree
+        tree |= children
+    return tree
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    left = {pid for pid in pids if alive(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid for pid in left if alive(pid)}
+    return left
+
+
+def stop_processes(pids: Iterable[int], grace: float = GRACE_S) -> None:
+    """SIGTERM each process, then SIGKILL those still running after ``grace`` seconds."""
+    left = set(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        left = _wait_gone(left, grace if sig == signal.SIGTERM else 5.0)
+
+
+def stop_superlinks(pids: Iterable[int], grace: float = GRACE_S) -> None:
+    """Stop these SuperLinks and everything under them (the SuperExec, the simulation,
+    Ray): SIGTERM to all, SIGKILL to what is left after ``grace`` seconds."""
+    roots = set(pids)
+    tree = process_tree(roots)  # before a stop re-parents any of them
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    left = _wait_gone(tree, grace) | process_tree(roots)
+    stop_processes(left, grace=0.0)
+
+
+def stop_superlink(home: Path, grace: float = GRACE_S) -> None:
+    """Stop every local SuperLink of ``home`` and everything under it."""
+    stop_superlinks(superlinks(home), grace)
+
+
+def processes_of_home(home: Path) -> set[int]:
+    """Every running process (of this user; others' environments are unreadable) whose
+    environment has ``FLWR_HOME=home``: the SuperLink of a ``flwr run`` in that home and
+    everything it started, whatever their parents and sessions. Not this process."""
+    wanted = {f"FLWR_HOME={home}".encode(), f"FLWR_HOME={home.resolve()}".encode()}
+    found = set()
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted.intersection(environ) and alive(pid):
+            found.add(pid)
+    return found
+
+
+# ---------------------------------------------------------------------- signals
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where a Ctrl-C raises KeyboardInterrupt (and caught by
+    the same handlers), so that a program stops the same way on all three."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_name(exc: KeyboardInterrupt) -> str:
+    """``SIGTERM``/``SIGHUP`` for a ``StopSignal``, ``SIGINT`` for a Ctrl-C."""
+    return signal.Signals(exc.signum).name if isinstance(exc, StopSignal) else "SIGINT"
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process a signal ended (130 for
+    Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
+    return 128 + (exc.signum if isinstance(exc, StopSignal) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals(*signums: int) -> Iterator[None]:
+    """Within the block, the first of ``signums`` (default SIGTERM and SIGHUP) raises
+    ``StopSignal`` and a Ctrl-C its KeyboardInterrupt; from then on all of them are
+    ignored, so that the clean-up the first one starts runs to its end. The previous
+    handlers come back after the block. A Ctrl-C that this process ignores (a background
+    job of a script) stays ignored."""
+    wanted = signums or (signal.SIGTERM, signal.SIGHUP)
+    handled = list(wanted)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in handled}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for other in handled:
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else StopSignal(signum)
+
+    for signum in handled:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pep_fedpt.local_flwr free-ports N``: N free ports on one line, for
+    ``scripts/local-superlink.sh``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "free-ports" or not args[1].isdigit():
+        print(f"local_flwr: {' '.join(args)!r}: accepted: free-ports N", file=sys.stderr)
+        return 2
+    print(" ".join(str(port) for port in free_ports(int(args[1]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
