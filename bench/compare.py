@@ -22,7 +22,9 @@ validation carve, so the first seed's final run is the chosen grid run itself (c
 
 A run that does not end ``finished:completed`` is reported as failed and the comparison
 goes on; the exit status is then 1. Invoked again with the same settings, it skips the runs
-that completed with the same config, so an interrupted comparison resumes.
+that completed with the same config, so an interrupted comparison resumes. Ctrl-C, SIGTERM
+and SIGHUP stop the run under way together with the SuperLink and simulation it started
+(``pep_fedpt.local_flwr``), say so in one line and exit 130, 143 or 129.
 """
 
 from __future__ import annotations
@@ -496,7 +498,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     federation = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
-    outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
+    try:
+        with local_flwr.stop_on_signals():
+            outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        print(
+            f"compare: {local_flwr.signal_name(stop)}: stopped, and the SuperLink and "
+            f"simulation of the run under way with it; the completed runs are kept in {out}: "
+            "the same command again skips them and goes on",
+            file=sys.stderr,
+            flush=True,
+        )
+        return local_flwr.exit_code(stop)
     failed = [o for o in outcomes if not o.completed]
     print(f"compare: {len(outcomes) - len(failed)}/{len(outcomes)} runs completed; see {out}")
     print((out / "results.md").read_text(), flush=True)
