@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -219,12 +218,6 @@ def adopt(source: RunSpec, spec: RunSpec, flat: Mapping[str, Scalar]) -> Outcome
 
 
 # ---------------------------------------------------------------------- running
-def flwr_bin() -> str:
-    """This virtualenv's ``flwr`` (the one next to the interpreter), else PATH's."""
-    local = Path(sys.executable).parent / "flwr"
-    return str(local) if local.exists() else "flwr"
-
-
 def our_superlinks() -> set[int]:
     """The local SuperLinks that this process's ``flwr run`` starts or uses: those of its
     FLWR_HOME on its port (another comparison in the same checkout has ports of its own)."""
@@ -239,7 +232,7 @@ def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -
     spec.config_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(spec.config_path, config_toml(flat).encode())
     command = [
-        flwr_bin(),
+        local_flwr.flwr_bin(),
         "run",
         str(ROOT),
         "--stream",
@@ -256,22 +249,11 @@ def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -
         ).returncode
     wall = time.monotonic() - start
     text = spec.log_path.read_text(errors="replace")
-    found = re.search(r"\brun (\d{6,})", text)
-    run_id = found.group(1) if found else ""
+    run_id = local_flwr.run_id_in(text)
     if not run_id:
         status = f"failed (flwr run exited {returncode}, no run id)"
     else:
-        listing = subprocess.run(
-            [flwr_bin(), "ls", "--run-id", run_id, "--format", "json"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        try:
-            status = str(json.loads(listing.stdout)["runs"][0]["status"])
-        except (ValueError, KeyError, IndexError):
-            status = f"failed (flwr ls: {listing.stdout.strip() or listing.stderr.strip()})"
+        status = local_flwr.run_status(run_id, cwd=ROOT)
     record = {
         "method": spec.method,
         "seed": spec.seed,

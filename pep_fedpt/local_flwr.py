@@ -13,9 +13,12 @@ all three. Only the standard library: no torch, no Flower.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +29,8 @@ BIN = Path(sys.executable).parent  # this environment's flwr and flower-superlin
 SUPERLINK = "flower-superlink"
 DEFAULT_PORT = 39091  # flwr's local SuperLink without FLWR_LOCAL_SUPERLINK_HTTP_API_PORT
 GRACE_S = 10.0  # from SIGTERM to SIGKILL
+LS_TIMEOUT_S = 120.0
+RUN_ID = re.compile(r"\brun (\d{6,})")  # as scripts/run.sh finds it
 
 
 def free_port() -> int:
@@ -68,6 +73,41 @@ def port_of(env: Mapping[str, str] | None = None) -> int:
     """The port of the local SuperLink that ``flwr run`` starts or uses in ``env``."""
     env = os.environ if env is None else env
     return int(env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT") or DEFAULT_PORT)
+
+
+def flwr_bin() -> str:
+    """This environment's ``flwr`` (the one next to the interpreter), else PATH's."""
+    local = BIN / "flwr"
+    return str(local) if local.exists() else "flwr"
+
+
+def run_id_in(log: str) -> str:
+    """The id of the run a ``flwr run`` log names ("Successfully started run 123..."), or
+    "" when it names none (the run never started)."""
+    found = RUN_ID.search(log)
+    return found.group(1) if found else ""
+
+
+def run_status(run_id: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """How run ``run_id`` ended, as ``flwr ls`` says: ``finished:completed`` for a run that
+    ended well (``flwr run --stream`` exits 0 even when the run failed), else its status,
+    or ``failed (flwr ls: ...)`` when ``flwr ls`` does not answer."""
+    try:
+        listing = subprocess.run(
+            [flwr_bin(), "ls", "--run-id", run_id, "--format", "json"],
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=LS_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return f"failed (flwr ls: no answer in {LS_TIMEOUT_S:.0f} s)"
+    try:
+        return str(json.loads(listing.stdout)["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"failed (flwr ls: {listing.stdout.strip() or listing.stderr.strip()})"
 
 
 # ---------------------------------------------------------------------- processes

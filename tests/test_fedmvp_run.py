@@ -17,7 +17,7 @@ import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.local_flwr import BIN, flwr_env
+from pep_fedpt.local_flwr import BIN, flwr_env, run_id_in, run_status
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,18 +115,9 @@ def test_the_offline_fedmvp_run_finishes_completed_with_local_base_new_hm(
         )
         log = run.stdout + run.stderr
         assert run.returncode == 0, log
-        run_id = re.search(r"\b\d{7,}\b", log)
+        run_id = run_id_in(log)
         assert run_id, log
-        listing = subprocess.run(
-            [str(BIN / "flwr"), "ls", "--run-id", run_id[0], "--format", "json"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        status = json.loads(listing.stdout)["runs"][0]["status"]
-        assert status == "finished:completed", log
+        assert run_status(run_id, env) == "finished:completed", log
     assert "pep-fedpt summary (fedmvp, digits)" in log
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2, 3]

@@ -178,6 +178,16 @@ def test_free_ports_are_distinct_and_the_command_line_prints_them() -> None:
     assert refused.stderr.strip() == "local_flwr: 'ports': accepted: free-ports N"
 
 
+def test_the_run_id_is_the_one_flwr_run_says_it_started() -> None:
+    log = (
+        "Loading project configuration...\n"
+        "\U0001f38a Successfully started run 9164513093411426771\n"
+        "INFO :      [ROUND 1/2]\nINFO :      configure_train: 2 of 2 nodes (round 1)\n"
+    )
+    assert local_flwr.run_id_in(log) == "9164513093411426771"
+    assert local_flwr.run_id_in("Failed to start local SuperLink within 15s.") == ""
+
+
 # Cleans up in its finally (a second signal then is ignored) and exits as the shell would.
 # Ctrl-C raises KeyboardInterrupt as in a terminal, even where pytest runs in the background.
 STOPPABLE = textwrap.dedent(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
+from pep_fedpt.local_flwr import BIN, flwr_env, run_id_in, run_status, stop_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +45,9 @@ def test_flwr_run_simulation_finishes_completed(tmp_path: Path) -> None:
         )
         log = run.stdout + run.stderr
         assert run.returncode == 0, log
-        run_id = next(w for w in log.split() if w.isdigit() and len(w) > 6)
-        listing = subprocess.run(
-            [str(BIN / "flwr"), "ls", "--run-id", run_id, "--format", "json"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        status = json.loads(listing.stdout)["runs"][0]["status"]
-        assert status == "finished:completed", log
+        run_id = run_id_in(log)
+        assert run_id, log
+        assert run_status(run_id, env) == "finished:completed", log
         assert "pep-fedpt summary" in log
         rows = json.loads((out / "metrics.json").read_text())
         assert [r["round"] for r in rows] == [0, 1]

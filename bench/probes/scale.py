@@ -45,7 +45,6 @@ The JSON (``--out``) holds every figure; bench/probes/README.md says what they s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -62,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
+from pep_fedpt.local_flwr import BIN, flwr_env, run_id_in, run_status, stop_superlink
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
@@ -377,16 +376,10 @@ def run_once(
 
 def _run_status(log: Sequence[str], env: Mapping[str, str]) -> str:
     """How the run ended (``flwr run --stream`` exits 0 even when it failed)."""
-    match = re.search(r"Successfully started run (\d+)", "".join(log))
-    if match is None:
+    run_id = run_id_in("".join(log))
+    if not run_id:
         return "unknown (no run id in the log)"
-    listing = subprocess.run(
-        [str(BIN / "flwr"), "ls", "--run-id", match.group(1), "--format", "json"],
-        cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError):
-        return str(json.loads(listing.stdout)["runs"][0]["status"])
-    return f"unknown ({listing.stdout[-300:]}{listing.stderr[-300:]})"
+    return run_status(run_id, env, cwd=ROOT)
 
 
 # ---------------------------------------------------------------- command
