@@ -138,20 +138,21 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _inside(arg: str, home: Path) -> bool:
-    return any(arg == str(h) or arg.startswith(f"{h}{os.sep}") for h in (home, home.resolve()))
-
-
 def superlinks(home: Path, port: int | None = None) -> set[int]:
     """The running ``flower-superlink`` processes whose files are in ``home`` (flwr's
     local SuperLink keeps its log and database in ``home/local-superlink``), and with
     ``port`` only the one serving that port. ``/tmp/a`` never matches ``/tmp/ab``."""
+    homes = {str(home), str(home.resolve())}
+
+    def inside(arg: str) -> bool:
+        return any(arg == h or arg.startswith(f"{h}{os.sep}") for h in homes)
+
     found = set()
     for pid in _pids():
         argv = _cmdline(pid)
         if not any(Path(arg).name == SUPERLINK for arg in argv[:2]):
             continue
-        if not any(_inside(arg, home) for arg in argv):
+        if not any(inside(arg) for arg in argv):
             continue
         if port is not None and not any(
             argv[i] == "--port" and argv[i + 1] == str(port) for i in range(len(argv) - 1)
@@ -163,17 +164,18 @@ def superlinks(home: Path, port: int | None = None) -> set[int]:
 
 
 def process_tree(roots: Iterable[int]) -> set[int]:
-    """``roots``, every process in a session one of them leads (an orphan that Ray left
-    keeps its session when its parent dies) and every descendant of all of these."""
-    tree = {pid for pid in roots if alive(pid)}
+    """The running ones of ``roots``, every process in a session that one of them leads or
+    led (an orphan keeps its session when its parent, or the leader, dies: Ray's workers
+    do) and every descendant of all of these."""
+    leaders = set(roots)
     table = {pid: stat for pid in _pids() if (stat := _stat(pid)) is not None}
-    tree |= {pid for pid, (_, _, sid) in table.items() if sid in tree}
+    tree = {pid for pid, (_, _, sid) in table.items() if pid in leaders or sid in leaders}
     grown = True
     while grown:
         children = {pid for pid, (_, ppid, _) in table.items() if ppid in tree}
         grown = not children <= tree
         tree |= children
-    return tree
+    return {pid for pid in tree if table[pid][0] != "Z"}
 
 
 def _wait_gone(pids: set[int], timeout: float) -> set[int]:

@@ -134,6 +134,19 @@ def test_stopping_a_superlink_stops_its_children_and_the_orphans_of_its_session(
     assert [p for p in tree if alive(p)] == []
 
 
+def test_what_a_dead_superlink_left_is_found_by_its_session_and_stopped(
+    tmp_path: Path, fake_bin: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    home = tmp_path / "home"
+    pid = start_superlink(started, fake_bin, home, 1111, CHILDREN="1")
+    left = process_tree({pid}) - {pid}
+    os.kill(pid, signal.SIGKILL)  # as if it died first: its child is re-parented
+    started[0].wait(timeout=5)
+    assert len(left) == 2 and process_tree({pid}) == left
+    stop_superlinks({pid}, grace=5.0)
+    assert processes_of_home(home) == set()
+
+
 def test_processes_of_a_home_are_those_with_its_flwr_home(
     tmp_path: Path, started: list[subprocess.Popen[str]]
 ) -> None:
