@@ -61,7 +61,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pep_fedpt.local_flwr import BIN, flwr_env, run_id_in, run_status, stop_superlink
+from pep_fedpt.local_flwr import (
+    BIN,
+    flwr_env,
+    process_tree,
+    run_id_in,
+    run_status,
+    stop_superlink,
+    superlinks,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
@@ -149,20 +157,6 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _children_of() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from ``/proc/<pid>/stat`` (field 4)."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _read(entry / "stat")
-        if stat is None:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # the name may hold spaces
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
-    return tree
-
-
 def _cmdline(pid: int) -> str:
     raw = _read(Path(f"/proc/{pid}/cmdline"))
     return "" if raw is None else raw.replace("\0", " ")
@@ -205,24 +199,19 @@ class MemoryWatch:
 
     def sample(self) -> None:
         """One poll: find the processes (once), keep each high-water mark as last read."""
-        tree = _children_of()
         if self.superlink is None:
-            self.superlink = next(
-                (
-                    pid
-                    for pids in tree.values()
-                    for pid in pids
-                    if "flower-superlink" in _cmdline(pid) and str(self.home) in _cmdline(pid)
-                ),
-                None,
-            )
+            self.superlink = min(superlinks(self.home), default=None)
         if self.superlink is None:
             return
         if (hwm := _status_bytes(self.superlink, "VmHWM")) is not None:
             self.superlink_hwm = hwm
         if self.simulation is None:
             self.simulation = next(
-                (p for p in _descendants(tree, self.superlink) if "flwr-simulation" in _cmdline(p)),
+                (
+                    p
+                    for p in sorted(process_tree({self.superlink}))
+                    if "flwr-simulation" in _cmdline(p)
+                ),
                 None,
             )
         if self.simulation is None:
@@ -232,19 +221,10 @@ class MemoryWatch:
         stat = _read(Path(f"/proc/{self.simulation}/stat"))
         if stat is not None:
             self.simulation_cpu_s = parse_stat_cpu_seconds(stat, TICKS)
-        below = _descendants(tree, self.simulation)
+        below = process_tree({self.simulation}) - {self.simulation}
         if below:
             total = sum(_status_bytes(pid, "VmRSS") or 0 for pid in below)
             self.ray_rss_max = max(self.ray_rss_max or 0, total)
-
-
-def _descendants(tree: Mapping[int, list[int]], pid: int) -> list[int]:
-    found, stack = [], list(tree.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(tree.get(child, []))
-    return found
 
 
 def ensure_data(data_dir: Path) -> Path:
