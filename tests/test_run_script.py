@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pep_fedpt.local_flwr import alive, process_tree
+from pep_fedpt.local_flwr import alive, process_tree, processes_of_home
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -200,4 +200,5 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
     assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in text
     time.sleep(2)  # Ray's workers exit on their own within a second of their raylet
     assert [pid for pid in tree if alive(pid)] == []
+    assert processes_of_home(home) == set()  # nothing else that the run started either
     assert not (home / "local-superlink" / "run.sh.pid").exists()
