@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -231,40 +230,22 @@ def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -
         shutil.rmtree(spec.run_dir)
     spec.config_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(spec.config_path, config_toml(flat).encode())
-    command = [
-        local_flwr.flwr_bin(),
-        "run",
-        str(ROOT),
-        "--stream",
-        "--run-config",
-        str(spec.config_path),
-        "--federation-config",
-        federation_config,
-    ]
-    print(f"compare: {spec.name}: {' '.join(command)}", flush=True)
+    args = ["--run-config", str(spec.config_path), "--federation-config", federation_config]
+    print(f"compare: {spec.name}: {' '.join(local_flwr.run_command(ROOT, *args))}", flush=True)
     start = time.monotonic()
-    with spec.log_path.open("w") as log:
-        returncode = subprocess.run(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False
-        ).returncode
+    run = local_flwr.run_to_end(ROOT, *args, log_path=spec.log_path)
     wall = time.monotonic() - start
-    text = spec.log_path.read_text(errors="replace")
-    run_id = local_flwr.run_id_in(text)
-    if not run_id:
-        status = f"failed (flwr run exited {returncode}, no run id)"
-    else:
-        status = local_flwr.run_status(run_id, cwd=ROOT)
     record = {
         "method": spec.method,
         "seed": spec.seed,
-        "status": status,
-        "run-id": run_id,
+        "status": run.status,
+        "run-id": run.run_id,
         "wall-s": wall,
         "log": str(spec.log_path),
         "config": dict(flat),
     }
     atomic_write(spec.status_path, json.dumps(record, indent=2).encode())
-    print(f"compare: {spec.name}: {status} in {wall:.1f} s (log: {spec.log_path})", flush=True)
+    print(f"compare: {spec.name}: {run.status} in {wall:.1f} s (log: {spec.log_path})", flush=True)
     return load_outcome(spec)
 
 

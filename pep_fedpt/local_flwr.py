@@ -22,11 +22,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 BIN = Path(sys.executable).parent  # this environment's flwr and flower-superlink
 SUPERLINK = "flower-superlink"
+COMPLETED = "finished:completed"  # flwr ls's status of a run that ended well
 DEFAULT_PORT = 39091  # flwr's local SuperLink without FLWR_LOCAL_SUPERLINK_HTTP_API_PORT
 GRACE_S = 10.0  # from SIGTERM to SIGKILL
 LS_TIMEOUT_S = 120.0
@@ -89,8 +91,8 @@ def run_id_in(log: str) -> str:
 
 
 def run_status(run_id: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
-    """How run ``run_id`` ended, as ``flwr ls`` says: ``finished:completed`` for a run that
-    ended well (``flwr run --stream`` exits 0 even when the run failed), else its status,
+    """How run ``run_id`` ended, as ``flwr ls`` says: ``COMPLETED`` for a run that ended
+    well (``flwr run --stream`` exits 0 even when the run failed), else its status,
     or ``failed (flwr ls: ...)`` when ``flwr ls`` does not answer."""
     try:
         listing = subprocess.run(
@@ -108,6 +110,54 @@ def run_status(run_id: str, env: Mapping[str, str] | None = None, cwd: Path | No
         return str(json.loads(listing.stdout)["runs"][0]["status"])
     except (ValueError, KeyError, IndexError, TypeError):
         return f"failed (flwr ls: {listing.stdout.strip() or listing.stderr.strip()})"
+
+
+@dataclass(frozen=True)
+class FlwrRun:
+    """How one ``flwr run --stream`` ended."""
+
+    returncode: int
+    log: str  # its output, stdout and stderr together
+    run_id: str  # "" when the log names none
+    status: str  # flwr ls's (finished:completed, ...), or "failed (...)" without a run id
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
+
+
+def run_command(app: Path, *args: str) -> list[str]:
+    """``flwr run APP --stream ARGS`` (the run's output streams to the end)."""
+    return [flwr_bin(), "run", str(app), "--stream", *args]
+
+
+def run_to_end(
+    app: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    log_path: Path | None = None,
+) -> FlwrRun:
+    """``run_command(app, *args)`` in ``app`` to its end, and how the run ended by ``flwr
+    ls`` (``flwr run --stream`` exits 0 even when the run failed). With ``log_path`` the
+    output goes to that file as it comes (a long run's log survives an interruption)."""
+    command = run_command(app, *args)
+    run_env = None if env is None else dict(env)
+    if log_path is None:
+        done = subprocess.run(
+            command, cwd=app, env=run_env, capture_output=True, text=True, timeout=timeout
+        )
+        returncode, log = done.returncode, done.stdout + done.stderr
+    else:
+        with log_path.open("w") as out:
+            returncode = subprocess.run(
+                command, cwd=app, env=run_env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
+        log = log_path.read_text(errors="replace")
+    run_id = run_id_in(log)
+    if not run_id:
+        return FlwrRun(returncode, log, "", f"failed (flwr run exited {returncode}, no run id)")
+    return FlwrRun(returncode, log, run_id, run_status(run_id, env, cwd=app))
 
 
 # ---------------------------------------------------------------------- processes

@@ -17,7 +17,7 @@ import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.local_flwr import BIN, flwr_env, run_id_in, run_status
+from pep_fedpt.local_flwr import BIN, flwr_env, run_to_end
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,28 +96,17 @@ def test_the_offline_fedmvp_run_finishes_completed_with_local_base_new_hm(
     conf = tmp_path / "offline.toml"
     conf.write_text(f"output-dir = '{out}'\n" + OFFLINE.read_text())
     with local_superlink(home, env):
-        run = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "--run-config",
-                str(conf),
-                "--federation-config",
-                "num-supernodes=2",
-            ],
-            cwd=ROOT,
+        run = run_to_end(
+            ROOT,
+            "--run-config",
+            str(conf),
+            "--federation-config",
+            "num-supernodes=2",
             env=env,
-            capture_output=True,
-            text=True,
             timeout=780,
         )
-        log = run.stdout + run.stderr
-        assert run.returncode == 0, log
-        run_id = run_id_in(log)
-        assert run_id, log
-        assert run_status(run_id, env) == "finished:completed", log
+        log = run.log
+        assert run.returncode == 0 and run.completed, log
     assert "pep-fedpt summary (fedmvp, digits)" in log
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2, 3]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from helpers.plugin_app import EXAMPLE, write_plugin_app
 
-from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink, superlinks
+from pep_fedpt.local_flwr import flwr_env, run_to_end, stop_superlink, superlinks
 
 
 def test_the_example_is_a_flower_app_with_its_own_components() -> None:
@@ -35,25 +34,17 @@ def test_flwr_run_of_the_example_finishes_and_its_superlink_keeps_running(
     env = flwr_env(home)
     result_file = tmp_path / "result.json"
     try:
-        run = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "-c",
-                f"num-server-rounds=3 result-file='{result_file}'",
-                "--federation-config",
-                "num-supernodes=3",
-            ],
-            cwd=app,
+        run = run_to_end(
+            app,
+            "-c",
+            f"num-server-rounds=3 result-file='{result_file}'",
+            "--federation-config",
+            "num-supernodes=3",
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
-        log = run.stdout + run.stderr
-        assert run.returncode == 0, log
+        log = run.log
+        assert run.returncode == 0 and run.completed, log
         assert "toy-prompts: global accuracy" in log
         rounds = json.loads(result_file.read_text())["rounds"]
         assert rounds["3"]["train/valid-replies"] == 3

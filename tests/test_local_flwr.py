@@ -201,6 +201,19 @@ def test_the_run_id_is_the_one_flwr_run_says_it_started() -> None:
     assert local_flwr.run_id_in("Failed to start local SuperLink within 15s.") == ""
 
 
+@pytest.mark.integration  # the flwr command line takes seconds to start
+def test_a_run_that_never_started_is_failed_with_flwr_run_s_exit_code(tmp_path: Path) -> None:
+    app, log = tmp_path / "not-an-app", tmp_path / "run.log"
+    app.mkdir()
+    home = tmp_path / "flwr-home"
+    run = local_flwr.run_to_end(app, "-c", "x=1", env=local_flwr.flwr_env(home), log_path=log)
+    assert (run.returncode, run.run_id, run.completed) == (1, "", False)
+    assert run.status == "failed (flwr run exited 1, no run id)"
+    assert log.read_text() == run.log  # the output went to the file as it came
+    assert "Failed to load Flower App configuration" in run.log
+    assert processes_of_home(home) == set()  # no SuperLink was started for it
+
+
 # Cleans up in its finally (a second signal then is ignored) and exits as the shell would.
 # Ctrl-C raises KeyboardInterrupt as in a terminal, even where pytest runs in the background.
 STOPPABLE = textwrap.dedent(

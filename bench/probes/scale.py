@@ -63,6 +63,7 @@ from typing import Any
 
 from pep_fedpt.local_flwr import (
     BIN,
+    COMPLETED,
     flwr_env,
     process_tree,
     run_id_in,
@@ -309,7 +310,7 @@ def run_once(
         status = _run_status(log, env)
         stop_superlink(home)
     text = "".join(log)
-    if process.returncode != 0 or len(marks) != rounds or status != "finished:completed":
+    if process.returncode != 0 or len(marks) != rounds or status != COMPLETED:
         kept = Path(tempfile.gettempdir()) / f"pep-fedpt-scale-failed-{nodes}.log"
         kept.write_text(text)
         sys.exit(
