@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from pep_fedpt.config import RunConfig
-from pep_fedpt.local_flwr import BIN, flwr_env, run_to_end
+from pep_fedpt.local_flwr import BIN, flwr_env, run_to_end, stop_superlinks
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,12 +74,8 @@ def local_superlink(home: Path, env: dict[str, str]):
             time.sleep(1)
         yield
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-                break
+        stop_superlinks({process.pid})
+        process.wait(timeout=15)
 
 
 @pytest.mark.integration
