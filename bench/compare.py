@@ -22,19 +22,16 @@ validation carve, so the first seed's final run is the chosen grid run itself (c
 
 A run that does not end ``finished:completed`` is reported as failed and the comparison
 goes on; the exit status is then 1. Invoked again with the same settings, it skips the runs
-that completed with the same config, so an interrupted comparison resumes.
+that completed with the same config, so an interrupted comparison resumes. Ctrl-C, SIGTERM
+and SIGHUP stop the run under way together with the SuperLink and simulation it started
+(``pep_fedpt.local_flwr``), say so in one line and exit 130, 143 or 129.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -59,6 +56,7 @@ from bench.report import (
     run_name,
     write_results,
 )
+from pep_fedpt import local_flwr
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.methods.registry import METHODS, method_for
@@ -219,37 +217,10 @@ def adopt(source: RunSpec, spec: RunSpec, flat: Mapping[str, Scalar]) -> Outcome
 
 
 # ---------------------------------------------------------------------- running
-def flwr_bin() -> str:
-    """This virtualenv's ``flwr`` (the one next to the interpreter), else PATH's."""
-    local = Path(sys.executable).parent / "flwr"
-    return str(local) if local.exists() else "flwr"
-
-
-def superlink_pids() -> set[int]:
-    """Local SuperLinks of this FLWR_HOME (``flwr run`` starts one and leaves it running)."""
-    home = os.environ.get("FLWR_HOME", str(Path.home() / ".flwr"))
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{re.escape(home)}"], capture_output=True, text=True
-    )
-    return {int(pid) for pid in found.stdout.split()}
-
-
-def stop_processes(pids: set[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def our_superlinks() -> set[int]:
+    """The local SuperLinks that this process's ``flwr run`` starts or uses: those of its
+    FLWR_HOME on its port (another comparison in the same checkout has ports of its own)."""
+    return local_flwr.superlinks(local_flwr.home_of(), local_flwr.port_of())
 
 
 def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -> Outcome:
@@ -259,51 +230,22 @@ def execute(spec: RunSpec, flat: Mapping[str, Scalar], federation_config: str) -
         shutil.rmtree(spec.run_dir)
     spec.config_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(spec.config_path, config_toml(flat).encode())
-    command = [
-        flwr_bin(),
-        "run",
-        str(ROOT),
-        "--stream",
-        "--run-config",
-        str(spec.config_path),
-        "--federation-config",
-        federation_config,
-    ]
-    print(f"compare: {spec.name}: {' '.join(command)}", flush=True)
+    args = ["--run-config", str(spec.config_path), "--federation-config", federation_config]
+    print(f"compare: {spec.name}: {' '.join(local_flwr.run_command(ROOT, *args))}", flush=True)
     start = time.monotonic()
-    with spec.log_path.open("w") as log:
-        returncode = subprocess.run(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False
-        ).returncode
+    run = local_flwr.run_to_end(ROOT, *args, log_path=spec.log_path)
     wall = time.monotonic() - start
-    text = spec.log_path.read_text(errors="replace")
-    found = re.search(r"\brun (\d{6,})", text)
-    run_id = found.group(1) if found else ""
-    if not run_id:
-        status = f"failed (flwr run exited {returncode}, no run id)"
-    else:
-        listing = subprocess.run(
-            [flwr_bin(), "ls", "--run-id", run_id, "--format", "json"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        try:
-            status = str(json.loads(listing.stdout)["runs"][0]["status"])
-        except (ValueError, KeyError, IndexError):
-            status = f"failed (flwr ls: {listing.stdout.strip() or listing.stderr.strip()})"
     record = {
         "method": spec.method,
         "seed": spec.seed,
-        "status": status,
-        "run-id": run_id,
+        "status": run.status,
+        "run-id": run.run_id,
         "wall-s": wall,
         "log": str(spec.log_path),
         "config": dict(flat),
     }
     atomic_write(spec.status_path, json.dumps(record, indent=2).encode())
-    print(f"compare: {spec.name}: {status} in {wall:.1f} s (log: {spec.log_path})", flush=True)
+    print(f"compare: {spec.name}: {run.status} in {wall:.1f} s (log: {spec.log_path})", flush=True)
     return load_outcome(spec)
 
 
@@ -391,7 +333,7 @@ def compare(
     if grid:
         selection = Selection(grid, seeds[0], val_fraction or 0.0, {})
     points = grid_points(grid) if grid else []
-    before = superlink_pids()
+    before = our_superlinks()
     outcomes: list[Outcome] = []
     try:
         for method in methods:
@@ -420,7 +362,7 @@ def compare(
                 outcomes.append(outcome)
                 write_results(out, outcomes, methods, selection)
     finally:
-        stop_processes(superlink_pids() - before)
+        local_flwr.stop_superlinks(our_superlinks() - before)
     write_results(out, outcomes, methods, selection)
     return outcomes
 
@@ -432,14 +374,14 @@ def _run_sweep(
     labels: Sequence[str],
 ) -> list[Outcome]:
     """Every run of a sweep, in order; the table has a row per (method, point)."""
-    before = superlink_pids()
+    before = our_superlinks()
     outcomes: list[Outcome] = []
     try:
         for spec, flat in runs:
             outcomes.append(run_or_skip(spec, flat, federation_config))
             write_results(out, outcomes, labels)
     finally:
-        stop_processes(superlink_pids() - before)
+        local_flwr.stop_superlinks(our_superlinks() - before)
     return outcomes
 
 
@@ -519,7 +461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     federation = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
-    outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
+    try:
+        with local_flwr.stop_on_signals():
+            outcomes = compare(methods, seeds, out, base, federation, grid, sweep)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        print(
+            f"compare: {local_flwr.signal_name(stop)}: stopped, and the SuperLink and "
+            f"simulation of the run under way with it; the completed runs are kept in {out}: "
+            "the same command again skips them and goes on",
+            file=sys.stderr,
+            flush=True,
+        )
+        return local_flwr.exit_code(stop)
     failed = [o for o in outcomes if not o.completed]
     print(f"compare: {len(outcomes) - len(failed)}/{len(outcomes)} runs completed; see {out}")
     print((out / "results.md").read_text(), flush=True)

@@ -34,6 +34,7 @@ from typing import Any
 from bench.grid import Grid, Point, grid_points, point_label, select
 from bench.prompt_drift import DriftSummary, recorded_drift, summarize
 from pep_fedpt.atomic import atomic_write
+from pep_fedpt.local_flwr import COMPLETED
 from server_app.metric_keys import (
     ACCURACIES,
     BY_KEY,
@@ -45,7 +46,6 @@ from server_app.metric_keys import (
 ROOT = Path(__file__).resolve().parents[1]
 Row = Mapping[str, Any]
 
-COMPLETED = "finished:completed"
 COMPARISON = "comparison.json"  # what bench/compare.py was asked: methods, seeds, grid
 FINAL, GRID = "runs", "grid"  # the folders of the final runs and of the grid runs
 # The plot's curve: the first of these that the runs recorded.

@@ -8,10 +8,12 @@
 # splits; the best point then runs on every seed (docs/benchmark-method.md). Paths are taken
 # relative to the current folder. Exits non-zero if any run failed; invoked again with the
 # same arguments it skips the runs that completed. `python -m bench.report OUT` rewrites the
-# tables from the result files alone.
+# tables from the result files alone. Ctrl-C, SIGTERM or SIGHUP stop the run under way with
+# the SuperLink and simulation it started, say so in one line and exit 130, 143 or 129; the
+# same command again goes on from the completed runs. SKIP_SETUP=1 skips scripts/setup.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/scripts/setup.sh"
+[ "${SKIP_SETUP:-0}" = 1 ] || "$root/scripts/setup.sh"  # as in scripts/run.sh
 # Flower's environment as scripts/run.sh has it (FLWR_HOME inside the project)
 pushd "$root" >/dev/null
 source scripts/flwr-env.sh

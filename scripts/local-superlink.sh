@@ -60,11 +60,7 @@ superlink_start() {
 # reads them: a SuperLink that flwr starts (scripts/compare.sh) uses them, not 39091.
 superlink_free_ports() {
   local ports
-  ports=$("${PEP_FEDPT_PYTHON:-.venv/bin/python}" -c '
-import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
+  ports=$("${PEP_FEDPT_PYTHON:-.venv/bin/python}" -m pep_fedpt.local_flwr free-ports 2)
   export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=${ports% *}
   export FLWR_LOCAL_CONTROL_API_PORT=${ports#* }
 }

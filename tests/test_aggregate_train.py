@@ -2,7 +2,7 @@
 the streamed merge equals the stacked float64 formula, depends on the set of replies and
 not on their arrival order, leaves bad replies out, and keeps its memory to a small
 multiple of one state however many replies there are. The replies are
-``tests/helpers/replies.py``'s (as ``bench/probes/aggregate.py`` builds them), with a
+``server_app/synthetic_replies.py``'s (those ``bench/probes/aggregate.py`` times), with a
 small width so that the tests run in seconds.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from helpers.reference import stacked_mean
-from helpers.replies import build, pep_strategy
 
+from server_app.synthetic_replies import build, pep_strategy
 from strategies import wire
 from strategies.pep_fedpt import PEPFedPT
 from strategies.validation import all_finite, array_view, record_arrays

@@ -16,11 +16,13 @@ import tomllib
 from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from helpers import failing_client
-from helpers.flwr_run import BIN, ROOT, flwr_env, stop_superlink
 
 from client_app.errors import error_reply
+from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
 from server_app.inprocess import incoming_message, set_task_identity
 from strategies.errors import MAX_CHARS, one_line, strip_ansi
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # What the simulation engine sent for a ClientApp that raised, as Flower 1.42 and Ray
 # format it (shortened: the real one is 6.9 kB).

@@ -21,6 +21,8 @@ from bench.prompt_drift import DriftSummary
 from pep_fedpt.config import ConfigError
 from pep_fedpt.methods.registry import METHODS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def outcomes() -> list[Outcome]:
@@ -214,7 +216,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from helpers.flwr_run import ROOT, flwr_env, stop_superlink
+    from pep_fedpt.local_flwr import flwr_env, stop_superlink, superlinks
 
     home = tmp_path / "flwr-home"
     out = tmp_path / "cmp"
@@ -248,7 +250,7 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         assert local[1]["evaluate/bytes-down"] == 0  # each node evaluates its own state
         assert float(rows[0]["bytes-down-per-round"]) == deep[1]["bytes-down"]
         assert (out / "runs" / "local-s0.toml").is_file()
-        assert not compare_superlinks(home), "the runner left its SuperLink running"
+        assert not superlinks(home), "the runner left its SuperLink running"
 
         again = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -260,13 +262,82 @@ def test_runner_end_to_end_and_resume(tmp_path: Path) -> None:
         stop_superlink(home)
 
 
-def compare_superlinks(home: Path) -> list[str]:
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_sigterm_stops_every_process_it_started_and_keeps_what_completed(
+    tmp_path: Path,
+) -> None:
+    """scripts/compare.sh as a job of its own (its process group) gets SIGTERM in the middle
+    of its second run: within 30 s no process of its FLWR_HOME is left (the SuperLink that
+    `flwr run` started detached, the simulation, Ray), it exits 143 with one line, the
+    completed run keeps its status (the same command skips it) and the stopped one has
+    none (the same command runs it again)."""
+    import os
+    import signal
     import subprocess
+    import sys
+    import time
 
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
+    from pep_fedpt.local_flwr import BIN, processes_of_home, stop_superlink
+
+    home, out = tmp_path / "flwr-home", tmp_path / "cmp"
+    overrides = (
+        "model.pretrained='random' model.depth=2 model.embed-dim=64 model.num-heads=2 "
+        f"model.img-size=16 cache-dir='{tmp_path / 'features'}'"
     )
-    return found.stdout.split()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "SKIP_SETUP": "1",  # the test's venv is set up; never pip-install from a test
+        "PEP_FEDPT_PYTHON": sys.executable,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    script = subprocess.Popen(
+        [
+            str(ROOT / "scripts" / "compare.sh"), "--methods", "local", "--seeds", "0",
+            "--num-supernodes", "2", "--out", str(out), "-c", overrides,
+            "--sweep", "num-server-rounds=1,50",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )  # fmt: skip
+    done, stopped = out / "runs" / "local-v0-s0.json", out / "runs" / "local-v1-s0"
+    try:
+        deadline = time.monotonic() + 480
+        # the second run has trained a round: its simulation and Ray are up
+        while time.monotonic() < deadline and not (
+            stopped.with_suffix(".log").is_file()
+            and "round 1 took" in stopped.with_suffix(".log").read_text(errors="replace")
+        ):
+            assert script.poll() is None, script.communicate()
+            time.sleep(1)
+        started = processes_of_home(home)
+        assert len(started) > 4, started  # compare, flwr run, SuperLink, simulation, Ray...
+        os.killpg(script.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        stdout, stderr = script.communicate(timeout=30)
+        while processes_of_home(home) and time.monotonic() < sent + 30:
+            time.sleep(0.5)
+        left = processes_of_home(home)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+        stop_superlink(home)
+    assert left == set(), f"left running: {left}"
+    assert script.returncode == 143, stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("compare: ")]
+    assert lines == [
+        "compare: SIGTERM: stopped, and the SuperLink and simulation of the run under way "
+        f"with it; the completed runs are kept in {out}: the same command again skips them "
+        "and goes on"
+    ], stderr
+    assert "Traceback" not in stderr, stderr
+    assert json.loads(done.read_text())["status"] == COMPLETED
+    assert not stopped.with_suffix(".json").exists()
 
 
 # ---------------------------------------------------------------------- grid selection

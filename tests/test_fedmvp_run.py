@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
-from helpers.flwr_run import BIN, ROOT, flwr_env
 
 from pep_fedpt.config import RunConfig
+from pep_fedpt.local_flwr import BIN, flwr_env, run_to_end, stop_superlinks
 from pep_fedpt.methods.fedmvp import BUNDLED_ATTRIBUTES, attributes_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 OFFLINE = ROOT / "conf" / "fedmvp-offline.toml"
 
@@ -74,12 +74,8 @@ def local_superlink(home: Path, env: dict[str, str]):
             time.sleep(1)
         yield
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-                break
+        stop_superlinks({process.pid})
+        process.wait(timeout=15)
 
 
 @pytest.mark.integration
@@ -94,37 +90,17 @@ def test_the_offline_fedmvp_run_finishes_completed_with_local_base_new_hm(
     conf = tmp_path / "offline.toml"
     conf.write_text(f"output-dir = '{out}'\n" + OFFLINE.read_text())
     with local_superlink(home, env):
-        run = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "--run-config",
-                str(conf),
-                "--federation-config",
-                "num-supernodes=2",
-            ],
-            cwd=ROOT,
+        run = run_to_end(
+            ROOT,
+            "--run-config",
+            str(conf),
+            "--federation-config",
+            "num-supernodes=2",
             env=env,
-            capture_output=True,
-            text=True,
             timeout=780,
         )
-        log = run.stdout + run.stderr
-        assert run.returncode == 0, log
-        run_id = re.search(r"\b\d{7,}\b", log)
-        assert run_id, log
-        listing = subprocess.run(
-            [str(BIN / "flwr"), "ls", "--run-id", run_id[0], "--format", "json"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        status = json.loads(listing.stdout)["runs"][0]["status"]
-        assert status == "finished:completed", log
+        log = run.log
+        assert run.returncode == 0 and run.completed, log
     assert "pep-fedpt summary (fedmvp, digits)" in log
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2, 3]

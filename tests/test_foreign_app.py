@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.flwr_run import BIN, free_port, stop_superlink
 from helpers.plugin_app import EXAMPLE, write_plugin_app
+
+from pep_fedpt.local_flwr import flwr_env, run_to_end, stop_superlink, superlinks
 
 
 def test_the_example_is_a_flower_app_with_its_own_components() -> None:
@@ -32,44 +31,25 @@ def test_flwr_run_of_the_example_finishes_and_its_superlink_keeps_running(
 ) -> None:
     app = write_plugin_app(tmp_path / "foreign-app", vendor_strategies=True)
     home = tmp_path / "flwr-home"
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = flwr_env(home)
     result_file = tmp_path / "result.json"
     try:
-        run = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "-c",
-                f"num-server-rounds=3 result-file='{result_file}'",
-                "--federation-config",
-                "num-supernodes=3",
-            ],
-            cwd=app,
+        run = run_to_end(
+            app,
+            "-c",
+            f"num-server-rounds=3 result-file='{result_file}'",
+            "--federation-config",
+            "num-supernodes=3",
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
-        log = run.stdout + run.stderr
-        assert run.returncode == 0, log
+        log = run.log
+        assert run.returncode == 0 and run.completed, log
         assert "toy-prompts: global accuracy" in log
         rounds = json.loads(result_file.read_text())["rounds"]
         assert rounds["3"]["train/valid-replies"] == 3
         assert rounds["3"]["evaluate/global-accuracy"] > 0.5
         # What the guide warns about: the SuperLink that `flwr run` started outlives it.
-        alive = subprocess.run(
-            ["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True
-        )
-        assert alive.stdout.split(), "the local SuperLink should still run after flwr run"
+        assert superlinks(home), "the local SuperLink should still run after flwr run"
     finally:
         stop_superlink(home)

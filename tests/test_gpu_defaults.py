@@ -4,10 +4,11 @@ must be those of a fresh loader per epoch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import tomllib
 import torch
-from helpers.flwr_run import ROOT
 from torch.utils.data import DataLoader, TensorDataset
 
 from pep_fedpt.config import ConfigError, RunConfig
@@ -21,6 +22,8 @@ from pep_fedpt.engine import (
     shuffle_order,
     training_precision,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(

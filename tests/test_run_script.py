@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from pep_fedpt.local_flwr import alive, process_tree, processes_of_home
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = (
@@ -112,14 +114,6 @@ def healthy(port: int) -> bool:
         return False
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture
 def checkouts(tmp_path: Path) -> Iterator[list[Checkout]]:
     started: list[Checkout] = []
@@ -160,20 +154,6 @@ def test_two_checkouts_get_their_own_superlinks_and_each_stops_only_its_own(
     assert not alive(second.pid)
 
 
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, i = [root], 0
-    while i < len(found):
-        found += children.get(found[i], [])
-        i += 1
-    return found
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path: Path) -> None:
@@ -198,7 +178,7 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
             time.sleep(1)
         assert (out / "checkpoint.npz").exists(), "".join(lines)
         superlink = int(re.search(r"SuperLink pid (\d+)", "".join(lines)).group(1))
-        tree = descendants(superlink)
+        tree = process_tree({superlink})
         assert len(tree) > 3  # the SuperLink, its SuperExec, the simulation, Ray...
 
         os.killpg(script.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
@@ -220,4 +200,5 @@ def test_ctrl_c_stops_the_run_and_every_process_and_says_how_to_resume(tmp_path:
     assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in text
     time.sleep(2)  # Ray's workers exit on their own within a second of their raylet
     assert [pid for pid in tree if alive(pid)] == []
+    assert processes_of_home(home) == set()  # nothing else that the run started either
     assert not (home / "local-superlink" / "run.sh.pid").exists()

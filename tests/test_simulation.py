@@ -4,11 +4,13 @@ the same seed gives the same run (fresh, and resumed) though node ids differ eve
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.flwr_run import BIN, ROOT, flwr_env, stop_superlink
+
+from pep_fedpt.local_flwr import flwr_env, run_to_end, stop_superlink
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.integration
 
@@ -23,36 +25,11 @@ def test_flwr_run_simulation_finishes_completed(tmp_path: Path) -> None:
         "model.embed-dim=64 model.num-heads=2 model.img-size=16"
     )
     try:
-        run = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "-c",
-                overrides,
-                "--federation-config",
-                "num-supernodes=2",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        run = run_to_end(
+            ROOT, "-c", overrides, "--federation-config", "num-supernodes=2", env=env, timeout=300
         )
-        log = run.stdout + run.stderr
-        assert run.returncode == 0, log
-        run_id = next(w for w in log.split() if w.isdigit() and len(w) > 6)
-        listing = subprocess.run(
-            [str(BIN / "flwr"), "ls", "--run-id", run_id, "--format", "json"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        status = json.loads(listing.stdout)["runs"][0]["status"]
-        assert status == "finished:completed", log
+        log = run.log
+        assert run.returncode == 0 and run.completed, log
         assert "pep-fedpt summary" in log
         rows = json.loads((out / "metrics.json").read_text())
         assert [r["round"] for r in rows] == [0, 1]
@@ -68,26 +45,17 @@ TINY = (
 
 def flwr_run(home: Path, overrides: str, supernodes: int) -> str:
     """One `flwr run .` to its end; its log (fails the test unless it exited 0)."""
-    run = subprocess.run(
-        [
-            str(BIN / "flwr"),
-            "run",
-            ".",
-            "--stream",
-            "-c",
-            f"{TINY} {overrides}",
-            "--federation-config",
-            f"num-supernodes={supernodes}",
-        ],
-        cwd=ROOT,
+    run = run_to_end(
+        ROOT,
+        "-c",
+        f"{TINY} {overrides}",
+        "--federation-config",
+        f"num-supernodes={supernodes}",
         env=flwr_env(home),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log
-    return log
+    assert run.returncode == 0, run.log
+    return run.log
 
 
 @pytest.mark.timeout(1200)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, Message
-from helpers.replies import build, pep_strategy
 from helpers.run_helpers import load_json, load_state, recorder, run_server
 
 from pep_fedpt.config import ConfigError, RunConfig
+from server_app.synthetic_replies import build, pep_strategy
 from strategies import wire
 from strategies.pep_fedpt import PEPFedPT
 from strategies.validation import record_arrays

@@ -4,11 +4,12 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.probes.aggregate --clients 20 --repeats 3 \
         --out bench/results/aggregate.json
 
-Builds ``--clients`` train replies of a ViT-B/16 CIFAR-100 PEP-FedPT state (the wire keys
-and shapes of ``pep_fedpt.state.trainable_arrays`` for width 768, depth 12, 100 classes,
-10 shared prompt tokens, one class prompt token in CCMP blocks 2-12: 929,380 float32
-values per reply) with class counts from a Dirichlet(0.3) label split of CIFAR-100's
-40,000 train images, as the real messages Flower hands the strategy. Then times, in
+Builds ``--clients`` train replies of a ViT-B/16 CIFAR-100 PEP-FedPT state
+(``server_app/synthetic_replies.py``: the wire keys and shapes of
+``pep_fedpt.state.trainable_arrays`` for width 768, depth 12, 100 classes, 10 shared
+prompt tokens, one class prompt token in CCMP blocks 2-12: 929,380 float32 values per
+reply) with class counts from a Dirichlet(0.3) label split of CIFAR-100's 40,000 train
+images, as the real messages Flower hands the strategy. Then times, in
 one interleaved loop over the same replies (median of ``--repeats``):
 
 - ``fedavg``: ``flwr.serverapp.strategy.FedAvg.aggregate_train`` (the reference);
@@ -34,92 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
-from server_app.inprocess import incoming_message
+from server_app.synthetic_replies import NUM_CLASSES, build, pep_strategy
 from strategies import wire
-from strategies.pep_fedpt import PEPFedPT
 from strategies.validation import (
     check_known_counts,
     check_train_reply,
     record_arrays,
 )
-
-# ViT-B/16 on CIFAR-100 with conf/cifar100-dir0.3.toml's prompts.
-DIM, DEPTH, NUM_CLASSES = 768, 12, 100
-SHARED_LENGTH, CLASS_LENGTH = 10, 1
-CCMP_BLOCKS = range(1, DEPTH)  # "2-L", 0-based
-TRAIN_PER_CLASS = 400  # 500 CIFAR-100 train images per class, 20% kept as local test
-
-
-def state_shapes(dim: int = DIM, num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]:
-    """The trainable keys of the PEP-FedPT state and their shapes."""
-    shapes: dict[str, tuple[int, ...]] = {wire.SHARED_PROMPT: (SHARED_LENGTH, dim)}
-    for block in CCMP_BLOCKS:
-        shapes[wire.class_prompt_key(block)] = (num_classes, CLASS_LENGTH, dim)
-    shapes[wire.HEAD_WEIGHT] = (num_classes, dim)
-    shapes[wire.HEAD_BIAS] = (num_classes,)
-    return shapes
-
-
-def class_counts(
-    num_clients: int, num_classes: int, alpha: float, rng: np.random.Generator
-) -> np.ndarray:
-    """(K, C) train counts: each class split over the clients by Dirichlet(alpha)."""
-    shares = [rng.dirichlet([alpha] * num_clients) for _ in range(num_classes)]
-    counts = np.stack([rng.multinomial(TRAIN_PER_CLASS, p) for p in shares], axis=1)
-    for k in np.flatnonzero(counts.sum(axis=1) == 0):  # every client holds something
-        counts[k, rng.integers(num_classes)] = 1
-    return counts.astype(np.int64)
-
-
-def build(
-    num_clients: int, seed: int, dim: int = DIM, num_classes: int = NUM_CLASSES
-) -> tuple[ArrayRecord, dict[int, list[int]], list[Message]]:
-    """The global state, every node's census counts and one train reply per node (node
-    ids 1000, 1001, ...), as Flower hands them to ``aggregate_train``."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    rng = np.random.default_rng(seed)
-    shapes = state_shapes(dim, num_classes)
-    base = {k: rng.standard_normal(s).astype(np.float32) * 0.02 for k, s in shapes.items()}
-    counts = class_counts(num_clients, num_classes, 0.3, rng)
-    global_state = ArrayRecord({k: Array(v) for k, v in base.items()})
-    means = rng.standard_normal((num_classes, dim)).astype(np.float32)
-    global_state[wire.PROTO_MEAN] = Array(means)
-    global_state[wire.PROTO_COUNT] = Array(counts.sum(axis=0))
-    replies, known = [], {}
-    for k in range(num_clients):
-        node = 1000 + k
-        known[node] = counts[k].tolist()
-        arrays = ArrayRecord(
-            {
-                key: Array(value + rng.standard_normal(value.shape).astype(np.float32) * 1e-3)
-                for key, value in base.items()
-            }
-        )
-        metrics = MetricRecord(
-            {
-                wire.NUM_EXAMPLES: int(counts[k].sum()),
-                wire.CLASS_COUNTS: counts[k].tolist(),
-                wire.TRAIN_LOSS: float(rng.uniform(1.0, 4.0)),
-            }
-        )
-        incoming = incoming_message(
-            RecordDict(), MessageType.TRAIN, dst_node_id=node, message_id=f"m{node}"
-        )
-        replies.append(
-            Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=incoming)
-        )
-    return global_state, known, replies
-
-
-def pep_strategy(global_state: ArrayRecord, known: dict[int, list[int]]) -> PEPFedPT:
-    strategy = PEPFedPT(min_train_nodes=2)
-    strategy._global = global_state
-    strategy._node_counts = dict(known)
-    return strategy
 
 
 def measure(fn: Callable[[], Any]) -> float:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.probes.result_file import header, need
+from pep_fedpt.local_flwr import BIN, flwr_env, processes_of_home, stop_superlink
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/device_check.py"
@@ -450,7 +451,7 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, home: Path, cuda: bool) -> None:
         super().__init__(daemon=True)
-        self.home, self.cuda = str(home), cuda
+        self.home, self.cuda = home, cuda
         self.seen: dict[int, dict[str, Any]] = {}
         self.gpu_note: str | None = None
         self.peak_gpu_total_bytes: int | None = None  # the whole GPU, whoever holds it
@@ -470,13 +471,9 @@ class MemorySampler(threading.Thread):
         gpu = self._gpu_bytes() if self.cuda else {}
         if self.cuda:
             self._gpu_total()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            pid = int(proc.name)
+        for pid in sorted(processes_of_home(self.home)):
+            proc = Path(f"/proc/{pid}")
             try:
-                if f"FLWR_HOME={self.home}".encode() not in (proc / "environ").read_bytes():
-                    continue
                 command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
                 hwm = re.search(r"VmHWM:\s+(\d+) kB", (proc / "status").read_text())
                 known = self.seen.get(pid, {}).get("role") == "clientapp"
@@ -535,7 +532,6 @@ def stage_simulation(
     sizes: Sizes, device: Any, data: Mapping[str, Any], work: Path, deadline: float
 ) -> dict:
     """``flwr run .``: 4 ClientApps sharing the device, 2 rounds of PEP-FedPT."""
-    from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
     from bench.probes.sim_overhead import ROUND_TOOK
     from pep_fedpt.preflight import toml_value
 

@@ -45,7 +45,6 @@ The JSON (``--out``) holds every figure; bench/probes/README.md says what they s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -62,7 +61,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
+from pep_fedpt.local_flwr import (
+    BIN,
+    COMPLETED,
+    flwr_env,
+    process_tree,
+    run_id_in,
+    run_status,
+    stop_superlink,
+    superlinks,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
@@ -150,20 +158,6 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _children_of() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from ``/proc/<pid>/stat`` (field 4)."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _read(entry / "stat")
-        if stat is None:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # the name may hold spaces
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
-    return tree
-
-
 def _cmdline(pid: int) -> str:
     raw = _read(Path(f"/proc/{pid}/cmdline"))
     return "" if raw is None else raw.replace("\0", " ")
@@ -206,24 +200,19 @@ class MemoryWatch:
 
     def sample(self) -> None:
         """One poll: find the processes (once), keep each high-water mark as last read."""
-        tree = _children_of()
         if self.superlink is None:
-            self.superlink = next(
-                (
-                    pid
-                    for pids in tree.values()
-                    for pid in pids
-                    if "flower-superlink" in _cmdline(pid) and str(self.home) in _cmdline(pid)
-                ),
-                None,
-            )
+            self.superlink = min(superlinks(self.home), default=None)
         if self.superlink is None:
             return
         if (hwm := _status_bytes(self.superlink, "VmHWM")) is not None:
             self.superlink_hwm = hwm
         if self.simulation is None:
             self.simulation = next(
-                (p for p in _descendants(tree, self.superlink) if "flwr-simulation" in _cmdline(p)),
+                (
+                    p
+                    for p in sorted(process_tree({self.superlink}))
+                    if "flwr-simulation" in _cmdline(p)
+                ),
                 None,
             )
         if self.simulation is None:
@@ -233,19 +222,10 @@ class MemoryWatch:
         stat = _read(Path(f"/proc/{self.simulation}/stat"))
         if stat is not None:
             self.simulation_cpu_s = parse_stat_cpu_seconds(stat, TICKS)
-        below = _descendants(tree, self.simulation)
+        below = process_tree({self.simulation}) - {self.simulation}
         if below:
             total = sum(_status_bytes(pid, "VmRSS") or 0 for pid in below)
             self.ray_rss_max = max(self.ray_rss_max or 0, total)
-
-
-def _descendants(tree: Mapping[int, list[int]], pid: int) -> list[int]:
-    found, stack = [], list(tree.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(tree.get(child, []))
-    return found
 
 
 def ensure_data(data_dir: Path) -> Path:
@@ -330,7 +310,7 @@ def run_once(
         status = _run_status(log, env)
         stop_superlink(home)
     text = "".join(log)
-    if process.returncode != 0 or len(marks) != rounds or status != "finished:completed":
+    if process.returncode != 0 or len(marks) != rounds or status != COMPLETED:
         kept = Path(tempfile.gettempdir()) / f"pep-fedpt-scale-failed-{nodes}.log"
         kept.write_text(text)
         sys.exit(
@@ -377,16 +357,10 @@ def run_once(
 
 def _run_status(log: Sequence[str], env: Mapping[str, str]) -> str:
     """How the run ended (``flwr run --stream`` exits 0 even when it failed)."""
-    match = re.search(r"Successfully started run (\d+)", "".join(log))
-    if match is None:
+    run_id = run_id_in("".join(log))
+    if not run_id:
         return "unknown (no run id in the log)"
-    listing = subprocess.run(
-        [str(BIN / "flwr"), "ls", "--run-id", match.group(1), "--format", "json"],
-        cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError):
-        return str(json.loads(listing.stdout)["runs"][0]["status"])
-    return f"unknown ({listing.stdout[-300:]}{listing.stderr[-300:]})"
+    return run_status(run_id, env, cwd=ROOT)
 
 
 # ---------------------------------------------------------------- command

@@ -81,7 +81,7 @@ def simulation(
 ) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
     # Here, not at the top: ``--report`` and ``render_table`` need none of the runner.
-    from bench.probes.local_flwr import BIN, flwr_env, stop_superlink
+    from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
     from pep_fedpt.preflight import toml_value
 
     overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())

@@ -1,6 +1,11 @@
-"""Many train replies of the ViT-B/16 CIFAR-100 PEP-FedPT state, as Flower hands them to
-``aggregate_train``, and a strategy that has seen every node's counts: what the
-aggregation tests merge (bench/probes/aggregate.py times the same construction).
+"""Fake but valid train replies for the strategies: many replies of the ViT-B/16 CIFAR-100
+PEP-FedPT state (wire keys and shapes of ``pep_fedpt.state.trainable_arrays``), with class
+counts from a Dirichlet label split, as Flower hands them to ``aggregate_train``, and a
+strategy that has seen every node's counts.
+
+What it is for: the aggregation tests merge these replies and ``bench/probes/aggregate.py``
+times the same ones, so that a speed figure and a correctness check are about one input.
+Numpy and Flower only (no torch), like ``server_app/inprocess.py`` beside it.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def build(
     means = rng.standard_normal((num_classes, dim)).astype(np.float32)
     global_state[wire.PROTO_MEAN] = Array(means)
     global_state[wire.PROTO_COUNT] = Array(counts.sum(axis=0))
-    replies, known = [], {}
+    replies: list[Message] = []
+    known: dict[int, list[int]] = {}
     for k in range(num_clients):
         node = 1000 + k
         known[node] = counts[k].tolist()
@@ -82,6 +88,8 @@ def build(
 
 
 def pep_strategy(global_state: ArrayRecord, known: dict[int, list[int]]) -> PEPFedPT:
+    """A ``PEPFedPT`` that holds ``global_state`` and has verified every node's counts, as
+    after its prototype round."""
     strategy = PEPFedPT(min_train_nodes=2)
     strategy._global = global_state
     strategy._node_counts = dict(known)
