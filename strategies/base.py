@@ -143,7 +143,6 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from strategies import wire
 from strategies.admission import NodeAdmission
 from strategies.aggregation import (
-    ROBUST_AGGREGATIONS,
     RunningMean,
     ccmp_summary,
     evaluation_summary,
@@ -155,7 +154,8 @@ from strategies.dp import check_dp_wrapper
 from strategies.errors import one_line
 from strategies.exchange import GridExchange
 from strategies.loop import RoundLoop
-from strategies.options import WIRE_DTYPES
+from strategies.options import ROBUST_AGGREGATIONS, WIRE_DTYPES
+from strategies.records import Partitions
 from strategies.secagg import SecAggParams
 from strategies.secagg import secure_aggregation as secure_aggregation_params
 from strategies.validation import (
@@ -163,8 +163,13 @@ from strategies.validation import (
     check_known_counts,
     check_train_reply,
     check_update_norm,
+    integer,
     norm_bound,
+    number,
+    optional_count,
     record_arrays,
+    reply_arrays,
+    reply_metrics,
     update_norm,
 )
 
@@ -348,7 +353,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         # From the latest prototype round: nodes that never train, and per partition id
         # what its node reported (node id, held-out flag, train class counts).
         self.held_out_nodes: set[int] = set()
-        self.partitions: dict[int, dict[str, int | bool | list[int]]] = {}
+        self.partitions: Partitions = {}
         # Per node: messages sent, how many failed (error reply or none), how many train or
         # evaluate messages it answered with content, and the last failure.
         self.node_replies: dict[int, dict[str, Any]] = {}
@@ -497,7 +502,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         """Hook: how much one valid reply's value of ``key`` weighs in its new global
         value: a number (every row alike; FedAvg's n_k, the default) or one weight per row
         (PEP-FedPT's n_{k,c} for class prompts)."""
-        return float(metrics[wire.NUM_EXAMPLES])
+        return number(metrics[wire.NUM_EXAMPLES])
 
     def merge_result(self, key: str, running: RunningMean) -> np.ndarray:
         """Hook: the new global value of ``key`` from the running weighted sum of the valid
@@ -513,8 +518,8 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         """The new global value of every key of ``updates`` from these valid replies, as
         ``aggregate_train`` computes it (which adds each reply as soon as it is checked)."""
         running = self._running_sums(previous, list(updates[0]) if updates else [])
-        for update, reply_metrics in zip(updates, metrics, strict=True):
-            self._add_to_sums(running, update, reply_metrics)
+        for update, one_reply in zip(updates, metrics, strict=True):
+            self._add_to_sums(running, update, one_reply)
         self.prepare_merge(metrics)
         return {key: self.merge_result(key, sums) for key, sums in running.items()}
 
@@ -585,11 +590,11 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         bound, why = norm_bound(norms, self.max_update_norm, self.update_norm_factor)
 
         def screen(content: RecordDict, node: int) -> str | None:
-            norm, metrics = norms_of[node], content[wire.METRICS]
+            norm, metrics = norms_of[node], reply_metrics(content)
             reason = None if norm is None else check_update_norm(norm, bound, why)
             reason = reason or self.check_train_metrics(metrics, node)
             if reason is None:  # views of the reply's bytes again: nothing kept per reply
-                self._add_to_sums(running, record_arrays(content[wire.ARRAYS]), metrics)
+                self._add_to_sums(running, record_arrays(reply_arrays(content)), metrics)
             return reason
 
         valid, metrics = self._accepted_train(
@@ -601,9 +606,9 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         if state is None:  # the method refused the update: the round keeps the state
             self.remember_metrics(server_round, "train", metrics)
             return self._as_given(self._global), metrics
-        client_metrics = [msg.content[wire.METRICS] for msg in valid]
-        sizes = [float(m[wire.NUM_EXAMPLES]) for m in client_metrics]
-        losses = [float(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
+        client_metrics = [reply_metrics(msg.content) for msg in valid]
+        sizes = [number(m[wire.NUM_EXAMPLES]) for m in client_metrics]
+        losses = [number(m.get(wire.TRAIN_LOSS, 0.0)) for m in client_metrics]
         metrics[wire.TRAIN_LOSS] = float(np.average(losses, weights=sizes))
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         if norms:
@@ -642,10 +647,10 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         state = ArrayRecord(
             {key: self._global[key] for key in self._global if self.server_only(key)}
         )
-        self.prepare_merge([msg.content[wire.METRICS] for msg in valid])
+        self.prepare_merge([reply_metrics(msg.content) for msg in valid])
         if self.reply_aggregation != "mean":
-            replies = [record_arrays(msg.content[wire.ARRAYS]) for msg in valid]
-            metrics_of = [msg.content[wire.METRICS] for msg in valid]
+            replies = [record_arrays(reply_arrays(msg.content)) for msg in valid]
+            metrics_of = [reply_metrics(msg.content) for msg in valid]
             for key, sums in running.items():
                 state[key] = Array(
                     robust_value(
@@ -734,9 +739,9 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         self._count_used(valid, "evaluated")
         if not valid:
             return None
-        metrics = [msg.content[wire.METRICS] for msg in valid]
-        correct = [int(m[wire.CORRECT]) for m in metrics]
-        totals = [int(m[wire.NUM_EXAMPLES]) for m in metrics]
+        metrics = [reply_metrics(msg.content) for msg in valid]
+        correct = [integer(m[wire.CORRECT]) for m in metrics]
+        totals = [integer(m[wire.NUM_EXAMPLES]) for m in metrics]
         held_out = [
             bool(m.get(wire.HELD_OUT, 0)) or self._sender(msg) in self.held_out_nodes
             for m, msg in zip(metrics, valid, strict=True)
@@ -744,15 +749,15 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         summary = evaluation_summary(correct, totals, held_out)
         summary.update(
             validation_summary(
-                [m.get(wire.VAL_CORRECT) for m in metrics],  # type: ignore[misc]
-                [m.get(wire.VAL_NUM_EXAMPLES) for m in metrics],  # type: ignore[misc]
+                [optional_count(m, wire.VAL_CORRECT) for m in metrics],
+                [optional_count(m, wire.VAL_NUM_EXAMPLES) for m in metrics],
                 held_out,
             )
         )
         summary.update(
             ccmp_summary(
-                [m.get(wire.CCMP_PRIOR_CORRECT) for m in metrics],  # type: ignore[misc]
-                [m.get(wire.CCMP_UNIFORM_CORRECT) for m in metrics],  # type: ignore[misc]
+                [optional_count(m, wire.CCMP_PRIOR_CORRECT) for m in metrics],
+                [optional_count(m, wire.CCMP_UNIFORM_CORRECT) for m in metrics],
                 totals,
                 held_out,
             )
@@ -760,7 +765,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         record = MetricRecord({key: float(value) for key, value in summary.items()})
         # Per client, in partition-id order where the replies carry it, so that e.g. one
         # client per DomainNet domain gives the per-domain accuracies.
-        pids = [int(m.get(wire.PARTITION_ID, -1)) for m in metrics]
+        pids = [integer(m.get(wire.PARTITION_ID, -1)) for m in metrics]
         order = sorted(range(len(valid)), key=lambda i: pids[i])
         for flag, prefix in ((False, ""), (True, "held-out-")):
             chosen = [i for i in order if held_out[i] == flag]
@@ -824,7 +829,7 @@ class PromptFedAvg(RoundLoop, NodeAdmission, GridExchange, FedAvg):
         if msg.has_error():
             # The node may have lost its state (restart): resend the prototypes next time.
             self._node_proto_version.pop(node, None)
-            return f"error reply: {one_line(msg.error.reason)}"
+            return f"error reply: {one_line(msg.error.reason or '')}"
         try:
             return check(msg.content, node)
         except Exception as exc:  # a malformed reply must never stop the round
