@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -27,9 +27,15 @@ from strategies.records import PartitionEntry, Partitions
 from strategies.secagg import SecAggParams, secure_prototypes
 from strategies.validation import check_prototype_reply, integer, record_arrays, reply_metrics
 
-# One valid prototype-round reply: (sent index, node id, partition id or None, held out,
-# the reply's ``proto`` arrays).
-PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
+
+class PrototypeAnswer(NamedTuple):
+    """One valid prototype-round reply, as ``_ask_for_prototypes`` hands it on."""
+
+    sent_index: int  # the index its query was sent at
+    node: int
+    pid: int | None  # its partition id, if it reported one
+    held_out: bool
+    proto: dict[str, np.ndarray]  # its ``proto`` arrays: views of the reply's bytes
 
 
 def _keep_later(
@@ -342,7 +348,7 @@ class NodeAdmission:
             pid = integer(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
             held_out = bool(metrics.get(wire.HELD_OUT, 0))
             proto = cast(ArrayRecord, msg.content[wire.PROTO])  # check_prototype_reply saw it
-            take((index, node, pid, held_out, record_arrays(proto)))
+            take(PrototypeAnswer(index, node, pid, held_out, record_arrays(proto)))
             return False  # consumed: the reply is not kept
 
         self._exchange(grid, messages, server_round, "query", consume)
