@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -23,16 +23,23 @@ from flwr.supercore import log
 
 from strategies import wire
 from strategies.aggregation import PrototypeTally
-from strategies.secagg import secure_prototypes
-from strategies.validation import check_prototype_reply, record_arrays
+from strategies.records import PartitionEntry, Partitions
+from strategies.secagg import SecAggParams, secure_prototypes
+from strategies.validation import check_prototype_reply, integer, record_arrays, reply_metrics
 
-# One valid prototype-round reply: (sent index, node id, partition id or None, held out,
-# the reply's ``proto`` arrays).
-PrototypeAnswer = tuple[int, int, int | None, bool, dict[str, np.ndarray]]
+
+class PrototypeAnswer(NamedTuple):
+    """One valid prototype-round reply, as ``_ask_for_prototypes`` hands it on."""
+
+    sent_index: int  # the index its query was sent at
+    node: int
+    pid: int | None  # its partition id, if it reported one
+    held_out: bool
+    proto: dict[str, np.ndarray]  # its ``proto`` arrays: views of the reply's bytes
 
 
 def _keep_later(
-    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]],
+    partitions: dict[int, tuple[int, PartitionEntry]],
     pid: int,
     index: int,
     node: int,
@@ -45,7 +52,7 @@ def _keep_later(
     arrive in does not matter), and a warning names both in the order sent."""
     earlier = partitions.get(pid)
     if earlier is not None:
-        first, second = sorted([(earlier[0], int(earlier[1]["node-id"])), (index, node)])
+        first, second = sorted([(earlier[0], earlier[1]["node-id"]), (index, node)])
         log(
             WARNING,
             "%s: nodes %d and %d both report partition-id %d; check their --node-config",
@@ -64,15 +71,35 @@ class NodeAdmission:
 
     # Set by PromptFedAvg.__init__.
     counts_only: bool
-    secagg: Any
+    secagg: SecAggParams | None
     timeout: float
     min_available_nodes: int
     dropped: list[tuple[int, int, str]]
     held_out_nodes: set[int]
-    partitions: dict[int, dict[str, int | bool | list[int]]]
+    partitions: Partitions
     _proto_version: int
     _node_proto_version: dict[int, int]
     _node_counts: dict[int, list[int]]
+
+    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
+
+        def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
+        def _keep_server_arrays(self, state: ArrayRecord) -> ArrayRecord: ...
+        def _judge(
+            self, msg: Message, node: int, check: Callable[[RecordDict, int], str | None]
+        ) -> str | None: ...
+        def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]: ...
+        def _exchange(
+            self,
+            grid: Grid,
+            messages: Iterable[Message],
+            server_round: int,
+            phase: str,
+            consume: Callable[[Message], bool] | None = None,
+        ) -> list[Message]: ...
+        def _set_outgoing(self, messages: list[Message]) -> None: ...
+        def _sent_as(self, reply: Message) -> tuple[int, int]: ...
+        def _sender(self, reply: Message) -> int: ...
 
     def ensure_prototypes(
         self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
@@ -122,7 +149,7 @@ class NodeAdmission:
         node_ids = self._wait_for_nodes(grid, self.min_available_nodes)
         tally = PrototypeTally(num_classes, self._prototype_dim(arrays))
         held_out: set[int] = set()
-        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+        partitions: dict[int, tuple[int, PartitionEntry]] = {}
         counted: dict[int, tuple[int, list[int]]] = {}  # node -> (sent index, its counts)
 
         def take(answer: PrototypeAnswer) -> None:
@@ -210,7 +237,7 @@ class NodeAdmission:
         log(INFO, "round %d: %d node(s) without verified class counts", server_round, len(late))
         tally = PrototypeTally(self.num_classes(arrays), self._prototype_dim(arrays))
         known_before = dict(self.partitions)
-        partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+        partitions: dict[int, tuple[int, PartitionEntry]] = {}
         verified: list[tuple[int, int, list[int], int | None]] = []  # (index, node, counts, pid)
         refused: list[tuple[int, int, str]] = []
         held_out: set[int] = set()
@@ -224,7 +251,7 @@ class NodeAdmission:
                     reason = (
                         f"reports partition {pid} with other {wire.PROTO_COUNT} than the "
                         f"prototype round's (sum {sum(reported)} vs "
-                        f"{sum(known['class-counts'])})"  # type: ignore[arg-type]
+                        f"{sum(known['class-counts'])})"
                     )
                     refused.append((index, node, reason))
                     log(WARNING, "round %d: refused node %d: %s", server_round, node, reason)
@@ -317,10 +344,11 @@ class NodeAdmission:
                 refused.append((index, node, reason))
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
                 return False
-            metrics = msg.content[wire.METRICS]
-            pid = int(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
+            metrics = reply_metrics(msg.content)
+            pid = integer(metrics[wire.PARTITION_ID]) if wire.PARTITION_ID in metrics else None
             held_out = bool(metrics.get(wire.HELD_OUT, 0))
-            take((index, node, pid, held_out, record_arrays(msg.content[wire.PROTO])))
+            proto = cast(ArrayRecord, msg.content[wire.PROTO])  # check_prototype_reply saw it
+            take(PrototypeAnswer(index, node, pid, held_out, record_arrays(proto)))
             return False  # consumed: the reply is not kept
 
         self._exchange(grid, messages, server_round, "query", consume)
@@ -415,7 +443,7 @@ class NodeAdmission:
     def _partition_counts(self) -> dict[int, list[int]]:
         """The verified counts that ``partitions`` holds: its training nodes' class counts."""
         return {
-            int(entry["node-id"]): list(entry["class-counts"])  # type: ignore[arg-type]
+            int(entry["node-id"]): list(entry["class-counts"])
             for entry in self.partitions.values()
             if not entry["held-out"]
         }
@@ -429,7 +457,7 @@ class NodeAdmission:
         seed would pick other clients in another run or after a resume, while a node's
         partition is its data and stays.
         """
-        partition_of = {int(entry["node-id"]): pid for pid, entry in self.partitions.items()}  # type: ignore[call-overload]
+        partition_of = {int(entry["node-id"]): pid for pid, entry in self.partitions.items()}
 
         def identity(node: int) -> tuple[int, int]:
             pid = partition_of.get(node)

@@ -19,6 +19,7 @@ itself.
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord
@@ -70,13 +71,13 @@ def wraps(wrapper: object, strategy: Strategy) -> bool:
 
 def calling_dp_wrapper(strategy: Strategy) -> Strategy | None:
     """The Flower DP wrapper around ``strategy`` whose call is on the stack (None: none)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code in WRAPPER_CODE:
             owner = frame.f_locals.get("self")
             if isinstance(owner, DP_WRAPPERS) and wraps(owner, strategy):
                 return owner
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None
 
 

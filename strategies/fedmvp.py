@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
@@ -36,6 +37,7 @@ from strategies import wire
 from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
 from strategies.options import FEDMVP_AGGREGATIONS as AGGREGATIONS
+from strategies.validation import integer
 
 
 class FedMVP(PromptFedAvg):
@@ -102,7 +104,7 @@ class FedMVP(PromptFedAvg):
     def prototype_state(self, arrays: ArrayRecord, tally: PrototypeTally) -> ArrayRecord:
         """The base state; and which partition every node that answered holds."""
         for pid, entry in self.partitions.items():
-            self.node_partitions[int(entry["node-id"])] = pid  # type: ignore[arg-type]
+            self.node_partitions[int(entry["node-id"])] = pid
         return super().prototype_state(arrays, tally)
 
     # ------------------------------------------------------------------ messages
@@ -123,7 +125,8 @@ class FedMVP(PromptFedAvg):
 
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
         """This node's adapter switch, in a config of its own (the base shares one)."""
-        config = ConfigRecord(dict(content[wire.CONFIG]))
+        shared = cast(ConfigRecord, content[wire.CONFIG])  # the base's _messages put it there
+        config = ConfigRecord(dict(shared))
         config[wire.ADAPTERS_ON] = int(self.switch_for(node_id))
         content[wire.CONFIG] = config
 
@@ -143,15 +146,14 @@ class FedMVP(PromptFedAvg):
 
     def prepare_merge(self, metrics: Sequence[MetricRecord]) -> None:
         self._switches = [
-            (int(m[wire.PARTITION_ID]), bool(m[wire.ADAPTERS_ON]))  # type: ignore[arg-type]
-            for m in metrics
+            (integer(m[wire.PARTITION_ID]), bool(m[wire.ADAPTERS_ON])) for m in metrics
         ]
 
-    def merge_weight(self, key: str, metrics: MetricRecord) -> float:
+    def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray:
         """Every valid reply alike (equal weights), or its n_k (``aggregation``)."""
         if self.aggregation == "equal":
             return 1.0
-        return super().merge_weight(key, metrics)  # type: ignore[return-value]
+        return super().merge_weight(key, metrics)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -196,9 +198,10 @@ class FedMVP(PromptFedAvg):
         if record is None or not self.member_of or "client-accuracies" not in record:
             return record
         by_member: dict[int, list[float]] = {}
-        accuracies = record["client-accuracies"]
-        pids = record["client-partition-ids"]
-        for accuracy, pid in zip(accuracies, pids, strict=True):  # type: ignore[call-overload]
+        # Both lists as aggregate_evaluate wrote them: accuracies, and partition ids.
+        accuracies = cast("list[float]", record["client-accuracies"])
+        pids = cast("list[int]", record["client-partition-ids"])
+        for accuracy, pid in zip(accuracies, pids, strict=True):
             if 0 <= int(pid) < len(self.member_of):
                 by_member.setdefault(self.member_of[int(pid)], []).append(float(accuracy))
         if by_member:

@@ -12,11 +12,12 @@ evaluates and records it in its own loop.
 from __future__ import annotations
 
 import io
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -25,7 +26,8 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.secagg import SecAggError, secure_train
+from strategies.records import PartitionEntry, Partitions, partition_json
+from strategies.secagg import SecAggError, SecAggParams, secure_train
 from strategies.validation import record_arrays
 
 
@@ -42,7 +44,7 @@ class RoundEnd:
     dropped: list[tuple[int, int, str]]  # every refused reply so far: (round, node, reason)
     node_replies: dict[int, dict[str, Any]]  # per node: sent, failed, last-failure
     # partition id -> node id, held-out flag, class counts (from the prototype round, a
-    # refresh or a late node's admission)
+    # refresh or a late node's admission), as JSON-shaped dicts
     partitions: dict[int, dict[str, int | bool | list[int]]]
     checkpoint: dict[str, Any]  # ``RoundLoop.checkpoint()`` at the round's end
 
@@ -51,7 +53,7 @@ class RoundLoop:
     """``start`` (resumable), the secure training round, ``checkpoint``/``restore``."""
 
     # Set by PromptFedAvg.__init__.
-    secagg: Any
+    secagg: SecAggParams | None
     timeout: float
     num_rounds: int
     kept_state: str
@@ -60,12 +62,49 @@ class RoundLoop:
     node_replies: dict[int, dict[str, Any]]
     updated_rounds: list[int]
     held_out_nodes: set[int]
-    partitions: dict[int, dict[str, int | bool | list[int]]]
+    partitions: Partitions
     _own_loop: bool
     _global: ArrayRecord | None
     _proto_version: int
     _node_proto_version: dict[int, int]
     _node_counts: dict[int, list[int]]
+    _rng: random.Random
+
+    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
+
+        def summary(self) -> None: ...
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]: ...
+        def aggregate_train(
+            self, server_round: int, replies: Iterable[Message]
+        ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+        def configure_evaluate(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]: ...
+        def aggregate_evaluate(
+            self, server_round: int, replies: Iterable[Message]
+        ) -> MetricRecord | None: ...
+        def server_only(self, key: str) -> bool: ...
+        def secure_per_class(self, key: str) -> bool: ...
+        def _as_given(self, state: ArrayRecord) -> ArrayRecord: ...
+        def _note_updated(self, server_round: int) -> None: ...
+        def ensure_prototypes(
+            self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
+        ) -> ArrayRecord: ...
+        def num_classes(self, arrays: ArrayRecord) -> int: ...
+        def _partition_counts(self) -> dict[int, list[int]]: ...
+        def _exchange(
+            self,
+            grid: Grid,
+            messages: Iterable[Message],
+            server_round: int,
+            phase: str,
+            consume: Callable[[Message], bool] | None = None,
+        ) -> list[Message]: ...
+        def remember_metrics(
+            self, server_round: int, phase: str, metrics: MetricRecord
+        ) -> None: ...
 
     def start(
         self,
@@ -171,6 +210,8 @@ class RoundLoop:
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
         train_messages = self.configure_train(current_round, arrays, train_config, grid)
+        agg_arrays: ArrayRecord | None
+        train_metrics: MetricRecord | None
         if self.secagg is not None:  # only the weighted totals reach the server
             agg_arrays, train_metrics = self.secure_train_round(
                 grid, current_round, list(train_messages)
@@ -208,7 +249,7 @@ class RoundLoop:
             metrics=dict(self.round_metrics.get(server_round, {})),
             dropped=list(self.dropped),
             node_replies={node: dict(entry) for node, entry in self.node_replies.items()},
-            partitions={pid: dict(entry) for pid, entry in self.partitions.items()},
+            partitions={pid: partition_json(entry) for pid, entry in self.partitions.items()},
             checkpoint=self.checkpoint(),
         )
 
@@ -243,7 +284,9 @@ class RoundLoop:
         self._rng.setstate((version, tuple(internal), gauss_next))
         self._proto_version = int(state["proto-version"])
         self.held_out_nodes = {int(n) for n in state["held-out-nodes"]}
-        self.partitions = {int(pid): dict(e) for pid, e in state["partitions"].items()}
+        self.partitions = {
+            int(pid): cast(PartitionEntry, dict(e)) for pid, e in state["partitions"].items()
+        }
         self._node_counts = self._partition_counts()
         self._node_counts.update({int(n): list(c) for n, c in state["node-counts"].items()})
         self._node_proto_version = {}
@@ -260,13 +303,14 @@ class RoundLoop:
         """One training round under SecAgg+ (strategies/secagg.py): the new state from the
         totals, or, with too few nodes left (SecAggError, logged), the previous state."""
         assert self._global is not None  # configure_train set it
+        assert self.secagg is not None  # the loop calls this under secure aggregation only
         previous = record_arrays(self._global)
         keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
         if not messages:
             return self._as_given(self._global), MetricRecord({"valid-replies": 0})
         try:
             update = secure_train(
-                self.secagg,  # type: ignore[arg-type]
+                self.secagg,
                 messages,
                 previous,
                 keys,

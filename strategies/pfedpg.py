@@ -46,7 +46,7 @@ from strategies import prompt_generator as gen
 from strategies import wire
 from strategies.aggregation import PrototypeTally, RunningMean
 from strategies.base import PromptFedAvg
-from strategies.validation import record_arrays
+from strategies.validation import record_arrays, reply_arrays
 
 PREFIX = "pfedpg."
 DESCRIPTOR_PREFIX = "pfedpg.descriptor."
@@ -115,7 +115,7 @@ class PFedPG(PromptFedAvg):
         for pid, entry in self.partitions.items():
             if entry["held-out"]:
                 continue
-            self.node_partitions[int(entry["node-id"])] = pid  # type: ignore[arg-type]
+            self.node_partitions[int(entry["node-id"])] = pid
             if descriptor_key(pid) not in state:
                 state[descriptor_key(pid)] = Array(
                     gen.init_descriptor(self.descriptor_dim, self.seed, pid)
@@ -231,7 +231,7 @@ class PFedPG(PromptFedAvg):
         deltas: dict[int, np.ndarray] = {}
         for msg in valid:
             pid, sent = self._sent[self.sender(msg)]
-            trained = np.concatenate([msg.content[wire.ARRAYS][k].numpy() for k in keys])
+            trained = np.concatenate([reply_arrays(msg.content)[k].numpy() for k in keys])
             deltas[pid] = trained.astype(np.float64) - sent
         params, descriptors = gen.round_update(
             self.generator(previous), self.descriptors(previous), deltas, self.generator_lr

@@ -30,7 +30,8 @@ from typing import TypeVar
 
 import numpy as np
 
-Key = TypeVar("Key")
+# A client's key (its partition id); sorted, so that sums run in one order.
+Key = TypeVar("Key", int, str)
 
 # Names of the generator's parameters in a flat array dict (the strategy's state).
 PARAM_NAMES = ("base", "w-q", "w-k", "w-v")
@@ -196,12 +197,12 @@ def round_update(
     """
     if not deltas:
         raise ValueError("round_update needs at least one client's delta")
-    unknown = sorted(set(deltas) - set(descriptors))  # type: ignore[type-var]
+    unknown = sorted(set(deltas) - set(descriptors))
     if unknown:
         raise KeyError(f"no descriptor for clients {unknown}")
     total: GeneratorParams | None = None
     new_descriptors = dict(descriptors)
-    for key in sorted(deltas):  # type: ignore[type-var]
+    for key in sorted(deltas):
         grads, d_e = gradients(params, descriptors[key], -np.asarray(deltas[key], np.float64))
         total = grads if total is None else total._combine(grads, 1.0)
         e = np.asarray(descriptors[key], dtype=np.float64)
@@ -214,7 +215,7 @@ def mean_descriptor(descriptors: Mapping[Key, np.ndarray]) -> np.ndarray:
     """The mean of the learned descriptors: what a client without one (held out) gets."""
     if not descriptors:
         raise ValueError("no descriptors to average")
-    keys = sorted(descriptors)  # type: ignore[type-var]
+    keys = sorted(descriptors)
     stacked = np.stack([np.asarray(descriptors[k], dtype=np.float64) for k in keys])
     mean: np.ndarray = stacked.mean(axis=0).astype(np.float32)
     return mean

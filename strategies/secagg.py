@@ -40,6 +40,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from strategies import wire
 from strategies.options import SECURE_AGGREGATIONS as MODES
+from strategies.records import PartitionEntry
 
 ACTION = "secagg"
 MESSAGE_TYPE = f"{MessageType.QUERY}.{ACTION}"
@@ -246,7 +247,7 @@ class SecAggServer:
     def _protocol(
         self, stage: str, extra: Mapping[str, object], node: int | None = None
     ) -> RecordDict:
-        record = ConfigRecord({Key.STAGE: stage, **extra})  # type: ignore[dict-item]
+        record = ConfigRecord({Key.STAGE: stage, **extra})  # type: ignore[dict-item]  # extra: ConfigRecord values
         content = RecordDict(dict(self.payload.get(node, RecordDict()) if node is not None else {}))
         content[RECORD] = record
         content[wire.CONFIG] = self.task
@@ -511,7 +512,7 @@ class SecurePrototypes:
     contributors: list[int]
     held_out: set[int]
     # partition id -> (index of the node in the sorted node list, its entry)
-    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]]
+    partitions: dict[int, tuple[int, PartitionEntry]]
     result: SecureSum
 
 
@@ -538,13 +539,17 @@ def secure_prototypes(
     result = server.run(nodes)
     index = {node: i for i, node in enumerate(nodes)}
     held_out = {node for node, facts in result.facts.items() if facts.get(wire.HELD_OUT, 0)}
-    partitions: dict[int, tuple[int, dict[str, int | bool | list[int]]]] = {}
+    partitions: dict[int, tuple[int, PartitionEntry]] = {}
     for node in sorted(set(result.contributors) | held_out):
         pid = result.facts[node].get(wire.PARTITION_ID)
         if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
             # Per-node counts stay unknown under secure aggregation: none is kept.
-            entry = {"node-id": node, "held-out": node in held_out, "class-counts": []}
-            partitions[pid] = (index[node], entry)  # type: ignore[assignment]
+            entry: PartitionEntry = {
+                "node-id": node,
+                "held-out": node in held_out,
+                "class-counts": [],
+            }
+            partitions[pid] = (index[node], entry)
     sums = None if dim is None else (result.floats * params.max_count).reshape(num_classes, dim)
     return SecurePrototypes(sums, result.ints, result.contributors, held_out, partitions, result)
 

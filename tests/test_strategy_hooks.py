@@ -219,8 +219,17 @@ def test_a_subclass_written_against_the_old_hook_names_is_refused_when_defined()
                 return None
 
 
-# The modules that make up the base: their ``self._...`` names are the base's own.
-BASE_MODULES = ("base.py", "exchange.py", "admission.py", "loop.py")
+# The modules that make up the base (PromptFedAvg and its mixins): their ``self._...``
+# names are the base's own.
+BASE_MODULES = tuple(
+    sorted(
+        {
+            Path(inspect.getfile(part)).name
+            for part in PromptFedAvg.__mro__
+            if part.__module__.startswith("strategies.")
+        }
+    )
+)
 
 
 def _self_attributes(tree: ast.AST) -> set[str]:
