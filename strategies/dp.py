@@ -18,6 +18,7 @@ itself.
 
 from __future__ import annotations
 
+import math
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -93,3 +94,38 @@ def check_dp_wrapper(strategy: PromptFedAvg, config: ConfigRecord) -> None:
         return
     name = type(wrapper).__name__ if wrapper is not None else "client-side DP clipping"
     raise RuntimeError(f"{type(strategy).__name__} cannot run under {name}: {reason}")
+
+
+class _ToTheTargetQuantile:
+    """Adaptive clipping whose bound settles at the target quantile of the update norms.
+
+    Flower 1.42's ``_geometric_update`` is C <- C exp(-lr (f - q)) over the fraction f of
+    updates that were *clipped*: Andrew et al.'s formula, whose f is the fraction *not*
+    clipped. With the clipped fraction the sign must flip, or the bound runs away from q
+    (docs/privacy.md). Everything else (noise, counting, the norm bits) is Flower's.
+    """
+
+    clipping_norm: float
+    clip_norm_lr: float
+    target_clipped_quantile: float
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        # More clipped than the target: a larger bound; fewer: a smaller one.
+        self.clipping_norm *= math.exp(
+            self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile)
+        )
+
+
+class ServerSideAdaptiveClipping(
+    _ToTheTargetQuantile, DifferentialPrivacyServerSideAdaptiveClipping
+):
+    """Flower's ``DifferentialPrivacyServerSideAdaptiveClipping``, its bound moved towards
+    the target quantile."""
+
+
+class ClientSideAdaptiveClipping(
+    _ToTheTargetQuantile, DifferentialPrivacyClientSideAdaptiveClipping
+):
+    """Flower's ``DifferentialPrivacyClientSideAdaptiveClipping`` (with Flower's
+    ``adaptiveclipping_mod`` on the ClientApp), its bound moved towards the target
+    quantile."""

@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
     Strategy,
 )
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
@@ -40,7 +41,7 @@ from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.registry import method_for
 from server_app.app import build_strategy
 from server_app.inprocess import InProcessGrid
-from strategies import wire
+from strategies import dp, wire
 from strategies.pep_fedpt import PEPFedPT
 
 ROUNDS = 3
@@ -245,12 +246,18 @@ CLIP_NORM_LR = 0.2
 TARGET_QUANTILE = 0.5
 
 
-def _adaptive(server_side: bool, initial_norm: float) -> Callable[[PEPFedPT], Strategy]:
-    kind = (
-        DifferentialPrivacyServerSideAdaptiveClipping
-        if server_side
-        else DifferentialPrivacyClientSideAdaptiveClipping
-    )
+def _adaptive(
+    server_side: bool, initial_norm: float, settling: bool = False
+) -> Callable[[PEPFedPT], Strategy]:
+    kind: type[Strategy]
+    if settling:  # this project's subclasses: the bound moves towards the target quantile
+        kind = dp.ServerSideAdaptiveClipping if server_side else dp.ClientSideAdaptiveClipping
+    else:
+        kind = (
+            DifferentialPrivacyServerSideAdaptiveClipping
+            if server_side
+            else DifferentialPrivacyClientSideAdaptiveClipping
+        )
 
     def wrap(strategy: PEPFedPT) -> Strategy:
         return kind(
@@ -340,6 +347,50 @@ def test_the_adaptive_norm_moves_by_flowers_rule_from_the_clipped_counts(
         assert client_side.norms[t] == pytest.approx(
             _flower_rule(client_side.norms[t - 1], sum(round_bits), len(NODES)), rel=1e-12
         )
+
+
+@pytest.mark.integration
+def test_this_projects_adaptive_wrappers_move_the_bound_towards_the_target(
+    flat: dict, initial: dict[str, np.ndarray], task_identity: None
+) -> None:
+    """The same start as above (nothing clipped): the bound shrinks by exp(-0.2 * 0.5) a
+    round instead of growing, and the run is still the plain one (no bound bites)."""
+    plain = _run(flat, initial)
+    server_side = _run(flat, initial, _adaptive(True, 1e6, settling=True))
+    client_side = _run(
+        flat, initial, _adaptive(False, 1e6, settling=True), _dp_client_app(adaptiveclipping_mod)
+    )
+    for run in (server_side, client_side):
+        _assert_same_run(run, plain)
+        assert run.norms == pytest.approx(
+            {t: 1e6 * math.exp(-0.1 * t) for t in range(ROUNDS + 1)}, rel=1e-12
+        )
+
+
+def test_the_projects_rule_settles_at_the_target_quantile_where_flowers_runs_off() -> None:
+    """Nine fixed update norms 1..9 and a target of half clipped, from a bound above them
+    all: this project's rule ends between the 4th and 6th norm; Flower's grows for ever."""
+    norms = np.arange(1.0, 10.0)
+    ends = {}
+    for kind in (dp.ServerSideAdaptiveClipping, DifferentialPrivacyServerSideAdaptiveClipping):
+        wrapper = kind(
+            FedAvg(),
+            noise_multiplier=0.0,
+            num_sampled_clients=9,
+            initial_clipping_norm=100.0,
+            target_clipped_quantile=0.5,
+            clip_norm_lr=0.2,
+        )
+        path = []
+        for _ in range(300):
+            wrapper._geometric_update(float(np.mean(norms > wrapper.clipping_norm)))
+            path.append(wrapper.clipping_norm)
+        ends[kind] = path
+    settled = ends[dp.ServerSideAdaptiveClipping][-50:]
+    assert min(settled) >= 4.0 and max(settled) <= 6.0
+    assert ends[DifferentialPrivacyServerSideAdaptiveClipping][-1] == pytest.approx(
+        100.0 * math.exp(0.1 * 300), rel=1e-9
+    )
 
 
 def test_secure_aggregation_is_refused_under_flowers_start(flat: dict, task_identity: None) -> None:
