@@ -331,14 +331,22 @@ def stop_on_signals(*signums: int) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pep_fedpt.local_flwr free-ports N``: N free ports on one line, for
-    ``scripts/local-superlink.sh``."""
+    """For ``scripts/local-superlink.sh``: ``free-ports N`` prints N free ports on one
+    line; ``stop-tree PID...`` stops those processes, every process of a session one of
+    them leads or led and every descendant (``stop_superlinks``: what a parent-by-parent
+    walk misses once a process has been re-parented)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "free-ports" or not args[1].isdigit():
-        print(f"local_flwr: {' '.join(args)!r}: accepted: free-ports N", file=sys.stderr)
-        return 2
-    print(" ".join(str(port) for port in free_ports(int(args[1]))))
-    return 0
+    if len(args) == 2 and args[0] == "free-ports" and args[1].isdigit():
+        print(" ".join(str(port) for port in free_ports(int(args[1]))))
+        return 0
+    if len(args) >= 2 and args[0] == "stop-tree" and all(a.isdigit() for a in args[1:]):
+        stop_superlinks({int(pid) for pid in args[1:]})
+        return 0
+    print(
+        f"local_flwr: {' '.join(args)!r}: accepted: free-ports N, stop-tree PID...",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

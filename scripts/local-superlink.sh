@@ -87,26 +87,20 @@ superlink_snapshot() {
   superlink_tree="$superlink_tree $(superlink_descendants "$superlink_pid" | tr '\n' ' ')"
 }
 
-# Stop the SuperLink this script started and everything under it; nothing else.
+# Stop the SuperLink this script started and everything under it; nothing else: SIGTERM,
+# then SIGKILL after a grace, to it, every descendant remembered or still found, and every
+# process left in a session one of them leads (a simulation or Ray worker re-parented
+# before the snapshot keeps its session). pep_fedpt/local_flwr.py's stop_superlinks.
 superlink_stop() {
-  local pids pid deadline left
+  local pids pid
   [ -n "$superlink_pid" ] || return 0
   superlink_snapshot
   pids=$(echo "$superlink_pid $superlink_tree" | tr ' ' '\n' | sort -un | tr '\n' ' ')
-  kill -TERM -- "-$superlink_pid" 2>/dev/null || true
-  for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 15))
-  while :; do
-    left=""
-    for pid in $pids; do superlink_alive "$pid" && left="$left $pid"; done
-    [ -z "$left" ] && break
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      kill -KILL -- "-$superlink_pid" 2>/dev/null || true
-      for pid in $left; do kill -KILL "$pid" 2>/dev/null || true; done
-      break
-    fi
-    sleep 0.2
-  done
+  # shellcheck disable=SC2086  # one argument per pid
+  if ! "${PEP_FEDPT_PYTHON:-.venv/bin/python}" -m pep_fedpt.local_flwr stop-tree $pids; then
+    kill -KILL -- "-$superlink_pid" 2>/dev/null || true
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
   wait "$superlink_pid" 2>/dev/null || true
   rm -f "$superlink_pidfile"
   superlink_pid=""

@@ -147,6 +147,32 @@ def test_what_a_dead_superlink_left_is_found_by_its_session_and_stopped(
     assert processes_of_home(home) == set()
 
 
+def test_the_stop_tree_command_stops_what_a_dead_superlink_left_in_its_session(
+    tmp_path: Path, fake_bin: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """What scripts/local-superlink.sh calls: given the pids it remembered, the orphans of
+    their sessions go too, though their parent died and no parent chain reaches them."""
+    home = tmp_path / "home"
+    pid = start_superlink(started, fake_bin, home, 1111, CHILDREN="1")
+    os.kill(pid, signal.SIGKILL)
+    started[0].wait(timeout=5)
+    assert len(processes_of_home(home)) == 2
+    subprocess.run(
+        [sys.executable, "-m", "pep_fedpt.local_flwr", "stop-tree", str(pid)],
+        cwd=ROOT,
+        check=True,
+        timeout=30,
+    )
+    assert processes_of_home(home) == set()
+    refused = subprocess.run(
+        [sys.executable, "-m", "pep_fedpt.local_flwr", "stop-tree", "x1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "stop-tree PID..." in refused.stderr
+
+
 def test_processes_of_a_home_are_those_with_its_flwr_home(
     tmp_path: Path, started: list[subprocess.Popen[str]]
 ) -> None:
@@ -188,7 +214,9 @@ def test_free_ports_are_distinct_and_the_command_line_prints_them() -> None:
         text=True,
     )
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "local_flwr: 'ports': accepted: free-ports N"
+    assert refused.stderr.strip() == (
+        "local_flwr: 'ports': accepted: free-ports N, stop-tree PID..."
+    )
 
 
 def test_the_run_id_is_the_one_flwr_run_says_it_started() -> None:
