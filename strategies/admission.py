@@ -38,6 +38,27 @@ class PrototypeAnswer(NamedTuple):
     proto: dict[str, np.ndarray]  # its ``proto`` arrays: views of the reply's bytes
 
 
+def _fold(
+    answer: PrototypeAnswer,
+    reported: list[int],
+    partitions: dict[int, tuple[int, PartitionEntry]],
+    held_out: set[int],
+    tally: PrototypeTally,
+    where: str,
+) -> bool:
+    """One valid prototype answer, as the first round and late-node admission both take
+    it: its partition entry kept (``_keep_later``), a held-out node set apart, any other
+    node's counts and sums added to ``tally``. Whether the node counts (is not held out)."""
+    index, node, pid, is_held_out, proto = answer
+    if pid is not None:
+        _keep_later(partitions, pid, index, node, is_held_out, reported, where)
+    if is_held_out:
+        held_out.add(node)
+        return False
+    tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
+    return True
+
+
 def _keep_later(
     partitions: dict[int, tuple[int, PartitionEntry]],
     pid: int,
@@ -153,15 +174,9 @@ class NodeAdmission:
         counted: dict[int, tuple[int, list[int]]] = {}  # node -> (sent index, its counts)
 
         def take(answer: PrototypeAnswer) -> None:
-            index, node, pid, is_held_out, proto = answer
-            reported = [int(n) for n in proto[wire.PROTO_COUNT]]
-            if pid is not None:
-                _keep_later(partitions, pid, index, node, is_held_out, reported, "prototype round")
-            if is_held_out:
-                held_out.add(node)
-                return
-            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
-            counted[node] = (index, reported)
+            reported = [int(n) for n in answer.proto[wire.PROTO_COUNT]]
+            if _fold(answer, reported, partitions, held_out, tally, "prototype round"):
+                counted[answer.node] = (answer.sent_index, reported)
 
         if self.secagg is not None:  # only the totals reach the server
             outcome = secure_prototypes(
@@ -258,13 +273,8 @@ class NodeAdmission:
                     return
                 verified.append((index, node, reported, pid))  # back under a new node id
                 return
-            if pid is not None:
-                _keep_later(partitions, pid, index, node, is_held_out, reported, "late nodes")
-            if is_held_out:
-                held_out.add(node)
-                return
-            tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
-            verified.append((index, node, reported, None))
+            if _fold(answer, reported, partitions, held_out, tally, "late nodes"):
+                verified.append((index, node, reported, None))
 
         self._ask_for_prototypes(grid, arrays, late, server_round, take)
         # Everything the round keeps, in the order sent (as if the replies came so).
