@@ -6,7 +6,8 @@ method and name none.
 
 ``@app.query``    prototype round: per-class feature sums and counts (only the counts when
                   the query sets ``counts-only``, as for the baselines).
-``@app.train``    E local epochs on this node's partition; returns prompts, head, counts.
+``@app.train``    E local epochs on this node's partition; returns prompts, head, counts
+                  (the update clipped when a client-side DP wrapper sends a bound).
 ``@app.evaluate`` accuracy on this node's local test split with its own prior.
 ``@app.query("secagg")`` one SecAgg+ stage (``client_app/secagg.py``): the prototype
                   round's counts and sums as a masked vector, under secure aggregation.
@@ -35,7 +36,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.mod import adaptiveclipping_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client_app import secagg
 from client_app.errors import error_reply
@@ -265,7 +268,18 @@ def _trained(
     return client, arrays, metrics
 
 
-@app.train()
+def central_dp_clipping(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip this node's update to the bound a client-side DP wrapper put in the train
+    config (``dp.mode = "client-*"``, or Flower's wrappers in an app of your own); without
+    one, train as usual. Flower's ``adaptiveclipping_mod`` serves both kinds: it clips as
+    ``fixedclipping_mod`` does and adds the norm bit, which the adaptive wrappers count and
+    the fixed ones and the reply checks ignore."""
+    if not any(KEY_CLIPPING_NORM in config for config in msg.content.config_records.values()):
+        return call_next(msg, context)
+    return adaptiveclipping_mod(msg, context, call_next)
+
+
+@app.train(mods=[central_dp_clipping])
 def train(msg: Message, context: Context) -> Message:
     client, arrays, metrics = _trained(msg, context)
     record = ArrayRecord({k: _to_wire(v, client.cfg.fed.wire_dtype) for k, v in arrays.items()})

@@ -17,6 +17,7 @@ from typing import Any
 
 from strategies.options import (
     CLASS_PROMPT_AGGREGATIONS,
+    DP_MODES,
     FEDMVP_AGGREGATIONS,
     ROBUST_AGGREGATIONS,
     SECURE_AGGREGATIONS,
@@ -495,6 +496,54 @@ class FedMVPConfig:
 
 
 @dataclass(frozen=True)
+class DPConfig:
+    """Central differential privacy through Flower's wrappers (docs/privacy.md): each
+    node's update clipped to a bound, Gaussian noise on each round's aggregate."""
+
+    mode: str = "off"
+    noise_multiplier: float = 1.0  # sigma: noise std = sigma * bound / sampled nodes
+    clipping_norm: float = 0.1  # the bound (adaptive: its start)
+    # The nodes sampled per training round, which the noise is calibrated to; 0 = the
+    # strategy's own sample size, counted when the run starts.
+    num_sampled_clients: int = 0
+    target_clipped_quantile: float = 0.5  # adaptive: the fraction of updates to clip
+    clip_norm_lr: float = 0.2  # adaptive: the bound's geometric step size
+    # adaptive: noise std on each round's count of clipped updates; < 0 = Flower's default
+    # (sampled nodes / 20).
+    clipped_count_stddev: float = -1.0
+
+    def __post_init__(self) -> None:
+        _choice("dp.mode", self.mode, DP_MODES)
+        _positive("dp.noise-multiplier", self.noise_multiplier, allow_zero=True)
+        _positive("dp.clipping-norm", self.clipping_norm)
+        if self.num_sampled_clients < 0:
+            raise ConfigError(
+                f"dp.num-sampled-clients = {self.num_sampled_clients} must be >= 0 "
+                "(0 = the strategy's sample size)"
+            )
+        if not (
+            math.isfinite(self.target_clipped_quantile) and 0 <= self.target_clipped_quantile <= 1
+        ):
+            raise ConfigError(
+                f"dp.target-clipped-quantile = {self.target_clipped_quantile!r} must be in [0, 1]"
+            )
+        _positive("dp.clip-norm-lr", self.clip_norm_lr)
+        if not math.isfinite(self.clipped_count_stddev):
+            raise ConfigError(
+                f"dp.clipped-count-stddev = {self.clipped_count_stddev!r} must be a finite "
+                "number (< 0: Flower's default)"
+            )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.mode.endswith("-adaptive")
+
+    @property
+    def client_side(self) -> bool:
+        return self.mode.startswith("client-")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; built once per process from the flat run config."""
 
@@ -512,6 +561,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     fedmvp: FedMVPConfig = field(default_factory=FedMVPConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         if self.output_dir and not os.path.isabs(self.output_dir):
@@ -525,6 +575,12 @@ class RunConfig:
                 raise ConfigError(
                     f"{key.replace('_', '-')} = {value!r} must be an absolute path (or empty)"
                 )
+        if self.dp.mode != "off" and self.fed.secure_aggregation != "off":
+            raise ConfigError(
+                f"dp.mode = {self.dp.mode!r} cannot run with fed.secure-aggregation = "
+                f"{self.fed.secure_aggregation!r}: Flower's DP wrappers clip and noise replies "
+                "in the clear (docs/privacy.md); set one of them to 'off'"
+            )
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Scalar]) -> RunConfig:
@@ -543,6 +599,7 @@ class RunConfig:
             "train": TrainConfig,
             "fed": FedConfig,
             "fedmvp": FedMVPConfig,
+            "dp": DPConfig,
         }
         kwargs: dict[str, Any] = {}
         section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
@@ -576,7 +633,7 @@ class RunConfig:
             "cache-dir": self.cache_dir,
             "num-server-rounds": self.fed.num_rounds,
         }
-        for section in ("model", "data", "prompt", "train", "fed", "fedmvp"):
+        for section in ("model", "data", "prompt", "train", "fed", "fedmvp", "dp"):
             for f in dataclasses.fields(getattr(self, section)):
                 if section == "fed" and f.name == "num_rounds":
                     continue

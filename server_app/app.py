@@ -13,6 +13,7 @@ never stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from pep_fedpt.config import ConfigError, RunConfig
+from pep_fedpt.config import ConfigError, DPConfig, RunConfig
 from pep_fedpt.engine import pick_device
 from pep_fedpt.methods.registry import method_for
 from pep_fedpt.output_dir import refuse_to_overwrite
@@ -30,6 +31,7 @@ from server_app.checkpoint import Checkpoint, load_checkpoint, resume_refusal
 from server_app.results import RunRecorder, resolve_output_dir
 from strategies import PromptFedAvg
 from strategies.base import evaluation_round
+from strategies.dp import DPWrapper, dp_wrapper
 
 app = ServerApp()
 
@@ -51,10 +53,67 @@ def load_resume_point(cfg: RunConfig) -> Checkpoint | None:
     return checkpoint
 
 
+def central_dp(cfg: RunConfig, strategy: PromptFedAvg) -> Callable[[int], DPWrapper] | None:
+    """What builds ``dp.mode``'s wrapper around ``strategy`` from a round's sample size
+    (None: off), refused at once for a method the wrapper cannot protect."""
+    dp = cfg.dp
+    if dp.mode == "off":
+        return None
+    refusal = strategy.dp_refusal(dp.client_side)
+    if refusal:
+        raise ConfigError(f"dp.mode = {dp.mode!r} cannot protect method {cfg.method!r}: {refusal}")
+
+    def build(sampled: int) -> DPWrapper:
+        nodes = dp.num_sampled_clients or max(sampled, 1)
+        _check_adaptive_noise(dp, nodes)
+        wrapper = dp_wrapper(
+            strategy,
+            dp.mode,
+            noise_multiplier=dp.noise_multiplier,
+            clipping_norm=dp.clipping_norm,
+            num_sampled_clients=nodes,
+            target_clipped_quantile=dp.target_clipped_quantile,
+            clip_norm_lr=dp.clip_norm_lr,
+            clipped_count_stddev=None if dp.clipped_count_stddev < 0 else dp.clipped_count_stddev,
+        )
+        log(
+            INFO,
+            "pep-fedpt: central DP (%s): each update clipped to %s, Gaussian noise of std "
+            "%.4g (sigma %s x bound / %d sampled nodes) on each aggregate; no epsilon is "
+            "accounted (docs/privacy.md)",
+            dp.mode,
+            f"{dp.clipping_norm:g}" + (" at first, then adaptive" if dp.adaptive else ""),
+            wrapper.noise_multiplier * dp.clipping_norm / nodes,
+            f"{wrapper.noise_multiplier:.4g}",
+            nodes,
+        )
+        return wrapper
+
+    return build
+
+
+def _check_adaptive_noise(dp: DPConfig, nodes: int) -> None:
+    """Flower's adaptive wrappers pay for the noisy clipped count out of the noise
+    multiplier, which needs sigma < 2 x the count's std: said here in the run's keys."""
+    if not dp.adaptive or dp.noise_multiplier == 0:
+        return
+    own = dp.clipped_count_stddev >= 0
+    stddev = dp.clipped_count_stddev if own else nodes / 20
+    if dp.noise_multiplier >= 2 * stddev:
+        source = "" if own else f" (Flower's default: {nodes} sampled nodes / 20)"
+        raise ConfigError(
+            f"dp.noise-multiplier = {dp.noise_multiplier:g} with adaptive clipping needs "
+            f"dp.clipped-count-stddev > {dp.noise_multiplier / 2:g}; it is {stddev:g}{source}: "
+            "raise dp.clipped-count-stddev or lower dp.noise-multiplier"
+        )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(context.run_config)
     method = method_for(cfg)  # refuses what the method cannot run before any file is touched
+    strategy: PromptFedAvg = method.build_strategy(cfg)
+    dp = central_dp(cfg, strategy)
     resume = load_resume_point(cfg)
     if resume is not None and not cfg.output_dir:
         out = Path(cfg.resume_from)  # continue in the run's own folder
@@ -63,7 +122,6 @@ def main(grid: Grid, context: Context) -> None:
     refuse_to_overwrite(out, cfg)
     device = pick_device()
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
-    strategy: PromptFedAvg = method.build_strategy(cfg)
     strategy.wait_timeout = cfg.fed.wait_timeout
     strategy.evaluate_every = cfg.fed.evaluate_every
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
@@ -83,6 +141,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=cfg.fed.num_rounds,
         timeout=cfg.fed.round_timeout,
         start_round=1 if resume is None else resume.server_round + 1,
+        dp=dp,
     ):
         state = {key: array.numpy() for key, array in end.arrays.items()}
         # A round without evaluation is still recorded: its checkpoint is what a resume reads.

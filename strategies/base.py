@@ -446,5 +446,20 @@ class PromptFedAvg(
             for node in connected
             if node not in (exclude or set()) and (not verified_only or node in self._node_counts)
         )
-        size = min(len(candidates), max(int(len(candidates) * fraction), minimum))
+        size = sample_size(len(candidates), fraction, minimum)
         return self.in_identity_order(self._rng.sample(candidates, size))
+
+    def train_sample_size(self, grid: Grid) -> int:
+        """How many nodes a training round would sample now (what central DP's noise is
+        calibrated to): the verified nodes connected, held-out ones apart."""
+        candidates = [
+            node
+            for node in grid.get_node_ids()
+            if node not in self.held_out_nodes and node in self._node_counts
+        ]
+        return sample_size(len(candidates), self.fraction_train, self.min_train_nodes)
+
+
+def sample_size(candidates: int, fraction: float, minimum: int) -> int:
+    """max(fraction * candidates, minimum) nodes, and no more than there are."""
+    return min(candidates, max(int(candidates * fraction), minimum))

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -35,10 +37,13 @@ from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdap
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from strategies.options import DP_MODES
+
 if TYPE_CHECKING:
     from strategies.base import PromptFedAvg
 
 DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
+DPWrapper = DifferentialPrivacyFixedClippingBase | DifferentialPrivacyAdaptiveBase
 CLIENT_SIDE = (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -129,3 +134,58 @@ class ClientSideAdaptiveClipping(
     """Flower's ``DifferentialPrivacyClientSideAdaptiveClipping`` (with Flower's
     ``adaptiveclipping_mod`` on the ClientApp), its bound moved towards the target
     quantile."""
+
+
+def dp_wrapper(
+    strategy: Strategy,
+    mode: str,
+    *,
+    noise_multiplier: float,
+    clipping_norm: float,
+    num_sampled_clients: int,
+    target_clipped_quantile: float = 0.5,
+    clip_norm_lr: float = 0.2,
+    clipped_count_stddev: float | None = None,
+) -> DPWrapper:
+    """Flower's wrapper for ``mode`` (``DP_MODES`` but "off") around ``strategy``; the
+    adaptive ones are this module's, whose bound settles at the target quantile.
+    Flower's own checks of the numbers raise ValueError."""
+    if mode in ("server-fixed", "client-fixed"):
+        fixed = (
+            DifferentialPrivacyServerSideFixedClipping
+            if mode == "server-fixed"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        return fixed(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
+    if mode in ("server-adaptive", "client-adaptive"):
+        adaptive = (
+            ServerSideAdaptiveClipping if mode == "server-adaptive" else ClientSideAdaptiveClipping
+        )
+        return adaptive(
+            strategy,
+            noise_multiplier,
+            num_sampled_clients,
+            initial_clipping_norm=clipping_norm,
+            target_clipped_quantile=target_clipped_quantile,
+            clip_norm_lr=clip_norm_lr,
+            clipped_count_stddev=clipped_count_stddev,
+        )
+    raise ValueError(f"DP mode {mode!r} is not accepted; use one of: {', '.join(DP_MODES[1:])}")
+
+
+def dp_checkpoint(wrapper: DPWrapper) -> dict[str, Any]:
+    """What a resumed run needs to go on as if never stopped: the bound (an adaptive
+    wrapper moves it every round) and NumPy's global generator, which Flower's noise draws
+    from (JSON)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "clipping-norm": float(wrapper.clipping_norm),
+        "numpy-random": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def dp_restore(wrapper: DPWrapper, state: Mapping[str, Any]) -> None:
+    """Undo ``dp_checkpoint``."""
+    wrapper.clipping_norm = float(state["clipping-norm"])
+    kind, keys, pos, has_gauss, cached = state["numpy-random"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))

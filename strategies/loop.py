@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
@@ -26,6 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import wire
+from strategies.dp import DPWrapper, dp_checkpoint, dp_restore
 from strategies.records import PartitionEntry, Partitions, partition_json
 from strategies.secagg import SecAggError, SecAggParams, secure_train
 from strategies.validation import record_arrays
@@ -64,6 +66,11 @@ class RoundLoop:
     held_out_nodes: set[int]
     partitions: Partitions
     _own_loop: bool
+    seed: int
+    # Central DP from ``rounds(dp=...)``: the wrapper its rounds go through, and the state a
+    # restored checkpoint gives it once it is built.
+    dp_wrapper: DPWrapper | None = None
+    _dp_restored: dict[str, Any] | None = None
     _global: ArrayRecord | None
     _proto_version: int
     _node_proto_version: dict[int, int]
@@ -93,6 +100,9 @@ class RoundLoop:
             self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
         ) -> ArrayRecord: ...
         def num_classes(self, arrays: ArrayRecord) -> int: ...
+        def train_sample_size(self, grid: Grid) -> int: ...
+        def trainable_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
+        def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
         def _partition_counts(self) -> dict[int, list[int]]: ...
         def _exchange(
             self,
@@ -158,6 +168,7 @@ class RoundLoop:
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         start_round: int = 1,
+        dp: Callable[[int], DPWrapper] | None = None,
     ) -> Iterator[RoundEnd]:
         """This project's round loop, one ``RoundEnd`` per finished round, so that the
         caller evaluates and records each round in its own loop: round 0 (the initial
@@ -171,6 +182,12 @@ class RoundLoop:
         loop always starts at round 1), every exchange through ``_exchange`` (bytes per
         phase, each node's replies, progress lines while it waits), and the SecAgg+
         training round (several exchanges).
+
+        ``dp`` builds one of Flower's central-DP wrappers (``strategies.dp.dp_wrapper``)
+        around this strategy from the number of nodes a training round samples, counted
+        once the prototype round is done: every training round then goes through the
+        wrapper, which clips each update and noises the aggregate of the trainable arrays
+        (the server arrays never pass through it).
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
@@ -179,6 +196,12 @@ class RoundLoop:
         self._own_loop = True
         try:
             arrays = self.ensure_prototypes(grid, initial_arrays)
+            if dp is not None:
+                self.dp_wrapper = dp(self.train_sample_size(grid))
+                if self._dp_restored is not None:
+                    dp_restore(self.dp_wrapper, self._dp_restored)
+                else:  # Flower's noise draws from NumPy's global generator
+                    np.random.seed(self.seed)
             log(INFO, "Starting %s strategy:", self.__class__.__name__)
             log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
             if start_round > 1:
@@ -196,6 +219,7 @@ class RoundLoop:
                 yield self._round_end(current_round, arrays, train_metrics, evaluate_metrics)
         finally:
             self._own_loop = False
+            self.dp_wrapper = None
 
     def _one_round(
         self,
@@ -209,14 +233,18 @@ class RoundLoop:
         aggregated train and evaluate metrics."""
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
-        train_messages = self.configure_train(current_round, arrays, train_config, grid)
         agg_arrays: ArrayRecord | None
         train_metrics: MetricRecord | None
-        if self.secagg is not None:  # only the weighted totals reach the server
+        if self.dp_wrapper is not None:  # its loop carries the trainable arrays only
+            arrays, train_metrics = self._dp_train_round(grid, current_round, arrays, train_config)
+            agg_arrays = None
+        elif self.secagg is not None:  # only the weighted totals reach the server
+            train_messages = self.configure_train(current_round, arrays, train_config, grid)
             agg_arrays, train_metrics = self.secure_train_round(
                 grid, current_round, list(train_messages)
             )
         else:
+            train_messages = self.configure_train(current_round, arrays, train_config, grid)
             train_replies = self._exchange(grid, train_messages, current_round, "train")
             agg_arrays, train_metrics = self.aggregate_train(current_round, train_replies)
         if agg_arrays is not None:
@@ -233,6 +261,25 @@ class RoundLoop:
         if evaluate_metrics is not None:
             log(INFO, "\t└──> Aggregated MetricRecord: %s", evaluate_metrics)
         return arrays, train_metrics, evaluate_metrics
+
+    def _dp_train_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> tuple[ArrayRecord, MetricRecord | None]:
+        """A training round through the DP wrapper, which carries the trainable arrays only
+        (the server arrays never pass its clipping or noise): the new whole state, and the
+        bound and noise of the round kept as ``dp/...`` metrics."""
+        dp = self.dp_wrapper
+        assert dp is not None  # the loop calls this with a wrapper only
+        bound = dp.clipping_norm  # an adaptive wrapper moves it once the round is in
+        sent = dp.configure_train(server_round, self.trainable_state(arrays), config, grid)
+        replies = self._exchange(grid, sent, server_round, "train")
+        new, metrics = dp.aggregate_train(server_round, replies)
+        # Flower's wrappers skip the round (None) when a reply is an error.
+        noise = 0.0 if new is None else dp.noise_multiplier * bound / dp.num_sampled_clients
+        self.remember_metrics(
+            server_round, "dp", MetricRecord({"clipping-norm": bound, "noise-std": noise})
+        )
+        return self.global_state(arrays if new is None else new), metrics
 
     def _round_end(
         self,
@@ -276,6 +323,7 @@ class RoundLoop:
             "round-metrics": {str(r): metrics for r, metrics in self.round_metrics.items()},
             "node-replies": {str(node): entry for node, entry in self.node_replies.items()},
             "updated-rounds": list(self.updated_rounds),
+            **({} if self.dp_wrapper is None else {"dp": dp_checkpoint(self.dp_wrapper)}),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -296,6 +344,7 @@ class RoundLoop:
         # A checkpoint from before this was kept: its rounds are taken as having updated.
         done = [int(r) for r in state["round-metrics"] if int(r) > 0]
         self.updated_rounds = [int(r) for r in state.get("updated-rounds", done)]
+        self._dp_restored = state.get("dp")
 
     def secure_train_round(
         self, grid: Grid, server_round: int, messages: list[Message]

@@ -17,3 +17,6 @@ SECURE_AGGREGATIONS = ("off", "secaggplus")
 CLASS_PROMPT_AGGREGATIONS = ("per-class", "fedavg")
 # FedMVP's ``aggregation``: every client alike (its paper), or by n_k.
 FEDMVP_AGGREGATIONS = ("equal", "num-examples")
+# Central differential privacy (``strategies.dp.dp_wrapper``): which of Flower's wrappers,
+# clipping on the server or on each node, at a fixed or an adaptive bound.
+DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
