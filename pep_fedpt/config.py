@@ -511,6 +511,8 @@ class DPConfig:
     # adaptive: noise std on each round's count of clipped updates; < 0 = Flower's default
     # (sampled nodes / 20).
     clipped_count_stddev: float = -1.0
+    # ε is reported at this δ (Flower's RDP accountant; docs/privacy.md says how).
+    target_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         _choice("dp.mode", self.mode, DP_MODES)
@@ -528,6 +530,8 @@ class DPConfig:
                 f"dp.target-clipped-quantile = {self.target_clipped_quantile!r} must be in [0, 1]"
             )
         _positive("dp.clip-norm-lr", self.clip_norm_lr)
+        if not (math.isfinite(self.target_delta) and 0 < self.target_delta < 1):
+            raise ConfigError(f"dp.target-delta = {self.target_delta!r} must be in (0, 1)")
         if not math.isfinite(self.clipped_count_stddev):
             raise ConfigError(
                 f"dp.clipped-count-stddev = {self.clipped_count_stddev!r} must be a finite "
@@ -580,6 +584,11 @@ class RunConfig:
                 f"dp.mode = {self.dp.mode!r} cannot run with fed.secure-aggregation = "
                 f"{self.fed.secure_aggregation!r}: Flower's DP wrappers clip and noise replies "
                 "in the clear (docs/privacy.md); set one of them to 'off'"
+            )
+        if self.dp.mode != "off" and self.fed.aggregation != "mean":
+            raise ConfigError(
+                f"dp.mode = {self.dp.mode!r} needs fed.aggregation = 'mean' (the noise is "
+                f"calibrated to a weighted mean); fed.aggregation = {self.fed.aggregation!r}"
             )
 
     @classmethod

@@ -142,6 +142,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=cfg.fed.round_timeout,
         start_round=1 if resume is None else resume.server_round + 1,
         dp=dp,
+        dp_delta=cfg.dp.target_delta,
     ):
         state = {key: array.numpy() for key, array in end.arrays.items()}
         # A round without evaluation is still recorded: its checkpoint is what a resume reads.
@@ -149,6 +150,14 @@ def main(grid: Grid, context: Context) -> None:
         if evaluation_round(end.server_round, cfg.fed.evaluate_every, cfg.fed.num_rounds):
             scores = dict(server.evaluate(state))  # the method's central evaluation
             log(INFO, "pep-fedpt: round %d central evaluation: %s", end.server_round, scores)
+        if "dp/epsilon" in end.metrics:
+            log(
+                INFO,
+                "pep-fedpt: round %d: central DP spent epsilon = %.4g at delta = %g so far",
+                end.server_round,
+                end.metrics["dp/epsilon"],
+                cfg.dp.target_delta,
+            )
         row = {f"server/{k}": v for k, v in scores.items()}
         row.update(end.metrics)
         recorder.record_round(

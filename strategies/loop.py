@@ -20,7 +20,7 @@ from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
@@ -28,6 +28,7 @@ from flwr.supercore import log
 
 from strategies import wire
 from strategies.dp import DPWrapper, dp_checkpoint, dp_restore
+from strategies.privacy_ledger import PrivacyLedger, account_round, replay
 from strategies.records import PartitionEntry, Partitions, partition_json
 from strategies.secagg import SecAggError, SecAggParams, secure_train
 from strategies.validation import record_arrays
@@ -70,6 +71,7 @@ class RoundLoop:
     # Central DP from ``rounds(dp=...)``: the wrapper its rounds go through, and the state a
     # restored checkpoint gives it once it is built.
     dp_wrapper: DPWrapper | None = None
+    dp_ledger: PrivacyLedger | None = None
     _dp_restored: dict[str, Any] | None = None
     _global: ArrayRecord | None
     _proto_version: int
@@ -101,6 +103,8 @@ class RoundLoop:
         ) -> ArrayRecord: ...
         def num_classes(self, arrays: ArrayRecord) -> int: ...
         def train_sample_size(self, grid: Grid) -> int: ...
+        def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray: ...
+        def _sender(self, reply: Message) -> int: ...
         def trainable_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
         def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
         def _partition_counts(self) -> dict[int, list[int]]: ...
@@ -169,6 +173,7 @@ class RoundLoop:
         evaluate_config: ConfigRecord | None = None,
         start_round: int = 1,
         dp: Callable[[int], DPWrapper] | None = None,
+        dp_delta: float = 1e-5,
     ) -> Iterator[RoundEnd]:
         """This project's round loop, one ``RoundEnd`` per finished round, so that the
         caller evaluates and records each round in its own loop: round 0 (the initial
@@ -187,7 +192,8 @@ class RoundLoop:
         around this strategy from the number of nodes a training round samples, counted
         once the prototype round is done: every training round then goes through the
         wrapper, which clips each update and noises the aggregate of the trainable arrays
-        (the server arrays never pass through it).
+        (the server arrays never pass through it); each round's privacy cost is composed
+        into ε at ``dp_delta`` (``strategies.privacy_ledger``).
         """
         if start_round < 1:
             raise ValueError(f"start_round = {start_round} must be >= 1")
@@ -197,7 +203,13 @@ class RoundLoop:
         try:
             arrays = self.ensure_prototypes(grid, initial_arrays)
             if dp is not None:
-                self.dp_wrapper = dp(self.train_sample_size(grid))
+                sampled = self.train_sample_size(grid)
+                self.dp_wrapper = dp(sampled)
+                population = len(set(grid.get_node_ids()) - self.held_out_nodes)
+                self.dp_ledger = PrivacyLedger(dp_delta, max(population, sampled))
+                replay(self.dp_ledger, self.round_metrics)  # a resumed run's earlier rounds
+                if self.dp_ledger.missing:
+                    log(WARNING, "central DP: no epsilon computed: %s", self.dp_ledger.missing)
                 if self._dp_restored is not None:
                     dp_restore(self.dp_wrapper, self._dp_restored)
                 else:  # Flower's noise draws from NumPy's global generator
@@ -220,6 +232,7 @@ class RoundLoop:
         finally:
             self._own_loop = False
             self.dp_wrapper = None
+            self.dp_ledger = None
 
     def _one_round(
         self,
@@ -266,19 +279,27 @@ class RoundLoop:
         self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord
     ) -> tuple[ArrayRecord, MetricRecord | None]:
         """A training round through the DP wrapper, which carries the trainable arrays only
-        (the server arrays never pass its clipping or noise): the new whole state, and the
-        bound and noise of the round kept as ``dp/...`` metrics."""
+        (the server arrays never pass its clipping or noise): the new whole state; the
+        round's bound, noise and privacy cost (``privacy_ledger``) kept as ``dp/...``."""
         dp = self.dp_wrapper
         assert dp is not None  # the loop calls this with a wrapper only
         bound = dp.clipping_norm  # an adaptive wrapper moves it once the round is in
         sent = dp.configure_train(server_round, self.trainable_state(arrays), config, grid)
         replies = self._exchange(grid, sent, server_round, "train")
         new, metrics = dp.aggregate_train(server_round, replies)
-        # Flower's wrappers skip the round (None) when a reply is an error.
-        noise = 0.0 if new is None else dp.noise_multiplier * bound / dp.num_sampled_clients
-        self.remember_metrics(
-            server_round, "dp", MetricRecord({"clipping-norm": bound, "noise-std": noise})
-        )
+        if new is None:  # Flower's wrappers skip a round with an error reply: no release
+            entry: dict[str, MetricRecordValues] = {"clipping-norm": bound, "noise-std": 0.0}
+        else:
+            refused = {node for r, node, _ in self.dropped if r == server_round}
+            accepted = [
+                reply.content.metric_records[wire.METRICS]
+                for reply in replies
+                if reply.has_content() and self._sender(reply) not in refused
+            ]
+            keys = [key for key in new if not self.server_only(key)]
+            assert self.dp_ledger is not None  # built with the wrapper
+            entry = account_round(self.dp_ledger, dp, bound, accepted, keys, self.merge_weight)
+        self.remember_metrics(server_round, "dp", MetricRecord(entry))
         return self.global_state(arrays if new is None else new), metrics
 
     def _round_end(

@@ -21,6 +21,7 @@ from server_app.app import build_strategy, central_dp
 from server_app.inprocess import incoming_message
 from strategies import wire
 from strategies.dp import DPWrapper
+from strategies.privacy_ledger import PrivacyLedger, account_round, largest_share
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,11 @@ from strategies.dp import DPWrapper
         ({"dp.clipping-norm": 0.0}, r"dp\.clipping-norm = 0\.0 must be a finite number > 0"),
         ({"dp.num-sampled-clients": -2}, r"dp\.num-sampled-clients = -2 must be >= 0"),
         ({"dp.target-clipped-quantile": 1.5}, r"dp\.target-clipped-quantile = 1\.5 must be in"),
+        ({"dp.target-delta": 0.0}, r"dp\.target-delta = 0\.0 must be in \(0, 1\)"),
+        (
+            {"dp.mode": "client-fixed", "fed.aggregation": "median"},
+            r"dp\.mode = 'client-fixed' needs fed\.aggregation = 'mean'",
+        ),
         (
             {"dp.mode": "server-fixed", "fed.secure-aggregation": "secaggplus"},
             r"dp\.mode = 'server-fixed' cannot run with fed\.secure-aggregation = 'secaggplus'",
@@ -239,11 +245,68 @@ def test_a_noisy_adaptive_run_resumed_after_a_crash_ends_as_an_uninterrupted_one
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     rows = {
         name: [
-            (r["dp/clipping-norm"], r["dp/noise-std"])
+            (r["dp/clipping-norm"], r["dp/noise-std"], r["dp/epsilon"])
             for r in load_json(tmp_path / name / "metrics.json")[1:]
         ]
         for name in ("whole", "broken")
     }
     assert rows["broken"] == rows["whole"]
-    assert all(noise > 0 for _, noise in rows["whole"])
-    assert len({bound for bound, _ in rows["whole"]}) == 3  # the bound moved every round
+    assert all(noise > 0 for _, noise, _ in rows["whole"])
+    assert len({bound for bound, _, _ in rows["whole"]}) == 3  # the bound moved every round
+    # epsilon grows with every release; the resumed run composed rounds 1-2 again from its
+    # checkpoint before round 3's
+    epsilons = [eps for _, _, eps in rows["whole"]]
+    assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3
+
+
+def test_the_largest_share_is_a_nodes_biggest_weight_over_all_weights_of_a_value() -> None:
+    replies = [
+        MetricRecord({"num-examples": 1, "class-counts": [2, 0, 0]}),
+        MetricRecord({"num-examples": 3, "class-counts": [2, 2, 0]}),
+    ]
+
+    def weight(key: str, metrics: MetricRecord) -> float | np.ndarray:
+        if key == "class":
+            return np.asarray(metrics["class-counts"], dtype=np.float64)
+        return float(metrics["num-examples"])  # type: ignore[arg-type]  # an int here
+
+    # FedAvg by n_k: 3 of 4.
+    assert largest_share(replies, ["shared"], weight) == 0.75
+    # Per class: class 0 is shared 2:2, class 1 is the second node's alone (share 1);
+    # class 2, which nobody holds, weighs nothing.
+    assert largest_share(replies, ["shared", "class"], weight) == 1.0
+
+
+def test_epsilon_of_t_equal_releases_is_that_of_one_with_sqrt_t_less_noise() -> None:
+    # RDP of the Gaussian mechanism, alpha / (2 z^2), adds up over releases: T releases of
+    # noise z cost what one of z / sqrt(T) costs.
+    four = PrivacyLedger(delta=1e-5, population=10)
+    for _ in range(4):
+        four.compose(2.0, 10)
+    one = PrivacyLedger(delta=1e-5, population=10)
+    one.compose(1.0, 10)
+    assert four.epsilon() == pytest.approx(one.epsilon(), rel=1e-9)
+    assert 0 < one.epsilon() < float("inf")  # type: ignore[operator]  # a number: dp-accounting is installed
+    # A release without noise is not private at all.
+    one.compose(0.0, 10)
+    assert one.epsilon() == float("inf")
+
+
+def test_unequal_weights_cost_more_epsilon_than_flowers_equal_share_assumes(
+    task_identity: None,
+) -> None:
+    cfg = RunConfig.from_flat({"dp.mode": "server-fixed", "dp.noise-multiplier": 4.0})
+    wrapper = _wrapper(cfg, 4)
+    equal = [MetricRecord({"num-examples": 5}) for _ in range(4)]
+    skewed = [MetricRecord({"num-examples": n}) for n in (17, 1, 1, 1)]
+    strategy = build_strategy(cfg)
+    costs = {}
+    for name, replies in (("equal", equal), ("skewed", skewed)):
+        ledger = PrivacyLedger(delta=1e-5, population=4)
+        row = account_round(ledger, wrapper, 0.1, replies, ["head.weight"], strategy.merge_weight)
+        costs[name] = row
+    # Equal shares of 1/4: z = sigma = 4. One node with 17 of 20 examples: z = 4 / (4 x 0.85).
+    assert costs["equal"]["update-noise-multiplier"] == pytest.approx(4.0)
+    assert costs["skewed"]["update-noise-multiplier"] == pytest.approx(4.0 / 3.4)
+    assert costs["skewed"]["epsilon"] > costs["equal"]["epsilon"]  # type: ignore[operator]  # numbers
+    assert costs["equal"]["noise-std"] == pytest.approx(4.0 * 0.1 / 4)

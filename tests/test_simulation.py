@@ -38,6 +38,29 @@ def test_flwr_run_simulation_finishes_completed(tmp_path: Path) -> None:
         stop_superlink(home)
 
 
+@pytest.mark.timeout(400)
+def test_a_client_side_adaptive_dp_run_completes_in_the_simulation_engine(tmp_path: Path) -> None:
+    """dp.* from the command line: each node's ClientApp clips and reports its norm bit
+    (Flower's client-side adaptive wrapper refuses a reply without one), the bound moves,
+    and every round states its epsilon."""
+    home = tmp_path / "flwr-home"
+    out = tmp_path / "run"
+    overrides = (
+        f"num-server-rounds=2 output-dir='{out}' dp.mode='client-adaptive' "
+        "dp.noise-multiplier=0.1 dp.clipped-count-stddev=0.1 dp.clipping-norm=1e-4"
+    )
+    try:
+        flwr_run(home, overrides, supernodes=2)
+        rows = json.loads((out / "metrics.json").read_text())
+        bounds = [row["dp/clipping-norm"] for row in rows[1:]]
+        # Every update is larger than 1e-4: all clipped, so the bound grows (exp(0.2 x 0.5)
+        # a round; the count noise of std 0.1 cannot turn 2 clipped of 2 below one half).
+        assert bounds[0] == 1e-4 and bounds[1] > bounds[0]
+        assert 0 < rows[1]["dp/epsilon"] < rows[2]["dp/epsilon"]
+    finally:
+        stop_superlink(home)
+
+
 TINY = (
     "model.pretrained='random' model.depth=2 model.embed-dim=64 model.num-heads=2 model.img-size=16"
 )
