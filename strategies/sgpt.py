@@ -20,8 +20,9 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies import wire
 from strategies.aggregation import PrototypeTally, RunningMean
@@ -58,20 +59,17 @@ class SGPT(PromptFedAvg):
         state[wire.GROUP_COUNT] = Array(np.zeros(num_groups, dtype=np.int64))
         return state
 
-    def dp_refusal(self, client_side: bool) -> str | None:
-        """The server-side wrappers fit; the client-side ones' clipping mods refuse a train
-        message with ``group.count`` beside the arrays (two ArrayRecords)."""
-        if not client_side:
-            return None
-        return (
-            f"its train messages carry {wire.GROUP_COUNT!r} (record {wire.GROUP!r}, new every "
-            "round) beside the arrays, and Flower's client-side clipping mods take one "
-            "ArrayRecord; use a server-side DP wrapper"
-        )
-
     def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
-        """The selections so far (G ints), for the balanced training-time selection."""
-        content[wire.GROUP] = ArrayRecord({wire.GROUP_COUNT: arrays[wire.GROUP_COUNT]})
+        """The selections so far (G ints), for the balanced training-time selection: a
+        record of their own, or, when a client-side DP wrapper sent a clipping bound,
+        in the config (Flower's clipping mods take a train message with one ArrayRecord)."""
+        counts = arrays[wire.GROUP_COUNT]
+        config = content.config_records[wire.CONFIG]
+        if KEY_CLIPPING_NORM in config:
+            selected = [int(c) for c in counts.numpy()]
+            content[wire.CONFIG] = ConfigRecord({**config, wire.GROUP_COUNT: selected})
+        else:
+            content[wire.GROUP] = ArrayRecord({wire.GROUP_COUNT: counts})
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

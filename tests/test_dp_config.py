@@ -69,13 +69,10 @@ def test_a_method_dp_cannot_protect_is_refused_before_any_round(method: str) -> 
         central_dp(cfg, build_strategy(cfg))
 
 
-def test_sgpt_is_refused_client_side_only() -> None:
-    flat = {"method": "sgpt", "prompt.num-groups": 4}
-    server = RunConfig.from_flat({**flat, "dp.mode": "server-fixed"})
-    assert central_dp(server, build_strategy(server)) is not None
-    client = RunConfig.from_flat({**flat, "dp.mode": "client-fixed"})
-    with pytest.raises(ConfigError, match="cannot protect method 'sgpt': "):
-        central_dp(client, build_strategy(client))
+@pytest.mark.parametrize("mode", ["server-fixed", "client-adaptive"])
+def test_sgpt_runs_under_either_side(mode: str) -> None:
+    cfg = RunConfig.from_flat({"method": "sgpt", "prompt.num-groups": 4, "dp.mode": mode})
+    assert central_dp(cfg, build_strategy(cfg)) is not None
 
 
 def _wrapper(cfg: RunConfig, sampled: int) -> DPWrapper:

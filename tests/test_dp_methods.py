@@ -226,17 +226,18 @@ def test_pfedpg_is_refused_under_a_wrapper(flat: dict, wrap: Wrap, task_identity
     )
 
 
-@pytest.mark.parametrize("wrap", [_client_fixed, _client_adaptive])
-def test_sgpt_is_refused_under_a_client_side_wrapper(
-    flat: dict, wrap: Wrap, task_identity: None
+@pytest.mark.integration
+def test_sgpt_runs_under_client_side_fixed_clipping_with_its_counts_in_the_config(
+    flat: dict, task_identity: None
 ) -> None:
-    _refused(
-        {**flat, "method": "sgpt"},
-        wrap,
-        None,
-        r"^SGPT cannot run under DifferentialPrivacyClientSide\w+: its train messages carry "
-        r"'group\.count'.*use a server-side DP wrapper$",
-    )
+    """group.count rides in the train config when a bound is there (the mods take one
+    ArrayRecord); the project's own ClientApp clips, with no mod added by the user."""
+    flat = {**flat, "method": "sgpt", "prompt.num-groups": 4}
+    plain = _run(flat, NODES)
+    wrapped = _run(flat, NODES, _client_fixed)
+    _assert_same_state(wrapped, plain)
+    counts = wrapped[1].server_arrays[wire.GROUP_COUNT].numpy()
+    assert counts.dtype == np.int64 and counts.sum() > 0
 
 
 class _LoggingWrapper(DifferentialPrivacyServerSideAdaptiveClipping):

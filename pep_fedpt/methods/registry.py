@@ -321,10 +321,14 @@ def all_methods() -> list[Method]:
 
 
 def from_record(record: str, key: str, server: str) -> Callable[[Received], np.ndarray]:
-    """An ``extra`` reader: array ``key`` of record ``record``, required in every message
-    (``server``: the strategy that sends it, for the error)."""
+    """An ``extra`` reader: array ``key`` of record ``record`` (or, without that record,
+    the integers ``key`` of the config), required in every message (``server``: the
+    strategy that sends it, for the error)."""
 
     def read(received: Received) -> np.ndarray:
+        if record not in received.records and key in received.config:
+            # Under a client-side DP wrapper it rides in the config (one ArrayRecord).
+            return np.asarray(received.config[key], dtype=np.int64)
         if record not in received.records or key not in received.records[record]:
             raise ValueError(
                 f"this method needs the record {record!r} ({key}) in every message; "
