@@ -43,7 +43,6 @@ from server_app.metric_keys import (
     Accuracy,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 Row = Mapping[str, Any]
 
 COMPARISON = "comparison.json"  # what bench/compare.py was asked: methods, seeds, grid

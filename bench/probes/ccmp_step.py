@@ -1,14 +1,6 @@
 """Time one local training step of CCMP against VPT-deep with the same prompt tokens.
 
-Run from the repository root::
-
-    python -m bench.probes.ccmp_step            # width 192, depth 6, patch 4, 32 px, C = 10
-    python -m bench.probes.ccmp_step --classes 100 --repeats 60
-    python -m bench.probes.ccmp_step --threads 2 --out bench/results/ccmp-step-c10.json
-    python -m bench.probes.ccmp_step --threads 2 --classes 100 \\
-        --out bench/results/ccmp-step-c100.json
-    python -m bench.probes.ccmp_step --threads 2 --recompute-z \\
-        --out bench/results/ccmp-step-c10-recompute.json
+The commands and what they showed: bench/probes/README.md.
 
 Both models share one frozen backbone, the shared prompt (M_s tokens at the input) and one
 prompt token per block 2..L; they differ only in where that token comes from: VPT-deep
@@ -17,10 +9,8 @@ z(x), the global prototypes and the client prior. A step = weights + forward + b
 SGD update on one batch. The two are timed interleaved, many times, and compared by
 medians, so machine noise hits both alike.
 
-``--out`` writes, atomically, every timed sample of both paths in seconds with their
-medians and ratio, the settings (classes, width, depth, heads, image size, patch, batch,
-torch threads, prompt tokens, whether z(x) is recomputed, repeats) and the command line and
-machine (``bench.probes.result_file.header``); the ratio and its target are printed.
+``--out`` writes every timed sample of both paths with their medians and ratio, the
+setting and the machine (``bench.probes.result_file.header``); the ratio is printed.
 """
 
 from __future__ import annotations
@@ -35,7 +25,6 @@ from typing import Any
 
 from bench.probes.result_file import header
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/ccmp_step.py"
 WARMUP = 3  # untimed pairs before the timed ones
 TARGET = 1.10  # CCMP's step may cost at most this many VPT-deep steps

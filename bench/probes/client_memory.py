@@ -1,11 +1,7 @@
 """A FedMVP client's training memory on a GPU, estimated on the CPU: measured at a few small
 batches with random weights, fitted and extrapolated to the confs' batch.
 
-Run from the repository root::
-
-    python -m bench.probes.client_memory --threads 2 \\
-        --out bench/results/client-memory-fedmvp-vit-b-16.json   # ViT-B-16, batches 1,2,4
-    python -m bench.probes.client_memory --report bench/results/client-memory-fedmvp-vit-b-16.json
+The commands and what they showed: bench/probes/README.md.
 
 What a client holds while it trains (``train.precision`` "auto" is bf16 on a GPU):
 
@@ -38,7 +34,6 @@ from typing import Any
 
 from bench.probes.result_file import header, machine_sentence, need
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/client_memory.py"
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # per process, not seen on the CPU (typical of CUDA 12/13 + torch)

@@ -2,21 +2,12 @@
 against re-encoding the attribute sentences every step (as the authors' code does), and
 the peak memory of a training step against the attribute bank's size.
 
-Run from the repository root::
-
-    python -m bench.probes.fedmvp_step                    # tiny CLIP, 100 classes x 10, batch 32
-    python -m bench.probes.fedmvp_step --repeats 20 --batch 64
-    python -m bench.probes.fedmvp_step --threads 1 --out bench/results/fedmvp-step-tiny.json
-    python -m bench.probes.fedmvp_step --clip-model ViT-B-16 --batch 8 --memory-classes 10,50 \\
-        --skip-timing --threads 1 --out bench/results/fedmvp-step-vit-b-16.json
+The commands and what they showed: bench/probes/README.md.
 
 What is measured, and how, is in ``bench/probes/fedmvp_measure.py`` (the torch half).
-``--out`` writes every figure as JSON, atomically:
-the settings (CLIP model and its widths, device, torch threads, batch, sentences per class
-and where they came from, bank size, repeats, memory bank sizes, whether timing was
-skipped), every timed sample in seconds with the medians and ratios, the memory rows in
-bytes, the command line and the machine (CPUs, load averages at the start and the end).
-The medians, ratios and memory rows are printed.
+``--out`` writes every timed sample with the medians and ratios and the memory rows in
+bytes, with the setting and the machine (``bench.probes.result_file.header``); the
+medians, ratios and memory rows are printed.
 """
 
 from __future__ import annotations
@@ -32,7 +23,6 @@ from typing import Any
 
 from bench.probes.result_file import header
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/fedmvp_step.py"
 
 

@@ -1,10 +1,7 @@
 """Memory of the prototype round: the ServerApp's traced peak while the real
 ``PEPFedPT.prototype_round`` asks N nodes for their per-class feature sums.
 
-Run from the repository root::
-
-    python -m bench.probes.prototype_round --nodes 1000,4000 --classes 100 --dim 768 \\
-        --out bench/results/prototype-round.json
+The commands and what they showed: bench/probes/README.md.
 
 The nodes are a synthetic ``Grid`` whose replies (C x D float32 sums, C counts, a
 partition id) are built only when the strategy pulls them, as Flower's grids deserialise
@@ -15,9 +12,8 @@ entry, its reply counters); holding every reply, as the round did before, would 
 replies. ``tracemalloc`` traces the whole process during the round (strategy and grid);
 the setup (the nodes' reply tables, the initial state) is built before tracing starts.
 
-``--out`` writes, atomically, per node count the peak, what the round keeps afterwards
-and the replies' bytes, with the settings, command line and machine
-(``bench.probes.result_file.header``); the runs and the peak's growth per node are printed.
+``--out`` writes per node count the peak, what the round keeps afterwards and the replies'
+bytes (``bench.probes.result_file.header`` first); the runs and growth are printed.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from bench.probes.result_file import header
 from server_app.inprocess import incoming_message
 from strategies import wire
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/prototype_round.py"
 TABLES = 8  # distinct reply contents, reused round robin (built before tracing)
 
