@@ -8,9 +8,9 @@ What a client holds while it trains (``train.precision`` "auto" is bf16 on a GPU
 - resident: the frozen CLIP's parameters and buffers, the PromptFormer with its SGD
   momentum, the client's text bank: counted exactly from their tensors;
 - one step's peak: every tensor storage the step creates (the batch, the activations kept
-  for the backward pass, the gradients), tracked by ``bench.probes.fedmvp_measure.PeakBytes``, a
+  for the backward pass, the gradients), tracked by ``bench.probes.fedmvp_step.PeakBytes``, a
   torch dispatch mode that counts the same bytes on the CPU as on CUDA (it sees storages,
-  not the allocator). The step is ``bench.probes.fedmvp_measure.train_step``: the prompted forward
+  not the allocator). The step is ``bench.probes.fedmvp_step.train_step``: the prompted forward
   under the precision's autocast, CE + consistency against the cached g(x'), backward, SGD.
 
 A step's peak is linear in the batch (activations per image, a fixed part for the bank and
@@ -107,7 +107,7 @@ def measure(
 
     import torch
 
-    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
+    from bench.probes.fedmvp_step import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 

@@ -26,7 +26,7 @@ leaves every figure measured so far:
 
 Weights are random (no network on a lent GPU machine): the figures are costs, not
 accuracies. ``--device cpu --tiny`` runs the same code at tiny sizes (the integration tier
-runs it). The step code is ``bench/probes/ccmp_step.py``'s and ``bench/probes/fedmvp_measure.py``'s.
+runs it). The step code is ``bench/probes/ccmp_step.py``'s and ``bench/probes/fedmvp_step.py``'s.
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
     """FedMVP steps: CLIP image tower with the PromptFormer's prompts, a client's bank."""
     import torch
 
-    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, phrase_table, train_step
+    from bench.probes.fedmvp_step import DEFAULT_ATTRIBUTES, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 

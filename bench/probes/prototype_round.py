@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from bench.probes.result_file import header
-from server_app.inprocess import incoming_message
+from server_app.inprocess import InProcessGrid, incoming_message
 from strategies import wire
 
 WRITER = "bench/probes/prototype_round.py"
@@ -65,9 +64,10 @@ def parse_nodes(text: str) -> list[int]:
     return sorted(counts)
 
 
-class SyntheticGrid(Grid):
+class SyntheticGrid(InProcessGrid):
     """A Flower ``Grid`` of ``num_nodes`` nodes whose prototype replies are built when
-    pulled (from ``TABLES`` precomputed sums), so that the grid itself holds none."""
+    pulled (from ``TABLES`` precomputed sums), so that the grid itself holds none; the
+    rest of Grid's abstract surface is ``InProcessGrid``'s."""
 
     def __init__(self, num_nodes: int, classes: int, dim: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -81,20 +81,6 @@ class SyntheticGrid(Grid):
             self.tables.append((sums, counts))
         self._pending: dict[str, tuple[int, Message]] = {}  # message id -> (node, message)
         self._next = 0
-
-    # Grid's abstract surface; only what the strategy's prototype round uses is real.
-    def set_run(self, run_id: int) -> None:  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def run(self):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, *args, **kwargs):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
@@ -212,16 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "pull_batch": pull_batch,
         "reply_bytes": sums_bytes(args.classes, args.dim),
     }
-    document = {
-        **header(
-            WRITER,
-            sys.argv[1:] if argv is None else list(argv),
-            setting,
-            load_start,
-            os.getloadavg(),
-        ),
-        "runs": runs,
-    }
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header(WRITER, argv, setting, load_start, os.getloadavg()) | {"runs": runs}
     if args.out is not None:
         write(args.out, document)
     growth = growth_per_node(runs)
