@@ -19,40 +19,15 @@ import argparse
 import os
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.probes.result_file import header
+from bench.probes.result_file import header, write
 
 WRITER = "bench/probes/ccmp_step.py"
 WARMUP = 3  # untimed pairs before the timed ones
 TARGET = 1.10  # CCMP's step may cost at most this many VPT-deep steps
-
-
-# ---------------------------------------------------------------- the document
-# A ``--out`` document holds the command line, the ``setting``, the ``machine`` and the
-# ``timing``: every interleaved sample of both paths (``vpt_deep_s``, ``ccmp_s``), their
-# medians and the ratio.
-
-
-def make_document(
-    argv: Sequence[str],
-    setting: Mapping[str, Any],
-    vpt_deep_s: Sequence[float],
-    ccmp_s: Sequence[float],
-    load_start: Sequence[float],
-    load_end: Sequence[float],
-) -> dict[str, Any]:
-    """What ``--out`` writes: every sample with what it was measured under."""
-    timing: dict[str, Any] = {"vpt_deep_s": list(vpt_deep_s), "ccmp_s": list(ccmp_s)}
-    m_deep, m_ccmp = statistics.median(vpt_deep_s), statistics.median(ccmp_s)
-    timing |= {
-        "median_vpt_deep_s": m_deep,
-        "median_ccmp_s": m_ccmp,
-        "ccmp_over_vpt_deep": m_ccmp / m_deep,
-    }
-    return {**header(WRITER, argv, setting, load_start, load_end), "timing": timing}
 
 
 # ---------------------------------------------------------------- the run
@@ -202,38 +177,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write every sample and setting here (JSON)")
     args = parser.parse_args(argv)
     _refuse_bad_settings(parser, args)
-
-    from bench.probes.result_file import write
-
     load_start = os.getloadavg()
     t_deep, t_ccmp, threads = measure(args)
-    setting = {
-        "classes": args.classes,
-        "width": args.width,
-        "depth": args.depth,
-        "heads": args.heads,
-        "img_size": args.img_size,
-        "patch": args.patch,
+    setting = {key: value for key, value in vars(args).items() if key != "out"}
+    setting |= {
         "tokens": 1 + args.shared_length + 1 + (args.img_size // args.patch) ** 2,
-        "batch": args.batch,
         "threads": threads,
-        "shared_length": args.shared_length,
         "class_length": 1,
-        "recompute_z": args.recompute_z,
-        "repeats": args.repeats,
         "warmup": WARMUP,
     }
-    document = make_document(
-        sys.argv[1:] if argv is None else list(argv),
-        setting,
-        t_deep,
-        t_ccmp,
-        load_start,
-        os.getloadavg(),
-    )
+    m_deep, m_ccmp = statistics.median(t_deep), statistics.median(t_ccmp)
+    ratio = m_ccmp / m_deep
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header(WRITER, argv, setting, load_start, os.getloadavg())
+    document["timing"] = {  # every interleaved sample of both paths, their medians, the ratio
+        "vpt_deep_s": t_deep,
+        "ccmp_s": t_ccmp,
+        "median_vpt_deep_s": m_deep,
+        "median_ccmp_s": m_ccmp,
+        "ccmp_over_vpt_deep": ratio,
+    }
     if args.out is not None:
         write(args.out, document)
-    ratio = document["timing"]["ccmp_over_vpt_deep"]
     verdict = "met" if ratio <= TARGET else "MISSED"
     print(f"CCMP / VPT-deep {ratio:.3f}: target <= {TARGET:.2f} {verdict}")
 
