@@ -279,15 +279,6 @@ def cell(stat: tuple[float, float], fmt: str = ".4f", with_std: bool = True) -> 
     return format(mean, fmt) if not math.isfinite(std) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def _drift_cells(stats: Mapping[str, tuple[float, float]]) -> list[str]:
-    """Prompt drift as percentages and the head's change, means over the seeds."""
-    return [
-        percent(stats["prompt-drift-median"][0]),
-        percent(stats["prompt-drift-max"][0]),
-        cell(stats["head-change"], ".3f", with_std=False),
-    ]
-
-
 # ---------------------------------------------------------------------- the selection
 @dataclass
 class Selection:
@@ -370,12 +361,12 @@ def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
         if row.completed == 0:  # a comparison still running has methods it has not reached
             cells = [row.missing] * (len(titles) - 2)
         else:
-            cells = [cell(row.stats[a.key]) for a in (*ACCURACIES, *extra)]
-            cells += _drift_cells(row.stats)
-            for key in (f"{BYTES_DOWN}-per-round", f"{BYTES_UP}-per-round"):
-                mean, _ = row.stats[key]
-                cells.append(human_bytes(mean))
-            cells.append(cell(row.stats["wall-s"], ".1f"))
+            stats = row.stats  # drift and bytes: means over the seeds
+            cells = [cell(stats[a.key]) for a in (*ACCURACIES, *extra)]
+            cells += [percent(stats[f"prompt-drift-{m}"][0]) for m in ("median", "max")]
+            cells.append(cell(stats["head-change"], ".3f", with_std=False))
+            cells += [human_bytes(stats[f"{d}-per-round"][0]) for d in (BYTES_DOWN, BYTES_UP)]
+            cells.append(cell(stats["wall-s"], ".1f"))
         lines.append(f"| {row.method} | {row.completed}/{row.runs} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
