@@ -229,7 +229,7 @@ def plain_loop_in_child(
     out.mkdir(parents=True, exist_ok=True)
     result = out / "loop.json"
     command = [
-        sys.executable, __file__, "--loop-child", str(out),
+        sys.executable, "-m", "bench.probes.sim_overhead", "--loop-child", str(out),
         "--clients", str(clients), "--rounds", str(rounds), "-c", overrides,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
