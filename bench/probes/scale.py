@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.probes import sim_overhead
 from bench.probes.result_file import header, write
 from pep_fedpt.local_flwr import (
     BIN,
@@ -67,6 +68,7 @@ from pep_fedpt.local_flwr import (
     stop_superlink,
     superlinks,
 )
+from pep_fedpt.preflight import toml_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
@@ -79,14 +81,10 @@ SUMMARY_MARK = "pep-fedpt summary"
 TICKS = float(os.sysconf("SC_CLK_TCK"))
 PROTOTYPE_MARK = "prototype round: asking"
 
-# The tiny random ViT of bench/probes/sim_overhead.py: no pre-training, seconds per round.
+# The tiny random ViT of sim_overhead (no pre-training, seconds per round) on CIFAR-10 files.
 TINY: dict[str, str | int | float] = {
     "method": "pep-fedpt",
-    "model.pretrained": "random",
-    "model.depth": 2,
-    "model.embed-dim": 64,
-    "model.num-heads": 2,
-    "model.img-size": 16,
+    **sim_overhead.TINY,
     "data.dataset": "cifar10-folder",
     "data.partitioner": "iid",
 }
@@ -224,7 +222,7 @@ def overrides(
         # Every node connected before the prototype round, so it asks all N.
         "fed.min-available-nodes": nodes,
     }
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in config.items())
+    return " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
 
 
 def run_once(
