@@ -45,7 +45,6 @@ from bench.report import (
 )
 from pep_fedpt.atomic import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 # The small text files of a run folder (server_app/results.py) worth keeping in git.
 RUN_FILES = ("metrics.json", "config.json", "summary.md", "dropped.json")
 LOG_BYTES = 8 * 1024  # a longer log keeps only its tail

@@ -43,7 +43,6 @@ from server_app.metric_keys import (
     Accuracy,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 Row = Mapping[str, Any]
 
 COMPARISON = "comparison.json"  # what bench/compare.py was asked: methods, seeds, grid
@@ -224,6 +223,12 @@ class MethodRow:
     completed: int
     runs: int
     stats: dict[str, tuple[float, float]]
+    started: bool  # some run of it started: with none completed, it failed (else: not run)
+
+    @property
+    def missing(self) -> str:
+        """What a row with no completed run shows in each cell."""
+        return "failed" if self.started else "not run"
 
 
 TABLE_KEYS = (
@@ -244,7 +249,8 @@ def method_rows(outcomes: Sequence[Outcome], methods: Sequence[str]) -> list[Met
         mine = [o for o in outcomes if o.label == method]
         done = [run_row(o) for o in mine if o.completed]
         stats = {key: mean_std([float(r[key]) for r in done]) for key in TABLE_KEYS}
-        table.append(MethodRow(method, len(done), len(mine), stats))
+        started = any(o.status != "missing" for o in mine)
+        table.append(MethodRow(method, len(done), len(mine), stats, started))
     return table
 
 
@@ -264,20 +270,13 @@ def percent(x: float) -> str:
     return f"{100 * x:.1f}%" if math.isfinite(x) else "-"
 
 
-def _cell(stat: tuple[float, float], fmt: str) -> str:
+def cell(stat: tuple[float, float], fmt: str = ".4f", with_std: bool = True) -> str:
+    """``mean ± std`` (the mean alone without ``with_std`` or a finite std; "-" for NaN)."""
     mean, std = stat
+    std = std if with_std else math.nan
     if not math.isfinite(mean):
         return "-"
     return format(mean, fmt) if not math.isfinite(std) else f"{mean:{fmt}} ± {std:{fmt}}"
-
-
-def _drift_cells(stats: Mapping[str, tuple[float, float]]) -> list[str]:
-    """Prompt drift as percentages and the head's change, means over the seeds."""
-    return [
-        percent(stats["prompt-drift-median"][0]),
-        percent(stats["prompt-drift-max"][0]),
-        _cell((stats["head-change"][0], math.nan), ".3f"),
-    ]
 
 
 # ---------------------------------------------------------------------- the selection
@@ -338,7 +337,7 @@ def runs_table(outcomes: Sequence[Outcome]) -> str:
         files = f"[config]({o.path}.toml) · [log]({o.path}.log) · [folder]({o.path}/)"
         if o.status == "missing" or not o.status.startswith(("finished", "failed")):
             files = "-"  # never started: no files
-        cells = [o.label, str(o.seed), o.status, _cell((accuracy, math.nan), ".4f"), drift]
+        cells = [o.label, str(o.seed), o.status, cell((accuracy, math.nan), ".4f"), drift]
         lines.append("| " + " | ".join([*cells, files]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -359,17 +358,15 @@ def method_table(outcomes: Sequence[Outcome], methods: Sequence[str]) -> str:
     ]
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in method_rows(outcomes, methods):
-        if row.completed == 0:
-            started = any(o.status != "missing" for o in outcomes if o.label == row.method)
-            # a comparison still running has methods it has not reached: not failures
-            cells = ["failed" if started else "not run"] * (len(titles) - 2)
+        if row.completed == 0:  # a comparison still running has methods it has not reached
+            cells = [row.missing] * (len(titles) - 2)
         else:
-            cells = [_cell(row.stats[a.key], ".4f") for a in (*ACCURACIES, *extra)]
-            cells += _drift_cells(row.stats)
-            for key in (f"{BYTES_DOWN}-per-round", f"{BYTES_UP}-per-round"):
-                mean, _ = row.stats[key]
-                cells.append(human_bytes(mean))
-            cells.append(_cell(row.stats["wall-s"], ".1f"))
+            stats = row.stats  # drift and bytes: means over the seeds
+            cells = [cell(stats[a.key]) for a in (*ACCURACIES, *extra)]
+            cells += [percent(stats[f"prompt-drift-{m}"][0]) for m in ("median", "max")]
+            cells.append(cell(stats["head-change"], ".3f", with_std=False))
+            cells += [human_bytes(stats[f"{d}-per-round"][0]) for d in (BYTES_DOWN, BYTES_UP)]
+            cells.append(cell(stats["wall-s"], ".1f"))
         lines.append(f"| {row.method} | {row.completed}/{row.runs} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -400,13 +397,13 @@ def markdown_table(
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [
-            f"- {o.label} seed {o.seed}{_grid_note(o)}: {o.status} (log: {_log_cell(o.log)})"
+            f"- {o.label} seed {o.seed}{_grid_note(o)}: {o.status} (log: {_logcell(o.log)})"
             for o in failed
         ]
     return "\n".join(lines) + "\n"
 
 
-def _log_cell(log: str) -> str:
+def _logcell(log: str) -> str:
     """A log inside the comparison folder (a relative path) as a link to it; else as is."""
     if not log:
         return "-"

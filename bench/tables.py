@@ -37,8 +37,10 @@ from bench.report import (
     COMPARISON,
     DIAGNOSTIC_NOTE,
     FINAL,
+    MethodRow,
     Outcome,
     Selection,
+    cell,
     diagnostics,
     load_results,
     method_rows,
@@ -171,15 +173,6 @@ def ablations(
 
 
 # ---------------------------------------------------------------------- cells
-def _acc(stat: tuple[float, float], with_std: bool = False) -> str:
-    mean, std = stat
-    if not math.isfinite(mean):
-        return "-"
-    if with_std and math.isfinite(std):
-        return f"{mean:.4f} ± {std:.4f}"
-    return f"{mean:.4f}"
-
-
 def _link(text: str, target: Path, page_dir: Path, suffix: str = "") -> str:
     """A Markdown link from a page in ``page_dir`` to ``target`` (relative, posix)."""
     relative = Path(os.path.relpath(target, page_dir)).as_posix()
@@ -288,22 +281,10 @@ def compact_table(comparison: Comparison, page_dir: Path) -> str:
         name = _link(row.method, folder, page_dir, "/") if folder else row.method
         if 0 < row.completed < row.runs:  # the mean is over fewer seeds than the others'
             name += f" ({row.completed}/{row.runs} runs)"
-        if row.completed == 0:
-            started = any(
-                o.status != "missing" for o in comparison.outcomes if o.label == row.method
-            )
-            # a benchmark still running has methods it has not reached: not failures
-            cells = ["failed" if started else "not run"] * (len(titles) - 2)
+        if row.completed == 0:  # a benchmark still running has methods it has not reached
+            cells = [row.missing] * (len(titles) - 2)
         else:
-            stats = row.stats
-            cells = [
-                _acc(stats[MEAN], with_std=True),
-                _acc(stats[WORST]),
-                _acc(stats[HELD_OUT]),
-                _acc(stats[GLOBAL]),
-                *(_acc(stats[a.key]) for a in extra),
-                percent(stats["prompt-drift-median"][0]),
-            ]
+            cells = _accuracy_cells(row.stats, extra)
         cells.append(_chosen(comparison, row.method))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", backbone_sentence(comparison), "", DRIFT_NOTE]
@@ -376,20 +357,18 @@ def _reference_config(reference: tuple[Outcome, Comparison] | None) -> Mapping[s
     return flat
 
 
-def _ablation_cells(
-    stats: Mapping[str, tuple[float, float]], completed: int, extra: Sequence[Any] = ()
-) -> list[str]:
-    if completed == 0:
+def _accuracy_cells(stats: Mapping[str, tuple[float, float]], extra: Sequence[Any]) -> list[str]:
+    """Mean client accuracy (± std over seeds), worst client, held-out, global, the CCMP
+    diagnostics ``extra``, and the prompt drift (median)."""
+    means = [stats[key] for key in (WORST, HELD_OUT, GLOBAL, *(a.key for a in extra))]
+    drift = percent(stats["prompt-drift-median"][0])
+    return [cell(stats[MEAN]), *(cell(m, with_std=False) for m in means), drift]
+
+
+def _ablation_cells(row: MethodRow, extra: Sequence[Any]) -> list[str]:
+    if row.completed == 0:
         return ["failed"] * (6 + len(extra))
-    return [
-        _acc(stats[MEAN], with_std=True),
-        _acc(stats[WORST]),
-        _acc(stats[HELD_OUT]),
-        _acc(stats[GLOBAL]),
-        *(_acc(stats[a.key]) for a in extra),
-        percent(stats["prompt-drift-median"][0]),
-        percent(stats["prompt-drift-max"][0]),
-    ]
+    return [*_accuracy_cells(row.stats, extra), percent(row.stats["prompt-drift-max"][0])]
 
 
 NO_ABLATION = "No ablation in the results."
@@ -419,7 +398,7 @@ def ablations_block(
     if reference is not None:
         outcome, comparison = reference
         (row,) = method_rows([outcome], [outcome.label])
-        cells, title = _ablation_cells(row.stats, row.completed, extra), comparison.title
+        cells, title = _ablation_cells(row, extra), comparison.title
         if (comparison.folder / outcome.path).is_dir():
             method = _link(method, comparison.folder / outcome.path, page_dir, "/")
     setting = f"reference: {method}, {title}, seed {seed}"
@@ -431,7 +410,7 @@ def ablations_block(
         same = [o for o in comparison.outcomes if o.label == outcome.label and o.seed in seeds]
         (row,) = method_rows(same, [outcome.label])
         setting = f"reference: {method}, {title}, seeds {', '.join(map(str, seeds))}"
-        cells = _ablation_cells(row.stats, row.completed, extra)
+        cells = _ablation_cells(row, extra)
         lines.append(f"| {setting} | as in the main table | " + " | ".join(cells) + " |")
     for comparison in found:
         sweep = comparison.sweep or []
@@ -445,7 +424,7 @@ def ablations_block(
             value = _values(point)
             if len(comparison.methods) > 1:
                 value = f"{name}: {value}"
-            cells = _ablation_cells(row.stats, row.completed, extra)
+            cells = _ablation_cells(row, extra)
             lines.append(f"| {setting} | {value} | " + " | ".join(cells) + " |")
     if not found:
         lines.append("")

@@ -162,6 +162,24 @@ def test_a_cold_start_run_times_every_stage_of_each_fresh_process(tmp_path: Path
     assert json.loads(run.stdout) == document["median_s"]
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_sim_overhead_run_times_both_ways_and_their_ratio(tmp_path: Path) -> None:
+    """The simulation through ``flwr run`` and the plain loop in a child process of its own
+    (``python -m bench.probes.sim_overhead --loop-child``) both record every round."""
+    out = tmp_path / "sim-overhead.json"
+    run = ran("sim_overhead", "--clients", "2", "--rounds", "2", "--out", str(out), timeout=580)
+    document = json.loads(out.read_text())
+    (repeat,) = document["repeats"]
+    assert len(repeat["simulation"]["rounds"]) == len(repeat["plain_loop"]["rounds"]) == 2
+    assert repeat["plain_loop"]["encode_per_round"] > 0 < repeat["plain_loop"]["client_build"]
+    (each,) = document["summary"]["repeats"]
+    assert each["ratio"] == pytest.approx(each["simulation_steady_s"] / each["loop_steady_s"])
+    assert each["simulation_steady_s"] == repeat["simulation"]["rounds"][1]
+    assert document["setting"]["method"] and document["machine"]["cpus"]
+    assert json.loads(run.stdout[run.stdout.index("{\n") :]) == document["summary"]
+
+
 @pytest.fixture(scope="module")
 def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small archive in the shared CIFAR-100 tarball's layout, cifar100/{train,test}/<class>/."""

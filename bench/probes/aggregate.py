@@ -1,8 +1,6 @@
 """Server aggregation speed: ``PEPFedPT.aggregate_train`` against Flower's own FedAvg.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m bench.probes.aggregate            # 100 replies, 5 repeats
-    OMP_NUM_THREADS=1 .venv/bin/python -m bench.probes.aggregate --clients 20 --repeats 3 \
-        --out bench/results/aggregate.json
+The commands and what they showed: bench/probes/README.md.
 
 Builds ``--clients`` train replies of a ViT-B/16 CIFAR-100 PEP-FedPT state
 (``server_app/synthetic_replies.py``: the wire keys and shapes of

@@ -1,14 +1,6 @@
 """Time one local training step of CCMP against VPT-deep with the same prompt tokens.
 
-Run from the repository root::
-
-    python -m bench.probes.ccmp_step            # width 192, depth 6, patch 4, 32 px, C = 10
-    python -m bench.probes.ccmp_step --classes 100 --repeats 60
-    python -m bench.probes.ccmp_step --threads 2 --out bench/results/ccmp-step-c10.json
-    python -m bench.probes.ccmp_step --threads 2 --classes 100 \\
-        --out bench/results/ccmp-step-c100.json
-    python -m bench.probes.ccmp_step --threads 2 --recompute-z \\
-        --out bench/results/ccmp-step-c10-recompute.json
+The commands and what they showed: bench/probes/README.md.
 
 Both models share one frozen backbone, the shared prompt (M_s tokens at the input) and one
 prompt token per block 2..L; they differ only in where that token comes from: VPT-deep
@@ -17,10 +9,8 @@ z(x), the global prototypes and the client prior. A step = weights + forward + b
 SGD update on one batch. The two are timed interleaved, many times, and compared by
 medians, so machine noise hits both alike.
 
-``--out`` writes, atomically, every timed sample of both paths in seconds with their
-medians and ratio, the settings (classes, width, depth, heads, image size, patch, batch,
-torch threads, prompt tokens, whether z(x) is recomputed, repeats) and the command line and
-machine (``bench.probes.result_file.header``); the ratio and its target are printed.
+``--out`` writes every timed sample of both paths with their medians and ratio, the
+setting and the machine (``bench.probes.result_file.header``); the ratio is printed.
 """
 
 from __future__ import annotations
@@ -29,41 +19,15 @@ import argparse
 import os
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.probes.result_file import header
+from bench.probes.result_file import header, write
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/ccmp_step.py"
 WARMUP = 3  # untimed pairs before the timed ones
 TARGET = 1.10  # CCMP's step may cost at most this many VPT-deep steps
-
-
-# ---------------------------------------------------------------- the document
-# A ``--out`` document holds the command line, the ``setting``, the ``machine`` and the
-# ``timing``: every interleaved sample of both paths (``vpt_deep_s``, ``ccmp_s``), their
-# medians and the ratio.
-
-
-def make_document(
-    argv: Sequence[str],
-    setting: Mapping[str, Any],
-    vpt_deep_s: Sequence[float],
-    ccmp_s: Sequence[float],
-    load_start: Sequence[float],
-    load_end: Sequence[float],
-) -> dict[str, Any]:
-    """What ``--out`` writes: every sample with what it was measured under."""
-    timing: dict[str, Any] = {"vpt_deep_s": list(vpt_deep_s), "ccmp_s": list(ccmp_s)}
-    m_deep, m_ccmp = statistics.median(vpt_deep_s), statistics.median(ccmp_s)
-    timing |= {
-        "median_vpt_deep_s": m_deep,
-        "median_ccmp_s": m_ccmp,
-        "ccmp_over_vpt_deep": m_ccmp / m_deep,
-    }
-    return {**header(WRITER, argv, setting, load_start, load_end), "timing": timing}
 
 
 # ---------------------------------------------------------------- the run
@@ -213,38 +177,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write every sample and setting here (JSON)")
     args = parser.parse_args(argv)
     _refuse_bad_settings(parser, args)
-
-    from bench.probes.result_file import write
-
     load_start = os.getloadavg()
     t_deep, t_ccmp, threads = measure(args)
-    setting = {
-        "classes": args.classes,
-        "width": args.width,
-        "depth": args.depth,
-        "heads": args.heads,
-        "img_size": args.img_size,
-        "patch": args.patch,
+    setting = {key: value for key, value in vars(args).items() if key != "out"}
+    setting |= {
         "tokens": 1 + args.shared_length + 1 + (args.img_size // args.patch) ** 2,
-        "batch": args.batch,
         "threads": threads,
-        "shared_length": args.shared_length,
         "class_length": 1,
-        "recompute_z": args.recompute_z,
-        "repeats": args.repeats,
         "warmup": WARMUP,
     }
-    document = make_document(
-        sys.argv[1:] if argv is None else list(argv),
-        setting,
-        t_deep,
-        t_ccmp,
-        load_start,
-        os.getloadavg(),
-    )
+    m_deep, m_ccmp = statistics.median(t_deep), statistics.median(t_ccmp)
+    ratio = m_ccmp / m_deep
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header(WRITER, argv, setting, load_start, os.getloadavg())
+    document["timing"] = {  # every interleaved sample of both paths, their medians, the ratio
+        "vpt_deep_s": t_deep,
+        "ccmp_s": t_ccmp,
+        "median_vpt_deep_s": m_deep,
+        "median_ccmp_s": m_ccmp,
+        "ccmp_over_vpt_deep": ratio,
+    }
     if args.out is not None:
         write(args.out, document)
-    ratio = document["timing"]["ccmp_over_vpt_deep"]
     verdict = "met" if ratio <= TARGET else "MISSED"
     print(f"CCMP / VPT-deep {ratio:.3f}: target <= {TARGET:.2f} {verdict}")
 

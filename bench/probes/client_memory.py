@@ -1,20 +1,16 @@
 """A FedMVP client's training memory on a GPU, estimated on the CPU: measured at a few small
 batches with random weights, fitted and extrapolated to the confs' batch.
 
-Run from the repository root::
-
-    python -m bench.probes.client_memory --threads 2 \\
-        --out bench/results/client-memory-fedmvp-vit-b-16.json   # ViT-B-16, batches 1,2,4
-    python -m bench.probes.client_memory --report bench/results/client-memory-fedmvp-vit-b-16.json
+The commands and what they showed: bench/probes/README.md.
 
 What a client holds while it trains (``train.precision`` "auto" is bf16 on a GPU):
 
 - resident: the frozen CLIP's parameters and buffers, the PromptFormer with its SGD
   momentum, the client's text bank: counted exactly from their tensors;
 - one step's peak: every tensor storage the step creates (the batch, the activations kept
-  for the backward pass, the gradients), tracked by ``bench.probes.fedmvp_measure.PeakBytes``, a
+  for the backward pass, the gradients), tracked by ``bench.probes.fedmvp_step.PeakBytes``, a
   torch dispatch mode that counts the same bytes on the CPU as on CUDA (it sees storages,
-  not the allocator). The step is ``bench.probes.fedmvp_measure.train_step``: the prompted forward
+  not the allocator). The step is ``bench.probes.fedmvp_step.train_step``: the prompted forward
   under the precision's autocast, CE + consistency against the cached g(x'), backward, SGD.
 
 A step's peak is linear in the batch (activations per image, a fixed part for the bank and
@@ -38,7 +34,6 @@ from typing import Any
 
 from bench.probes.result_file import header, machine_sentence, need
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/client_memory.py"
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # per process, not seen on the CPU (typical of CUDA 12/13 + torch)
@@ -112,7 +107,7 @@ def measure(
 
     import torch
 
-    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
+    from bench.probes.fedmvp_step import DEFAULT_ATTRIBUTES, PeakBytes, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 

@@ -7,14 +7,7 @@ This measures each stage in fresh child processes, for the tiny default config
 (``RunConfig()``, the pyproject defaults: 32 px ViT, width 96, depth 4, digits) and
 compares it with one round's compute (1 local epoch on one partition).
 
-Run from the repository root::
-
-    python -m bench.probes.cold_start                      # 2 partitions, 3 cold processes
-    python -m bench.probes.cold_start --num-partitions 10 --repeats 5
-    python -m bench.probes.cold_start --image-folder 400  # 400 JPEGs (10 classes, 96 px)
-    python -m bench.probes.cold_start --image-folder 400 \
-        -c "model.img-size=224 model.patch-size=16 data.pixel-cache=false"  # 224 px, no cache
-    python -m bench.probes.cold_start --image-folder 400 --out bench/results/cold-start.json
+The commands and what they showed: bench/probes/README.md.
 
 ``--image-folder N`` writes N synthetic JPEG files in a temporary ImageFolder tree
 (``data.dataset = "imagefolder"``), so that data loading decodes and resizes files as a
@@ -25,10 +18,8 @@ next ones are the steady state of every later round (z(x) loaded from disk). The
 ``model.pretrained = "local:0-4"`` weights are a state-dict file loaded into timm's ViT;
 the bench loads a same-shaped state dict from a file, so that it never pre-trains.
 
-``--out`` writes the figures as JSON, atomically: every fresh process's stage seconds
-(the first, with empty caches, apart), their medians, the settings (model, data set,
-image-folder size, partition, repeats, device) and the command line, the machine's CPUs
-and its load averages at the start and the end. The medians are printed.
+``--out`` writes every process's stage seconds, their medians, the setting and the
+machine (``bench.probes.result_file.header``); the medians are printed.
 """
 
 from __future__ import annotations
@@ -44,9 +35,8 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,74 +143,16 @@ def run_child(
     args: argparse.Namespace, cache_dir: str, checkpoint: str, image_dir: str = ""
 ) -> dict:
     spawned = time.time()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.probes.cold_start",
-            "--child",
-            f"--partition-id={args.partition_id}",
-            f"--num-partitions={args.num_partitions}",
-            f"--cache-dir={cache_dir}",
-            f"--checkpoint={checkpoint}",
-            f"--image-dir={image_dir}",
-            f"--config={args.config}",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    command = [
+        sys.executable, "-m", "bench.probes.cold_start", "--child",
+        f"--partition-id={args.partition_id}", f"--num-partitions={args.num_partitions}",
+        f"--cache-dir={cache_dir}", f"--checkpoint={checkpoint}",
+        f"--image-dir={image_dir}", f"--config={args.config}",
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["stages"] = {"process start": result["start"] - spawned, **result["stages"]}
     return result
-
-
-# ---------------------------------------------------------------- the document
-# A ``--out`` document holds the command line, the ``setting``, the ``machine``, the
-# stages of the ``first`` process (empty caches) and of each later one (``runs``), in
-# seconds, each in the order the process ran them, and ``median_s`` per stage over the runs.
-WRITER = "bench/probes/cold_start.py"
-
-
-def _need(mapping: Any, key: str, where: str) -> Any:
-    from bench.probes.result_file import need
-
-    return need(mapping, key, where, WRITER)
-
-
-def stage_medians(document: Mapping[str, Any]) -> dict[str, float]:
-    """Each stage's median over the ``runs`` (the fresh processes after the first), in the
-    order of the first run; a run without a stage the others have is named."""
-    runs = _need(document, "runs", "the document")
-    if not isinstance(runs, Sequence) or not runs:
-        raise ValueError("the document: 'runs' holds no processes")
-    stages = [_need(run, "stages", f"runs[{i}]") for i, run in enumerate(runs)]
-    names = list(_need(runs[0], "stages", "runs[0]"))
-    for i, run in enumerate(stages):
-        for name in names:
-            _need(run, name, f"runs[{i}].stages")
-    return {n: float(statistics.median(float(run[n]) for run in stages)) for n in names}
-
-
-def make_document(
-    argv: Sequence[str],
-    setting: Mapping[str, Any],
-    first: Mapping[str, float],
-    runs: Sequence[Mapping[str, float]],
-    load_start: Sequence[float],
-    load_end: Sequence[float],
-) -> dict[str, Any]:
-    """What ``--out`` writes: every process's stages with what they were measured under."""
-    from bench.probes.result_file import header
-
-    document: dict[str, Any] = {
-        **header(WRITER, argv, setting, load_start, load_end),
-        "first": {"stages": dict(first)},
-        "runs": [{"stages": dict(stages)} for stages in runs],
-    }
-    document["median_s"] = stage_medians(document)
-    return document
 
 
 # ---------------------------------------------------------------- command
@@ -246,14 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
     if args.child:
-        child(
-            args.partition_id,
-            args.num_partitions,
-            args.cache_dir,
-            args.checkpoint,
-            args.image_dir,
-            args.config,
-        )
+        dirs = (args.cache_dir, args.checkpoint, args.image_dir)
+        child(args.partition_id, args.num_partitions, *dirs, args.config)
         return
     if args.repeats < 1:
         parser.error(f"--repeats = {args.repeats}: at least 1 cold process after the first")
@@ -271,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    from bench.probes.result_file import write
+    from bench.probes.result_file import header, write
     from pep_fedpt.engine import pick_device
     from pep_fedpt.models import create_backbone
 
@@ -303,14 +229,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pixel_cache": cfg.data.pixel_cache,
         "overrides": args.config,
     }
-    document = make_document(
-        sys.argv[1:] if argv is None else list(argv),
-        setting,
-        first["stages"],
-        [run["stages"] for run in runs],
-        load_start,
-        os.getloadavg(),
-    )
+    # The ``first`` process (empty caches) apart; ``median_s``: each stage over the ``runs``.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header("bench/probes/cold_start.py", argv, setting, load_start, os.getloadavg())
+    later = [run["stages"] for run in runs]
+    document |= {
+        "first": {"stages": first["stages"]},
+        "runs": [{"stages": stages} for stages in later],
+        "median_s": {n: statistics.median(stages[n] for stages in later) for n in later[0]},
+    }
     if args.out is not None:
         write(args.out, document)
     print(json.dumps(document["median_s"], indent=1))

@@ -26,7 +26,7 @@ leaves every figure measured so far:
 
 Weights are random (no network on a lent GPU machine): the figures are costs, not
 accuracies. ``--device cpu --tiny`` runs the same code at tiny sizes (the integration tier
-runs it). The step code is ``bench/probes/ccmp_step.py``'s and ``bench/probes/fedmvp_measure.py``'s.
+runs it). The step code is ``bench/probes/ccmp_step.py``'s and ``bench/probes/fedmvp_step.py``'s.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.probes.result_file import header, need
+from bench.probes.result_file import header, write
 from pep_fedpt.local_flwr import BIN, flwr_env, processes_of_home, stop_superlink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,15 +82,9 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 def known_gpu(name: str) -> str | None:
     """The ``PEAK_TFLOPS`` row of a CUDA device name (``torch.cuda.get_device_name``), or
     None: "NVIDIA H100 80GB HBM3" is the SXM board, "NVIDIA H100 PCIe" the PCIe one."""
-    if "H200" in name:
-        return "H200"
     if "H100" in name:
-        if "NVL" in name:
-            return "H100 NVL"
-        return "H100 PCIe" if "PCIe" in name else "H100 SXM"
-    if "A100" in name:
-        return "A100"
-    return None
+        return next((f"H100 {b}" for b in ("NVL", "PCIe") if b in name), "H100 SXM")
+    return next((board for board in ("H200", "A100") if board in name), None)
 
 
 @dataclass(frozen=True)
@@ -165,10 +159,6 @@ TINY = Sizes(
     budgets={"data": 60, "vit": 120, "fedmvp": 120, "simulation": 300},
 )
 STAGES = ("data", "vit", "fedmvp", "simulation")
-
-
-def _need(mapping: Any, key: str, where: str) -> Any:
-    return need(mapping, key, where, WRITER)
 
 
 # ---------------------------------------------------------------- the device
@@ -265,19 +255,29 @@ def measure_step(
     }
 
 
-def figures(row: dict[str, Any], batch: int, peak: Mapping[str, float] | None) -> None:
-    """images/s and model-FLOPs utilisation from a measured row (in place)."""
-    row["images_per_s"] = batch / row["median_step_s"]
-    tflops = peak.get(row["precision"]) if peak else None
-    achieved = row["flops"] / row["median_step_s"]
-    row["achieved_tflops"] = achieved / 1e12
-    row["mfu"] = achieved / (tflops * 1e12) if tflops else None
-
-
-def out_of_memory(exc: BaseException) -> bool:
+def measured_row(
+    row: dict[str, Any],
+    step: Callable[[], Any],
+    device: Any,
+    sizes: Sizes,
+    deadline: float,
+) -> dict[str, Any]:
+    """``row`` with ``measure_step``'s figures, images/s and model-FLOPs utilisation, or
+    ``error`` when the device ran out of memory (a finding: the next one still runs)."""
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
+    try:
+        row |= measure_step(step, device, sizes, deadline)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return row | {"error": "out of memory"}
+    peak = device_facts(device)["peak_tflops"]
+    tflops = peak.get(row["precision"]) if peak else None
+    achieved = row["flops"] / row["median_step_s"]
+    row["images_per_s"] = row["batch"] / row["median_step_s"]
+    row["achieved_tflops"] = achieved / 1e12
+    row["mfu"] = achieved / (tflops * 1e12) if tflops else None
+    return row
 
 
 # ---------------------------------------------------------------- stages
@@ -332,7 +332,6 @@ def stage_vit(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: floa
     cached_z = torch.randn(max(sizes.batches), width, generator=gen).to(device)
     prototypes = torch.randn(classes, width, generator=gen).to(device)
     log_prior = smoothed_prior(torch.full((classes,), 50)).log().to(device)
-    peak = device_facts(device)["peak_tflops"]
     rows, notes = [], []
     for precision in sizes.precisions:
         for batch in sizes.batches:
@@ -346,18 +345,9 @@ def stage_vit(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: floa
                 def weights(is_ccmp: bool = method == "pep-fedpt", z: Any = z, o: Any = ones):
                     return mixing_weights(z, prototypes, log_prior, 0.1) if is_ccmp else o
 
-                optimizer = sgd(model)
-                row: dict[str, Any] = {"method": method, "precision": precision, "batch": batch}
-                try:
-                    step = partial(train_step, model, optimizer, x, y, weights, precision)
-                    row |= measure_step(step, device, sizes, deadline)
-                    figures(row, batch, peak)
-                except RuntimeError as exc:
-                    if not out_of_memory(exc):
-                        raise
-                    row["error"] = "out of memory"
-                    torch.cuda.empty_cache()
-                rows.append(row)
+                step = partial(train_step, model, sgd(model), x, y, weights, precision)
+                row = {"method": method, "precision": precision, "batch": batch}
+                rows.append(measured_row(row, step, device, sizes, deadline))
     return {
         "rows": rows,
         "ratios": ccmp_ratios(rows),
@@ -390,7 +380,7 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
     """FedMVP steps: CLIP image tower with the PromptFormer's prompts, a client's bank."""
     import torch
 
-    from bench.probes.fedmvp_measure import DEFAULT_ATTRIBUTES, phrase_table, train_step
+    from bench.probes.fedmvp_step import DEFAULT_ATTRIBUTES, phrase_table, train_step
     from pep_fedpt.config import FedMVPConfig
     from pep_fedpt.fedmvp import FedMVPModel, build_clip, build_text_bank
 
@@ -406,7 +396,7 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
     with torch.no_grad():
         flipped = model.frozen_features(images.flip(-1)).float()  # g(x'), cached by clients
     params = [p for p in model.promptformer.parameters() if p.requires_grad]
-    peak = device_facts(device)["peak_tflops"]
+    former = type(model.promptformer).__name__  # the FLOP counter keys modules by class
     rows, notes = [], []
     for precision in sizes.precisions:
         for batch in sizes.batches:
@@ -416,18 +406,11 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
             x, y, target = images[:batch], labels[:batch], flipped[:batch]
             optimizer = torch.optim.SGD(params, lr=0.003, momentum=0.9, weight_decay=1e-5)
             model.train()
-            row: dict[str, Any] = {"method": "fedmvp", "precision": precision, "batch": batch}
-            try:
-                step = partial(train_step, model, optimizer, x, y, bank, precision, target)
-                row |= measure_step(step, device, sizes, deadline)
-                former = type(model.promptformer).__name__  # the counter keys modules by class
+            step = partial(train_step, model, optimizer, x, y, bank, precision, target)
+            row = {"method": "fedmvp", "precision": precision, "batch": batch}
+            row = measured_row(row, step, device, sizes, deadline)
+            if "flops_by_module" in row:
                 row["promptformer_flops"] = row["flops_by_module"].get(former, 0)
-                figures(row, batch, peak)
-            except RuntimeError as exc:
-                if not out_of_memory(exc):
-                    raise
-                row["error"] = "out of memory"
-                torch.cuda.empty_cache()
             rows.append(row)
     return {
         "rows": rows,
@@ -554,21 +537,12 @@ def stage_simulation(
         f"client-resources-num-gpus={sizes.sim_gpus}"
     )
     overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
-    command = [
-        str(BIN / "flwr"),
-        "run",
-        ".",
-        "--stream",
-        "-c",
-        overrides,
-        "--federation-config",
-        federation,
-    ]
+    command = ["run", ".", "--stream", "-c", overrides, "--federation-config", federation]
     sampler = MemorySampler(home, device.type == "cuda")
     log: list[str] = []
     start = time.monotonic()
     process = subprocess.Popen(
-        command,
+        [str(BIN / "flwr"), *command],
         cwd=ROOT,
         env=flwr_env(home),
         text=True,
@@ -613,16 +587,7 @@ def stage_simulation(
         "clientapp_processes": len(clientapps),
         "gpu_note": sampler.gpu_note,
         "peak_gpu_total_bytes": sampler.peak_gpu_total_bytes,
-        "command": [
-            "flwr",
-            "run",
-            ".",
-            "--stream",
-            "-c",
-            overrides,
-            "--federation-config",
-            federation,
-        ],
+        "command": ["flwr", *command],
         "log_tail": "".join(log[-40:]) if not finished else "",
     }
 
@@ -664,14 +629,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             t0 = time.monotonic()
             try:
                 if name == "data":
-                    result = stage_data(args.cifar100, work)
-                    data = result
-                elif name == "vit":
-                    result = stage_vit(sizes, device, data, deadline)
-                elif name == "fedmvp":
-                    result = stage_fedmvp(sizes, device, data, deadline)
-                else:
+                    result = data = stage_data(args.cifar100, work)
+                elif name == "simulation":
                     result = stage_simulation(sizes, device, data, work, deadline)
+                else:
+                    stage = stage_vit if name == "vit" else stage_fedmvp
+                    result = stage(sizes, device, data, deadline)
                 skipped = bool(result.get("notes"))
                 entry |= {"status": "partial" if skipped else "done", **result}
             except Exception as exc:  # a failed stage is a finding; the next ones still run
@@ -681,8 +644,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         document["stages"][name] = entry
         document["machine"]["loadavg_at_end"] = list(os.getloadavg())
-        from bench.probes.result_file import write
-
         write(args.out, document)
         print(f"device_check: {name} {entry['status']}", file=sys.stderr, flush=True)
     return document
@@ -691,16 +652,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 def verdict(document: Mapping[str, Any]) -> str | None:
     """Whether PEP-FedPT in bf16 met the MFU target, at its best batch (None: unknown)."""
     rows = document.get("stages", {}).get("vit", {}).get("rows", [])
-    mfus = [
-        r["mfu"]
-        for r in rows
-        if r.get("method") == "pep-fedpt"
-        and r.get("precision") == "bf16"
-        and r.get("mfu") is not None
-    ]
-    if not mfus:
+    mine = [r for r in rows if (r.get("method"), r.get("precision")) == ("pep-fedpt", "bf16")]
+    best = max((r["mfu"] for r in mine if r.get("mfu") is not None), default=None)
+    if best is None:
         return None
-    best = max(mfus)
     return f"PEP-FedPT bf16 MFU {best:.1%}: target >= {MFU_TARGET:.0%} " + (
         "met" if best >= MFU_TARGET else "MISSED"
     )
@@ -744,19 +699,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--device = {args.device!r}: use cpu, cuda or cuda:<index>")
     if args.cifar100 is None:
         args.cifar100 = next((p for p in DEFAULT_TARBALLS if p.is_file()), DEFAULT_TARBALLS[0])
-    if args.device.startswith("cuda") and not _cuda_available():
+    if args.device.startswith("cuda") and not __import__("torch").cuda.is_available():
         parser.error(f"--device = {args.device!r}: torch sees no CUDA device here")
     document = run(args, sys.argv[1:] if argv is None else list(argv))
     print(f"device_check: every figure is in {args.out}")
     line = verdict(document)
     if line:
         print(line)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

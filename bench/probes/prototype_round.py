@@ -1,10 +1,7 @@
 """Memory of the prototype round: the ServerApp's traced peak while the real
 ``PEPFedPT.prototype_round`` asks N nodes for their per-class feature sums.
 
-Run from the repository root::
-
-    python -m bench.probes.prototype_round --nodes 1000,4000 --classes 100 --dim 768 \\
-        --out bench/results/prototype-round.json
+The commands and what they showed: bench/probes/README.md.
 
 The nodes are a synthetic ``Grid`` whose replies (C x D float32 sums, C counts, a
 partition id) are built only when the strategy pulls them, as Flower's grids deserialise
@@ -15,9 +12,8 @@ entry, its reply counters); holding every reply, as the round did before, would 
 replies. ``tracemalloc`` traces the whole process during the round (strategy and grid);
 the setup (the nodes' reply tables, the initial state) is built before tracing starts.
 
-``--out`` writes, atomically, per node count the peak, what the round keeps afterwards
-and the replies' bytes, with the settings, command line and machine
-(``bench.probes.result_file.header``); the runs and the peak's growth per node are printed.
+``--out`` writes per node count the peak, what the round keeps afterwards and the replies'
+bytes (``bench.probes.result_file.header`` first); the runs and growth are printed.
 """
 
 from __future__ import annotations
@@ -32,13 +28,11 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from bench.probes.result_file import header
-from server_app.inprocess import incoming_message
+from server_app.inprocess import InProcessGrid, incoming_message
 from strategies import wire
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/prototype_round.py"
 TABLES = 8  # distinct reply contents, reused round robin (built before tracing)
 
@@ -70,9 +64,10 @@ def parse_nodes(text: str) -> list[int]:
     return sorted(counts)
 
 
-class SyntheticGrid(Grid):
+class SyntheticGrid(InProcessGrid):
     """A Flower ``Grid`` of ``num_nodes`` nodes whose prototype replies are built when
-    pulled (from ``TABLES`` precomputed sums), so that the grid itself holds none."""
+    pulled (from ``TABLES`` precomputed sums), so that the grid itself holds none; the
+    rest of Grid's abstract surface is ``InProcessGrid``'s."""
 
     def __init__(self, num_nodes: int, classes: int, dim: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -86,20 +81,6 @@ class SyntheticGrid(Grid):
             self.tables.append((sums, counts))
         self._pending: dict[str, tuple[int, Message]] = {}  # message id -> (node, message)
         self._next = 0
-
-    # Grid's abstract surface; only what the strategy's prototype round uses is real.
-    def set_run(self, run_id: int) -> None:  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def run(self):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, *args, **kwargs):  # type: ignore[override]  # pragma: no cover
-        raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
@@ -217,16 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "pull_batch": pull_batch,
         "reply_bytes": sums_bytes(args.classes, args.dim),
     }
-    document = {
-        **header(
-            WRITER,
-            sys.argv[1:] if argv is None else list(argv),
-            setting,
-            load_start,
-            os.getloadavg(),
-        ),
-        "runs": runs,
-    }
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header(WRITER, argv, setting, load_start, os.getloadavg()) | {"runs": runs}
     if args.out is not None:
         write(args.out, document)
     growth = growth_per_node(runs)

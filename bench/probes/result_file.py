@@ -2,8 +2,8 @@
 as a sentence, an atomic write, and a key lookup whose error names the missing figure.
 
 The probes of ``bench/probes/`` write such documents (``header`` first) into
-``bench/results/``; their ``--report`` reads one back, so a document that lacks a figure
-must say which one and where, not raise a bare KeyError.
+``bench/results/``; ``client_memory --report`` reads one back, so a document that lacks a
+figure must say which one and where, not raise a bare KeyError.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """How the server's cost grows with the number of SuperNodes: real ``flwr run .``s in
 Flower's simulation engine at several federation sizes, measured side by side.
 
-Run from the repository root (the venv's ``flwr`` next to ``sys.executable``)::
-
-    python -m bench.probes.scale --nodes 100,1000 --out bench/results/scale.json
-    python -m bench.probes.scale --report bench/results/scale.json     # the table again
+The command and what it showed: bench/probes/README.md.
 
 Each run: PEP-FedPT with a tiny random ViT (depth 2, width 64, 16 px; no pre-training),
 CIFAR-10 as JPEG folders (``data.dataset = "cifar10-folder"``, IID partitions of the
@@ -38,8 +35,6 @@ Per run it reports:
   and ``-shm`` files) after the run.
 - **the run's result files** (``checkpoint.npz``, ``partition.json``, ...): their sizes,
   which carry the strategy's per-node bookkeeping.
-
-The JSON (``--out``) holds every figure; bench/probes/README.md says what they showed.
 """
 
 from __future__ import annotations
@@ -61,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.probes import sim_overhead
+from bench.probes.result_file import header, write
 from pep_fedpt.local_flwr import (
     BIN,
     COMPLETED,
@@ -71,6 +68,7 @@ from pep_fedpt.local_flwr import (
     stop_superlink,
     superlinks,
 )
+from pep_fedpt.preflight import toml_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEP_FEDPT_CACHE", Path.home() / ".cache" / "pep-fedpt"))
@@ -83,42 +81,16 @@ SUMMARY_MARK = "pep-fedpt summary"
 TICKS = float(os.sysconf("SC_CLK_TCK"))
 PROTOTYPE_MARK = "prototype round: asking"
 
-# The tiny random ViT of bench/probes/sim_overhead.py: no pre-training, seconds per round.
+# The tiny random ViT of sim_overhead (no pre-training, seconds per round) on CIFAR-10 files.
 TINY: dict[str, str | int | float] = {
     "method": "pep-fedpt",
-    "model.pretrained": "random",
-    "model.depth": 2,
-    "model.embed-dim": 64,
-    "model.num-heads": 2,
-    "model.img-size": 16,
+    **sim_overhead.TINY,
     "data.dataset": "cifar10-folder",
     "data.partitioner": "iid",
 }
 
 
-# ---------------------------------------------------------------- pure helpers (tested)
-def parse_status_kib(text: str, field_name: str) -> int | None:
-    """Bytes of one ``/proc/<pid>/status`` field in kB (``VmHWM``, ``VmRSS``), or None
-    when the text has no such field (a kernel thread, a process gone)."""
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name == field_name:
-            parts = value.split()
-            if len(parts) != 2 or parts[1] != "kB" or not parts[0].isdigit():
-                raise ValueError(f"/proc status line {line!r}: expected '<n> kB'")
-            return int(parts[0]) * 1024
-    return None
-
-
-def parse_stat_cpu_seconds(text: str, ticks_per_second: float) -> float:
-    """User + system CPU seconds of a process from its ``/proc/<pid>/stat`` line (fields
-    14 and 15, in clock ticks; counted after the ``)`` that ends its name)."""
-    fields = text.rsplit(")", 1)[-1].split()
-    if len(fields) < 13:
-        raise ValueError(f"/proc stat line {text[:80]!r}: too few fields")
-    return (int(fields[11]) + int(fields[12])) / ticks_per_second
-
-
+# ---------------------------------------------------------------- the log
 def phase_times(lines: Sequence[str]) -> dict[int, dict[str, dict[str, float]]]:
     """Per round and phase, the strategy's own ``replies`` and in-app ``seconds`` (its
     ``round R PHASE: a/b replies in S s`` lines; round 0 is the prototype round)."""
@@ -137,35 +109,25 @@ def phase_times(lines: Sequence[str]) -> dict[int, dict[str, dict[str, float]]]:
     return found
 
 
-def round_seconds(marks: Sequence[float], end: float) -> list[float]:
-    """Seconds of each round, from its mark to the next (the last to ``end``)."""
-    bounds = [*marks, end]
-    return [b - a for a, b in itertools.pairwise(bounds)]
-
-
-def steady_state(rounds: Sequence[float]) -> float:
-    """The median of rounds 2.. (round 1 also pays each actor's first clients)."""
-    if len(rounds) < 2:
-        raise ValueError(f"{len(rounds)} round(s): a steady state needs rounds 2..R")
-    return statistics.median(rounds[1:])
-
-
 # ---------------------------------------------------------------- processes and /proc
-def _read(path: Path) -> str | None:
+def _proc(pid: int, name: str) -> str:
+    """``/proc/<pid>/<name>``, or "" when the process is gone (or not ours to read)."""
     try:
-        return path.read_text()
-    except OSError:  # gone, or not ours to read
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    raw = _read(Path(f"/proc/{pid}/cmdline"))
-    return "" if raw is None else raw.replace("\0", " ")
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""
 
 
 def _status_bytes(pid: int, field_name: str) -> int | None:
-    text = _read(Path(f"/proc/{pid}/status"))
-    return None if text is None else parse_status_kib(text, field_name)
+    """A ``/proc/<pid>/status`` field in bytes (``VmHWM``, ``VmRSS``), None if absent."""
+    found = re.search(rf"^{field_name}:\s+(\d+) kB$", _proc(pid, "status"), re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds (``/proc/<pid>/stat`` fields 14 and 15, after the name)."""
+    fields = _proc(pid, "stat").rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS if len(fields) > 12 else None
 
 
 @dataclass
@@ -211,7 +173,7 @@ class MemoryWatch:
                 (
                     p
                     for p in sorted(process_tree({self.superlink}))
-                    if "flwr-simulation" in _cmdline(p)
+                    if "flwr-simulation" in _proc(p, "cmdline")
                 ),
                 None,
             )
@@ -219,9 +181,8 @@ class MemoryWatch:
             return
         if (hwm := _status_bytes(self.simulation, "VmHWM")) is not None:
             self.simulation_hwm = hwm
-        stat = _read(Path(f"/proc/{self.simulation}/stat"))
-        if stat is not None:
-            self.simulation_cpu_s = parse_stat_cpu_seconds(stat, TICKS)
+        if (cpu := _cpu_seconds(self.simulation)) is not None:
+            self.simulation_cpu_s = cpu
         below = process_tree({self.simulation}) - {self.simulation}
         if below:
             total = sum(_status_bytes(pid, "VmRSS") or 0 for pid in below)
@@ -261,7 +222,7 @@ def overrides(
         # Every node connected before the prototype round, so it asks all N.
         "fed.min-available-nodes": nodes,
     }
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in config.items())
+    return " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
 
 
 def run_once(
@@ -320,7 +281,8 @@ def run_once(
         )
     metrics = json.loads((out / "metrics.json").read_text())
     phases = phase_times(log)
-    rounds_s = round_seconds(marks, end if end is not None else finished)
+    # From each round's mark to the next; the last to the summary line.
+    rounds_s = [b - a for a, b in itertools.pairwise([*marks, end or finished])]
     database = [home / "local-superlink" / f"state.db{s}" for s in ("", "-wal", "-shm")]
     return {
         "nodes": nodes,
@@ -331,7 +293,8 @@ def run_once(
         "startup_s": None if asked is None else asked - start,
         "prototype_to_round1_s": None if asked is None else marks[0] - asked,
         "round_s": rounds_s,
-        "steady_round_s": steady_state(rounds_s) if rounds >= 2 else None,
+        # The median of rounds 2.. (round 1 also pays each actor's first clients).
+        "steady_round_s": statistics.median(rounds_s[1:]) if rounds >= 2 else None,
         "total_s": finished - start,
         "phases": {str(r): p for r, p in sorted(phases.items())},
         "bytes": {
@@ -385,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not 0 < args.fraction <= 1:
         parser.error(f"--fraction {args.fraction}: in (0, 1]")
     data_dir = ensure_data(args.data_dir.expanduser().resolve())
-    runs = []
+    load_start, runs = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-scale-") as tmp:
         for repeat in range(args.repeats):
             for nodes in counts:
@@ -395,15 +358,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 result["repeat"] = repeat
                 runs.append(result)
                 print(json.dumps(result), flush=True)
-    document = {
-        "command": " ".join(["python", "-m", "bench.probes.scale", *(argv or sys.argv[1:])]),
-        "setting": {**TINY, "num-server-rounds": args.rounds, "fraction": args.fraction},
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())},
-        "runs": runs,
+    setting = {**TINY, "num-server-rounds": args.rounds, "fraction": args.fraction}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    document = header("bench/probes/scale.py", argv, setting, load_start, os.getloadavg()) | {
+        "runs": runs
     }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(document, indent=1) + "\n")
+        write(args.out, document)
         print(f"scale: wrote {args.out}")
 
 

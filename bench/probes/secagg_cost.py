@@ -1,8 +1,6 @@
 """Cost of the prototype round under SecAgg+ against the plain round: bytes and time.
 
-Run from the repository root::
-
-    python -m bench.probes.secagg_cost --nodes 10,100 --classes 10 --dim 768 --num-shares 0,11
+The commands and what they showed: bench/probes/README.md.
 
 The real ``PEPFedPT.prototype_round`` runs against N in-process nodes that answer both
 the plain QUERY and the ``query.secagg`` stages (``client_app/secagg.py``) with random
@@ -20,7 +18,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from logging import WARNING
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -30,8 +27,6 @@ from client_app import secagg as client_secagg
 from server_app.inprocess import InProcessGrid, set_task_identity
 from strategies import PEPFedPT, traffic, wire
 from strategies import secagg as server_secagg
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def node_app(stats: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> ClientApp:

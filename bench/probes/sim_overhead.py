@@ -1,12 +1,7 @@
 """The same rounds two ways: a real ``flwr run .`` in Flower's simulation engine, and a
 plain loop that calls the same ServerApp and ClientApp code in one process.
 
-Run from the repository root (the venv's ``flwr`` on PATH or next to ``sys.executable``)::
-
-    python -m bench.probes.sim_overhead                       # tiny ViT, 4 clients, 3 rounds
-    python -m bench.probes.sim_overhead --clients 4 --rounds 4
-    python -m bench.probes.sim_overhead --repeats 3 --out bench/results/sim-overhead.json
-    python -m bench.probes.sim_overhead -c "model.depth=4 model.img-size=32"    # longer rounds
+The commands and what they showed: bench/probes/README.md.
 
 The plain loop is ``server_app/inprocess.py``'s ``InProcessGrid``: the real ServerApp (strategy,
 aggregation, central evaluation) and the real ClientApp handler per node, with no
@@ -25,8 +20,7 @@ what an actor pays once per partition it serves, cached after that by ``client_f
 each loop in a fresh Python process of its own (as cold as the simulation's processes, so
 no repeat starts warmer than the first); the steady-state ratio is reported per repeat
 and as their median (the target is <= 1.10, and one run on a shared machine is noisy).
-``--out`` writes every figure (and the command line, the machine's CPUs and its load
-averages at the start and the end) as JSON, atomically; the summary is printed.
+``--out`` writes every figure with ``bench.probes.result_file.header``; the summary is printed.
 """
 
 from __future__ import annotations
@@ -45,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.probes.result_file import header, need, write
+from bench.probes.result_file import header, write
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_MARK = "[ROUND "
@@ -80,7 +74,6 @@ def simulation(
     clients: int, rounds: int, out: Path, home: Path, config: Mapping[str, Any] = TINY
 ) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
-    # Here, not at the top: ``--report`` and ``render_table`` need none of the runner.
     from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
     from pep_fedpt.preflight import toml_value
 
@@ -236,7 +229,7 @@ def plain_loop_in_child(
     out.mkdir(parents=True, exist_ok=True)
     result = out / "loop.json"
     command = [
-        sys.executable, __file__, "--loop-child", str(out),
+        sys.executable, "-m", "bench.probes.sim_overhead", "--loop-child", str(out),
         "--clients", str(clients), "--rounds", str(rounds), "-c", overrides,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -245,58 +238,15 @@ def plain_loop_in_child(
     return dict(json.loads(result.read_text()))
 
 
-# ---------------------------------------------------------------- the document
-# A ``--out`` document (``document``) holds, besides the command line, the setting and the
-# machine, one entry per repeat: ``{"simulation": {"startup", "rounds", "total"},
-# "plain_loop": {"startup", "rounds", "total", "encode_per_round", "client_build"}}``, in
-# seconds, and its ``summary`` (steady states and ratios) derived from those.
-
-
-def _need(mapping: Any, key: str, where: str) -> Any:
-    return need(mapping, key, where, "bench/probes/sim_overhead.py")
-
-
-def steady_state(rounds: Sequence[float], where: str = "rounds") -> float:
-    """The median of rounds 2.. (round 1 also pays each actor's first clients)."""
-    if len(rounds) < 2:
-        raise ValueError(f"{where}: {len(rounds)} round(s); a steady state needs rounds 2..R")
-    return float(statistics.median(rounds[1:]))
-
-
-def summary(document: Mapping[str, Any]) -> dict[str, Any]:
-    """Each repeat's steady-state rounds and ratio simulation / plain loop, and the median
-    ratio over the repeats."""
-    repeats = _need(document, "repeats", "the document")
-    if not isinstance(repeats, Sequence) or not repeats:
-        raise ValueError("the document: 'repeats' holds no runs")
+def summary(repeats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each repeat's steady-state rounds (the median of rounds 2..R: round 1 also pays
+    each actor's first clients) and ratio simulation / plain loop, and their median."""
     each = []
-    for i, repeat in enumerate(repeats):
-        where = f"repeats[{i}]"
-        sim_rounds = _need(_need(repeat, "simulation", where), "rounds", f"{where}.simulation")
-        loop_rounds = _need(_need(repeat, "plain_loop", where), "rounds", f"{where}.plain_loop")
-        sim = steady_state(sim_rounds, f"{where}.simulation.rounds")
-        loop = steady_state(loop_rounds, f"{where}.plain_loop.rounds")
-        if loop <= 0:
-            raise ValueError(f"{where}.plain_loop.rounds: a steady state of {loop} s")
+    for repeat in repeats:
+        sim = statistics.median(repeat["simulation"]["rounds"][1:])
+        loop = statistics.median(repeat["plain_loop"]["rounds"][1:])
         each.append({"simulation_steady_s": sim, "loop_steady_s": loop, "ratio": sim / loop})
-    ratios = [e["ratio"] for e in each]
-    return {"repeats": each, "ratio_median": float(statistics.median(ratios))}
-
-
-def make_document(
-    argv: Sequence[str],
-    setting: Mapping[str, Any],
-    repeats: Sequence[Mapping[str, Any]],
-    load_start: Sequence[float],
-    load_end: Sequence[float],
-) -> dict[str, Any]:
-    """What ``--out`` writes: the measurements with what they were measured under."""
-    document: dict[str, Any] = {
-        **header("bench/probes/sim_overhead.py", argv, setting, load_start, load_end),
-        "repeats": [dict(r) for r in repeats],
-    }
-    document["summary"] = summary(document)
-    return document
+    return {"repeats": each, "ratio_median": statistics.median(e["ratio"] for e in each)}
 
 
 # ---------------------------------------------------------------- command
@@ -354,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides": args.config,
     }
     argv = sys.argv[1:] if argv is None else list(argv)
-    document = make_document(argv, setting, repeats, load_start, os.getloadavg())
+    # Per repeat: {"simulation": {"startup", "rounds", "total"}, "plain_loop": {"startup",
+    # "rounds", "total", "encode_per_round", "client_build"}}, in seconds.
+    document = header("bench/probes/sim_overhead.py", argv, setting, load_start, os.getloadavg())
+    document |= {"repeats": repeats, "summary": summary(repeats)}
     if args.out is not None:
         write(args.out, document)
     print(json.dumps(document["summary"], indent=1))
