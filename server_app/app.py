@@ -122,6 +122,11 @@ def main(grid: Grid, context: Context) -> None:
     refuse_to_overwrite(out, cfg)
     device = pick_device()
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
+    if dp is not None and not server.initial_arrays():
+        raise ConfigError(
+            f"dp.mode = {cfg.dp.mode!r}: method {cfg.method!r} trains nothing, so there is "
+            "no update to clip or noise; use dp.mode = 'off'"
+        )
     strategy.wait_timeout = cfg.fed.wait_timeout
     strategy.evaluate_every = cfg.fed.evaluate_every
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)

@@ -18,7 +18,7 @@ from client_app.app import central_dp_clipping
 from pep_fedpt.config import ConfigError, RunConfig
 from pep_fedpt.methods.registry import method_for
 from server_app.app import build_strategy, central_dp
-from server_app.inprocess import incoming_message
+from server_app.inprocess import Scalar, incoming_message
 from strategies import wire
 from strategies.dp import DPWrapper
 from strategies.privacy_ledger import PrivacyLedger, account_round, largest_share
@@ -307,3 +307,47 @@ def test_unequal_weights_cost_more_epsilon_than_flowers_equal_share_assumes(
     assert costs["skewed"]["update-noise-multiplier"] == pytest.approx(4.0 / 3.4)
     assert costs["skewed"]["epsilon"] > costs["equal"]["epsilon"]  # type: ignore[operator]  # numbers
     assert costs["equal"]["noise-std"] == pytest.approx(4.0 * 0.1 / 4)
+
+
+# Two clients of digits' base classes (tests/test_fedmvp_apps.py's small CLIP run).
+TWO: dict[int, dict[str, Scalar]] = {
+    10 + p: {"partition-id": p, "num-partitions": 2} for p in range(2)
+}
+
+
+def _clip_run(tmp_path: Path, method: str, name: str, **extra: Scalar) -> dict[str, Scalar]:
+    flat = RunConfig().to_flat()
+    flat.update(
+        {
+            "method": method,
+            "num-server-rounds": 2,
+            "output-dir": str(tmp_path / name),
+            "cache-dir": str(tmp_path / "features"),
+            "fedmvp.classes-per-client": 2,
+            "fedmvp.shots": 4,
+            "train.batch-size": 8,
+            **extra,
+        }
+    )
+    return flat
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["promptfl", "fedtpg"])
+def test_clip_text_prompt_methods_run_under_client_side_dp_as_without(
+    method: str, tmp_path: Path, task_identity: None
+) -> None:
+    run_server(_clip_run(tmp_path, method, "plain"), nodes=TWO)
+    dp = {"dp.mode": "client-fixed", "dp.noise-multiplier": 0.0, "dp.clipping-norm": 1e6}
+    run_server(_clip_run(tmp_path, method, "dp", **dp), nodes=TWO)
+    plain, clipped = load_state(tmp_path / "plain"), load_state(tmp_path / "dp")
+    assert sorted(clipped) == sorted(plain) and plain
+    for key in plain:
+        np.testing.assert_allclose(clipped[key], plain[key], rtol=0, atol=1e-6, err_msg=key)
+    assert "dp/clipping-norm" in load_json(tmp_path / "dp" / "metrics.json")[-1]
+
+
+def test_zeroshot_clip_trains_nothing_and_dp_says_so(tmp_path: Path, task_identity: None) -> None:
+    flat = _clip_run(tmp_path, "zeroshot-clip", "run", **{"dp.mode": "server-fixed"})
+    with pytest.raises(ConfigError, match="method 'zeroshot-clip' trains nothing"):
+        run_server(flat, nodes=TWO)

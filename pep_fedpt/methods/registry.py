@@ -328,7 +328,9 @@ def from_record(record: str, key: str, server: str) -> Callable[[Received], np.n
     def read(received: Received) -> np.ndarray:
         if record not in received.records and key in received.config:
             # Under a client-side DP wrapper it rides in the config (one ArrayRecord).
-            return np.asarray(received.config[key], dtype=np.int64)
+            import numpy
+
+            return numpy.asarray(received.config[key], dtype=numpy.int64)
         if record not in received.records or key not in received.records[record]:
             raise ValueError(
                 f"this method needs the record {record!r} ({key}) in every message; "
