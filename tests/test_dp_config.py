@@ -347,6 +347,7 @@ def test_clip_text_prompt_methods_run_under_client_side_dp_as_without(
     assert "dp/clipping-norm" in load_json(tmp_path / "dp" / "metrics.json")[-1]
 
 
+@pytest.mark.integration  # builds the CLIP server: seconds, not the unit tier's milliseconds
 def test_zeroshot_clip_trains_nothing_and_dp_says_so(tmp_path: Path, task_identity: None) -> None:
     flat = _clip_run(tmp_path, "zeroshot-clip", "run", **{"dp.mode": "server-fixed"})
     with pytest.raises(ConfigError, match="method 'zeroshot-clip' trains nothing"):
