@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pep_fedpt.atomic import atomic_write
+from pep_fedpt.config import RunConfig
 
 CHECKPOINT = "checkpoint.npz"
 _META = "__meta__"
@@ -116,10 +117,14 @@ def resume_refusal(
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every run-config key a resume must not change."""
-    keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
+    """``key: saved -> current`` for every run-config key a resume must not change. A key
+    that the saved run predates counts as its default, which every new key keeps to the
+    old behaviour (``dp.mode = "off"``), so an upgrade does not strand a run."""
+    defaults = RunConfig().to_flat()
+    before = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(current)}
+    keys = sorted(set(before) - RESUMABLE_CHANGES)
     return [
-        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        f"{key}: {before[key]!r} -> {current.get(key)!r}"
         for key in keys
-        if saved.get(key) != current.get(key)
+        if before[key] != current.get(key)
     ]

@@ -210,6 +210,14 @@ def test_config_differences_ignores_what_a_resume_may_change() -> None:
     assert config_differences({"seed": 0}, {"seed": 1}) == ["seed: 0 -> 1"]
 
 
+def test_a_run_saved_before_a_key_existed_resumes_at_that_keys_default() -> None:
+    current = RunConfig().to_flat()
+    saved = {k: v for k, v in current.items() if not k.startswith("dp.")}
+    assert config_differences(saved, current) == []
+    changed = {**current, "dp.mode": "server-fixed"}
+    assert config_differences(saved, changed) == ["dp.mode: 'off' -> 'server-fixed'"]
+
+
 def test_random_state_json_round_trip_is_python_compatible() -> None:
     state = random.Random(5).getstate()
     version, internal, gauss = json.loads(json.dumps([state[0], list(state[1]), state[2]]))
