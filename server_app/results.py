@@ -299,6 +299,7 @@ class RunRecorder:
             f"- rounds: {done} of {cfg.fed.num_rounds} done",
             f"- dropped replies: {len(self.dropped)}"
             + (" (reasons in dropped.json)" if self.dropped else ""),
+            *_privacy_lines(cfg, self.rows),
             f"- results: {self.directory}",
             "",
         ]
@@ -336,6 +337,26 @@ def _times(count: SupportsInt | None) -> str:
         return "-"
     number = int(count)
     return "no" if number == 0 else f"{number} time{'s' if number > 1 else ''}"
+
+
+def _privacy_lines(cfg: RunConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """Central DP's line for summary.md: the mode, and the ε the rounds so far spent."""
+    if cfg.dp.mode == "off":
+        return []
+    dp = cfg.dp
+    text = (
+        f"- central DP: {dp.mode}, noise multiplier {dp.noise_multiplier:g}, "
+        f"clipping norm {dp.clipping_norm:g}" + (" at first" if dp.adaptive else "")
+    )
+    spent = [row["dp/epsilon"] for row in rows if "dp/epsilon" in row]
+    if spent:
+        text += (
+            f"; epsilon = {spent[-1]:.4g} at delta = {dp.target_delta:g} after "
+            f"{len(spent)} rounds (docs/privacy.md: how it is counted)"
+        )
+    elif dp.noise_multiplier == 0:
+        text += "; no noise, so no privacy guarantee"
+    return [text]
 
 
 def _backbone_text(info: dict[str, Any] | None) -> str:

@@ -185,6 +185,9 @@ def test_dp_without_noise_and_a_bound_never_reached_ends_as_the_plain_run(
         expected = [1e6, 1e6] if mode == "client-fixed" else [1e6, 1e6 * np.exp(-0.1)]
         np.testing.assert_allclose(bounds, expected)
         assert [row["dp/noise-std"] for row in rows[1:]] == [0.0, 0.0]
+        summary = (tmp_path / mode / "summary.md").read_text()
+        assert f"- central DP: {mode}, noise multiplier 0, clipping norm 1e+06" in summary
+        assert "no noise, so no privacy guarantee" in summary
 
 
 @pytest.mark.integration
@@ -212,6 +215,8 @@ def test_a_bound_that_bites_keeps_the_round_within_it_and_noise_is_seeded(
     assert np.std(noise) == pytest.approx(bound / 3, rel=0.1)
     row = load_json(tmp_path / "noisy-1" / "metrics.json")[-1]
     assert row["dp/noise-std"] == pytest.approx(bound / 3)
+    summary = (tmp_path / "noisy-1" / "summary.md").read_text()
+    assert f"epsilon = {row['dp/epsilon']:.4g} at delta = 1e-05 after 1 rounds" in summary
 
 
 @pytest.mark.integration
