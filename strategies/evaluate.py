@@ -4,7 +4,7 @@
 sampled apart at the same fraction; a round that does not evaluate (``evaluation_round``)
 still draws its sample, so that which nodes train later does not depend on
 ``fed.evaluate-every``. The aggregated record holds the accuracy summaries
-(strategies/aggregation.py) and the per-client accuracies in partition-id order.
+(strategies/summaries.py) and the per-client accuracies in partition-id order.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import ccmp_summary, evaluation_summary, validation_summary
+from strategies.summaries import ccmp_summary, evaluation_summary, validation_summary
 from strategies.validation import check_evaluate_reply, integer, optional_count, reply_metrics
 
 

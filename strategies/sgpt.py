@@ -24,8 +24,9 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import PrototypeTally, RunningMean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
+from strategies.tally import PrototypeTally
 from strategies.validation import check_group_counts
 
 

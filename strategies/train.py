@@ -16,7 +16,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
-from strategies.aggregation import RunningMean, robust_value, scratch_buffer
+from strategies.aggregation import RunningMean, scratch_buffer
+from strategies.robust import robust_value
 from strategies.validation import (
     check_known_counts,
     check_train_reply,

@@ -263,7 +263,7 @@ def test_the_project_clientapp_trains_securely_to_the_plain_rounds_state(
 def test_the_run_config_keys_build_a_secure_strategy_and_refuse_bad_values() -> None:
     from pep_fedpt.config import SECURE_AGGREGATIONS, ConfigError, RunConfig
     from pep_fedpt.methods.registry import method_for
-    from strategies.secagg import MODES
+    from strategies.options import SECURE_AGGREGATIONS as MODES
 
     assert SECURE_AGGREGATIONS == MODES  # the config's copy (it imports no flwr)
 

@@ -24,7 +24,7 @@ from pep_fedpt.models import create_backbone
 from pep_fedpt.schedule import lr_factor
 from server_app.checkpoint import load_checkpoint
 from server_app.inprocess import InProcessGrid
-from strategies.aggregation import validation_summary
+from strategies.summaries import validation_summary
 from strategies.validation import check_validation_counts
 
 
