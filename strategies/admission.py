@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -22,47 +22,16 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
+from strategies.parts import PartsBase
 from strategies.prototype_answers import PrototypeAnswer, fold_answer
-from strategies.records import PartitionEntry, Partitions
-from strategies.secagg import SecAggParams, secure_prototypes
+from strategies.records import PartitionEntry
+from strategies.secagg import secure_prototypes
 from strategies.tally import PrototypeTally
 from strategies.validation import check_prototype_reply, integer, record_arrays, reply_metrics
 
 
-class NodeAdmission:
+class NodeAdmission(PartsBase):
     """The prototype round, late-node admission and the registry of verified nodes."""
-
-    # Set by PromptFedAvg.__init__.
-    counts_only: bool
-    secagg: SecAggParams | None
-    timeout: float
-    min_available_nodes: int
-    dropped: list[tuple[int, int, str]]
-    held_out_nodes: set[int]
-    partitions: Partitions
-    _proto_version: int
-    _node_proto_version: dict[int, int]
-    _node_counts: dict[int, list[int]]
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
-        def _keep_server_arrays(self, state: ArrayRecord) -> ArrayRecord: ...
-        def _judge(
-            self, msg: Message, node: int, check: Callable[[RecordDict, int], str | None]
-        ) -> str | None: ...
-        def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]: ...
-        def _exchange(
-            self,
-            grid: Grid,
-            messages: Iterable[Message],
-            server_round: int,
-            phase: str,
-            consume: Callable[[Message], bool] | None = None,
-        ) -> list[Message]: ...
-        def _set_outgoing(self, messages: list[Message]) -> None: ...
-        def _sent_as(self, reply: Message) -> tuple[int, int]: ...
-        def _sender(self, reply: Message) -> int: ...
 
     def ensure_prototypes(
         self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
@@ -73,7 +42,8 @@ class NodeAdmission:
         state = self.global_state(arrays)
         if self.has_prototypes(state):
             if self._proto_version == 0:
-                self._proto_version = 1
+                # Annotated: mypy infers no type from a Protocol base's declaration.
+                self._proto_version: int = 1
             return state
         return self._keep_server_arrays(self.prototype_round(grid, state, server_round))
 

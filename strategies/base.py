@@ -10,6 +10,7 @@ nodes, the registry of verified counts and partitions), ``strategies/loop.py``
 ``strategies/train.py`` (``TrainAggregation``: ``aggregate_train``, the running sums and
 the merge hooks), ``strategies/evaluate.py`` (``EvaluatePhase``: ``configure_evaluate``,
 ``aggregate_evaluate``); ``strategies/overrides.py`` checks what a subclass overrides.
+What the parts use of one another is declared once, in ``strategies/parts.py``.
 This module holds the options, ``configure_train``, sampling and the message hooks.
 
 What it adds to Flower's FedAvg (Message API), for every method:

@@ -12,12 +12,11 @@ evaluates and records it in its own loop.
 from __future__ import annotations
 
 import io
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -26,8 +25,9 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.records import PartitionEntry, Partitions, partition_json
-from strategies.secagg import SecAggError, SecAggParams, secure_train
+from strategies.parts import PartsBase
+from strategies.records import PartitionEntry, partition_json
+from strategies.secagg import SecAggError, secure_train
 from strategies.validation import record_arrays
 
 
@@ -49,62 +49,8 @@ class RoundEnd:
     checkpoint: dict[str, Any]  # ``RoundLoop.checkpoint()`` at the round's end
 
 
-class RoundLoop:
+class RoundLoop(PartsBase):
     """``start`` (resumable), the secure training round, ``checkpoint``/``restore``."""
-
-    # Set by PromptFedAvg.__init__.
-    secagg: SecAggParams | None
-    timeout: float
-    num_rounds: int
-    kept_state: str
-    dropped: list[tuple[int, int, str]]
-    round_metrics: dict[int, dict[str, float | list[float]]]
-    node_replies: dict[int, dict[str, Any]]
-    updated_rounds: list[int]
-    held_out_nodes: set[int]
-    partitions: Partitions
-    _own_loop: bool
-    _global: ArrayRecord | None
-    _proto_version: int
-    _node_proto_version: dict[int, int]
-    _node_counts: dict[int, list[int]]
-    _rng: random.Random
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def summary(self) -> None: ...
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]: ...
-        def aggregate_train(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
-        def configure_evaluate(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]: ...
-        def aggregate_evaluate(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> MetricRecord | None: ...
-        def server_only(self, key: str) -> bool: ...
-        def secure_per_class(self, key: str) -> bool: ...
-        def _as_given(self, state: ArrayRecord) -> ArrayRecord: ...
-        def _note_updated(self, server_round: int) -> None: ...
-        def ensure_prototypes(
-            self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
-        ) -> ArrayRecord: ...
-        def num_classes(self, arrays: ArrayRecord) -> int: ...
-        def _partition_counts(self) -> dict[int, list[int]]: ...
-        def _exchange(
-            self,
-            grid: Grid,
-            messages: Iterable[Message],
-            server_round: int,
-            phase: str,
-            consume: Callable[[Message], bool] | None = None,
-        ) -> list[Message]: ...
-        def remember_metrics(
-            self, server_round: int, phase: str, metrics: MetricRecord
-        ) -> None: ...
 
     def start(
         self,
