@@ -246,7 +246,7 @@ class RoundLoop(PartsBase):
     def secure_train_round(
         self, grid: Grid, server_round: int, messages: list[Message]
     ) -> tuple[ArrayRecord, MetricRecord]:
-        """One training round under SecAgg+ (strategies/secagg.py): the new state from the
+        """One training round under SecAgg+ (strategies/secagg/): the new state from the
         totals, or, with too few nodes left (SecAggError, logged), the previous state."""
         assert self._global is not None  # configure_train set it
         assert self.secagg is not None  # the loop calls this under secure aggregation only
