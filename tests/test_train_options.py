@@ -187,7 +187,7 @@ SPEC = ImageSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def _indices(subset: object) -> set[int]:
-    return set(np.asarray(subset.indices).tolist())  # type: ignore[attr-defined]
+    return set(np.asarray(subset.indices).tolist())  # type: ignore[attr-defined]  # a torch Subset (indices), passed as whatever split holds it
 
 
 def test_the_validation_split_comes_from_the_training_split_only() -> None:

@@ -10,6 +10,7 @@ from logging import ERROR, INFO, WARNING
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.typing import ConfigRecordValues
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.common.secure_aggregation.quantization import dequantize
@@ -106,9 +107,9 @@ class SecAggServer:
         return lost
 
     def _protocol(
-        self, stage: str, extra: Mapping[str, object], node: int | None = None
+        self, stage: str, extra: Mapping[str, ConfigRecordValues], node: int | None = None
     ) -> RecordDict:
-        record = ConfigRecord({Key.STAGE: stage, **extra})  # type: ignore[dict-item]  # extra: ConfigRecord values
+        record = ConfigRecord({Key.STAGE: stage, **extra})
         content = RecordDict(dict(self.payload.get(node, RecordDict()) if node is not None else {}))
         content[RECORD] = record
         content[wire.CONFIG] = self.task
@@ -140,7 +141,7 @@ class SecAggServer:
                 f"secure aggregation needs at least threshold = {p.threshold} nodes, "
                 f"got {len(nodes)}"
             )
-        setup = {
+        setup: dict[str, ConfigRecordValues] = {
             Key.SAMPLE_NUMBER: len(nodes),
             Key.SHARE_NUMBER: share_num,
             Key.THRESHOLD: p.threshold,
