@@ -1,4 +1,4 @@
-"""The node's side of SecAgg+ (``strategies/secagg.py`` drives the server's).
+"""The node's side of SecAgg+ (``strategies/secagg/`` drives the server's).
 
 Each ``query.secagg`` message is one stage. Setup, share-keys and unmask are Flower's own
 ``secaggplus_mod`` steps, run as they are on its ``SecAggPlusState`` (kept in

@@ -46,8 +46,7 @@ def incoming_message(
     group_id: str = "1",
 ) -> Message:
     """A message as a ClientApp receives it from the SuperLink (node 1)."""
-    # Flower builds a received message from its metadata; its public overloads do not.
-    return Message(  # type: ignore[call-overload]
+    return Message(  # type: ignore[call-overload]  # Flower builds a received message from its metadata; its public overloads do not
         content=content,
         metadata=Metadata(
             run_id=1,

@@ -32,7 +32,7 @@ ACCURACIES = (
 VALIDATION = Accuracy(
     "evaluate/val-mean-client-accuracy", "val mean client acc", "validation mean client"
 )
-# PEP-FedPT's zero-training diagnostic (strategies.aggregation.ccmp_summary): the CCMP
+# PEP-FedPT's zero-training diagnostic (strategies.summaries.ccmp_summary): the CCMP
 # mixing weights used directly as a classifier, with each client's own prior and with a
 # uniform one; only PEP-FedPT runs record it, and a table shows it only where one did.
 CCMP_DIAGNOSTICS = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -22,105 +22,16 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import PrototypeTally
-from strategies.records import PartitionEntry, Partitions
-from strategies.secagg import SecAggParams, secure_prototypes
+from strategies.parts import PartsBase
+from strategies.prototype_answers import PrototypeAnswer, fold_answer
+from strategies.records import PartitionEntry
+from strategies.secagg import secure_prototypes
+from strategies.tally import PrototypeTally
 from strategies.validation import check_prototype_reply, integer, record_arrays, reply_metrics
 
 
-class PrototypeAnswer(NamedTuple):
-    """One valid prototype-round reply, as ``_ask_for_prototypes`` hands it on."""
-
-    sent_index: int  # the index its query was sent at
-    node: int
-    pid: int | None  # its partition id, if it reported one
-    held_out: bool
-    proto: dict[str, np.ndarray]  # its ``proto`` arrays: views of the reply's bytes
-
-
-def _fold(
-    answer: PrototypeAnswer,
-    reported: list[int],
-    partitions: dict[int, tuple[int, PartitionEntry]],
-    held_out: set[int],
-    tally: PrototypeTally,
-    where: str,
-) -> bool:
-    """One valid prototype answer, as the first round and late-node admission both take
-    it: its partition entry kept (``_keep_later``), a held-out node set apart, any other
-    node's counts and sums added to ``tally``. Whether the node counts (is not held out)."""
-    index, node, pid, is_held_out, proto = answer
-    if pid is not None:
-        _keep_later(partitions, pid, index, node, is_held_out, reported, where)
-    if is_held_out:
-        held_out.add(node)
-        return False
-    tally.add(proto.get(wire.PROTO_SUM), proto[wire.PROTO_COUNT])
-    return True
-
-
-def _keep_later(
-    partitions: dict[int, tuple[int, PartitionEntry]],
-    pid: int,
-    index: int,
-    node: int,
-    held_out: bool,
-    counts: list[int],
-    where: str,
-) -> None:
-    """Record node ``node`` (sent as message ``index``) for partition ``pid``: of two
-    nodes that report one partition, the one sent later is kept (the order replies
-    arrive in does not matter), and a warning names both in the order sent."""
-    earlier = partitions.get(pid)
-    if earlier is not None:
-        first, second = sorted([(earlier[0], earlier[1]["node-id"]), (index, node)])
-        log(
-            WARNING,
-            "%s: nodes %d and %d both report partition-id %d; check their --node-config",
-            where,
-            first[1],
-            second[1],
-            pid,
-        )
-        if earlier[0] > index:
-            return
-    partitions[pid] = (index, {"node-id": node, "held-out": held_out, "class-counts": counts})
-
-
-class NodeAdmission:
+class NodeAdmission(PartsBase):
     """The prototype round, late-node admission and the registry of verified nodes."""
-
-    # Set by PromptFedAvg.__init__.
-    counts_only: bool
-    secagg: SecAggParams | None
-    timeout: float
-    min_available_nodes: int
-    dropped: list[tuple[int, int, str]]
-    held_out_nodes: set[int]
-    partitions: Partitions
-    _proto_version: int
-    _node_proto_version: dict[int, int]
-    _node_counts: dict[int, list[int]]
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
-        def _keep_server_arrays(self, state: ArrayRecord) -> ArrayRecord: ...
-        def _judge(
-            self, msg: Message, node: int, check: Callable[[RecordDict, int], str | None]
-        ) -> str | None: ...
-        def _wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]: ...
-        def _exchange(
-            self,
-            grid: Grid,
-            messages: Iterable[Message],
-            server_round: int,
-            phase: str,
-            consume: Callable[[Message], bool] | None = None,
-        ) -> list[Message]: ...
-        def _set_outgoing(self, messages: list[Message]) -> None: ...
-        def _sent_as(self, reply: Message) -> tuple[int, int]: ...
-        def _sender(self, reply: Message) -> int: ...
 
     def ensure_prototypes(
         self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
@@ -131,7 +42,8 @@ class NodeAdmission:
         state = self.global_state(arrays)
         if self.has_prototypes(state):
             if self._proto_version == 0:
-                self._proto_version = 1
+                # Annotated: mypy infers no type from a Protocol base's declaration.
+                self._proto_version: int = 1
             return state
         return self._keep_server_arrays(self.prototype_round(grid, state, server_round))
 
@@ -175,7 +87,7 @@ class NodeAdmission:
 
         def take(answer: PrototypeAnswer) -> None:
             reported = [int(n) for n in answer.proto[wire.PROTO_COUNT]]
-            if _fold(answer, reported, partitions, held_out, tally, "prototype round"):
+            if fold_answer(answer, reported, partitions, held_out, tally, "prototype round"):
                 counted[answer.node] = (answer.sent_index, reported)
 
         if self.secagg is not None:  # only the totals reach the server
@@ -273,7 +185,7 @@ class NodeAdmission:
                     return
                 verified.append((index, node, reported, pid))  # back under a new node id
                 return
-            if _fold(answer, reported, partitions, held_out, tally, "late nodes"):
+            if fold_answer(answer, reported, partitions, held_out, tally, "late nodes"):
                 verified.append((index, node, reported, None))
 
         self._ask_for_prototypes(grid, arrays, late, server_round, take)

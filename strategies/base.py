@@ -10,6 +10,7 @@ nodes, the registry of verified counts and partitions), ``strategies/loop.py``
 ``strategies/train.py`` (``TrainAggregation``: ``aggregate_train``, the running sums and
 the merge hooks), ``strategies/evaluate.py`` (``EvaluatePhase``: ``configure_evaluate``,
 ``aggregate_evaluate``); ``strategies/overrides.py`` checks what a subclass overrides.
+What the parts use of one another is declared once, in ``strategies/parts.py``.
 This module holds the options, ``configure_train``, sampling and the message hooks.
 
 What it adds to Flower's FedAvg (Message API), for every method:
@@ -45,7 +46,7 @@ Override points (a method overrides these, never the private helpers):
 ``prototype_state(arrays, tally)``
                            the state after a prototype round (PEPFedPT: + ``proto.mean``;
                            SGPT: + ``group.count``; PFedPG: + generator and descriptors).
-                           ``tally``: a ``strategies.aggregation.PrototypeTally``, the
+                           ``tally``: a ``strategies.tally.PrototypeTally``, the
                            training nodes' class counts and exact feature-sum total (the
                            replies are folded in as they arrive, never kept).
 ``refreshes_prototypes(server_round)``
@@ -182,7 +183,7 @@ class PromptFedAvg(
         it sends and accepts replies in this dtype only (float32 also accepts float64).
         It still sums in float64 and keeps its state float32.
     secure_aggregation : "off" (default) or "secaggplus"
-        SecAgg+ (strategies/secagg.py): the prototype round's counts and feature sums
+        SecAgg+ (strategies/secagg/): the prototype round's counts and feature sums
         and the training rounds' counts and weighted updates travel masked, and the
         server learns their totals only (docs/privacy.md); ``secagg`` (a
         ``SecAggParams``: threshold, clipping ranges, bit width, max count per node)
@@ -197,7 +198,7 @@ class PromptFedAvg(
     reply_aggregation : "mean" (default), "median" or "trimmed-mean"
         How the valid replies make the new value of each key: the weighted mean
         (``merge_weight``), or the coordinate-wise median or trimmed mean
-        (``strategies.aggregation.robust_value``; ``trim_fraction`` of each end left out),
+        (``strategies.robust.robust_value``; ``trim_fraction`` of each end left out),
         which one reply cannot carry away however large. Only for methods whose new
         state is the merge of the replies (no own ``merge_result`` or ``aggregate_valid``).
     """
@@ -266,7 +267,7 @@ class PromptFedAvg(
             configrecord_key=wire.CONFIG,
         )
         self.timeout = 3600.0
-        # SecAgg+ parameters, or None: plain replies (strategies/secagg.py).
+        # SecAgg+ parameters, or None: plain replies (strategies/secagg/).
         self.secagg = secure_aggregation_params(secure_aggregation, secagg)
         if self.secagg is not None:
             self._check_secure_hooks()

@@ -4,22 +4,21 @@
 sampled apart at the same fraction; a round that does not evaluate (``evaluation_round``)
 still draws its sample, so that which nodes train later does not depend on
 ``fed.evaluate-every``. The aggregated record holds the accuracy summaries
-(strategies/aggregation.py) and the per-client accuracies in partition-id order.
+(strategies/summaries.py) and the per-client accuracies in partition-id order.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging import INFO
-from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import ccmp_summary, evaluation_summary, validation_summary
+from strategies.parts import PartsBase
+from strategies.summaries import ccmp_summary, evaluation_summary, validation_summary
 from strategies.validation import check_evaluate_reply, integer, optional_count, reply_metrics
 
 
@@ -31,50 +30,8 @@ def evaluation_round(server_round: int, every: int, num_rounds: int) -> bool:
     return server_round % every == 0 or server_round == num_rounds
 
 
-class EvaluatePhase:
+class EvaluatePhase(PartsBase):
     """``configure_evaluate`` and ``aggregate_evaluate``."""
-
-    # Set by PromptFedAvg.__init__ (FedAvg's ``fraction_evaluate``, ``min_evaluate_nodes``).
-    fraction_evaluate: float
-    min_evaluate_nodes: int
-    held_out_nodes: set[int]
-    evaluate_every: int
-    num_rounds: int
-    _rng: random.Random
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def ensure_prototypes(
-            self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
-        ) -> ArrayRecord: ...
-        def in_identity_order(self, nodes: Iterable[int]) -> list[int]: ...
-        def _sample(
-            self,
-            grid: Grid,
-            fraction: float,
-            minimum: int,
-            exclude: set[int] | None = None,
-            verified_only: bool = False,
-        ) -> list[int]: ...
-        def _messages(
-            self,
-            arrays: ArrayRecord,
-            config: ConfigRecord,
-            node_ids: list[int],
-            message_type: str,
-            server_round: int,
-        ) -> list[Message]: ...
-        def _accepted(
-            self,
-            replies: Iterable[Message],
-            server_round: int,
-            check: Callable[[RecordDict, int], str | None],
-        ) -> list[Message]: ...
-        def _sender(self, reply: Message) -> int: ...
-        def _count_used(self, valid: Iterable[Message], what: str) -> None: ...
-        def remember_metrics(
-            self, server_round: int, phase: str, metrics: MetricRecord
-        ) -> None: ...
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

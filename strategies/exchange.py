@@ -25,24 +25,12 @@ from flwr.supercore import log
 
 from strategies import traffic
 from strategies.errors import one_line, strip_ansi
+from strategies.parts import PartsBase
 from strategies.validation import array_view
 
 
-class GridExchange:
+class GridExchange(PartsBase):
     """Push, poll, progress lines, bytes per phase and each node's reply log."""
-
-    # Set by PromptFedAvg.__init__ (and by the ServerApp for ``wait_timeout``).
-    timeout: float
-    wait_timeout: float
-    wire_dtype: np.dtype
-    min_available_nodes: int
-    min_train_nodes: int
-    min_evaluate_nodes: int
-    round_metrics: dict[int, dict[str, float | list[float]]]
-    node_replies: dict[int, dict[str, Any]]
-    on_client_error: Callable[[int, int, str, str], None] | None
-    _outgoing: list[Message]
-    _sent_ids: dict[str, tuple[int, int]] | None
 
     # Replies are polled every poll_seconds[0] s while they arrive; while none do, the pause
     # grows with the phase's age (poll_fraction of it) up to poll_seconds[1], so a reply
@@ -266,7 +254,8 @@ class GridExchange:
         """The messages of the phase in flight; who each reply answers for is looked up
         from them (by message id, which the grid gives a message when it is pushed)."""
         self._outgoing = messages
-        self._sent_ids = None
+        # Annotated: mypy infers no type from a Protocol base's declaration (StrategyParts).
+        self._sent_ids: dict[str, tuple[int, int]] | None = None
 
     def _sent_as(self, reply: Message) -> tuple[int, int]:
         """(index among the messages sent, node) of the message ``reply`` answers.

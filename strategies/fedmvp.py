@@ -34,9 +34,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
 from strategies.options import FEDMVP_AGGREGATIONS as AGGREGATIONS
+from strategies.tally import PrototypeTally
 from strategies.validation import integer
 
 

@@ -12,12 +12,11 @@ evaluates and records it in its own loop.
 from __future__ import annotations
 
 import io
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues
@@ -28,9 +27,10 @@ from flwr.supercore import log
 
 from strategies import wire
 from strategies.dp import DPWrapper, dp_checkpoint, dp_restore
+from strategies.parts import PartsBase
 from strategies.privacy_ledger import PrivacyLedger, account_round, replay
-from strategies.records import PartitionEntry, Partitions, partition_json
-from strategies.secagg import SecAggError, SecAggParams, secure_train
+from strategies.records import PartitionEntry, partition_json
+from strategies.secagg import SecAggError, secure_train
 from strategies.validation import record_arrays
 
 
@@ -52,73 +52,14 @@ class RoundEnd:
     checkpoint: dict[str, Any]  # ``RoundLoop.checkpoint()`` at the round's end
 
 
-class RoundLoop:
+class RoundLoop(PartsBase):
     """``start`` (resumable), the secure training round, ``checkpoint``/``restore``."""
 
-    # Set by PromptFedAvg.__init__.
-    secagg: SecAggParams | None
-    timeout: float
-    num_rounds: int
-    kept_state: str
-    dropped: list[tuple[int, int, str]]
-    round_metrics: dict[int, dict[str, float | list[float]]]
-    node_replies: dict[int, dict[str, Any]]
-    updated_rounds: list[int]
-    held_out_nodes: set[int]
-    partitions: Partitions
-    _own_loop: bool
-    seed: int
-    # Central DP from ``rounds(dp=...)``: the wrapper its rounds go through, and the state a
-    # restored checkpoint gives it once it is built.
+    # Central DP from ``rounds(dp=...)``: the wrapper its rounds go through, its ledger, and
+    # the state a restored checkpoint gives the wrapper once it is built.
     dp_wrapper: DPWrapper | None = None
     dp_ledger: PrivacyLedger | None = None
     _dp_restored: dict[str, Any] | None = None
-    _global: ArrayRecord | None
-    _proto_version: int
-    _node_proto_version: dict[int, int]
-    _node_counts: dict[int, list[int]]
-    _rng: random.Random
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def summary(self) -> None: ...
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]: ...
-        def aggregate_train(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
-        def configure_evaluate(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]: ...
-        def aggregate_evaluate(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> MetricRecord | None: ...
-        def server_only(self, key: str) -> bool: ...
-        def secure_per_class(self, key: str) -> bool: ...
-        def _as_given(self, state: ArrayRecord) -> ArrayRecord: ...
-        def _note_updated(self, server_round: int) -> None: ...
-        def ensure_prototypes(
-            self, grid: Grid, arrays: ArrayRecord, server_round: int = 0
-        ) -> ArrayRecord: ...
-        def num_classes(self, arrays: ArrayRecord) -> int: ...
-        def train_sample_size(self, grid: Grid) -> int: ...
-        def merge_weight(self, key: str, metrics: MetricRecord) -> float | np.ndarray: ...
-        def _sender(self, reply: Message) -> int: ...
-        def trainable_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
-        def global_state(self, arrays: ArrayRecord) -> ArrayRecord: ...
-        def _partition_counts(self) -> dict[int, list[int]]: ...
-        def _exchange(
-            self,
-            grid: Grid,
-            messages: Iterable[Message],
-            server_round: int,
-            phase: str,
-            consume: Callable[[Message], bool] | None = None,
-        ) -> list[Message]: ...
-        def remember_metrics(
-            self, server_round: int, phase: str, metrics: MetricRecord
-        ) -> None: ...
 
     def start(
         self,
@@ -370,7 +311,7 @@ class RoundLoop:
     def secure_train_round(
         self, grid: Grid, server_round: int, messages: list[Message]
     ) -> tuple[ArrayRecord, MetricRecord]:
-        """One training round under SecAgg+ (strategies/secagg.py): the new state from the
+        """One training round under SecAgg+ (strategies/secagg/): the new state from the
         totals, or, with too few nodes left (SecAggError, logged), the previous state."""
         assert self._global is not None  # configure_train set it
         assert self.secagg is not None  # the loop calls this under secure aggregation only

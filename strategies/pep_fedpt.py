@@ -31,9 +31,9 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from strategies import wire
-from strategies.aggregation import PrototypeTally
 from strategies.base import PromptFedAvg
 from strategies.options import CLASS_PROMPT_AGGREGATIONS
+from strategies.tally import PrototypeTally
 
 
 class PEPFedPT(PromptFedAvg):

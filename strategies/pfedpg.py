@@ -44,8 +44,9 @@ from flwr.supercore import log
 
 from strategies import prompt_generator as gen
 from strategies import wire
-from strategies.aggregation import PrototypeTally, RunningMean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
+from strategies.tally import PrototypeTally
 from strategies.validation import record_arrays, reply_arrays
 
 PREFIX = "pfedpg."

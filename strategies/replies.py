@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from logging import WARNING
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
@@ -20,6 +19,7 @@ from flwr.supercore import log
 
 from strategies import wire
 from strategies.errors import one_line
+from strategies.parts import PartsBase
 from strategies.validation import record_arrays
 
 # Which float dtypes a train reply may carry, per ``wire_dtype`` (strategies.options.WIRE_DTYPES).
@@ -29,23 +29,8 @@ REPLY_DTYPES = {
 }
 
 
-class ReplyChecks:
+class ReplyChecks(PartsBase):
     """Judge replies, keep the usable ones, log and list the rest."""
-
-    # Set by PromptFedAvg.__init__ (FedAvg's ``min_train_nodes``).
-    wire_dtype: np.dtype
-    min_train_nodes: int
-    dropped: list[tuple[int, int, str]]
-    _node_proto_version: dict[int, int]
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def in_identity_order(self, nodes: Iterable[int]) -> list[int]: ...
-        def _sender(self, reply: Message) -> int: ...
-        def _count_used(self, valid: Iterable[Message], what: str) -> None: ...
-        def remember_metrics(
-            self, server_round: int, phase: str, metrics: MetricRecord
-        ) -> None: ...
 
     @property
     def reply_dtypes(self) -> tuple[np.dtype, ...]:

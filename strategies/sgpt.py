@@ -25,8 +25,9 @@ from flwr.supercore import log
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies import wire
-from strategies.aggregation import PrototypeTally, RunningMean
+from strategies.aggregation import RunningMean
 from strategies.base import PromptFedAvg
+from strategies.tally import PrototypeTally
 from strategies.validation import check_group_counts
 
 

@@ -9,22 +9,13 @@ new state goes back in the form the loop gave (``_as_given``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flwr.app import ArrayRecord
 
+from strategies.parts import PartsBase
 
-class GlobalState:
+
+class GlobalState(PartsBase):
     """The whole state from what a loop carries, and back; the state of the round in flight."""
-
-    # Set by PromptFedAvg.__init__.
-    server_arrays: ArrayRecord
-    _caller_holds_server_arrays: bool
-    _global: ArrayRecord | None
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        def server_only(self, key: str) -> bool: ...
 
     def global_state(self, arrays: ArrayRecord) -> ArrayRecord:
         """The whole global state: ``arrays`` (the trainable arrays a loop carries, or the
@@ -33,7 +24,8 @@ class GlobalState:
         are kept as the strategy's from then on."""
         own = [key for key in arrays if self.server_only(key)]
         if own:
-            self.server_arrays = ArrayRecord(
+            # Annotated: mypy infers no type from a Protocol base's declaration (StrategyParts).
+            self.server_arrays: ArrayRecord = ArrayRecord(
                 {
                     **{key: self.server_arrays[key] for key in self.server_arrays},
                     **{key: arrays[key] for key in own},

@@ -9,14 +9,15 @@ from the sums. ``merge`` computes the same from replies given as arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
-from strategies.aggregation import RunningMean, robust_value, scratch_buffer
+from strategies.aggregation import RunningMean, scratch_buffer
+from strategies.parts import PartsBase
+from strategies.robust import robust_value
 from strategies.validation import (
     check_known_counts,
     check_train_reply,
@@ -30,47 +31,8 @@ from strategies.validation import (
 )
 
 
-class TrainAggregation:
+class TrainAggregation(PartsBase):
     """``aggregate_train`` and ``merge``: checked replies into running sums."""
-
-    # Set by PromptFedAvg.__init__.
-    kept_state: str
-    reply_aggregation: str
-    trim_fraction: float
-    max_update_norm: float
-    update_norm_factor: float
-    updated_rounds: list[int]
-    _global: ArrayRecord | None
-    _outgoing: list[Message]
-    _node_counts: dict[int, list[int]]
-
-    if TYPE_CHECKING:  # the other parts of PromptFedAvg that this one calls
-
-        @property
-        def reply_dtypes(self) -> tuple[np.dtype, ...]: ...
-        def server_only(self, key: str) -> bool: ...
-        def num_classes(self, arrays: ArrayRecord) -> int: ...
-        def _as_given(self, state: ArrayRecord) -> ArrayRecord: ...
-        def _in_node_order(self, replies: Iterable[Message]) -> list[Message]: ...
-        @staticmethod
-        def _sent_arrays(msg: Message | None) -> dict[str, np.ndarray] | None: ...
-        def _accepted(
-            self,
-            replies: Iterable[Message],
-            server_round: int,
-            check: Callable[[RecordDict, int], str | None],
-        ) -> list[Message]: ...
-        def _accepted_train(
-            self,
-            server_round: int,
-            replies: list[Message],
-            check: Callable[[RecordDict, int], str | None],
-            kept: str,
-            refused: int = 0,
-        ) -> tuple[list[Message] | None, MetricRecord]: ...
-        def remember_metrics(
-            self, server_round: int, phase: str, metrics: MetricRecord
-        ) -> None: ...
 
     def merge(
         self,

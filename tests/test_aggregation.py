@@ -12,7 +12,8 @@ from helpers.reference import (
     weighted_mean,
 )
 
-from strategies.aggregation import RunningMean, accuracy_summary, scratch_buffer
+from strategies.aggregation import RunningMean, scratch_buffer
+from strategies.summaries import accuracy_summary
 
 
 def test_weighted_mean() -> None:

@@ -18,7 +18,7 @@ from pep_fedpt.data.client_data import subset_targets
 from pep_fedpt.methods import client_for, initial_arrays
 from pep_fedpt.methods.pep_fedpt import PEPFedPTClient
 from strategies import wire
-from strategies.aggregation import ccmp_summary
+from strategies.summaries import ccmp_summary
 from strategies.validation import check_ccmp_counts, check_evaluate_reply
 
 # Two unit prototypes and three queries, every label 0.

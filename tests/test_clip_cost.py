@@ -43,7 +43,7 @@ def config(folder: Path, cache: Path, method: str = "fedmvp", **keys: object) ->
 
 
 def items(dataset: torch.utils.data.Dataset) -> list[tuple[torch.Tensor, int]]:
-    return [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
 
 
 def test_fedmvp_splits_come_from_the_pixel_cache_bit_for_bit(folder: Path, tmp_path: Path) -> None:

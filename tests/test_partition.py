@@ -18,7 +18,7 @@ TARGETS = np.repeat(np.arange(10), 10)
 
 
 def parts(num: int, seed: int = 0, **kwargs: object) -> list[list[int]]:
-    cfg = DataConfig(**kwargs)  # type: ignore[arg-type]
+    cfg = DataConfig(**kwargs)  # type: ignore[arg-type]  # the test's overrides pass through as object; DataConfig checks each
     return [p.tolist() for p in partition_indices(TARGETS, num, cfg, seed)]
 
 

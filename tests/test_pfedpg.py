@@ -222,7 +222,7 @@ def flat(tiny_run_config: dict) -> dict:
 
 def _run(flat: dict, tamper: dict[int, Callable[[Message], Message]] | None = None, nodes=NODES):
     app = RecordingClientApp()
-    grid = InProcessGrid(app, nodes, flat)  # type: ignore[arg-type]
+    grid = InProcessGrid(app, nodes, flat)  # type: ignore[arg-type]  # flat and nodes come into _run untyped; they are the run config and node configs InProcessGrid takes
     run_server(flat, tamper=tamper, grid=grid)
     return app, grid
 

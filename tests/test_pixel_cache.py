@@ -62,7 +62,7 @@ def _fresh() -> Iterator[None]:
 
 
 def client_data(folder: Path, **data: object) -> ClientData:
-    cfg = DataConfig(dataset="imagefolder", data_dir=str(folder), min_partition_size=1, **data)  # type: ignore[arg-type]
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(folder), min_partition_size=1, **data)  # type: ignore[arg-type]  # the test's options pass through as object; DataConfig checks each
     return load_client_data(cfg, SPEC, seed=0, partition_id=0, num_partitions=2)
 
 
@@ -75,14 +75,14 @@ class OpenCounter:
 
         def counted(*args: object, **kwargs: object) -> Image.Image:
             self.calls += 1
-            return real(*args, **kwargs)  # type: ignore[arg-type]
+            return real(*args, **kwargs)  # type: ignore[arg-type]  # a spy passing any call through to the function it wraps
 
         monkeypatch.setattr(Image, "open", counted)
         monkeypatch.setattr(images_module.Image, "open", counted)
 
 
 def items(dataset: torch.utils.data.Dataset) -> list[tuple[torch.Tensor, int]]:
-    return [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every dataset here has one
 
 
 def test_a_cached_split_yields_the_same_tensors_bit_for_bit(folder: Path, tmp_path: Path) -> None:
@@ -144,8 +144,9 @@ def test_a_damaged_cache_file_is_recomputed_and_replaced(
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn write
     pixel_store.cache_clear()
     again = with_pixel_cache(client_data(folder), directory).train
+    assert isinstance(again, CachedSubset)
     with caplog.at_level(logging.WARNING):
-        pixels = again.prepare()  # type: ignore[attr-defined]
+        pixels = again.prepare()
     assert "unusable" in caplog.text and str(path) in caplog.text
     assert torch.equal(pixels, expected)
     assert pixel_store(directory).computed == 1
@@ -191,7 +192,7 @@ def test_two_loader_workers_give_what_none_give(folder: Path, tmp_path: Path) ->
         data = node_splits(
             load_client_data(data_cfg, SPEC, 0, 0, 2), data_cfg, tmp_path / f"c{workers}"
         )
-        assert data.train.loader_workers == workers  # type: ignore[attr-defined]
+        assert data.train.loader_workers == workers  # type: ignore[attr-defined]  # node_splits sets loader_workers on the split, a Subset, which does not declare it
         z = compute_query_features(model, data.train, device, batch_size=5)
         result = evaluate(model, data.test, torch.zeros(len(data.test), 0), unit_weights, device)
         results.append((z, result))
@@ -227,7 +228,7 @@ def test_the_partitioning_is_drawn_once_per_node_and_read_back_the_same(
 
     def counted(*args: object, **kwargs: object) -> list[np.ndarray]:
         calls["n"] += 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]  # a spy passing any call through to the function it wraps
 
     monkeypatch.setattr(client_data_module, "partition_indices", counted)
     for _ in range(2):  # two fresh processes on one node

@@ -34,7 +34,7 @@ class RecordingGrid(InProcessGrid):
     """Keeps every array that crosses the wire, both ways (dtype and values)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # InProcessGrid's arguments pass through as object
         self.arrays: list[tuple[str, str, int, dict[str, np.ndarray]]] = []
         self.output = Path()
 

@@ -152,7 +152,7 @@ def test_a_pretraining_the_cap_stops_is_another_backbone_said_loudly_and_recorde
     original = pretrain.train_classifier
     planned: list[int] = []
 
-    def half(model, images, labels, **kwargs):  # type: ignore[no-untyped-def]
+    def half(model, images, labels, **kwargs):  # type: ignore[no-untyped-def]  # a stand-in for train_classifier, passing its arguments through untouched
         planned.append(kwargs["steps"])
         original(model, images, labels, **{**kwargs, "steps": kwargs["steps"] // 2})
         return 0.9, (kwargs["steps"] // 2) / math.ceil(len(images) / 64)
@@ -178,7 +178,8 @@ def test_a_pretraining_the_cap_stops_is_another_backbone_said_loudly_and_recorde
     create_backbone(capped, seed=0, data=data)
     assert line in capsys.readouterr().out
     assert pretrain.local_backbone_in_use(TINY, data) == pretrain.local_backbone_path(TINY, data)
-    assert pretrain.backbone_record(capped, data)["steps-done"] == done  # type: ignore[index]
+    record = pretrain.backbone_record(capped, data)
+    assert record is not None and record["steps-done"] == done
 
 
 def test_a_narrow_pretraining_of_a_100_class_data_set_names_its_classes_and_how_to_widen() -> None:

@@ -207,13 +207,13 @@ def test_a_hook_written_for_the_old_lists_is_refused_when_defined() -> None:
     with pytest.raises(TypeError, match=r"Old.prototype_state must take \(self, arrays, tally\)"):
 
         class Old(PromptFedAvg):
-            def prototype_state(self, arrays, sums, counts):  # type: ignore[no-untyped-def]
+            def prototype_state(self, arrays, sums, counts):  # type: ignore[no-untyped-def]  # an old hook's signature, untyped as a user wrote it; the base must refuse it
                 return arrays
 
     with pytest.raises(TypeError, match=r"OldFold.fold_prototypes must take"):
 
         class OldFold(PromptFedAvg):
-            def fold_prototypes(self, arrays, sums, counts):  # type: ignore[no-untyped-def]
+            def fold_prototypes(self, arrays, sums, counts):  # type: ignore[no-untyped-def]  # an old hook's signature, untyped as a user wrote it; the base must refuse it
                 return arrays
 
 

@@ -1,4 +1,4 @@
-"""SecAgg+ over the Message API: the engine (strategies/secagg.py) against real ClientApps
+"""SecAgg+ over the Message API: the engine (strategies/secagg/) against real ClientApps
 (client_app/secagg.py) in one process, with hand-computed sums."""
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from client_app import secagg as client_secagg
 from client_app.app import app as project_app
 from server_app.inprocess import InProcessGrid
 from strategies import PEPFedPT, PromptFedAvg, wire
-from strategies.aggregation import PrototypeTally
 from strategies.secagg import ACTION, MASKED, SUM_SCALE, VECTOR_RECORD, SecAggParams
+from strategies.tally import PrototypeTally
 
 C, D = 3, 2
 # Node id -> (partition id, held out, class counts, per-class feature sums (C, D)).

@@ -147,7 +147,7 @@ def _run(strategy: PromptFedAvg, nodes: Iterable[int], tamper=None) -> dict[str,
     grid = SpyGrid(app, {n: {} for n in nodes}, {}, tamper)
     # timeout: how long a stage waits for a node that never answers
     result = strategy.start(grid, _initial(), num_rounds=1, timeout=0.2)
-    strategy.grid = grid  # type: ignore[attr-defined]
+    strategy.grid = grid  # type: ignore[attr-defined]  # the test's own attribute: the grid, for what it pulled
     return {key: result.arrays[key].numpy() for key in result.arrays}
 
 
@@ -172,7 +172,7 @@ def test_a_secure_training_round_gives_the_plain_rounds_weighted_means() -> None
 def test_no_training_reply_the_strategy_pulls_holds_a_nodes_arrays_or_counts() -> None:
     strategy = _secure()
     _run(strategy, [31, 32])
-    pulled = strategy.grid.pulled  # type: ignore[attr-defined]
+    pulled = strategy.grid.pulled  # type: ignore[attr-defined]  # set by _run above
     assert len(pulled) == 16  # two rounds (prototypes, training) x 4 stages x 2 nodes
     for reply in pulled:
         assert reply.metadata.message_type.endswith(ACTION)  # no plain train reply
@@ -263,7 +263,7 @@ def test_the_project_clientapp_trains_securely_to_the_plain_rounds_state(
 def test_the_run_config_keys_build_a_secure_strategy_and_refuse_bad_values() -> None:
     from pep_fedpt.config import SECURE_AGGREGATIONS, ConfigError, RunConfig
     from pep_fedpt.methods.registry import method_for
-    from strategies.secagg import MODES
+    from strategies.options import SECURE_AGGREGATIONS as MODES
 
     assert SECURE_AGGREGATIONS == MODES  # the config's copy (it imports no flwr)
 

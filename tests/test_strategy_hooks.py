@@ -92,7 +92,7 @@ class Tagged(PromptFedAvg):
     """A method of one's own, built from the named hooks only."""
 
     def __init__(self, *, bonus: float, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)  # type: ignore[arg-type]  # the hooks' options pass through as object; PromptFedAvg names their types
         self.bonus = bonus
 
     def node_arrays(
@@ -202,7 +202,7 @@ def test_every_strategy_takes_its_own_arguments_by_keyword_and_the_base_s_as_kwa
         params = inspect.signature(cls.__init__).parameters.values()
         kinds = {p.kind for p in params if p.name != "self"}
         assert kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}, cls
-        assert cls(seed=3, min_train_nodes=1).seed == 3  # type: ignore[call-arg]
+        assert cls(seed=3, min_train_nodes=1).seed == 3  # type: ignore[call-arg]  # mypy types cls as a join of four classes with different __init__s; each takes seed through **kwargs
 
 
 def test_a_subclass_written_against_the_old_hook_names_is_refused_when_defined() -> None:
@@ -215,7 +215,7 @@ def test_a_subclass_written_against_the_old_hook_names_is_refused_when_defined()
     with pytest.raises(TypeError, match=r"check_train_metrics must take \(self, metrics, node\)"):
 
         class OneArgument(PromptFedAvg):
-            def check_train_metrics(self, metrics: MetricRecord) -> str | None:  # type: ignore[override]
+            def check_train_metrics(self, metrics: MetricRecord) -> str | None:  # type: ignore[override]  # the wrong signature is the point: the base must refuse it
                 return None
 
 

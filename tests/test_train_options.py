@@ -24,7 +24,7 @@ from pep_fedpt.models import create_backbone
 from pep_fedpt.schedule import lr_factor
 from server_app.checkpoint import load_checkpoint
 from server_app.inprocess import InProcessGrid
-from strategies.aggregation import validation_summary
+from strategies.summaries import validation_summary
 from strategies.validation import check_validation_counts
 
 
@@ -187,7 +187,7 @@ SPEC = ImageSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def _indices(subset: object) -> set[int]:
-    return set(np.asarray(subset.indices).tolist())  # type: ignore[attr-defined]
+    return set(np.asarray(subset.indices).tolist())  # type: ignore[attr-defined]  # a torch Subset (indices), passed as whatever split holds it
 
 
 def test_the_validation_split_comes_from_the_training_split_only() -> None:

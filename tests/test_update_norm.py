@@ -25,7 +25,8 @@ from pep_fedpt.methods.registry import method_for
 from server_app.app import RunUnchangedError
 from server_app.inprocess import InProcessGrid
 from strategies import wire
-from strategies.aggregation import ROBUST_AGGREGATIONS, robust_value
+from strategies.options import ROBUST_AGGREGATIONS
+from strategies.robust import robust_value
 from strategies.sgpt import SGPT
 from strategies.validation import check_update_norm, norm_bound, update_norm
 

@@ -133,7 +133,7 @@ def test_a_top_level_key_of_the_wrong_type_is_named_with_its_value(
     key: str, value: object, expected: str
 ) -> None:
     with pytest.raises(ConfigError, match=rf"{key} = {value!r} has type .*expected {expected}"):
-        RunConfig.from_flat({key: value})  # type: ignore[dict-item]
+        RunConfig.from_flat({key: value})  # type: ignore[dict-item]  # a value of the wrong type is the point: from_flat must name it
 
 
 def test_the_server_app_gives_up_after_fed_wait_timeout(

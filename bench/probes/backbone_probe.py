@@ -80,7 +80,7 @@ def embed(
     model: torch.nn.Module, files: list[Path], size: int, batch: int
 ) -> tuple[np.ndarray, float]:
     """CLS features (after the final norm) and forward seconds per image (loading excluded)."""
-    spec = image_spec(model)  # type: ignore[arg-type]
+    spec = image_spec(model)  # type: ignore[arg-type]  # image_spec names timm's VisionTransformer; the probed models are ones, passed as Module
     feats, seconds = [], 0.0
     for i in range(0, len(files), batch):
         x = load_batch(files[i : i + batch], size, spec.mean, spec.std)

@@ -150,12 +150,12 @@ def plain_loop(
     class RecordingGrid(InProcessGrid):
         """Keeps what crossed (messages and replies), for the serde figure."""
 
-        def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        def push_messages(self, messages):  # type: ignore[no-untyped-def]  # overrides Grid.push_messages as is; the probe only records
             messages = list(messages)
             contents.extend(m.content for m in messages if m.has_content())
             return super().push_messages(messages)
 
-        def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]  # overrides Grid.pull_messages as is; the probe only records
             replies = list(super().pull_messages(message_ids))
             contents.extend(m.content for m in replies if m.has_content())
             return replies
@@ -182,7 +182,7 @@ def plain_loop(
 
     tick = time.perf_counter()
     for content in contents:  # encoded once each, as on the way through the SuperLink
-        recorddict_to_proto(content).SerializeToString()  # type: ignore[arg-type]
+        recorddict_to_proto(content).SerializeToString()  # type: ignore[arg-type]  # contents is a list[object]; each item is a message's RecordDict
     encode = time.perf_counter() - tick
     # One client built cold, as a fresh actor (or a fresh ClientApp process) builds it:
     # every per-process cache emptied; the node's z(x) disk cache is warm by now.

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from strategies.aggregation import PrototypeTally, RunningMean
+from strategies.aggregation import RunningMean
+from strategies.tally import PrototypeTally
 
 
 def stacked_mean(arrays: list[np.ndarray], weights: list, previous: np.ndarray) -> np.ndarray:
