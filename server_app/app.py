@@ -79,8 +79,8 @@ def central_dp(cfg: RunConfig, strategy: PromptFedAvg) -> Callable[[int], DPWrap
         log(
             INFO,
             "pep-fedpt: central DP (%s): each update clipped to %s, Gaussian noise of std "
-            "%.4g (sigma %s x bound / %d sampled nodes) on each aggregate; no epsilon is "
-            "accounted (docs/privacy.md)",
+            "%.4g (sigma %s x bound / %d sampled nodes) on each aggregate; epsilon with "
+            "this run's weights in every round's dp/epsilon (docs/privacy.md)",
             dp.mode,
             f"{dp.clipping_norm:g}" + (" at first, then adaptive" if dp.adaptive else ""),
             wrapper.noise_multiplier * dp.clipping_norm / nodes,
@@ -122,7 +122,8 @@ def main(grid: Grid, context: Context) -> None:
     refuse_to_overwrite(out, cfg)
     device = pick_device()
     server = method.build_server(cfg, device)  # the method's initial state and evaluation
-    if dp is not None and not server.initial_arrays():
+    start: dict[str, np.ndarray] = server.initial_arrays() if resume is None else resume.arrays
+    if dp is not None and not start:
         raise ConfigError(
             f"dp.mode = {cfg.dp.mode!r}: method {cfg.method!r} trains nothing, so there is "
             "no update to clip or noise; use dp.mode = 'off'"
@@ -132,10 +133,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(out, cfg, rows=resume.rows if resume else None)
     strategy.on_client_error = recorder.record_client_error
     log(INFO, "pep-fedpt: results go to %s", out)
-    if resume is None:
-        start: dict[str, np.ndarray] = server.initial_arrays()
-    else:
-        start = resume.arrays
+    if resume is not None:
         strategy.restore(resume.strategy)
         log(INFO, "pep-fedpt: resuming %s after round %d", cfg.resume_from, resume.server_round)
     recorded_partitions: dict[int, dict[str, int | bool | list[int]]] = {}
