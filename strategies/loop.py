@@ -144,17 +144,7 @@ class RoundLoop(PartsBase):
         try:
             arrays = self.ensure_prototypes(grid, initial_arrays)
             if dp is not None:
-                sampled = self.train_sample_size(grid)
-                self.dp_wrapper = dp(sampled)
-                population = len(set(grid.get_node_ids()) - self.held_out_nodes)
-                self.dp_ledger = PrivacyLedger(dp_delta, max(population, sampled))
-                replay(self.dp_ledger, self.round_metrics)  # a resumed run's earlier rounds
-                if self.dp_ledger.missing:
-                    log(WARNING, "central DP: no epsilon computed: %s", self.dp_ledger.missing)
-                if self._dp_restored is not None:
-                    dp_restore(self.dp_wrapper, self._dp_restored)
-                else:  # Flower's noise draws from NumPy's global generator
-                    np.random.seed(self.seed)
+                self._start_dp(grid, dp, dp_delta)
             log(INFO, "Starting %s strategy:", self.__class__.__name__)
             log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
             if start_round > 1:
@@ -175,6 +165,22 @@ class RoundLoop(PartsBase):
             self.dp_wrapper = None
             self.dp_ledger = None
 
+    def _start_dp(self, grid: Grid, dp: Callable[[int], DPWrapper], delta: float) -> None:
+        """The DP wrapper, from the nodes a training round samples now, and its ledger
+        (a resumed run's earlier rounds composed again); the bound and the noise's
+        generator as the checkpoint left them, or the generator seeded."""
+        sampled = self.train_sample_size(grid)
+        self.dp_wrapper = dp(sampled)
+        population = len(set(grid.get_node_ids()) - self.held_out_nodes)
+        self.dp_ledger = PrivacyLedger(delta, max(population, sampled))
+        replay(self.dp_ledger, self.round_metrics)
+        if self.dp_ledger.missing:
+            log(WARNING, "central DP: no epsilon computed: %s", self.dp_ledger.missing)
+        if self._dp_restored is not None:
+            dp_restore(self.dp_wrapper, self._dp_restored)
+        else:  # Flower's noise draws from NumPy's global generator
+            np.random.seed(self.seed)
+
     def _one_round(
         self,
         grid: Grid,
@@ -190,8 +196,9 @@ class RoundLoop(PartsBase):
         agg_arrays: ArrayRecord | None
         train_metrics: MetricRecord | None
         if self.dp_wrapper is not None:  # its loop carries the trainable arrays only
-            arrays, train_metrics = self._dp_train_round(grid, current_round, arrays, train_config)
-            agg_arrays = None
+            agg_arrays, train_metrics = self._dp_train_round(
+                grid, current_round, arrays, train_config
+            )
         elif self.secagg is not None:  # only the weighted totals reach the server
             train_messages = self.configure_train(current_round, arrays, train_config, grid)
             agg_arrays, train_metrics = self.secure_train_round(
