@@ -50,9 +50,9 @@ def largest_share(
     for key in keys:
         weights = [np.atleast_1d(np.asarray(weight(key, m), dtype=np.float64)) for m in rows]
         total = np.sum(weights, axis=0)
-        for w in weights:
-            held = total > 0
-            if held.any():
+        held = total > 0  # rows nobody weighed have no share to take
+        if held.any():
+            for w in weights:
                 largest = max(largest, float(np.max(w[held] / total[held])))
     return largest if largest > 0 else 1.0
 

@@ -49,12 +49,7 @@ class PrototypeTally:
         rounded to float32 first) and counts (C,): all checked first, so that a refused one
         (ValueError) changes nothing."""
         n = self._checked_counts(counts)
-        if (sums is None) != (self._sums is None):
-            raise ValueError(
-                "a counts-only tally takes no sums"
-                if self._sums is None
-                else "this tally needs each client's feature sums"
-            )
+        self._check_sums_given(sums, "each client's")
         if self._sums is not None:
             values = np.asarray(sums)
             if values.dtype == np.float64:
@@ -67,18 +62,22 @@ class PrototypeTally:
         self._counts += n
         self.clients += 1
 
+    def _check_sums_given(self, sums: np.ndarray | None, whose: str) -> None:
+        """Sums exactly when this tally keeps them (not a counts-only one)."""
+        if (sums is None) != (self._sums is None):
+            raise ValueError(
+                "a counts-only tally takes no sums"
+                if self._sums is None
+                else f"this tally needs {whose} feature sums"
+            )
+
     def add_total(self, sums: np.ndarray | None, counts: np.ndarray, clients: int) -> None:
         """The totals of ``clients`` clients at once (a secure aggregation's result, which
         no client's own values reach): sums (C, D) float64 kept as they are, counts (C,)."""
         n = self._checked_counts(counts)
         if clients < 1:
             raise ValueError(f"clients = {clients} must be >= 1")
-        if (sums is None) != (self._sums is None):
-            raise ValueError(
-                "a counts-only tally takes no sums"
-                if self._sums is None
-                else "this tally needs the clients' feature sums"
-            )
+        self._check_sums_given(sums, "the clients'")
         if self._sums is not None:
             self._sums.add_checked(self._sums.check(np.asarray(sums, dtype=np.float64)))
         self._counts += n
