@@ -149,17 +149,6 @@ def test_fedavg_vpt_runs_under_client_side_adaptive_clipping(
 
 
 @pytest.mark.integration
-def test_sgpt_runs_under_server_side_adaptive_clipping(flat: dict, task_identity: None) -> None:
-    flat = {**flat, "method": "sgpt", "prompt.num-groups": 4}
-    plain = _run(flat, NODES)
-    wrapped = _run(flat, NODES, _server_adaptive)
-    _assert_same_state(wrapped, plain)
-    # group.count is a server array: counted, never noised or clipped
-    counts = wrapped[1].server_arrays[wire.GROUP_COUNT].numpy()
-    assert counts.dtype == np.int64 and counts.sum() > 0
-
-
-@pytest.mark.integration
 def test_fedmvp_runs_under_client_side_fixed_clipping(tmp_path: Path, task_identity: None) -> None:
     config = RunConfig().to_flat()
     config.update(
@@ -228,14 +217,16 @@ def test_pfedpg_is_refused_under_a_wrapper(flat: dict, wrap: Wrap, task_identity
 
 
 @pytest.mark.integration
-def test_sgpt_runs_under_client_side_fixed_clipping_with_its_counts_in_the_config(
-    flat: dict, task_identity: None
+@pytest.mark.parametrize("wrap", [_server_adaptive, _client_fixed])
+def test_sgpt_runs_under_a_dp_wrapper_as_without(
+    flat: dict, wrap: Wrap, task_identity: None
 ) -> None:
-    """group.count rides in the train config when a bound is there (the mods take one
+    """Server side: group.count is a server array, counted, never noised or clipped.
+    Client side: it rides in the train config when a bound is there (the mods take one
     ArrayRecord); the project's own ClientApp clips, with no mod added by the user."""
     flat = {**flat, "method": "sgpt", "prompt.num-groups": 4}
     plain = _run(flat, NODES)
-    wrapped = _run(flat, NODES, _client_fixed)
+    wrapped = _run(flat, NODES, wrap)
     _assert_same_state(wrapped, plain)
     counts = wrapped[1].server_arrays[wire.GROUP_COUNT].numpy()
     assert counts.dtype == np.int64 and counts.sum() > 0
