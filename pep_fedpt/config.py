@@ -601,17 +601,8 @@ class RunConfig:
             "resume-from": "resume_from",
             "cache-dir": "cache_dir",
         }
-        sections: dict[str, type[Any]] = {
-            "model": ModelConfig,
-            "data": DataConfig,
-            "prompt": PromptConfig,
-            "train": TrainConfig,
-            "fed": FedConfig,
-            "fedmvp": FedMVPConfig,
-            "dp": DPConfig,
-        }
         kwargs: dict[str, Any] = {}
-        section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
+        section_kwargs: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         for key, value in flat.items():
             if key == "num-server-rounds":
                 section_kwargs["fed"]["num_rounds"] = _coerce(key, value, "int")
@@ -621,14 +612,14 @@ class RunConfig:
                 kwargs[attr] = _coerce(key, value, _TOP_TYPES[attr])
                 continue
             section, _, name = key.partition(".")
-            if section not in sections:
+            if section not in _SECTIONS:
                 raise ConfigError(f"unknown run-config key {key!r}; known: {_known_keys()}")
             attr = name.replace("-", "_")
-            fields = {f.name: f for f in dataclasses.fields(sections[section])}
+            fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
             if attr not in fields:
                 raise ConfigError(f"unknown run-config key {key!r}; known: {_known_keys()}")
             section_kwargs[section][attr] = _coerce(key, value, fields[attr].type)
-        for section, section_type in sections.items():
+        for section, section_type in _SECTIONS.items():
             kwargs[section] = section_type(**section_kwargs[section])
         return cls(**kwargs)
 
@@ -642,7 +633,7 @@ class RunConfig:
             "cache-dir": self.cache_dir,
             "num-server-rounds": self.fed.num_rounds,
         }
-        for section in ("model", "data", "prompt", "train", "fed", "fedmvp", "dp"):
+        for section in _SECTIONS:
             for f in dataclasses.fields(getattr(self, section)):
                 if section == "fed" and f.name == "num_rounds":
                     continue
@@ -653,6 +644,16 @@ class RunConfig:
 
 
 _TOP_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+# Each ``[tool.flwr.app.config.<name>]`` table and the dataclass that checks it.
+_SECTIONS: dict[str, type[Any]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "prompt": PromptConfig,
+    "train": TrainConfig,
+    "fed": FedConfig,
+    "fedmvp": FedMVPConfig,
+    "dp": DPConfig,
+}
 
 
 def _coerce(key: str, value: Scalar, annotation: object) -> Scalar:
