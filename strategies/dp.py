@@ -25,7 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -101,24 +101,37 @@ def check_dp_wrapper(strategy: PromptFedAvg, config: ConfigRecord) -> None:
     raise RuntimeError(f"{type(strategy).__name__} cannot run under {name}: {reason}")
 
 
-class _ToTheTargetQuantile:
-    """Adaptive clipping whose bound settles at the target quantile of the update norms.
+class _ToTheTargetQuantile(DifferentialPrivacyAdaptiveBase):
+    """Adaptive clipping whose bound settles at the target quantile of the update norms,
+    with noise calibrated to the bound the round's updates were clipped to.
 
     Flower 1.42's ``_geometric_update`` is C <- C exp(-lr (f - q)) over the fraction f of
     updates that were *clipped*: Andrew et al.'s formula, whose f is the fraction *not*
     clipped. With the clipped fraction the sign must flip, or the bound runs away from q
-    (docs/privacy.md). Everything else (noise, counting, the norm bits) is Flower's.
+    (docs/privacy.md). Everything else (counting, the norm bits, drawing the noise) is
+    Flower's.
     """
 
-    clipping_norm: float
-    clip_norm_lr: float
-    target_clipped_quantile: float
+    _clipped_at: float | None = None  # the bound this round's updates were clipped to
 
     def _geometric_update(self, clipped_fraction: float) -> None:
+        self._clipped_at = self.clipping_norm
         # More clipped than the target: a larger bound; fewer: a smaller one.
         self.clipping_norm *= math.exp(
             self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile)
         )
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        # Flower moves the bound before it adds the noise, so its noise is calibrated to
+        # the next round's bound; one update moves the aggregate by up to the bound it was
+        # clipped to, which the noise must match (Andrew et al., Algorithm 1).
+        moved = self.clipping_norm
+        if self._clipped_at is not None:
+            self.clipping_norm = self._clipped_at
+        try:
+            return super()._add_noise_to_aggregated_arrays(aggregated)
+        finally:
+            self.clipping_norm, self._clipped_at = moved, None
 
 
 class ServerSideAdaptiveClipping(

@@ -220,6 +220,33 @@ def test_a_bound_that_bites_keeps_the_round_within_it_and_noise_is_seeded(
 
 
 @pytest.mark.integration
+def test_adaptive_noise_is_calibrated_to_the_bound_the_updates_were_clipped_to(
+    tiny_run_config: dict, tmp_path: Path, task_identity: None
+) -> None:
+    """Flower's adaptive wrappers move the bound before they noise the aggregate; ours noise
+    it for the bound the round's updates were clipped to, as the ledger accounts."""
+    base = {
+        **tiny_run_config,
+        "method": "fedavg-vpt-deep",
+        "num-server-rounds": 1,
+        "dp.mode": "server-adaptive",
+        "dp.clipping-norm": 1e-3,  # every update is clipped: the bound grows by about e
+        "dp.clip-norm-lr": 2.0,
+        "dp.clipped-count-stddev": 1.0,
+    }
+    run_server({**base, "output-dir": str(tmp_path / "quiet"), "dp.noise-multiplier": 0.0})
+    run_server({**base, "output-dir": str(tmp_path / "noisy"), "dp.noise-multiplier": 1.0})
+    quiet, noisy = load_state(tmp_path / "quiet"), load_state(tmp_path / "noisy")
+    row = load_json(tmp_path / "noisy" / "metrics.json")[-1]
+    assert row["dp/clipping-norm"] == 1e-3
+    # sigma' = (1 - (2 * 1.0)^-2)^-1/2 (Flower's split of sigma = 1 with the count's noise)
+    expected = 1e-3 / np.sqrt(0.75) / 3
+    assert row["dp/noise-std"] == pytest.approx(expected)
+    noise = np.concatenate([(noisy[k] - quiet[k]).ravel() for k in quiet])
+    assert np.std(noise) == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.integration
 def test_a_noisy_adaptive_run_resumed_after_a_crash_ends_as_an_uninterrupted_one(
     tiny_run_config: dict, tmp_path: Path, task_identity: None
 ) -> None:
