@@ -579,11 +579,13 @@ class RunConfig:
                 raise ConfigError(
                     f"{key.replace('_', '-')} = {value!r} must be an absolute path (or empty)"
                 )
-        if self.dp.mode != "off" and self.fed.secure_aggregation != "off":
+        secure = self.fed.secure_aggregation != "off"
+        if self.dp.mode != "off" and secure and not self.dp.client_side:
             raise ConfigError(
                 f"dp.mode = {self.dp.mode!r} cannot run with fed.secure-aggregation = "
-                f"{self.fed.secure_aggregation!r}: Flower's DP wrappers clip and noise replies "
-                "in the clear (docs/privacy.md); set one of them to 'off'"
+                f"{self.fed.secure_aggregation!r}: server-side clipping needs each update in "
+                "the clear, which secure aggregation hides; use dp.mode = 'client-fixed' or "
+                "'client-adaptive' (the nodes clip before masking, docs/privacy.md)"
             )
         if self.dp.mode != "off" and self.fed.aggregation != "mean":
             raise ConfigError(

@@ -22,15 +22,23 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies import wire
 from strategies.dp import DPWrapper, dp_checkpoint, dp_restore
 from strategies.parts import PartsBase
-from strategies.privacy_ledger import PrivacyLedger, account_round, replay
+from strategies.privacy_ledger import (
+    PrivacyLedger,
+    account_round,
+    largest_share,
+    largest_share_bound,
+    replay,
+)
 from strategies.records import PartitionEntry, partition_json
-from strategies.secagg import SecAggError, secure_train
+from strategies.secagg import SecAggError, SecureUpdate, secure_train
 from strategies.validation import record_arrays
 
 
@@ -195,14 +203,17 @@ class RoundLoop(PartsBase):
         log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
         agg_arrays: ArrayRecord | None
         train_metrics: MetricRecord | None
-        if self.dp_wrapper is not None:  # its loop carries the trainable arrays only
-            agg_arrays, train_metrics = self._dp_train_round(
-                grid, current_round, arrays, train_config
-            )
-        elif self.secagg is not None:  # only the weighted totals reach the server
-            train_messages = self.configure_train(current_round, arrays, train_config, grid)
+        if self.secagg is not None:  # only the weighted totals reach the server
+            config = ConfigRecord(dict(train_config))
+            if self.dp_wrapper is not None:  # client-side: the nodes clip before masking
+                config[KEY_CLIPPING_NORM] = self.dp_wrapper.clipping_norm
+            train_messages = self.configure_train(current_round, arrays, config, grid)
             agg_arrays, train_metrics = self.secure_train_round(
                 grid, current_round, list(train_messages)
+            )
+        elif self.dp_wrapper is not None:  # its loop carries the trainable arrays only
+            agg_arrays, train_metrics = self._dp_train_round(
+                grid, current_round, arrays, train_config
             )
         else:
             train_messages = self.configure_train(current_round, arrays, train_config, grid)
@@ -246,7 +257,8 @@ class RoundLoop(PartsBase):
             ]
             keys = [key for key in new if not self.server_only(key)]
             assert self.dp_ledger is not None  # built with the wrapper
-            entry = account_round(self.dp_ledger, dp, bound, accepted, keys, self.merge_weight)
+            share = largest_share(accepted, keys, self.merge_weight)
+            entry = account_round(self.dp_ledger, dp, bound, share)
         self.remember_metrics(server_round, "dp", MetricRecord(entry))
         return self.global_state(arrays if new is None else new), metrics
 
@@ -319,13 +331,18 @@ class RoundLoop(PartsBase):
         self, grid: Grid, server_round: int, messages: list[Message]
     ) -> tuple[ArrayRecord, MetricRecord]:
         """One training round under SecAgg+ (strategies/secagg/): the new state from the
-        totals, or, with too few nodes left (SecAggError, logged), the previous state."""
+        totals, or, with too few nodes left (SecAggError, logged), the previous state.
+        Under client-side DP the nodes clip their updates before masking, and the totals
+        get the wrapper's noise (and move an adaptive bound by the count of clipped
+        nodes), as the wrapper treats a plain aggregate."""
         assert self._global is not None  # configure_train set it
         assert self.secagg is not None  # the loop calls this under secure aggregation only
+        dp = self.dp_wrapper
         previous = record_arrays(self._global)
         keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
         if not messages:
             return self._as_given(self._global), MetricRecord({"valid-replies": 0})
+        bound = None if dp is None else dp.clipping_norm
         try:
             update = secure_train(
                 self.secagg,
@@ -334,17 +351,26 @@ class RoundLoop(PartsBase):
                 keys,
                 self.num_classes(self._global),
                 lambda sent, _: self._exchange(grid, sent, server_round, "train"),
+                clipping_norm=bound,
             )
         except SecAggError as exc:
             log(WARNING, "round %d: %s; %s stays as it was", server_round, exc, self.kept_state)
             metrics = MetricRecord({"valid-replies": 0, "dropped-replies": len(messages)})
             self.remember_metrics(server_round, "train", metrics)
+            if bound is not None:  # nothing was released
+                self.remember_metrics(
+                    server_round, "dp", MetricRecord({"clipping-norm": bound, "noise-std": 0.0})
+                )
             return self._as_given(self._global), metrics
         lost = update.result.dropped
         self.dropped.extend((server_round, node, why) for node, why in lost)
+        trained = ArrayRecord({key: Array(value) for key, value in update.arrays.items()})
+        if dp is not None and bound is not None:
+            per_class = any(keys.values())
+            trained = self._secure_dp_release(server_round, dp, bound, update, trained, per_class)
         state = ArrayRecord({k: self._global[k] for k in self._global if self.server_only(k)})
-        for key, value in update.arrays.items():
-            state[key] = Array(value)
+        for key, array in trained.items():
+            state[key] = Array(np.asarray(array.numpy(), dtype=np.float32))
         metrics = MetricRecord(
             {
                 "valid-replies": len(update.result.contributors),
@@ -356,3 +382,29 @@ class RoundLoop(PartsBase):
         self.remember_metrics(server_round, "train", metrics)
         self._note_updated(server_round)
         return self._as_given(state), metrics
+
+    def _secure_dp_release(
+        self,
+        server_round: int,
+        dp: DPWrapper,
+        bound: float,
+        update: SecureUpdate,
+        trained: ArrayRecord,
+        per_class: bool,
+    ) -> ArrayRecord:
+        """The secure round's new trainable arrays with the DP wrapper's noise, its
+        adaptive bound moved by the securely summed count of clipped nodes; the release
+        accounted with the largest share the totals allow (``largest_share_bound``), since
+        no node's own weight reaches the server."""
+        assert self.secagg is not None and self.dp_ledger is not None  # built with dp
+        # The wrapper's own steps one by one: its aggregate_train would aggregate replies,
+        # and under secure aggregation there are none, only the totals.
+        if isinstance(dp, DifferentialPrivacyAdaptiveBase) and update.clipped is not None:
+            nodes = max(len(update.result.contributors), 1)
+            dp._geometric_update(dp._noisy_fraction(update.clipped, nodes))
+        noised = dp._add_noise_to_aggregated_arrays(trained)
+        counts = update.result.ints[1 : 1 + update.num_classes]
+        share = largest_share_bound(update.num_examples, counts, per_class, self.secagg.max_count)
+        entry = account_round(self.dp_ledger, dp, bound, share)
+        self.remember_metrics(server_round, "dp", MetricRecord(entry))
+        return noised

@@ -57,6 +57,21 @@ def largest_share(
     return largest if largest > 0 else 1.0
 
 
+def largest_share_bound(
+    num_examples: int, class_counts: np.ndarray, per_class: bool, max_count: int
+) -> float:
+    """``largest_share`` when only totals are known (secure aggregation): no node weighs
+    more than ``max_count`` (SecAgg+ refuses larger counts on the node) nor more than a
+    whole total, so a node's share of a value is at most min(1, max_count / total), taken
+    over the examples and, for per-class rows (``per_class``), over every class held."""
+    totals = [num_examples] if num_examples > 0 else []
+    if per_class:
+        totals += [int(c) for c in np.asarray(class_counts).reshape(-1) if c > 0]
+    if not totals:
+        return 1.0
+    return max(min(1.0, max_count / total) for total in totals)
+
+
 class PrivacyLedger:
     """The releases of one run, composed by Flower's ``RdpAccountant``."""
 
@@ -115,18 +130,13 @@ def replay(
 
 
 def account_round(
-    ledger: PrivacyLedger,
-    wrapper: DPWrapper,
-    bound: float,
-    accepted: list[MetricRecord],
-    keys: list[str],
-    weight: Callable[[str, MetricRecord], float | np.ndarray],
+    ledger: PrivacyLedger, wrapper: DPWrapper, bound: float, share: float
 ) -> dict[str, MetricRecordValues]:
-    """Compose one round's releases (the noisy aggregate; an adaptive wrapper's noisy
-    count too) and return the round's ``dp/...`` metrics, ε so far included (left out
-    once a release had no noise: JSON has no infinity)."""
+    """Compose one round's releases (the noisy aggregate, whose largest share of one node
+    is ``share``; an adaptive wrapper's noisy count too) and return the round's ``dp/...``
+    metrics, ε so far included (left out once a release had no noise: JSON has no
+    infinity)."""
     nodes = wrapper.num_sampled_clients
-    share = largest_share(accepted, keys, weight)
     # noise std sigma' C / m over sensitivity share C (sigma': the wrapper's multiplier)
     update_z = wrapper.noise_multiplier / (nodes * share)
     out: dict[str, MetricRecordValues] = {

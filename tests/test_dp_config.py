@@ -332,7 +332,8 @@ def test_unequal_weights_cost_more_epsilon_than_flowers_equal_share_assumes(
     costs = {}
     for name, replies in (("equal", equal), ("skewed", skewed)):
         ledger = PrivacyLedger(delta=1e-5, population=4)
-        row = account_round(ledger, wrapper, 0.1, replies, ["head.weight"], strategy.merge_weight)
+        share = largest_share(replies, ["head.weight"], strategy.merge_weight)
+        row = account_round(ledger, wrapper, 0.1, share)
         costs[name] = row
     # Equal shares of 1/4: z = sigma = 4. One node with 17 of 20 examples: z = 4 / (4 x 0.85).
     assert costs["equal"]["update-noise-multiplier"] == pytest.approx(4.0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, adaptive_clip_inputs_inplace
 
 from strategies import wire
 from strategies.records import PartitionEntry
@@ -91,7 +92,12 @@ def secure_update(
     """A node's training round as a vector (the node's side): integers n_k and n_{k,c};
     floats n_k loss, then per key n_k (θ - θ_sent) (or row c times n_{k,c}), all over
     sum-scale (max_count). Updates, not values: they are small, so a tight clipping range
-    (a bound on one node's change of one value) keeps the quantisation step small."""
+    (a bound on one node's change of one value) keeps the quantisation step small.
+
+    Under client-side DP (a clipping norm in the config) the update of all keys together
+    is first clipped to that norm, as Flower's ``adaptiveclipping_mod`` clips a plain
+    reply, and the norm bit (1: clipped) ends the integers, so the server learns only how
+    many nodes were clipped."""
     n = metrics[wire.NUM_EXAMPLES]
     counts = np.asarray(metrics[wire.CLASS_COUNTS], dtype=np.int64)
     if not isinstance(n, int) or int(counts.sum()) != n:
@@ -102,9 +108,17 @@ def secure_update(
     keys = config[SECURE_KEYS]
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         raise ValueError(f"{SECURE_KEYS} is not a list of key names")
+    updates = {
+        str(key): np.asarray(arrays[str(key)], dtype=np.float64)
+        - np.asarray(reference[str(key)], dtype=np.float64)
+        for key in keys
+    }
+    ints = [n, *counts.tolist()]
+    if KEY_CLIPPING_NORM in config:
+        bound = read_number(config[KEY_CLIPPING_NORM], KEY_CLIPPING_NORM)
+        ints.append(int(adaptive_clip_inputs_inplace(list(updates.values()), bound)))
     for key, per_class in zip(map(str, keys), read_ints(config, SECURE_PER_CLASS), strict=True):
-        value = np.asarray(arrays[key], dtype=np.float64)
-        value = value - np.asarray(reference[key], dtype=np.float64)
+        value = updates[key]
         if per_class:
             if value.shape[:1] != counts.shape:
                 raise ValueError(f"{key} has {value.shape[:1]} rows, not one per class")
@@ -112,7 +126,7 @@ def secure_update(
             parts.append((weight * value / scale).reshape(-1))
         else:
             parts.append((n * value / scale).reshape(-1))
-    return np.concatenate([[n], counts]).astype(np.int64), np.concatenate(parts)
+    return np.asarray(ints, dtype=np.int64), np.concatenate(parts)
 
 
 @dataclass
@@ -123,6 +137,8 @@ class SecureUpdate:
     num_examples: int
     train_loss: float
     result: SecureSum
+    num_classes: int  # result.ints holds n, then this many class totals
+    clipped: int | None = None  # under client-side DP: how many updates were clipped
 
 
 def secure_train(
@@ -132,25 +148,33 @@ def secure_train(
     per_class: Mapping[str, bool],
     num_classes: int,
     exchange: Exchange,
+    clipping_norm: float | None = None,
 ) -> SecureUpdate:
     """A training round under SecAgg+ (the server's side): each train message goes out
     with the masked-vector request; the server learns Σ n_k, Σ n_{k,c}, Σ n_k loss and the
     weighted sums of the updates only, and divides: per key θ + Σ n_k Δ_k / Σ n_k, or per
     class row P_c + Σ n_{k,c} Δ_{k,c} / Σ n_{k,c} (θ, P: the state as sent; rows no node
     holds keep ``previous``). Every node gets the same arrays (``node_arrays`` is not
-    overridden under secure aggregation)."""
+    overridden under secure aggregation).
+
+    ``clipping_norm``: client-side DP's bound, which every node clips its update to before
+    it is weighted and masked; the sum then also counts the nodes that were clipped."""
     keys = list(per_class)
     config = ConfigRecord(dict(messages[0].content.config_records[wire.CONFIG]))
     config[wire.CFG_TASK] = TASK_TRAIN
     config[SECURE_KEYS] = keys
     config[SECURE_PER_CLASS] = [int(per_class[key]) for key in keys]
     config[SUM_SCALE] = params.max_count
+    ints = 1 + num_classes
+    if clipping_norm is not None:
+        config[KEY_CLIPPING_NORM] = float(clipping_norm)
+        ints += 1
     payload = {m.metadata.dst_node_id: m.content for m in messages}
     floats = 1 + sum(int(previous[key].size) for key in keys)
     params = dataclasses.replace(params, clipping_range=params.update_clipping_range)
-    server = SecAggServer(params, 1 + num_classes, floats, config, exchange, payload=payload)
+    server = SecAggServer(params, ints, floats, config, exchange, payload=payload)
     result = server.run(payload)
-    n, counts = int(result.ints[0]), result.ints[1:]
+    n, counts = int(result.ints[0]), result.ints[1 : 1 + num_classes]
     totals = result.floats * params.max_count
     # The arrays as they went out (in the wire dtype): what each node's update is from.
     sent = messages[0].content.array_records[wire.ARRAYS]
@@ -170,4 +194,5 @@ def secure_train(
             value = base + part / n
         arrays[key] = value.astype(np.float32)
     loss = float(totals[0] / n) if n > 0 else float("nan")
-    return SecureUpdate(arrays, n, loss, result)
+    clipped = None if clipping_norm is None else int(result.ints[-1])
+    return SecureUpdate(arrays, n, loss, result, num_classes, clipped)
