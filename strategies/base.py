@@ -349,7 +349,12 @@ class PromptFedAvg(
                 "messages itself, such as Flower's Strategy.start, would send them in the "
                 "clear): call strategy.start(...), or set secure_aggregation = 'off'"
             )
-        check_dp_wrapper(self, config)
+        wrapper = check_dp_wrapper(self, config)
+        # ``rounds`` accounts its own DP rounds; another loop's are accounted per round.
+        if self._own_loop or wrapper is None:
+            self.dp_pending = None
+        else:
+            self.dp_pending = (wrapper, wrapper.clipping_norm)
         self._caller_holds_server_arrays = any(self.server_only(key) for key in arrays)
         arrays = self.ensure_prototypes(grid, arrays)
         if self.refreshes_prototypes(server_round):

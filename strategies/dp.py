@@ -75,7 +75,7 @@ def wraps(wrapper: object, strategy: Strategy) -> bool:
     return False
 
 
-def calling_dp_wrapper(strategy: Strategy) -> Strategy | None:
+def calling_dp_wrapper(strategy: Strategy) -> DPWrapper | None:
     """The Flower DP wrapper around ``strategy`` whose call is on the stack (None: none)."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
@@ -87,16 +87,17 @@ def calling_dp_wrapper(strategy: Strategy) -> Strategy | None:
     return None
 
 
-def check_dp_wrapper(strategy: PromptFedAvg, config: ConfigRecord) -> None:
+def check_dp_wrapper(strategy: PromptFedAvg, config: ConfigRecord) -> DPWrapper | None:
     """Refuse to configure a round of a method that a DP wrapper around it cannot protect
-    (its ``dp_refusal``), naming the method, the wrapper and why, in one line."""
+    (its ``dp_refusal``), naming the method, the wrapper and why, in one line; else the
+    wrapper on the stack, if any."""
     wrapper = calling_dp_wrapper(strategy)
     client_side = KEY_CLIPPING_NORM in config or isinstance(wrapper, CLIENT_SIDE)
     if wrapper is None and not client_side:
-        return
+        return None
     reason = strategy.dp_refusal(client_side)
     if reason is None:
-        return
+        return wrapper
     name = type(wrapper).__name__ if wrapper is not None else "client-side DP clipping"
     raise RuntimeError(f"{type(strategy).__name__} cannot run under {name}: {reason}")
 

@@ -33,7 +33,7 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from strategies.dp import DPWrapper
+from strategies.dp import ClientSideAdaptiveClipping, DPWrapper, ServerSideAdaptiveClipping
 
 
 def largest_share(
@@ -127,6 +127,20 @@ def replay(
             value = metrics.get(key)
             if isinstance(value, (int, float)) and isinstance(size, (int, float)):
                 ledger.compose(float(value), int(size))
+
+
+def unaccountable(wrapper: DPWrapper) -> str | None:
+    """Why a round under ``wrapper`` cannot be accounted as ``account_round`` does (None:
+    it can): Flower's own adaptive wrappers noise for the bound after the round's update,
+    not the one the updates were clipped to, so σ does not say the round's noise."""
+    ours = (ServerSideAdaptiveClipping, ClientSideAdaptiveClipping)
+    if isinstance(wrapper, DifferentialPrivacyAdaptiveBase) and not isinstance(wrapper, ours):
+        return (
+            f"{type(wrapper).__name__} noises for the next round's bound; use "
+            "strategies.dp.ServerSideAdaptiveClipping or ClientSideAdaptiveClipping "
+            "(docs/privacy.md)"
+        )
+    return None
 
 
 def account_round(

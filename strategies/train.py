@@ -10,13 +10,17 @@ from the sums. ``merge`` computes the same from replies given as arrays.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.supercore import log
 
 from strategies import wire
 from strategies.aggregation import RunningMean, scratch_buffer
+from strategies.dp import DPWrapper
 from strategies.parts import PartsBase
+from strategies.privacy_ledger import PrivacyLedger, account_round, largest_share, unaccountable
 from strategies.robust import robust_value
 from strategies.validation import (
     check_known_counts,
@@ -33,6 +37,14 @@ from strategies.validation import (
 
 class TrainAggregation(PartsBase):
     """``aggregate_train`` and ``merge``: checked replies into running sums."""
+
+    # Flower's DP wrapper around this strategy in a loop that is not ``rounds`` (a Flower
+    # user's own ServerApp), with the bound its updates are clipped to this round, read
+    # when the round was configured; each such round's ε is taken at ``dp_delta``.
+    dp_pending: tuple[DPWrapper, float] | None = None
+    dp_delta: float = 1e-5
+    dp_outer_ledger: PrivacyLedger | None = None  # those rounds' releases
+    _dp_said = False  # why no ε is computed has been logged
 
     def merge(
         self,
@@ -138,9 +150,35 @@ class TrainAggregation(PartsBase):
         metrics[wire.NUM_EXAMPLES] = int(sum(sizes))
         if norms:
             metrics["median-update-norm"] = float(sorted(norms)[(len(norms) - 1) // 2])
+        if self.dp_pending is not None:
+            cost = self._account_dp(server_round, client_metrics, list(expected))
+            for key, value in cost.items():
+                metrics[f"dp-{key}"] = value
         self.remember_metrics(server_round, "train", metrics)
         self._note_updated(server_round)
         return self._as_given(state), metrics
+
+    def _account_dp(
+        self, server_round: int, accepted: list[MetricRecord], keys: list[str]
+    ) -> dict[str, MetricRecordValues]:
+        """The round's privacy cost under a DP wrapper in a loop of the user's own (``rounds``
+        accounts its own rounds): ``account_round`` on the accepted replies' weights, into
+        one ledger for the strategy's life; empty, and said once, if it cannot be done."""
+        assert self.dp_pending is not None  # the caller checked
+        wrapper, bound = self.dp_pending
+        reason = unaccountable(wrapper)
+        if reason is None and self.dp_outer_ledger is None:
+            population = max(len(self._node_counts), wrapper.num_sampled_clients)
+            ledger = PrivacyLedger(self.dp_delta, population)
+            self.dp_outer_ledger, reason = ledger, ledger.missing
+        if reason is not None:
+            if not self._dp_said:
+                log(WARNING, "central DP: no epsilon computed: %s", reason)
+                self._dp_said = True
+            return {}
+        assert self.dp_outer_ledger is not None
+        share = largest_share(accepted, keys, self.merge_weight)
+        return account_round(self.dp_outer_ledger, wrapper, bound, share)
 
     def _note_updated(self, server_round: int) -> None:
         """This round changed the global state (a run in which none did fails loudly)."""

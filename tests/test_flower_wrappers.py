@@ -43,6 +43,7 @@ from server_app.app import build_strategy
 from server_app.inprocess import InProcessGrid
 from strategies import dp, wire
 from strategies.pep_fedpt import PEPFedPT
+from strategies.privacy_ledger import PrivacyLedger, largest_share, unaccountable
 
 ROUNDS = 3
 
@@ -239,6 +240,42 @@ def test_a_clipping_bound_that_bites_changes_the_state(
     clipped = _run(flat, initial, tight)
     moved = sum(float(np.linalg.norm(clipped.arrays[k] - initial[k])) ** 2 for k in initial) ** 0.5
     assert 0 < moved <= ROUNDS * 1e-6 * 1.01
+
+
+@pytest.mark.integration
+def test_under_flowers_own_loop_each_round_reports_the_epsilon_of_its_weights(
+    flat: dict, initial: dict[str, np.ndarray], task_identity: None
+) -> None:
+    """A Flower user's ServerApp (Flower's start, Flower's wrapper) gets ε in every round's
+    train metrics, from the replies' own weights, as ``dp.mode`` runs report it."""
+
+    def noisy(strategy: PEPFedPT) -> Strategy:
+        return DifferentialPrivacyClientSideFixedClipping(
+            strategy, noise_multiplier=2.0, clipping_norm=1e6, num_sampled_clients=len(NODES)
+        )
+
+    run = _run(flat, initial, noisy, _dp_client_app())
+    ledger = PrivacyLedger(1e-5, len(NODES))
+    for server_round in range(1, ROUNDS + 1):
+        metrics = run.train_metrics[server_round]
+        replies = [MetricRecord(m) for _, m in run.replies[(server_round - 1) * len(NODES) :]][
+            : len(NODES)
+        ]
+        keys = [key for key in initial if not run.strategy.server_only(key)]
+        share = largest_share(replies, keys, run.strategy.merge_weight)
+        assert 1 / len(NODES) < share <= 1  # unequal nodes: more than the equal share
+        assert metrics["dp-largest-share"] == pytest.approx(share)
+        assert metrics["dp-update-noise-multiplier"] == pytest.approx(2.0 / (len(NODES) * share))
+        ledger.compose(2.0 / (len(NODES) * share), len(NODES))
+        assert metrics["dp-epsilon"] == pytest.approx(ledger.epsilon())
+
+
+def test_flowers_own_adaptive_wrappers_get_no_epsilon_and_say_why() -> None:
+    strategy = PEPFedPT()
+    flowers = DifferentialPrivacyServerSideAdaptiveClipping(strategy, 0.0, 3)
+    assert "noises for the next round's bound" in str(unaccountable(flowers))
+    ours = dp.ServerSideAdaptiveClipping(strategy, 0.0, 3)
+    assert unaccountable(ours) is None
 
 
 # Flower's adaptive-clipping defaults (Andrew et al.'s), named so the hand values read.
