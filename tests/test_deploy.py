@@ -139,7 +139,9 @@ def test_secure_aggregation_across_three_supernodes(
     make_deployment: MakeDeployment, tmp_path: Path
 ):
     """fed.secure-aggregation = 'secaggplus' between real processes: the prototype round and
-    a training round go through SecAgg+'s stages and every node is counted in the totals.
+    a training round go through SecAgg+'s stages and every node is counted in the totals;
+    with client-side adaptive DP, each node clips before masking, the securely summed count
+    of clipped nodes moves the bound, and the round's ε is reported.
 
     Each stage is a message per node, and a SuperNode starts a ClientApp process for each
     (torch imported every time): the slowest run of this tier."""
@@ -155,6 +157,9 @@ def test_secure_aggregation_across_three_supernodes(
     overrides = {
         **TINY_RUN,
         "fed.secure-aggregation": "secaggplus",
+        "dp.mode": "client-adaptive",
+        "dp.noise-multiplier": 0.5,
+        "dp.clipped-count-stddev": 1.0,
         "output-dir": str(out),
     }
     run_id = d.submit("pep-fedpt-secagg", overrides)
@@ -163,6 +168,7 @@ def test_secure_aggregation_across_three_supernodes(
     assert status == "finished:completed", d.describe()
     rounds = {int(row["round"]): row for row in _rounds(out)}
     assert rounds[1]["train/valid-replies"] == 3, rounds
+    assert rounds[1]["dp/clipping-norm"] == 0.1 and rounds[1]["dp/epsilon"] > 0, rounds
     assert json.loads((out / "dropped.json").read_text()) == []
     config = json.loads((out / "config.json").read_text())
     assert config["fed.secure-aggregation"] == "secaggplus", config

@@ -9,15 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from helpers.run_helpers import load_json, load_state, run_server
+from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.registry import method_for
 from strategies import wire
 from strategies.privacy_ledger import largest_share_bound
-from strategies.secagg import SECURE_KEYS, SECURE_PER_CLASS, SUM_SCALE, secure_update
+from strategies.secagg import (
+    MESSAGE_TYPE,
+    SECURE_KEYS,
+    SECURE_PER_CLASS,
+    SUM_SCALE,
+    secure_update,
+)
 
 
 def test_a_node_clips_its_whole_update_before_weighting_and_counts_itself_clipped() -> None:
@@ -113,3 +119,49 @@ def test_client_adaptive_dp_under_secagg_moves_the_bound_by_the_secure_count(
     rows = load_json(_run(tiny_run_config, tmp_path, "adaptive", **keys) / "metrics.json")[1:]
     bounds = [row["dp/clipping-norm"] for row in rows]
     np.testing.assert_allclose(bounds, [1e-6, 1e-6 * np.exp(0.2 * 0.5)])
+
+
+class CrashInSecureRound(CrashMidRound):
+    """A ServerApp process that dies in round ``crash_round`` during the secure sum."""
+
+    def __call__(self, reply: Message) -> Message:
+        secure = reply.metadata.message_type == MESSAGE_TYPE
+        if secure and self.evaluated == self.evaluates_before:
+            raise RuntimeError("server process killed mid-round")
+        return super().__call__(reply)
+
+
+@pytest.mark.integration
+def test_a_noisy_secure_adaptive_run_resumed_after_a_crash_ends_as_an_uninterrupted_one(
+    tiny_run_config: dict, tmp_path: Path, task_identity: None
+) -> None:
+    flat = {
+        **tiny_run_config,
+        "method": "fedavg-vpt-deep",
+        "num-server-rounds": 3,
+        "fed.secure-aggregation": "secaggplus",
+        "fed.secagg-max-count": 400,
+        "dp.mode": "client-adaptive",
+        "dp.noise-multiplier": 0.5,
+        "dp.clipped-count-stddev": 1.0,
+        "dp.clipping-norm": 0.05,
+    }
+    run_server({**flat, "output-dir": str(tmp_path / "whole")})
+    crash = CrashInSecureRound(crash_round=3, num_nodes=len(NODES))
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        run_server({**flat, "output-dir": str(tmp_path / "broken")}, {n: crash for n in NODES})
+    np.random.seed(12345)  # whatever the process drew since, the checkpoint decides
+    run_server({**flat, "output-dir": "", "resume-from": str(tmp_path / "broken")})
+
+    expected, got = load_state(tmp_path / "whole"), load_state(tmp_path / "broken")
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    rows = {
+        name: [
+            (r["dp/clipping-norm"], r["dp/noise-std"], r["dp/epsilon"])
+            for r in load_json(tmp_path / name / "metrics.json")[1:]
+        ]
+        for name in ("whole", "broken")
+    }
+    assert rows["broken"] == rows["whole"]
+    assert len({bound for bound, _, _ in rows["whole"]}) == 3  # the bound moved every round
