@@ -374,7 +374,7 @@ class PromptFedAvg(
         )
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         messages = self._messages(arrays, config, node_ids, MessageType.TRAIN, server_round)
-        if KEY_CLIPPING_NORM in config:
+        if KEY_CLIPPING_NORM in config and self.secagg is None:  # SecAgg+ needs no mod
             messages = self._prototypes_apart(grid, messages, server_round)
         return messages
 

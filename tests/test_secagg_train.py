@@ -9,6 +9,7 @@ ClientApp whose nodes "train" to hand-written arrays and answer the plain messag
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -297,3 +298,32 @@ def test_a_whole_secure_run_of_the_server_app_completes(tiny_run_config: dict) -
         3,
         3,
     ]
+
+
+def test_under_client_side_dp_the_pulled_replies_still_hold_masked_vectors_only() -> None:
+    """The norm bits travel masked too: the server learns how many nodes were clipped
+    (both here: a bound of 1e-3 against updates of norm > 1), and nothing per node."""
+    from strategies.dp import dp_wrapper
+
+    strategy = _secure()
+    grid = SpyGrid(app, {n: {} for n in (31, 32)}, {})
+
+    def wrap(sampled: int) -> Any:
+        return dp_wrapper(
+            strategy,
+            "client-adaptive",
+            noise_multiplier=0.0,
+            clipping_norm=1e-3,
+            num_sampled_clients=sampled,
+            clipped_count_stddev=0.0,
+        )
+
+    ends = list(strategy.rounds(grid, _initial(), num_rounds=1, timeout=0.2, dp=wrap))
+    assert len(grid.pulled) == 16
+    for reply in grid.pulled:
+        assert reply.metadata.message_type.endswith(ACTION)
+        assert set(reply.content.array_records) <= {VECTOR_RECORD}
+        assert not reply.content.metric_records
+    # Both clipped: f = 1 against the target 0.5 grows the bound by exp(0.2 * 0.5).
+    assert ends[-1].metrics["dp/clipping-norm"] == 1e-3
+    assert ends[-1].checkpoint["dp"]["clipping-norm"] == pytest.approx(1e-3 * np.exp(0.1))
