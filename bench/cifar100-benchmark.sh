@@ -10,7 +10,8 @@
 #    of its own: the same grid and seeds, in folder <setting>-onehot.
 # 2. One-seed ablations of PEP-FedPT at the point its own alpha = 0.1 search chose
 #    (bench/chosen.py), one sweep per folder ablation-NAME; only non-default values run
-#    (the reference is PEP-FedPT's seed-0 run at alpha = 0.1).
+#    (the reference is PEP-FedPT's seed-0 run at alpha = 0.1). Then the two ablations
+#    that moved its validation score most (bench/effects.py) again on every seed.
 # 3. Dirichlet alpha = 0.5, then the pathological split (10 classes per client), as 1.
 # 4. bench.report per folder, bench.collect into bench/results/cifar100 (the small result
 #    files, no weights).
@@ -53,6 +54,10 @@ ablation aggregation "fed.class-prompt-aggregation='fedavg'"
 ablation tau "prompt.tau=0.03,0.3"
 ablation ccmp-blocks "prompt.ccmp-blocks='1-L','4'"
 ablation class-length "prompt.class-length=2,4"
+effects=$(PYTHONPATH="$root" "$root/.venv/bin/python" -m bench.effects "$out" 2) || status=1
+while IFS=$'\t' read -r name sweep; do
+  if [ -n "$name" ]; then ablation "$name" "$sweep" "$seeds"; fi
+done <<< "$effects"
 
 setting alpha-0.5 "data.partitioner='dirichlet' data.alpha=0.5"
 setting pathological-10 "data.partitioner='pathological' data.classes-per-client=10"
