@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.comma import comma_ints
 from bench.probes import sim_overhead
 from bench.probes.result_file import header, write
 from pep_fedpt.local_flwr import (
@@ -329,7 +330,12 @@ def _run_status(log: Sequence[str], env: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", default="100,1000", help="SuperNode counts, e.g. 100,1000")
+    parser.add_argument(
+        "--nodes",
+        type=comma_ints(minimum=2, example="100,1000"),
+        default="100,1000",
+        help="SuperNode counts, e.g. 100,1000",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.05, help="fraction-train/evaluate")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved passes over --nodes")
@@ -337,12 +343,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between /proc reads")
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
-    try:
-        counts = [int(n) for n in args.nodes.split(",")]
-    except ValueError:
-        parser.error(f"--nodes {args.nodes!r}: comma-separated whole numbers, e.g. 100,1000")
-    if any(n < 2 for n in counts):
-        parser.error(f"--nodes {args.nodes!r}: every count must be at least 2")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: at least 1")
     if not 0 < args.fraction <= 1:
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_start, runs = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-scale-") as tmp:
         for repeat in range(args.repeats):
-            for nodes in counts:
+            for nodes in args.nodes:
                 work = Path(tmp) / f"n{nodes}-r{repeat}"
                 print(f"--- {nodes} SuperNodes (pass {repeat + 1}/{args.repeats})", flush=True)
                 result = run_once(nodes, args.rounds, args.fraction, data_dir, work, args.poll)
