@@ -42,6 +42,7 @@ import click
 import tomli_w
 from flwr.common.config import parse_config_args, unflatten_dict
 
+from bench.comma import BadList, parse_choices, parse_ints
 from bench.grid import Grid, Point, grid_points, parse_grid
 from bench.report import (
     COMPARISON,
@@ -70,29 +71,18 @@ DEFAULT_VAL_FRACTION = 0.1  # with --grid and no --val-fraction
 # ---------------------------------------------------------------------- arguments
 def parse_methods(text: str) -> list[str]:
     """Comma-separated method names, each one of ``pep_fedpt.methods.registry.METHODS``."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ConfigError(
-            f"--methods {text!r}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-            f"accepted: {', '.join(METHODS)}"
-        )
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--methods {text!r} names a method twice")
-    return methods
+    try:
+        return parse_choices(text, METHODS, "--methods")
+    except BadList as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Comma-separated integer seeds."""
+    """Comma-separated integer seeds, each once."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--seeds {text!r}: write integers separated by commas, e.g. 0,1,2"
-        ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {text!r}: give at least one seed, each once")
-    return seeds
+        return parse_ints(text, "--seeds", example="0,1,2")
+    except BadList as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def base_config(run_config: Path | None, overrides: str) -> dict[str, Scalar]:

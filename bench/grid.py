@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import click
 from flwr.common.config import parse_config_args
 
+from bench.comma import comma_items
 from pep_fedpt.config import ConfigError
 
 Scalar = bool | int | float | str
@@ -32,7 +33,7 @@ def parse_grid(text: str, option: str = "--grid") -> Grid:
     grid: Grid = []
     for part in text.split():
         key, sep, values = part.partition("=")
-        texts = [v for v in values.split(",") if v.strip()]
+        texts = comma_items(values)
         if not sep or not key or not texts:
             raise ConfigError(
                 f"{option} {text!r}: {part!r} is not key=value,value,... "

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pep_fedpt.partitioners import UnknownPartitioner, get_partitioner
 from strategies.options import (
     CLASS_PROMPT_AGGREGATIONS,
     DP_MODES,
@@ -36,7 +37,6 @@ MIXING_PRIORS = ("client", "uniform")
 # PromptConfig keys that only CCMP's mixing reads (a registration's ``ccmp``): any other
 # method refuses a value other than the default rather than ignore it.
 CCMP_KEYS = ("mixing_prior", "test_prior_correction")
-PARTITIONERS = ("dirichlet", "pathological", "iid", "domain")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")  # flwr-datasets'
 INATURALIST_VERSIONS = ("2017", "2018", "2019", "2021_train", "2021_train_mini", "2021_valid")
 HEAD_INITS = ("zeros", "normal")
@@ -191,7 +191,10 @@ class DataConfig:
     pixel_cache: bool = field(default=True, repr=False)  # decoded images in the cache-dir
 
     def __post_init__(self) -> None:
-        _choice("data.partitioner", self.partitioner, PARTITIONERS)
+        try:
+            get_partitioner(self.partitioner)
+        except UnknownPartitioner as exc:
+            raise ConfigError(str(exc)) from None
         _choice("data.class-assignment", self.class_assignment, CLASS_ASSIGNMENTS)
         _choice("data.inaturalist-version", self.inaturalist_version, INATURALIST_VERSIONS)
         if self.num_workers < 0:

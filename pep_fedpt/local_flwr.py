@@ -20,8 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -158,6 +159,59 @@ def run_to_end(
     if not run_id:
         return FlwrRun(returncode, log, "", f"failed (flwr run exited {returncode}, no run id)")
     return FlwrRun(returncode, log, run_id, run_status(run_id, env, cwd=app))
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """How one ``stream_to_end`` ended: its output lines as they came, stdout and stderr
+    together, and its exit code (a kill's negative signal number after a timeout)."""
+
+    returncode: int
+    lines: list[str]
+    timed_out: bool
+
+
+def stream_to_end(
+    app: Path,
+    *args: str,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+) -> Streamed:
+    """``run_command(app, *args)`` in ``app``, each output line handed to ``on_line`` as it
+    arrives (a probe times the round marks so), killed after ``timeout`` seconds. The
+    caller stops the run's SuperLink (``stop_superlink``) once done with it: ``flwr ls``
+    still needs it."""
+    process = subprocess.Popen(
+        run_command(app, *args),
+        cwd=app,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout or ():
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        if process.poll() is None:  # timed out, or this process was interrupted
+            process.kill()
+            process.wait()
+    # After a kill a leftover child may hold the pipe open: the lines so far will do.
+    reader.join(timeout=5.0 if timed_out else None)
+    return Streamed(process.returncode, list(lines), timed_out)
 
 
 # ---------------------------------------------------------------------- processes

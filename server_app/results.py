@@ -26,6 +26,7 @@ import numpy as np
 from pep_fedpt.atomic import atomic_write
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.registry import get_method
+from pep_fedpt.partitioners import get_partitioner
 from server_app.base_new import base_new_metrics, clip_description
 from server_app.checkpoint import Checkpoint, write_checkpoint
 from server_app.metric_keys import ACCURACIES
@@ -394,14 +395,7 @@ def partition_description(cfg: RunConfig) -> str:
     data = cfg.data
     if get_method(cfg.method).clip:  # the protocol decides who holds what
         return clip_description(cfg)[1]
-    if data.partitioner == "dirichlet":
-        text = f"dirichlet, alpha {data.alpha:g}"
-    elif data.partitioner == "pathological":
-        text = (
-            f"pathological, {data.classes_per_client} classes per client ({data.class_assignment})"
-        )
-    else:
-        text = data.partitioner
+    text = get_partitioner(data.partitioner).describe(data)
     if data.held_out_fraction:
         text += f", {data.held_out_fraction:g} of clients held out"
     return text

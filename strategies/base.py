@@ -9,9 +9,10 @@ nodes, the registry of verified counts and partitions), ``strategies/loop.py``
 ``strategies/replies.py`` (``ReplyChecks``: judging, keeping and logging replies),
 ``strategies/train.py`` (``TrainAggregation``: ``aggregate_train``, the running sums and
 the merge hooks), ``strategies/evaluate.py`` (``EvaluatePhase``: ``configure_evaluate``,
-``aggregate_evaluate``); ``strategies/overrides.py`` checks what a subclass overrides.
-What the parts use of one another is declared once, in ``strategies/parts.py``.
-This module holds the options, ``configure_train``, sampling and the message hooks.
+``aggregate_evaluate``), ``strategies/messages.py`` (``NodeMessages``: seeded sampling,
+each node's message and its hooks); ``strategies/overrides.py`` checks what a subclass
+overrides. What the parts use of one another is declared once, in
+``strategies/parts.py``. This module holds the options and ``configure_train``.
 
 What it adds to Flower's FedAvg (Message API), for every method:
 
@@ -136,7 +137,6 @@ from flwr.app import (
     ConfigRecord,
     Message,
     MessageType,
-    RecordDict,
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -149,6 +149,7 @@ from strategies.dp import check_dp_wrapper
 from strategies.evaluate import EvaluatePhase, evaluation_round
 from strategies.exchange import GridExchange
 from strategies.loop import RoundLoop
+from strategies.messages import NodeMessages
 from strategies.options import ROBUST_AGGREGATIONS, WIRE_DTYPES
 from strategies.overrides import check_hook_definitions, overridden, secure_blockers
 from strategies.records import Partitions
@@ -169,6 +170,7 @@ class PromptFedAvg(
     TrainAggregation,
     ReplyChecks,
     GlobalState,
+    NodeMessages,
     GridExchange,
     FedAvg,
 ):
@@ -398,74 +400,3 @@ class PromptFedAvg(
                 f"{type(self).__name__}: its "
                 f"{', '.join(found)} need each reply, and the server sees only totals"
             )
-
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: list[int],
-        message_type: str,
-        server_round: int,
-    ) -> list[Message]:
-        """Per node: its ``node_arrays`` and the config, plus its ``extra_content``."""
-        config[wire.CFG_SERVER_ROUND] = server_round
-        config[wire.CFG_PROTO_VERSION] = self._proto_version
-        trainable = ArrayRecord({key: arrays[key] for key in arrays if not self.server_only(key)})
-        messages = []
-        for node_id in node_ids:
-            content = RecordDict()
-            node_arrays = self.node_arrays(arrays, trainable, node_id, message_type)
-            if node_arrays is not None:
-                content[wire.ARRAYS] = node_arrays
-            content[wire.CONFIG] = config
-            self.extra_content(content, arrays, node_id)
-            messages.append(
-                Message(content=content, message_type=message_type, dst_node_id=node_id)
-            )
-        self._set_outgoing(messages)
-        return messages
-
-    def node_arrays(
-        self, arrays: ArrayRecord, trainable: ArrayRecord, node_id: int, message_type: str
-    ) -> ArrayRecord | None:
-        """Hook: the arrays of one node's train/evaluate message (``message_type``), from
-        the global state ``arrays``; None sends none. Default: ``trainable``, the state
-        without its server-only keys (one record shared by every message)."""
-        return trainable
-
-    def extra_content(self, content: RecordDict, arrays: ArrayRecord, node_id: int) -> None:
-        """Hook: add method-specific records to one node's train/evaluate message."""
-
-    def _sample(
-        self,
-        grid: Grid,
-        fraction: float,
-        minimum: int,
-        exclude: set[int] | None = None,
-        verified_only: bool = False,
-    ) -> list[int]:
-        """Seeded sampling of max(fraction * candidates, minimum) nodes, not in ``exclude``
-        (and, with ``verified_only``, only nodes whose class counts were verified)."""
-        connected = self._wait_for_nodes(grid, max(self.min_available_nodes, minimum))
-        candidates = self.in_identity_order(
-            node
-            for node in connected
-            if node not in (exclude or set()) and (not verified_only or node in self._node_counts)
-        )
-        size = sample_size(len(candidates), fraction, minimum)
-        return self.in_identity_order(self._rng.sample(candidates, size))
-
-    def train_sample_size(self, grid: Grid) -> int:
-        """How many nodes a training round would sample now (what central DP's noise is
-        calibrated to): the verified nodes connected, held-out ones apart."""
-        candidates = [
-            node
-            for node in grid.get_node_ids()
-            if node not in self.held_out_nodes and node in self._node_counts
-        ]
-        return sample_size(len(candidates), self.fraction_train, self.min_train_nodes)
-
-
-def sample_size(candidates: int, fraction: float, minimum: int) -> int:
-    """max(fraction * candidates, minimum) nodes, and no more than there are."""
-    return min(candidates, max(int(candidates * fraction), minimum))

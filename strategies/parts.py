@@ -2,13 +2,14 @@
 
 ``PromptFedAvg`` (strategies/base.py) is made of parts, one concern each: ``RoundLoop``
 (loop.py), ``NodeAdmission`` (admission.py), ``EvaluatePhase`` (evaluate.py),
-``TrainAggregation`` (train.py), ``ReplyChecks`` (replies.py), ``GlobalState`` (state.py)
-and ``GridExchange`` (exchange.py). A part calls methods that another part (or the base,
-or Flower's ``FedAvg``) defines and reads attributes that ``PromptFedAvg.__init__`` sets.
-``StrategyParts`` lists them, and every part derives from it for the type checker only
-(``PartsBase``): so each part sees the others' members, and mypy checks every real
-definition against its declaration here. At run time ``PartsBase`` is ``object``: the
-declarations never shadow a real method in the method resolution order.
+``TrainAggregation`` (train.py), ``ReplyChecks`` (replies.py), ``GlobalState`` (state.py),
+``NodeMessages`` (messages.py) and ``GridExchange`` (exchange.py). A part calls methods
+that another part (or the base, or Flower's ``FedAvg``) defines and reads attributes that
+``PromptFedAvg.__init__`` sets. ``StrategyParts`` lists them, and every part derives from
+it for the type checker only (``PartsBase``): so each part sees the others' members, and
+mypy checks every real definition against its declaration here. At run time
+``PartsBase`` is ``object``: the declarations never shadow a real method in the method
+resolution order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StrategyParts(Protocol):
     """The attributes and methods the parts of ``PromptFedAvg`` share."""
 
     # Options and state, set by PromptFedAvg.__init__ (``wait_timeout`` also by the
-    # ServerApp; ``fraction_evaluate`` and the minimums are FedAvg's).
+    # ServerApp; the fractions and the minimums are FedAvg's).
     counts_only: bool
     secagg: SecAggParams | None
     timeout: float
@@ -48,6 +49,7 @@ class StrategyParts(Protocol):
     # FedAvg's, set by its __init__. The values are for mypy only (PartsBase is object at
     # run time): without one, a Protocol attribute that no class before FedAvg assigns
     # counts as abstract.
+    fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_available_nodes: int = 2
     min_train_nodes: int = 2
@@ -79,6 +81,8 @@ class StrategyParts(Protocol):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]: ...
     def server_only(self, key: str) -> bool: ...
+
+    # NodeMessages (messages.py).
     def train_sample_size(self, grid: Grid) -> int: ...
     def _sample(
         self,

@@ -285,3 +285,36 @@ def test_sigterm_and_sighup_stop_a_program_as_ctrl_c_does(signum: int, code: int
         if proc.poll() is None:
             proc.kill()
     assert rest == f"cleaned\n{signal.Signals(signum).name}\n"
+
+
+@pytest.mark.integration  # the flwr command line takes seconds to start
+def test_a_streamed_run_hands_each_line_over_as_it_comes(tmp_path: Path) -> None:
+    app = tmp_path / "not-an-app"
+    app.mkdir()
+    home = tmp_path / "flwr-home"
+    seen: list[str] = []
+    run = local_flwr.stream_to_end(
+        app, "-c", "x=1", env=local_flwr.flwr_env(home), on_line=seen.append
+    )
+    assert (run.returncode, run.timed_out) == (1, False)
+    assert seen == run.lines
+    assert "Failed to load Flower App configuration" in "".join(run.lines)
+    assert processes_of_home(home) == set()
+
+
+def test_a_streamed_run_past_its_timeout_is_killed_keeping_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in ``flwr`` that prints two lines and sleeps: the lines come back and the
+    process is killed at the timeout."""
+    fake = tmp_path / "flwr"
+    fake.write_text(
+        f"#!{sys.executable}\nimport time\nprint('one', flush=True)\nprint('two', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(local_flwr, "flwr_bin", lambda: str(fake))
+    run = local_flwr.stream_to_end(tmp_path, env=dict(os.environ), timeout=3.0)
+    assert run.timed_out
+    assert run.returncode == -signal.SIGKILL
+    assert run.lines == ["one\n", "two\n"]

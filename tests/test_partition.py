@@ -172,3 +172,37 @@ def test_central_split_and_subsample_do_not_depend_on_the_run_seed() -> None:
         assert np.array_equal(np.sort(covered), pool)
     with pytest.raises(ConfigError, match=r"data.subsample = 0.0 must be in \(0, 1\]"):
         DataConfig(subsample=0.0)
+
+
+def test_every_partitioner_is_one_frozen_record_registered_once() -> None:
+    import dataclasses
+
+    from pep_fedpt.partitioners import PARTITIONERS, UnknownPartitioner, get_partitioner
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    assert list(PARTITIONERS) == ["dirichlet", "pathological", "iid", "domain"]
+    for name, record in PARTITIONERS.items():
+        assert record.name == name and get_partitioner(name) is record
+        assert set(record.reads) <= fields, (name, record.reads)
+        assert callable(record.split_function())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.name = "other"  # type: ignore[misc]  # assigning a frozen field is the point
+    assert [n for n, r in PARTITIONERS.items() if r.needs_domains] == ["domain"]
+    with pytest.raises(UnknownPartitioner) as refused:
+        get_partitioner("shards")
+    assert str(refused.value) == (
+        "data.partitioner = 'shards' is not accepted; use one of: "
+        "dirichlet, pathological, iid, domain"
+    )
+
+
+def test_each_partitioner_describes_itself_with_the_keys_it_reads() -> None:
+    from pep_fedpt.partitioners import get_partitioner
+
+    cfg = DataConfig(alpha=0.25, classes_per_client=3, class_assignment="random")
+    assert get_partitioner("dirichlet").describe(cfg) == "dirichlet, alpha 0.25"
+    assert get_partitioner("pathological").describe(cfg) == (
+        "pathological, 3 classes per client (random)"
+    )
+    assert get_partitioner("iid").describe(cfg) == "iid"
+    assert get_partitioner("domain").describe(cfg) == "domain"

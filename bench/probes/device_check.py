@@ -35,13 +35,11 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -50,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.probes.result_file import header, write
-from pep_fedpt.local_flwr import BIN, flwr_env, processes_of_home, stop_superlink
+from bench.probes.sampler import Sampler, command_line, proc_text, status_bytes
+from pep_fedpt.local_flwr import flwr_env, processes_of_home, stop_superlink, stream_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = "bench/probes/device_check.py"
@@ -427,49 +426,34 @@ def stage_fedmvp(sizes: Sizes, device: Any, data: Mapping[str, Any], deadline: f
     }
 
 
-class MemorySampler(threading.Thread):
+class MemorySampler(Sampler):
     """Each process of one ``flwr run``'s simulation (found by its FLWR_HOME): the peak
     host memory (VmHWM) and, on CUDA, the peak GPU memory ``nvidia-smi`` shows for it,
     sampled twice a second until ``stop``."""
 
     def __init__(self, home: Path, cuda: bool) -> None:
-        super().__init__(daemon=True)
+        super().__init__(poll=0.5)
         self.home, self.cuda = home, cuda
         self.seen: dict[int, dict[str, Any]] = {}
         self.gpu_note: str | None = None
         self.peak_gpu_total_bytes: int | None = None  # the whole GPU, whoever holds it
-        self._stop_event = threading.Event()
-
-    def stop(self) -> dict[int, dict[str, Any]]:
-        self._stop_event.set()
-        self.join()
-        return self.seen
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(0.5)
 
     def sample(self) -> None:
         gpu = self._gpu_bytes() if self.cuda else {}
         if self.cuda:
             self._gpu_total()
         for pid in sorted(processes_of_home(self.home)):
-            proc = Path(f"/proc/{pid}")
-            try:
-                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                hwm = re.search(r"VmHWM:\s+(\d+) kB", (proc / "status").read_text())
-                known = self.seen.get(pid, {}).get("role") == "clientapp"
-                maps = "" if known else (proc / "maps").read_text()
-            except OSError:  # gone, or not ours
+            command = command_line(pid)
+            if not command:  # gone, or not ours
                 continue
+            known = self.seen.get(pid, {}).get("role") == "clientapp"
             entry = self.seen.setdefault(
                 pid, {"command": command[:120], "peak_rss_bytes": 0, "peak_gpu_bytes": None}
             )
             if not known:
-                entry["role"] = role(command, maps)
-            if hwm:
-                entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], int(hwm.group(1)) * 1024)
+                entry["role"] = role(command, proc_text(pid, "maps"))
+            if (hwm := status_bytes(pid, "VmHWM")) is not None:
+                entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], hwm)
             if pid in gpu:
                 entry["peak_gpu_bytes"] = max(entry["peak_gpu_bytes"] or 0, gpu[pid])
 
@@ -537,38 +521,25 @@ def stage_simulation(
         f"client-resources-num-gpus={sizes.sim_gpus}"
     )
     overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
-    command = ["run", ".", "--stream", "-c", overrides, "--federation-config", federation]
+    args = ["-c", overrides, "--federation-config", federation]
     sampler = MemorySampler(home, device.type == "cuda")
-    log: list[str] = []
     start = time.monotonic()
-    process = subprocess.Popen(
-        [str(BIN / "flwr"), *command],
-        cwd=ROOT,
-        env=flwr_env(home),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    reader = threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True)
-    reader.start()
     sampler.start()
     try:
-        process.wait(timeout=max(deadline - time.monotonic(), 1))
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        timed_out = True
-    seconds = time.monotonic() - start
-    reader.join(timeout=5)
-    processes = sampler.stop()
-    stop_superlink(home)
+        run = stream_to_end(
+            ROOT, *args, env=flwr_env(home), timeout=max(deadline - time.monotonic(), 1)
+        )
+        seconds = time.monotonic() - start
+    finally:
+        sampler.stop()
+        stop_superlink(home)
+    processes, log, timed_out = sampler.seen, run.lines, run.timed_out
     took = {int(m.group(1)): float(m.group(2)) for m in map(ROUND_TOOK.search, log) if m}
     metrics = out / "metrics.json"
     recorded = (
         [int(r["round"]) for r in json.loads(metrics.read_text())] if metrics.is_file() else []
     )
-    finished = not timed_out and process.returncode == 0 and recorded[-1:] == [rounds]
+    finished = not timed_out and run.returncode == 0 and recorded[-1:] == [rounds]
     clientapps = [p for p in processes.values() if p["role"] == "clientapp"]
     if device.type == "cuda" and not any(p["peak_gpu_bytes"] for p in clientapps):
         # In a container nvidia-smi may list host PIDs, or none: the total still tells.
@@ -579,7 +550,7 @@ def stage_simulation(
     return {
         "finished": finished,
         "timed_out": timed_out,
-        "returncode": process.returncode,
+        "returncode": run.returncode,
         "seconds": seconds,
         "round_s": {str(r): took[r] for r in sorted(took)},
         "rounds_recorded": recorded,
@@ -587,7 +558,7 @@ def stage_simulation(
         "clientapp_processes": len(clientapps),
         "gpu_note": sampler.gpu_note,
         "peak_gpu_total_bytes": sampler.peak_gpu_total_bytes,
-        "command": ["flwr", *command],
+        "command": ["flwr", "run", ".", "--stream", *args],
         "log_tail": "".join(log[-40:]) if not finished else "",
     }
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.comma import comma_ints
 from bench.probes.result_file import header, write
 from pep_fedpt.config import FedMVPConfig
 from pep_fedpt.engine import autocast
@@ -313,14 +314,6 @@ def _now(bundle: ClipBundle) -> float:
 
 
 # ---------------------------------------------------------------- command
-def _bank_sizes(text: str) -> list[int]:
-    """``"10,50"`` as [10, 50]; anything but positive whole numbers is a ValueError."""
-    sizes = [int(part) for part in text.split(",")]  # ValueError on "x" or ""
-    if any(size < 1 for size in sizes):
-        raise ValueError("a number of classes below 1")
-    return sizes
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", default="tiny")
@@ -328,7 +321,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=10, help="sentences per class")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timed pairs")
-    parser.add_argument("--memory-classes", default="10,50,100,200", help="bank sizes, a,b,..")
+    parser.add_argument(
+        "--memory-classes",
+        type=comma_ints(minimum=1, example="10,50"),
+        default="10,50,100,200",
+        help="bank sizes (numbers of classes), a,b,..",
+    )
     parser.add_argument("--attributes", type=Path, default=None, help="a phrases JSON file")
     parser.add_argument("--device", default="", help="default: cuda if there is one, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -342,13 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--threads = {args.threads}: a number of threads, 0 for torch's default")
     if args.attributes is not None and not args.attributes.is_file():
         parser.error(f"--attributes {args.attributes}: no such file (a JSON of class -> phrases)")
-    try:
-        memory_classes = _bank_sizes(args.memory_classes)
-    except ValueError:
-        parser.error(
-            f"--memory-classes = {args.memory_classes!r}: comma-separated numbers of classes, "
-            "each at least 1 (e.g. 10,50)"
-        )
+    memory_classes = args.memory_classes
 
     load_start = os.getloadavg()
     measured = measure(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
+from bench.comma import comma_ints
 from bench.probes.result_file import header
 from server_app.inprocess import InProcessGrid, incoming_message
 from strategies import wire
@@ -47,23 +48,6 @@ def growth_per_node(runs: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 # ---------------------------------------------------------------- the run
-def parse_nodes(text: str) -> list[int]:
-    """``1000,4000`` -> [1000, 4000]: distinct node counts >= 2, ascending; ValueError
-    naming the bad item otherwise."""
-    counts = []
-    for item in text.split(","):
-        try:
-            value = int(item)
-        except ValueError:
-            raise ValueError(f"--nodes {text!r}: {item!r} is not a whole number") from None
-        if value < 2:
-            raise ValueError(f"--nodes {text!r}: {value} nodes; at least 2 (min-available-nodes)")
-        counts.append(value)
-    if len(set(counts)) != len(counts):
-        raise ValueError(f"--nodes {text!r}: a node count appears twice")
-    return sorted(counts)
-
-
 class SyntheticGrid(InProcessGrid):
     """A Flower ``Grid`` of ``num_nodes`` nodes whose prototype replies are built when
     pulled (from ``TABLES`` precomputed sums), so that the grid itself holds none; the
@@ -167,7 +151,12 @@ def sums_bytes(classes: int, dim: int) -> int:
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", default="1000,4000", help="node counts, comma separated")
+    parser.add_argument(
+        "--nodes",
+        type=comma_ints(minimum=2, example="1000,4000"),
+        default="1000,4000",
+        help="node counts (at least 2: min-available-nodes), comma separated",
+    )
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument(
@@ -175,10 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
-    try:
-        nodes = parse_nodes(args.nodes)
-    except ValueError as exc:
-        parser.error(str(exc))
+    nodes = sorted(args.nodes)
     for name in ("classes", "dim"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} = {getattr(args, name)}: at least 1")

@@ -45,27 +45,26 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.comma import comma_ints
 from bench.probes import sim_overhead
 from bench.probes.result_file import header, write
+from bench.probes.sampler import Sampler, command_line, cpu_seconds, status_bytes
 from pep_fedpt.local_flwr import (
-    BIN,
     COMPLETED,
     flwr_env,
     process_tree,
     run_id_in,
     run_status,
     stop_superlink,
+    stream_to_end,
     superlinks,
 )
 from pep_fedpt.preflight import toml_value
@@ -78,7 +77,6 @@ ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", SHARED_ARCHIVE))
 ROUND_MARK = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 PHASE_LINE = re.compile(r"round (\d+) (query|train|evaluate): (\d+)/(\d+) replies in ([0-9.]+) s")
 SUMMARY_MARK = "pep-fedpt summary"
-TICKS = float(os.sysconf("SC_CLK_TCK"))
 PROTOTYPE_MARK = "prototype round: asking"
 
 # The tiny random ViT of sim_overhead (no pre-training, seconds per round) on CIFAR-10 files.
@@ -109,56 +107,20 @@ def phase_times(lines: Sequence[str]) -> dict[int, dict[str, dict[str, float]]]:
     return found
 
 
-# ---------------------------------------------------------------- processes and /proc
-def _proc(pid: int, name: str) -> str:
-    """``/proc/<pid>/<name>``, or "" when the process is gone (or not ours to read)."""
-    try:
-        return Path(f"/proc/{pid}/{name}").read_text()
-    except OSError:
-        return ""
-
-
-def _status_bytes(pid: int, field_name: str) -> int | None:
-    """A ``/proc/<pid>/status`` field in bytes (``VmHWM``, ``VmRSS``), None if absent."""
-    found = re.search(rf"^{field_name}:\s+(\d+) kB$", _proc(pid, "status"), re.MULTILINE)
-    return int(found.group(1)) * 1024 if found else None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds (``/proc/<pid>/stat`` fields 14 and 15, after the name)."""
-    fields = _proc(pid, "stat").rsplit(")", 1)[-1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS if len(fields) > 12 else None
-
-
-@dataclass
-class MemoryWatch:
+# ---------------------------------------------------------------- the processes
+class MemoryWatch(Sampler):
     """Polls the SuperLink of one FLWR_HOME, its ``flwr-simulation`` child and the Ray
-    processes below that, in a thread, until ``stop``."""
+    processes below that, until ``stop``."""
 
-    home: Path
-    poll: float
-    superlink: int | None = None
-    simulation: int | None = None
-    superlink_hwm: int | None = None
-    simulation_hwm: int | None = None
-    simulation_cpu_s: float | None = None
-    ray_rss_max: int | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.poll)
+    def __init__(self, home: Path, poll: float) -> None:
+        super().__init__(poll)
+        self.home = home
+        self.superlink: int | None = None
+        self.simulation: int | None = None
+        self.superlink_hwm: int | None = None
+        self.simulation_hwm: int | None = None
+        self.simulation_cpu_s: float | None = None
+        self.ray_rss_max: int | None = None
 
     def sample(self) -> None:
         """One poll: find the processes (once), keep each high-water mark as last read."""
@@ -166,26 +128,26 @@ class MemoryWatch:
             self.superlink = min(superlinks(self.home), default=None)
         if self.superlink is None:
             return
-        if (hwm := _status_bytes(self.superlink, "VmHWM")) is not None:
+        if (hwm := status_bytes(self.superlink, "VmHWM")) is not None:
             self.superlink_hwm = hwm
         if self.simulation is None:
             self.simulation = next(
                 (
                     p
                     for p in sorted(process_tree({self.superlink}))
-                    if "flwr-simulation" in _proc(p, "cmdline")
+                    if "flwr-simulation" in command_line(p)
                 ),
                 None,
             )
         if self.simulation is None:
             return
-        if (hwm := _status_bytes(self.simulation, "VmHWM")) is not None:
+        if (hwm := status_bytes(self.simulation, "VmHWM")) is not None:
             self.simulation_hwm = hwm
-        if (cpu := _cpu_seconds(self.simulation)) is not None:
+        if (cpu := cpu_seconds(self.simulation)) is not None:
             self.simulation_cpu_s = cpu
         below = process_tree({self.simulation}) - {self.simulation}
         if below:
-            total = sum(_status_bytes(pid, "VmRSS") or 0 for pid in below)
+            total = sum(status_bytes(pid, "VmRSS") or 0 for pid in below)
             self.ray_rss_max = max(self.ray_rss_max or 0, total)
 
 
@@ -231,39 +193,37 @@ def run_once(
     """One ``flwr run .`` with ``nodes`` SuperNodes; its figures, or exit with its log."""
     home, out, cache = work / "home", work / "run", work / "cache"
     env = flwr_env(home)
-    command = [
-        str(BIN / "flwr"), "run", ".", "--stream",
-        "-c", overrides(nodes, rounds, fraction, data_dir, out, cache),
-        "--federation-config", f"num-supernodes={nodes}",
-    ]  # fmt: skip
     watch = MemoryWatch(home, poll)
-    log: list[str] = []
     marks: list[float] = []
     end: float | None = None
     hwm_before_round1: int | None = None
     cpu_before_round1: float | None = None
     asked: float | None = None  # the prototype round's first line
+
+    def mark(line: str) -> None:
+        nonlocal asked, end, hwm_before_round1, cpu_before_round1
+        if PROTOTYPE_MARK in line and asked is None:
+            asked = time.monotonic()
+        if ROUND_MARK.search(line):
+            marks.append(time.monotonic())
+            if len(marks) == 1:
+                watch.sample()
+                hwm_before_round1 = watch.simulation_hwm
+                cpu_before_round1 = watch.simulation_cpu_s
+        if SUMMARY_MARK in line and end is None:
+            end = time.monotonic()
+
+    log: list[str] = []
     start = time.monotonic()
     watch.start()
     try:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+        run = stream_to_end(
+            ROOT,
+            "-c", overrides(nodes, rounds, fraction, data_dir, out, cache),
+            "--federation-config", f"num-supernodes={nodes}",
+            env=env, on_line=mark,
         )  # fmt: skip
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.append(line)
-            if PROTOTYPE_MARK in line and asked is None:
-                asked = time.monotonic()
-            if ROUND_MARK.search(line):
-                marks.append(time.monotonic())
-                if len(marks) == 1:
-                    watch.sample()
-                    hwm_before_round1 = watch.simulation_hwm
-                    cpu_before_round1 = watch.simulation_cpu_s
-            if SUMMARY_MARK in line and end is None:
-                end = time.monotonic()
-        process.wait()
+        log = run.lines
         finished = time.monotonic()
         watch.sample()
     finally:
@@ -271,11 +231,11 @@ def run_once(
         status = _run_status(log, env)
         stop_superlink(home)
     text = "".join(log)
-    if process.returncode != 0 or len(marks) != rounds or status != COMPLETED:
+    if run.returncode != 0 or len(marks) != rounds or status != COMPLETED:
         kept = Path(tempfile.gettempdir()) / f"pep-fedpt-scale-failed-{nodes}.log"
         kept.write_text(text)
         sys.exit(
-            f"flwr run with {nodes} SuperNodes failed (exit {process.returncode}, "
+            f"flwr run with {nodes} SuperNodes failed (exit {run.returncode}, "
             f"{len(marks)}/{rounds} rounds, status {status}); log kept in {kept}:\n"
             f"{text[-4000:]}"
         )
@@ -329,7 +289,12 @@ def _run_status(log: Sequence[str], env: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", default="100,1000", help="SuperNode counts, e.g. 100,1000")
+    parser.add_argument(
+        "--nodes",
+        type=comma_ints(minimum=2, example="100,1000"),
+        default="100,1000",
+        help="SuperNode counts, e.g. 100,1000",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.05, help="fraction-train/evaluate")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved passes over --nodes")
@@ -337,12 +302,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between /proc reads")
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
-    try:
-        counts = [int(n) for n in args.nodes.split(",")]
-    except ValueError:
-        parser.error(f"--nodes {args.nodes!r}: comma-separated whole numbers, e.g. 100,1000")
-    if any(n < 2 for n in counts):
-        parser.error(f"--nodes {args.nodes!r}: every count must be at least 2")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: at least 1")
     if not 0 < args.fraction <= 1:
@@ -351,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_start, runs = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="pep-fedpt-scale-") as tmp:
         for repeat in range(args.repeats):
-            for nodes in counts:
+            for nodes in args.nodes:
                 work = Path(tmp) / f"n{nodes}-r{repeat}"
                 print(f"--- {nodes} SuperNodes (pass {repeat + 1}/{args.repeats})", flush=True)
                 result = run_once(nodes, args.rounds, args.fraction, data_dir, work, args.poll)

@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from bench.comma import comma_ints
 from client_app import secagg as client_secagg
 from server_app.inprocess import InProcessGrid, set_task_identity
 from strategies import PEPFedPT, traffic, wire
@@ -132,16 +133,21 @@ def measure(nodes: int, classes: int, dim: int, num_shares: int | None) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", default="10,100")
+    parser.add_argument("--nodes", type=comma_ints(minimum=1, example="10,100"), default="10,100")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--num-shares", default="0", help="0: every node; odd k: SecAgg+")
+    parser.add_argument(
+        "--num-shares",
+        type=comma_ints(minimum=0, example="0,5"),
+        default="0",
+        help="0: every node; odd k: SecAgg+",
+    )
     args = parser.parse_args()
     set_task_identity()
     logging.getLogger("flwr").setLevel(WARNING)
     rows = []
-    for n in (int(x) for x in args.nodes.split(",")):
-        modes: list[int | None] = [None] + [int(k) for k in args.num_shares.split(",")]
+    for n in args.nodes:
+        modes: list[int | None] = [None, *args.num_shares]
         for k in modes:
             if k is not None and k > n:
                 continue

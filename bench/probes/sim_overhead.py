@@ -74,34 +74,31 @@ def simulation(
     clients: int, rounds: int, out: Path, home: Path, config: Mapping[str, Any] = TINY
 ) -> dict[str, object]:
     """``flwr run .`` with ``clients`` SuperNodes; round marks timed as the log streams."""
-    from pep_fedpt.local_flwr import BIN, flwr_env, stop_superlink
+    from pep_fedpt.local_flwr import flwr_env, stop_superlink, stream_to_end
     from pep_fedpt.preflight import toml_value
 
     overrides = " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
     overrides += f" num-server-rounds={rounds} output-dir='{out}' cache-dir='{out}/cache'"
     overrides += f" fed.min-train-nodes={clients} fed.min-evaluate-nodes={clients}"
     overrides += f" fed.min-available-nodes={clients}"
-    env = flwr_env(home)
-    command = [
-        str(BIN / "flwr"), "run", ".", "--stream", "-c", overrides,
-        "--federation-config", f"num-supernodes={clients}",
-    ]  # fmt: skip
-    start = time.monotonic()
     marks: list[float] = []
-    log: list[str] = []
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        log.append(line)
+
+    def mark(line: str) -> None:
         if ROUND_MARK in line:
             marks.append(time.monotonic())
-    process.wait()
-    finished = time.monotonic()
-    stop_superlink(home)
-    if process.returncode != 0 or len(marks) != rounds:
-        sys.exit(f"flwr run failed ({process.returncode}, {len(marks)} rounds):\n{''.join(log)}")
+
+    start = time.monotonic()
+    try:
+        run = stream_to_end(
+            ROOT, "-c", overrides, "--federation-config", f"num-supernodes={clients}",
+            env=flwr_env(home), on_line=mark,
+        )  # fmt: skip
+        finished = time.monotonic()
+    finally:
+        stop_superlink(home)
+    log = run.lines
+    if run.returncode != 0 or len(marks) != rounds:
+        sys.exit(f"flwr run failed ({run.returncode}, {len(marks)} rounds):\n{''.join(log)}")
     took = round_times(log, rounds)
     if took is None:
         sys.exit(f"flwr run logged no 'round r took' line for some round:\n{''.join(log)}")

@@ -7,9 +7,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pep_fedpt.config import ConfigError, DataConfig
+from pep_fedpt.partitioners import UnknownPartitioner, get_partitioner
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
+
+# The labels and original indices of a pool's examples, as a flwr-datasets Dataset takes them.
+Columns = dict[str, list[int]]
+Domains = np.ndarray | None  # one domain id per example, for partitioner = "domain"
 
 
 def partition_indices(
@@ -19,55 +24,82 @@ def partition_indices(
     seed: int,
     domains: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Indices of each partition, drawn by a flwr-datasets partitioner over the labels only.
+    """Indices of each partition, drawn by a flwr-datasets partitioner over the labels only
+    (``data.partitioner``: its record in ``pep_fedpt.partitioners``).
 
     ``domains`` (one id per example) is needed by ``partitioner = "domain"``: partition p
     then holds the p-th of k IID shares of domain p // k, k = num_partitions / #domains.
     """
-    from datasets import Dataset
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
-
+    try:
+        partitioning = get_partitioner(cfg.partitioner)
+    except UnknownPartitioner as exc:
+        raise ConfigError(str(exc)) from None
     if num_partitions < 1 or num_partitions > len(targets):
         raise ConfigError(
             f"num-partitions = {num_partitions} must be in 1..{len(targets)} (the pool size)"
         )
     columns = {"label": np.asarray(targets).tolist(), "index": list(range(len(targets)))}
-    if cfg.partitioner == "domain":
-        if domains is None:
-            raise ConfigError(
-                f"data.partitioner = 'domain' needs a data set whose examples carry a domain "
-                f"(domainnet, domainnet-10); data.dataset = {cfg.dataset!r} has none"
-            )
-        return _domain_partitions(np.asarray(domains), columns, num_partitions, seed)
-    partitioner: Partitioner
-    if cfg.partitioner == "dirichlet":
-        partitioner = DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=cfg.alpha,
-            min_partition_size=cfg.min_partition_size,
-            seed=seed,
+    if partitioning.needs_domains and domains is None:
+        raise ConfigError(
+            f"data.partitioner = {cfg.partitioner!r} needs a data set whose examples carry a "
+            f"domain (domainnet, domainnet-10); data.dataset = {cfg.dataset!r} has none"
         )
-    elif cfg.partitioner == "pathological":
-        num_classes = len(np.unique(targets))
-        if cfg.classes_per_client > num_classes:
-            raise ConfigError(
-                f"data.classes-per-client = {cfg.classes_per_client} exceeds the "
-                f"{num_classes} classes of data set {cfg.dataset!r}"
-            )
-        partitioner = PathologicalPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            num_classes_per_partition=cfg.classes_per_client,
-            class_assignment_mode=cfg.class_assignment,
-            seed=seed,
+    split = partitioning.split_function()
+    partitions: list[np.ndarray] = split(columns, num_partitions, cfg, seed, domains)
+    return partitions
+
+
+def dirichlet_partitions(
+    columns: Columns, num_partitions: int, cfg: DataConfig, seed: int, domains: Domains
+) -> list[np.ndarray]:
+    """``data.partitioner = "dirichlet"``: label skew of concentration ``data.alpha``."""
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    partitioner = DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        seed=seed,
+    )
+    return _load_shuffled(partitioner, columns, seed)
+
+
+def pathological_partitions(
+    columns: Columns, num_partitions: int, cfg: DataConfig, seed: int, domains: Domains
+) -> list[np.ndarray]:
+    """``data.partitioner = "pathological"``: ``data.classes-per-client`` classes each."""
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    num_classes = len(np.unique(columns["label"]))
+    if cfg.classes_per_client > num_classes:
+        raise ConfigError(
+            f"data.classes-per-client = {cfg.classes_per_client} exceeds the "
+            f"{num_classes} classes of data set {cfg.dataset!r}"
         )
-    else:
-        partitioner = IidPartitioner(num_partitions=num_partitions)
+    partitioner = PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=cfg.classes_per_client,
+        class_assignment_mode=cfg.class_assignment,
+        seed=seed,
+    )
+    return _load_shuffled(partitioner, columns, seed)
+
+
+def iid_partitions(
+    columns: Columns, num_partitions: int, cfg: DataConfig, seed: int, domains: Domains
+) -> list[np.ndarray]:
+    """``data.partitioner = "iid"``: equal random shares."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    return _load_shuffled(IidPartitioner(num_partitions=num_partitions), columns, seed)
+
+
+def _load_shuffled(partitioner: Partitioner, columns: Columns, seed: int) -> list[np.ndarray]:
+    """Every partition of ``partitioner`` over ``columns`` shuffled by ``seed``."""
+    from datasets import Dataset
+
     # Shuffled first, as flwr-datasets' FederatedDataset does: IidPartitioner cuts
     # contiguous shards, and data sets listed class by class would give one class each.
     partitioner.dataset = Dataset.from_dict(columns).shuffle(seed=seed)
@@ -82,13 +114,16 @@ def _load_all(partitioner: Partitioner) -> list[np.ndarray]:
     ]
 
 
-def _domain_partitions(
-    domains: np.ndarray, columns: dict[str, list[int]], num_partitions: int, seed: int
+def domain_partitions(
+    columns: Columns, num_partitions: int, cfg: DataConfig, seed: int, domains: Domains
 ) -> list[np.ndarray]:
-    """One NaturalIdPartitioner share per domain, each cut in k IID shares."""
+    """``data.partitioner = "domain"``: one NaturalIdPartitioner share per domain, each cut
+    in k IID shares."""
     from datasets import Dataset
     from flwr_datasets.partitioner import IidPartitioner, NaturalIdPartitioner
 
+    assert domains is not None  # partition_indices refuses a data set without domains
+    domains = np.asarray(domains)
     num_domains = len(np.unique(domains))
     if num_partitions % num_domains:
         raise ConfigError(
