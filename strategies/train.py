@@ -163,22 +163,23 @@ class TrainAggregation(PartsBase):
     ) -> dict[str, MetricRecordValues]:
         """The round's privacy cost under a DP wrapper in a loop of the user's own (``rounds``
         accounts its own rounds): ``account_round`` on the accepted replies' weights, into
-        one ledger for the strategy's life; empty, and said once, if it cannot be done."""
+        one ledger for the strategy's life (without ``dp-accounting``, no ε in it); empty
+        under a wrapper whose noise cannot be accounted so. Why no ε is said once."""
         assert self.dp_pending is not None  # the caller checked
         wrapper, bound = self.dp_pending
-        reason = unaccountable(wrapper)
-        if reason is None and self.dp_outer_ledger is None:
+        unfit = unaccountable(wrapper)
+        if unfit is None and self.dp_outer_ledger is None:
             population = max(len(self._node_counts), wrapper.num_sampled_clients)
-            ledger = PrivacyLedger(self.dp_delta, population)
-            self.dp_outer_ledger, reason = ledger, ledger.missing
-        if reason is not None:
-            if not self._dp_said:
-                log(WARNING, "central DP: no epsilon computed: %s", reason)
-                self._dp_said = True
+            self.dp_outer_ledger = PrivacyLedger(self.dp_delta, population)
+        ledger = self.dp_outer_ledger
+        why = unfit or (ledger.missing if ledger is not None else None)
+        if why is not None and not self._dp_said:
+            log(WARNING, "central DP: no epsilon computed: %s", why)
+            self._dp_said = True
+        if unfit is not None or ledger is None:
             return {}
-        assert self.dp_outer_ledger is not None
         share = largest_share(accepted, keys, self.merge_weight)
-        return account_round(self.dp_outer_ledger, wrapper, bound, share)
+        return account_round(ledger, wrapper, bound, share)
 
     def _note_updated(self, server_round: int) -> None:
         """This round changed the global state (a run in which none did fails loudly)."""
