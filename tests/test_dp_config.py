@@ -12,7 +12,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import MessageType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
-from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
+from helpers.run_helpers import (
+    NODES,
+    CrashMidRound,
+    dp_rows_whole_and_resumed,
+    load_json,
+    load_state,
+    run_server,
+)
 
 from client_app.app import central_dp_clipping
 from pep_fedpt.config import ConfigError, RunConfig
@@ -261,24 +268,7 @@ def test_a_noisy_adaptive_run_resumed_after_a_crash_ends_as_an_uninterrupted_one
         "dp.clipped-count-stddev": 1.0,
         "dp.clipping-norm": 0.05,
     }
-    run_server({**flat, "output-dir": str(tmp_path / "whole")})
-    broken = {**flat, "output-dir": str(tmp_path / "broken")}
-    crash = CrashMidRound(crash_round=3, num_nodes=len(NODES))
-    with pytest.raises(RuntimeError, match="killed mid-round"):
-        run_server(broken, {node: crash for node in NODES})
-    np.random.seed(12345)  # whatever the process drew since, the checkpoint decides
-    run_server({**flat, "output-dir": "", "resume-from": str(tmp_path / "broken")})
-
-    expected, got = load_state(tmp_path / "whole"), load_state(tmp_path / "broken")
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    rows = {
-        name: [
-            (r["dp/clipping-norm"], r["dp/noise-std"], r["dp/epsilon"])
-            for r in load_json(tmp_path / name / "metrics.json")[1:]
-        ]
-        for name in ("whole", "broken")
-    }
+    rows = dp_rows_whole_and_resumed(flat, tmp_path, CrashMidRound(3, num_nodes=len(NODES)))
     assert rows["broken"] == rows["whole"]
     assert all(noise > 0 for _, noise, _ in rows["whole"])
     assert len({bound for bound, _, _ in rows["whole"]}) == 3  # the bound moved every round

@@ -11,7 +11,14 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from helpers.run_helpers import NODES, CrashMidRound, load_json, load_state, run_server
+from helpers.run_helpers import (
+    NODES,
+    CrashMidRound,
+    dp_rows_whole_and_resumed,
+    load_json,
+    load_state,
+    run_server,
+)
 
 from pep_fedpt.config import RunConfig
 from pep_fedpt.methods.registry import method_for
@@ -146,22 +153,7 @@ def test_a_noisy_secure_adaptive_run_resumed_after_a_crash_ends_as_an_uninterrup
         "dp.clipped-count-stddev": 1.0,
         "dp.clipping-norm": 0.05,
     }
-    run_server({**flat, "output-dir": str(tmp_path / "whole")})
     crash = CrashInSecureRound(crash_round=3, num_nodes=len(NODES))
-    with pytest.raises(RuntimeError, match="killed mid-round"):
-        run_server({**flat, "output-dir": str(tmp_path / "broken")}, {n: crash for n in NODES})
-    np.random.seed(12345)  # whatever the process drew since, the checkpoint decides
-    run_server({**flat, "output-dir": "", "resume-from": str(tmp_path / "broken")})
-
-    expected, got = load_state(tmp_path / "whole"), load_state(tmp_path / "broken")
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    rows = {
-        name: [
-            (r["dp/clipping-norm"], r["dp/noise-std"], r["dp/epsilon"])
-            for r in load_json(tmp_path / name / "metrics.json")[1:]
-        ]
-        for name in ("whole", "broken")
-    }
+    rows = dp_rows_whole_and_resumed(flat, tmp_path, crash)
     assert rows["broken"] == rows["whole"]
     assert len({bound for bound, _, _ in rows["whole"]}) == 3  # the bound moved every round

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from client_app.app import app as client_app
@@ -107,3 +108,27 @@ class CrashMidRound:
             if self.trained == 2:
                 raise RuntimeError("server process killed mid-round")
         return reply
+
+
+def dp_rows_whole_and_resumed(
+    flat: Mapping[str, Scalar], out: Path, crash: Tamper
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Run ``flat`` uninterrupted into ``out/whole``; run it again into ``out/broken`` with
+    ``crash`` on every node (which must kill it: RuntimeError "killed mid-round"), resume
+    that from its checkpoint, and assert both end in the same state. Returns each run's
+    (``dp/clipping-norm``, ``dp/noise-std``, ``dp/epsilon``) per round after round 0."""
+    run_server({**flat, "output-dir": str(out / "whole")})
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        run_server({**flat, "output-dir": str(out / "broken")}, {node: crash for node in NODES})
+    np.random.seed(12345)  # whatever the process drew since, the checkpoint decides
+    run_server({**flat, "output-dir": "", "resume-from": str(out / "broken")})
+    expected, got = load_state(out / "whole"), load_state(out / "broken")
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    return {
+        name: [
+            (r["dp/clipping-norm"], r["dp/noise-std"], r["dp/epsilon"])
+            for r in load_json(out / name / "metrics.json")[1:]
+        ]
+        for name in ("whole", "broken")
+    }
