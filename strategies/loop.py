@@ -204,9 +204,11 @@ class RoundLoop(PartsBase):
         agg_arrays: ArrayRecord | None
         train_metrics: MetricRecord | None
         if self.secagg is not None:  # only the weighted totals reach the server
-            config = ConfigRecord(dict(train_config))
+            config = train_config
             if self.dp_wrapper is not None:  # client-side: the nodes clip before masking
-                config[KEY_CLIPPING_NORM] = self.dp_wrapper.clipping_norm
+                config = ConfigRecord(
+                    {**train_config, KEY_CLIPPING_NORM: self.dp_wrapper.clipping_norm}
+                )
             train_messages = self.configure_train(current_round, arrays, config, grid)
             agg_arrays, train_metrics = self.secure_train_round(
                 grid, current_round, list(train_messages)
@@ -342,7 +344,6 @@ class RoundLoop(PartsBase):
         keys = {key: self.secure_per_class(key) for key in previous if not self.server_only(key)}
         if not messages:
             return self._as_given(self._global), MetricRecord({"valid-replies": 0})
-        bound = None if dp is None else dp.clipping_norm
         try:
             update = secure_train(
                 self.secagg,
@@ -351,26 +352,24 @@ class RoundLoop(PartsBase):
                 keys,
                 self.num_classes(self._global),
                 lambda sent, _: self._exchange(grid, sent, server_round, "train"),
-                clipping_norm=bound,
+                clipping_norm=None if dp is None else dp.clipping_norm,
             )
         except SecAggError as exc:
             log(WARNING, "round %d: %s; %s stays as it was", server_round, exc, self.kept_state)
             metrics = MetricRecord({"valid-replies": 0, "dropped-replies": len(messages)})
             self.remember_metrics(server_round, "train", metrics)
-            if bound is not None:  # nothing was released
-                self.remember_metrics(
-                    server_round, "dp", MetricRecord({"clipping-norm": bound, "noise-std": 0.0})
-                )
+            if dp is not None:  # nothing was released
+                no_release = MetricRecord({"clipping-norm": dp.clipping_norm, "noise-std": 0.0})
+                self.remember_metrics(server_round, "dp", no_release)
             return self._as_given(self._global), metrics
         lost = update.result.dropped
         self.dropped.extend((server_round, node, why) for node, why in lost)
-        trained = ArrayRecord({key: Array(value) for key, value in update.arrays.items()})
-        if dp is not None and bound is not None:
-            per_class = any(keys.values())
-            trained = self._secure_dp_release(server_round, dp, bound, update, trained, per_class)
+        trained = update.arrays
+        if dp is not None:
+            trained = self._secure_dp_release(server_round, dp, update, any(keys.values()))
         state = ArrayRecord({k: self._global[k] for k in self._global if self.server_only(k)})
-        for key, array in trained.items():
-            state[key] = Array(np.asarray(array.numpy(), dtype=np.float32))
+        for key, value in trained.items():
+            state[key] = Array(value)
         metrics = MetricRecord(
             {
                 "valid-replies": len(update.result.contributors),
@@ -384,27 +383,23 @@ class RoundLoop(PartsBase):
         return self._as_given(state), metrics
 
     def _secure_dp_release(
-        self,
-        server_round: int,
-        dp: DPWrapper,
-        bound: float,
-        update: SecureUpdate,
-        trained: ArrayRecord,
-        per_class: bool,
-    ) -> ArrayRecord:
-        """The secure round's new trainable arrays with the DP wrapper's noise, its
-        adaptive bound moved by the securely summed count of clipped nodes; the release
+        self, server_round: int, dp: DPWrapper, update: SecureUpdate, per_class: bool
+    ) -> dict[str, np.ndarray]:
+        """The secure round's new trainable arrays (float32) with the DP wrapper's noise,
+        its adaptive bound moved by the securely summed count of clipped nodes; the release
         accounted with the largest share the totals allow (``largest_share_bound``), since
         no node's own weight reaches the server."""
         assert self.secagg is not None and self.dp_ledger is not None  # built with dp
+        bound = dp.clipping_norm  # what the nodes clipped to, before an adaptive update
         # The wrapper's own steps one by one: its aggregate_train would aggregate replies,
         # and under secure aggregation there are none, only the totals.
         if isinstance(dp, DifferentialPrivacyAdaptiveBase) and update.clipped is not None:
             nodes = max(len(update.result.contributors), 1)
             dp._geometric_update(dp._noisy_fraction(update.clipped, nodes))
-        noised = dp._add_noise_to_aggregated_arrays(trained)
+        arrays = ArrayRecord({key: Array(value) for key, value in update.arrays.items()})
+        noised = dp._add_noise_to_aggregated_arrays(arrays)
         counts = update.result.ints[1 : 1 + update.num_classes]
         share = largest_share_bound(update.num_examples, counts, per_class, self.secagg.max_count)
         entry = account_round(self.dp_ledger, dp, bound, share)
         self.remember_metrics(server_round, "dp", MetricRecord(entry))
-        return noised
+        return {key: np.asarray(array.numpy(), dtype=np.float32) for key, array in noised.items()}
