@@ -43,9 +43,12 @@ from strategies import secagg as server_secagg
 Update = dict[str, np.ndarray]
 
 
-def _trained(msg: Message, update: Update, counts: np.ndarray) -> tuple[Update, dict]:
+def _sent(msg: Message) -> Update:
+    return {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
+
+
+def _trained(sent: Update, update: Update, counts: np.ndarray) -> tuple[Update, dict]:
     """The state the message carried plus the node's fixed update, and its metrics."""
-    sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
     arrays = {key: sent[key] + update[key] for key in update}
     metrics = {
         wire.NUM_EXAMPLES: int(counts.sum()),
@@ -72,15 +75,16 @@ def node_app(
         config = msg.content[wire.CONFIG]
         counts, sums = stats[context.node_id]
         if config.get(wire.CFG_TASK) == server_secagg.TASK_TRAIN and updates is not None:
-            sent = {key: array.numpy() for key, array in msg.content[wire.ARRAYS].items()}
-            arrays, metrics = _trained(msg, updates[context.node_id], counts)
+            sent = _sent(msg)
+            arrays, metrics = _trained(sent, updates[context.node_id], counts)
             return server_secagg.secure_update(config, arrays, metrics, sent)
         return counts, sums.reshape(-1).astype(np.float64) / float(config[server_secagg.SUM_SCALE])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         assert updates is not None  # only the training round's nodes are asked to train
-        arrays, metrics = _trained(msg, updates[context.node_id], stats[context.node_id][0])
+        counts = stats[context.node_id][0]
+        arrays, metrics = _trained(_sent(msg), updates[context.node_id], counts)
         record = ArrayRecord({key: Array(value) for key, value in arrays.items()})
         content = RecordDict({wire.ARRAYS: record, wire.METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=msg)
